@@ -1,0 +1,212 @@
+//! The command line (§1): argument parsing, dispatch, and turning library
+//! errors into reports on stderr with the exit codes of the spec:
+//! 0 success, 1 a finding, 2 a usage or input error.
+
+mod policy_cmd;
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Exit status for "the command ran and found something" (a violation, a
+/// failed verification, a non-empty diff with --fail-on-change).
+pub const EXIT_FINDING: u8 = 1;
+/// Exit status for bad usage or bad input.
+pub const EXIT_INPUT: u8 = 2;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "flightrec",
+    version,
+    about = "Policy proxy, flight recorder and simulator for MCP tool calls",
+    long_about = "flightrec sits between an AI agent (MCP client) and an MCP server, enforces a \
+policy on every tool call, records each call with its decision to Parquet audit logs, and \
+replays recorded or generated sessions against candidate policies.\n\nExit codes: 0 success, \
+1 a finding (violation, failed verification, diff with --fail-on-change), 2 usage or input error."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the policy proxy: stdio (spawn CMD), Streamable HTTP (--listen), or stdio-to-HTTP bridge
+    Proxy(ProxyArgs),
+    /// List a server's tools and write a starter policy
+    Scan(ScanArgs),
+    /// Validate policy files or decide calls against a policy
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// What-if: replay recorded logs and scenarios against candidate policies
+    Replay(ReplayArgs),
+    /// Generate agent sessions from a scenario, in the audit schema
+    Generate(GenerateArgs),
+    /// Search for sessions that break an invariant, and shrink them
+    Fuzz(FuzzArgs),
+    /// Audit log maintenance
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Compliance export of an audit log (parquet, csv, jsonl, ocsf)
+    Export(ExportArgs),
+    /// Import other tools' logs into the audit schema
+    #[command(subcommand)]
+    Import(ImportCommand),
+    /// Replay the bundled recordings and scenarios against the bundled policies
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Validate policy files (exit 0 valid, 2 invalid; errors on stderr with file:line:column)
+    Check {
+        /// Policy files to check
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Print nothing for valid files
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Decide a JSONL stream of calls, writing one JSON decision per line
+    Eval {
+        /// The policy to decide with
+        #[arg(long)]
+        policy: PathBuf,
+        /// JSONL calls to decide (default: standard input)
+        #[arg(long)]
+        calls: Option<PathBuf>,
+        /// Write an {"error": …} line for a bad input line and continue, instead of stopping
+        #[arg(long)]
+        keep_going: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ProxyArgs {
+    /// The policy to enforce
+    #[arg(long)]
+    pub policy: PathBuf,
+    /// Directory of the Parquet audit log
+    #[arg(long)]
+    pub audit_dir: Option<PathBuf>,
+    /// Agent id recorded for every call (default: the client's name)
+    #[arg(long)]
+    pub agent: Option<String>,
+    /// Listen address for the Streamable HTTP proxy (e.g. 127.0.0.1:8080)
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Upstream MCP server URL (HTTP proxy or stdio-to-HTTP bridge)
+    #[arg(long)]
+    pub upstream: Option<String>,
+    /// The MCP server command to spawn (stdio proxy)
+    #[arg(last = true)]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ScanArgs {
+    /// Where to write the starter policy (default: standard output)
+    #[arg(short, long)]
+    pub output: Option<PathBuf>,
+    /// The MCP server command to scan
+    #[arg(last = true, required = true)]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// Audit Parquet files or directories, and scenario files
+    #[arg(required = true)]
+    pub inputs: Vec<PathBuf>,
+    /// Candidate policies (repeatable)
+    #[arg(long = "policy", required = true)]
+    pub policies: Vec<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// Scenario file
+    pub scenario: PathBuf,
+    /// Output Parquet file
+    #[arg(short, long)]
+    pub output: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct FuzzArgs {
+    /// Policy under test
+    #[arg(long)]
+    pub policy: PathBuf,
+    /// Invariants file
+    #[arg(long)]
+    pub invariants: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check hash chains, file integrity and gaps of an audit directory
+    Verify {
+        /// Audit directory
+        dir: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// Audit directory
+    pub dir: PathBuf,
+    /// Output format: parquet, csv, jsonl or ocsf
+    #[arg(long)]
+    pub format: String,
+    /// Output file
+    #[arg(short, long)]
+    pub output: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImportCommand {
+    /// Turn PolicyLayer Intercept event logs into the audit schema
+    Intercept {
+        /// Intercept events JSONL files
+        #[arg(required = true)]
+        events: Vec<PathBuf>,
+        /// Output Parquet file
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    run(cli)
+}
+
+/// Runs a parsed command line and returns the process exit code.
+pub fn run(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Policy(PolicyCommand::Check { files, quiet }) => policy_cmd::check(&files, quiet),
+        Command::Policy(PolicyCommand::Eval {
+            policy,
+            calls,
+            keep_going,
+        }) => policy_cmd::eval(&policy, calls.as_deref(), keep_going),
+        Command::Proxy(_) => not_yet("proxy"),
+        Command::Scan(_) => not_yet("scan"),
+        Command::Replay(_) => not_yet("replay"),
+        Command::Generate(_) => not_yet("generate"),
+        Command::Fuzz(_) => not_yet("fuzz"),
+        Command::Audit(_) => not_yet("audit verify"),
+        Command::Export(_) => not_yet("export"),
+        Command::Import(_) => not_yet("import intercept"),
+        Command::Demo(_) => not_yet("demo"),
+    }
+}
+
+fn not_yet(command: &str) -> ExitCode {
+    eprintln!("flightrec {command}: not implemented yet");
+    ExitCode::from(EXIT_INPUT)
+}

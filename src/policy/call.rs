@@ -1,0 +1,252 @@
+//! What goes into the decision core (a [`Call`]) and what comes out (a
+//! [`Decision`]), plus the small vocabularies both sides share: verdicts,
+//! tool categories, risk levels and call outcomes.
+
+use crate::policy::state::Reservation;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+
+/// One `tools/call` as the decision core sees it. Time is an input: the live
+/// proxy passes the wall clock, replay passes recorded or generated time.
+#[derive(Debug, Clone, Copy)]
+pub struct Call<'a> {
+    /// Microseconds since the Unix epoch, UTC.
+    pub ts_us: i64,
+    pub session: &'a str,
+    pub agent: &'a str,
+    pub server: &'a str,
+    pub tool: &'a str,
+    /// The category known from the server's annotations or the record, if any.
+    pub category: Option<Category>,
+    pub risk: Option<Risk>,
+    /// The call's `arguments` object (JSON `null` when the call had none).
+    pub args: &'a serde_json::Value,
+}
+
+/// The four verdicts of §2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    Allow,
+    Deny,
+    Throttle,
+    Approval,
+}
+
+impl Verdict {
+    pub const ALL: [Verdict; 4] = [
+        Verdict::Allow,
+        Verdict::Deny,
+        Verdict::Throttle,
+        Verdict::Approval,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Allow => "allow",
+            Verdict::Deny => "deny",
+            Verdict::Throttle => "throttle",
+            Verdict::Approval => "approval",
+        }
+    }
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Verdict {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Verdict::ALL
+            .into_iter()
+            .find(|v| v.as_str() == s)
+            .ok_or_else(|| format!("unknown verdict `{s}` (expected allow, deny, throttle or approval)"))
+    }
+}
+
+/// The core's answer for one call.
+///
+/// An allowed call may hold counter reservations; hand the decision's
+/// [`Reservation`] back to [`crate::policy::PolicyState::settle`] once the
+/// upstream outcome is known (or drop it to keep the counts, which is what a
+/// success does).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    pub verdict: Verdict,
+    /// The rule that decided: a rule name, `(hidden)` or `(default deny)`.
+    /// `None` for an allow that no rule had to approve.
+    pub rule: Option<Arc<str>>,
+    pub message: Option<Arc<str>>,
+    /// For throttles: milliseconds until the call would fit.
+    pub retry_after_ms: Option<u64>,
+    pub reservation: Reservation,
+}
+
+impl Decision {
+    pub(crate) fn allow(reservation: Reservation) -> Decision {
+        Decision {
+            verdict: Verdict::Allow,
+            rule: None,
+            message: None,
+            retry_after_ms: None,
+            reservation,
+        }
+    }
+
+    pub(crate) fn refuse(verdict: Verdict, rule: Arc<str>, message: Arc<str>) -> Decision {
+        Decision {
+            verdict,
+            rule: Some(rule),
+            message: Some(message),
+            retry_after_ms: None,
+            reservation: Reservation::default(),
+        }
+    }
+}
+
+/// How a forwarded call ended, as far as counters care.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// A result came back.
+    Ok,
+    /// A result with `isError: true`: the tool ran, so the call counts.
+    ToolError,
+    /// A JSON-RPC error response: the call did not run; reservations roll back.
+    RpcError,
+    NotForwarded,
+    Timeout,
+    UpstreamGone,
+    Interrupted,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 7] = [
+        Outcome::Ok,
+        Outcome::ToolError,
+        Outcome::RpcError,
+        Outcome::NotForwarded,
+        Outcome::Timeout,
+        Outcome::UpstreamGone,
+        Outcome::Interrupted,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::ToolError => "tool_error",
+            Outcome::RpcError => "rpc_error",
+            Outcome::NotForwarded => "not_forwarded",
+            Outcome::Timeout => "timeout",
+            Outcome::UpstreamGone => "upstream_gone",
+            Outcome::Interrupted => "interrupted",
+        }
+    }
+
+    /// Only a JSON-RPC error proves the call never ran (as in Intercept).
+    pub fn rolls_back(self) -> bool {
+        matches!(self, Outcome::RpcError)
+    }
+}
+
+impl FromStr for Outcome {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Outcome::ALL
+            .into_iter()
+            .find(|v| v.as_str() == s)
+            .ok_or_else(|| {
+                format!(
+                    "unknown outcome `{s}` (expected ok, tool_error, rpc_error, not_forwarded, timeout, upstream_gone or interrupted)"
+                )
+            })
+    }
+}
+
+/// What a tool does, from the server's annotations, the policy's
+/// `categories:` map, or the record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Category {
+    Read,
+    Write,
+    Execute,
+    Destructive,
+    Unknown,
+}
+
+impl Category {
+    pub const ALL: [Category; 5] = [
+        Category::Read,
+        Category::Write,
+        Category::Execute,
+        Category::Destructive,
+        Category::Unknown,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Category::Read => "read",
+            Category::Write => "write",
+            Category::Execute => "execute",
+            Category::Destructive => "destructive",
+            Category::Unknown => "unknown",
+        }
+    }
+
+    /// The risk a category implies when nothing states one.
+    pub fn default_risk(self) -> Risk {
+        match self {
+            Category::Read => Risk::Low,
+            Category::Write | Category::Unknown => Risk::Medium,
+            Category::Execute | Category::Destructive => Risk::High,
+        }
+    }
+}
+
+impl FromStr for Category {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Category::ALL
+            .into_iter()
+            .find(|v| v.as_str() == s)
+            .ok_or_else(|| {
+                format!("unknown category `{s}` (expected read, write, execute, destructive or unknown)")
+            })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Risk {
+    Low,
+    Medium,
+    High,
+}
+
+impl Risk {
+    pub const ALL: [Risk; 3] = [Risk::Low, Risk::Medium, Risk::High];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Risk::Low => "low",
+            Risk::Medium => "medium",
+            Risk::High => "high",
+        }
+    }
+}
+
+impl FromStr for Risk {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Risk::ALL
+            .into_iter()
+            .find(|v| v.as_str() == s)
+            .ok_or_else(|| format!("unknown risk `{s}` (expected low, medium or high)"))
+    }
+}

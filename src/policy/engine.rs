@@ -1,0 +1,226 @@
+//! The decision core: one pure function of (policy, counter state, call,
+//! time). The live proxy calls it with the wall clock, replay with recorded or
+//! generated time; there is no other implementation of any rule.
+//!
+//! Evaluation order (one path for every policy form):
+//! 1. `hide` → deny `(hidden)`;
+//! 2. `default: deny` and the tool not listed → deny `(default deny)`;
+//! 3. the call's rules in order (its exact key, else its first matching glob
+//!    key, then `"*"`), skipping rules whose `when` fails: the first rule that
+//!    stops the call decides (`deny` → deny, `require_approval` → approval,
+//!    an `evaluate` rule with a failing condition → deny);
+//! 4. the counters of the rules that applied are reserved in the same order;
+//!    the first that would pass its limit makes the call a throttle and names
+//!    its rule (reservations already taken are released);
+//! 5. otherwise allow, holding the reservations until the outcome is known.
+
+use crate::policy::call::{Call, Decision, Verdict};
+use crate::policy::condition::{Condition, PathRef, resolve_args, resolve_call_str};
+use crate::policy::model::{Action, Amount, Policy, Rule, Scope};
+use crate::policy::state::{PolicyState, Reservation};
+use serde_json::Value;
+use smallvec::SmallVec;
+use std::sync::Arc;
+
+/// What an `approval` verdict does to counters (§4 `--approvals`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ApprovalMode {
+    /// Nobody has said yes: the call reserves nothing (as live, while waiting).
+    #[default]
+    Deny,
+    /// Treat approval calls as allowed for counting; the verdict stays `approval`.
+    Grant,
+}
+
+pub const HIDDEN_RULE: &str = "(hidden)";
+pub const DEFAULT_DENY_RULE: &str = "(default deny)";
+
+impl Policy {
+    /// Decides one call against this policy, reserving counters in `state`.
+    pub fn decide(&self, state: &mut PolicyState, call: &Call<'_>) -> Decision {
+        self.decide_with(state, call, ApprovalMode::Deny)
+    }
+
+    /// As [`Policy::decide`], choosing what approval verdicts do to counters.
+    pub fn decide_with(
+        &self,
+        state: &mut PolicyState,
+        call: &Call<'_>,
+        approvals: ApprovalMode,
+    ) -> Decision {
+        let tool = call.tool;
+        if self.is_hidden(tool) {
+            return Decision::refuse(
+                Verdict::Deny,
+                Arc::from(HIDDEN_RULE),
+                Arc::from(format!("Tool \"{tool}\" is hidden by policy")),
+            );
+        }
+        let own = self.tool_entry(tool);
+        if self.default_deny && own.is_none() {
+            return Decision::refuse(
+                Verdict::Deny,
+                Arc::from(DEFAULT_DENY_RULE),
+                Arc::from(format!("Tool \"{tool}\" is not permitted by policy")),
+            );
+        }
+        let (category, risk) = self.classify(tool, call.category, call.risk);
+        let ctx = EvalCtx {
+            call,
+            category: category.as_str(),
+            risk: risk.as_str(),
+            state,
+        };
+
+        // Phase 1: the rules that apply, in order; the first that stops decides.
+        let rules = own
+            .into_iter()
+            .chain(self.wildcard_entry())
+            .flat_map(|e| e.rules.iter());
+        let mut applied: SmallVec<[&Rule; 8]> = SmallVec::new();
+        let mut approval: Option<&Rule> = None;
+        for rule in rules {
+            if !rule.when.iter().all(|c| ctx.holds(c)) {
+                continue;
+            }
+            match rule.action {
+                Action::Deny => return refuse_with(approval, Verdict::Deny, rule),
+                Action::RequireApproval => {
+                    if approval.is_none() {
+                        if approvals == ApprovalMode::Deny {
+                            return Decision::refuse(
+                                Verdict::Approval,
+                                rule.name.clone(),
+                                rule.message.clone(),
+                            );
+                        }
+                        // Granted: the human's yes lets evaluation go on.
+                        approval = Some(rule);
+                    }
+                }
+                Action::Evaluate => {
+                    if !rule.checks.iter().all(|c| ctx.holds(c)) {
+                        return refuse_with(approval, Verdict::Deny, rule);
+                    }
+                    if rule.limit.is_some() {
+                        applied.push(rule);
+                    }
+                }
+            }
+        }
+
+        // Phase 2: reserve counters in rule order.
+        let EvalCtx { state, .. } = ctx;
+        let mut reservation = Reservation::default();
+        for rule in applied {
+            let Some(limit) = &rule.limit else { continue };
+            let amount = match &limit.amount {
+                Amount::Fixed(n) => *n,
+                Amount::FromArgs {
+                    path_text,
+                    segments,
+                } => match increment_value(resolve_args(call.args, segments)) {
+                    Ok(n) => n,
+                    Err(problem) => {
+                        state.roll_back(reservation);
+                        let message = format!(
+                            "Rule \"{}\" cannot count this call: increment_from {path_text} {problem} (fail closed)",
+                            rule.name
+                        );
+                        return refuse_with(
+                            approval,
+                            Verdict::Deny,
+                            &Rule {
+                                message: Arc::from(message),
+                                ..rule.clone()
+                            },
+                        );
+                    }
+                },
+            };
+            let scope = scope_value(self.counters[limit.counter].scope, call);
+            if let Err(exhausted) =
+                state.reserve(limit.counter, scope, amount, limit.max, call.ts_us, &mut reservation)
+            {
+                state.roll_back(reservation);
+                if let Some(a) = approval {
+                    return Decision::refuse(Verdict::Approval, a.name.clone(), a.message.clone());
+                }
+                return Decision {
+                    verdict: Verdict::Throttle,
+                    rule: Some(rule.name.clone()),
+                    message: Some(rule.message.clone()),
+                    retry_after_ms: exhausted
+                        .retry_after_us
+                        .map(|us| (us as u64).div_ceil(1000)),
+                    reservation: Reservation::default(),
+                };
+            }
+        }
+        state.maybe_sweep(call.ts_us);
+        match approval {
+            Some(a) => Decision {
+                verdict: Verdict::Approval,
+                rule: Some(a.name.clone()),
+                message: Some(a.message.clone()),
+                retry_after_ms: None,
+                reservation,
+            },
+            None => Decision::allow(reservation),
+        }
+    }
+}
+
+/// A refusal; under a granted approval the verdict reported stays `approval`.
+fn refuse_with(approval: Option<&Rule>, verdict: Verdict, rule: &Rule) -> Decision {
+    match approval {
+        Some(a) => Decision::refuse(Verdict::Approval, a.name.clone(), a.message.clone()),
+        None => Decision::refuse(verdict, rule.name.clone(), rule.message.clone()),
+    }
+}
+
+/// The scope value a counter instance is keyed by.
+fn scope_value<'a>(scope: Scope, call: &Call<'a>) -> &'a str {
+    match scope {
+        Scope::Global => "",
+        Scope::Tool => call.tool,
+        Scope::Session => call.session,
+        Scope::Agent => call.agent,
+    }
+}
+
+/// Intercept reads `increment_from` as a number truncated to an integer.
+fn increment_value(value: Option<&Value>) -> Result<i64, &'static str> {
+    match value {
+        None | Some(Value::Null) => Err("is missing from the arguments"),
+        Some(Value::Number(n)) => n
+            .as_i64()
+            .or_else(|| n.as_f64().filter(|f| f.is_finite()).map(|f| f.trunc() as i64))
+            .ok_or("is not a finite number"),
+        Some(_) => Err("is not a number"),
+    }
+}
+
+struct EvalCtx<'c, 'a> {
+    call: &'c Call<'a>,
+    category: &'static str,
+    risk: &'static str,
+    state: &'c mut PolicyState,
+}
+
+impl EvalCtx<'_, '_> {
+    fn holds(&self, c: &Condition) -> bool {
+        match &c.path {
+            PathRef::Args(segments) => c.test(resolve_args(self.call.args, segments)),
+            PathRef::State(read) => {
+                let scope = read.scope.as_deref().unwrap_or(self.call.tool);
+                let current = self.state.read(read.counter, scope, self.call.ts_us);
+                c.test(Some(&Value::from(current)))
+            }
+            other => match resolve_call_str(other, self.call, self.category, self.risk) {
+                Some(s) => c.test_str(s),
+                None => c.test(None),
+            },
+        }
+    }
+}

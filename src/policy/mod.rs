@@ -1,0 +1,25 @@
+//! Policy v1: the file format (a strict superset of PolicyLayer Intercept's)
+//! and the decision core.
+//!
+//! Data path: [`yaml`] turns text into a position-carrying tree, [`load`]
+//! validates it into an immutable [`Policy`], and [`Policy::decide`] (in
+//! [`engine`]) answers one [`Call`] at a time against a mutable
+//! [`PolicyState`] (in [`state`]). The core never reads a clock: the live proxy
+//! and replay both pass the call's time in, so one implementation of every
+//! rule serves both.
+
+pub mod call;
+pub mod condition;
+pub mod engine;
+pub mod error;
+pub mod load;
+pub mod model;
+pub mod state;
+pub mod yaml;
+
+pub use call::{Call, Category, Decision, Outcome, Risk, Verdict};
+pub use engine::{ApprovalMode, DEFAULT_DENY_RULE, HIDDEN_RULE};
+pub use error::{PolicyError, Problem};
+pub use load::parse_duration_us;
+pub use model::Policy;
+pub use state::{PolicyState, Reservation};

@@ -1,0 +1,237 @@
+//! The compiled, immutable form of a policy file: what the loader produces and
+//! the decision core reads. Nothing here changes after loading; all mutable
+//! counter state lives in [`crate::policy::PolicyState`].
+
+use crate::policy::call::{Category, Risk};
+use crate::policy::condition::Condition;
+use globset::GlobMatcher;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// A loaded, validated policy.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// Where it came from (a path, or a name given by the caller).
+    pub source: String,
+    /// SHA-256 of the file's bytes, hex: the audit log's `policy_sha256`.
+    pub sha256: String,
+    pub description: Option<String>,
+    pub default_deny: bool,
+    pub(crate) hide: ToolSet,
+    pub(crate) exact: HashMap<String, usize>,
+    pub(crate) globs: Vec<(GlobMatcher, usize)>,
+    pub(crate) wildcard: Option<usize>,
+    pub(crate) entries: Vec<ToolEntry>,
+    pub(crate) categories: Vec<CategoryOverride>,
+    pub(crate) counters: Vec<CounterDef>,
+}
+
+/// A set of tool names given as exact names, globs, or `"*"` for all.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ToolSet {
+    pub all: bool,
+    pub exact: std::collections::HashSet<String>,
+    pub globs: Vec<GlobMatcher>,
+}
+
+impl ToolSet {
+    pub fn contains(&self, tool: &str) -> bool {
+        self.all || self.exact.contains(tool) || self.globs.iter().any(|g| g.is_match(tool))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind {
+    Exact,
+    Glob,
+    Wildcard,
+}
+
+/// One key under `tools:` and its rules.
+#[derive(Debug, Clone)]
+pub(crate) struct ToolEntry {
+    pub key: String,
+    pub kind: KeyKind,
+    pub rules: Vec<Rule>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Evaluate,
+    Deny,
+    RequireApproval,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Rule {
+    pub name: Arc<str>,
+    pub action: Action,
+    pub message: Arc<str>,
+    /// The rule applies only when all of these hold.
+    pub when: Vec<Condition>,
+    /// Conditions checked before any counter is touched (for `evaluate`).
+    /// State conditions here read counters as they stand before this call.
+    pub checks: Vec<Condition>,
+    /// The counter this rule reserves, if any.
+    pub limit: Option<Limit>,
+}
+
+/// A counter reservation a rule makes for each call it lets through.
+#[derive(Debug, Clone)]
+pub(crate) struct Limit {
+    pub counter: usize,
+    /// The largest total the counter may reach in one window; `None` for a
+    /// counter that only tracks (a `state` block with no limit condition).
+    pub max: Option<i64>,
+    pub amount: Amount,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum Amount {
+    Fixed(i64),
+    /// `increment_from: args.x`: the argument's value, truncated to an integer.
+    FromArgs { path_text: String, segments: Vec<String> },
+}
+
+/// One counter family. Its instances are keyed by the scope value
+/// (a session id, an agent id, a tool name, or nothing for global).
+#[derive(Debug, Clone)]
+pub struct CounterDef {
+    /// A stable identity, so that reloads can carry counts over.
+    pub identity: String,
+    pub window: Window,
+    pub scope: Scope,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    pub len_us: i64,
+    pub mode: WindowMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowMode {
+    /// Windows aligned to whole multiples of the length since the Unix epoch
+    /// (UTC): Intercept's calendar minute/hour/day.
+    Fixed,
+    /// At most `max` in any half-open interval (t - window, t].
+    Sliding,
+}
+
+/// What a counter is counted per.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// One counter for every call the rule sees.
+    Global,
+    /// One per tool name.
+    Tool,
+    /// One per MCP session.
+    Session,
+    /// One per agent.
+    Agent,
+}
+
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Global => "global",
+            Scope::Tool => "tool",
+            Scope::Session => "session",
+            Scope::Agent => "agent",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct CategoryOverride {
+    pub matcher: ToolSet,
+    pub category: Option<Category>,
+    pub risk: Option<Risk>,
+}
+
+impl Policy {
+    /// The entry holding a tool's own rules: its exact key, else the first
+    /// glob key (file order) that matches it.
+    pub(crate) fn tool_entry(&self, tool: &str) -> Option<&ToolEntry> {
+        if let Some(&i) = self.exact.get(tool) {
+            return Some(&self.entries[i]);
+        }
+        self.globs
+            .iter()
+            .find(|(g, _)| g.is_match(tool))
+            .map(|&(_, i)| &self.entries[i])
+    }
+
+    pub(crate) fn wildcard_entry(&self) -> Option<&ToolEntry> {
+        self.wildcard.map(|i| &self.entries[i])
+    }
+
+    /// Whether `hide` removes this tool.
+    pub fn is_hidden(&self, tool: &str) -> bool {
+        self.hide.contains(tool)
+    }
+
+    /// Whether a tool is listed (an exact or glob key matches it), which is
+    /// what `default: deny` asks.
+    pub fn is_listed(&self, tool: &str) -> bool {
+        self.tool_entry(tool).is_some()
+    }
+
+    /// Whether every call to this tool is refused no matter its arguments or
+    /// the time: hidden, unlisted under `default: deny`, or stopped by an
+    /// unconditional deny rule. The proxy drops such tools from `tools/list`.
+    pub fn always_refuses(&self, tool: &str) -> bool {
+        if self.is_hidden(tool) || (self.default_deny && !self.is_listed(tool)) {
+            return true;
+        }
+        // Rules that come before an unconditional deny can only stop the
+        // call earlier (deny, throttle, approval), never let it run.
+        let own = self.tool_entry(tool).into_iter();
+        let wild = self.wildcard_entry().into_iter();
+        own.chain(wild)
+            .flat_map(|e| e.rules.iter())
+            .any(|r| r.action == Action::Deny && r.when.is_empty())
+    }
+
+    /// The category and risk the policy assigns to a tool, given what the
+    /// call (or the server's annotations) said.
+    pub fn classify(
+        &self,
+        tool: &str,
+        known_category: Option<Category>,
+        known_risk: Option<Risk>,
+    ) -> (Category, Risk) {
+        let mut category = None;
+        let mut risk = None;
+        for o in &self.categories {
+            if o.matcher.contains(tool) {
+                category = category.or(o.category);
+                risk = risk.or(o.risk);
+                if category.is_some() && risk.is_some() {
+                    break;
+                }
+            }
+        }
+        let category = category.or(known_category).unwrap_or(Category::Unknown);
+        let risk = risk.or(known_risk).unwrap_or_else(|| category.default_risk());
+        (category, risk)
+    }
+
+    pub fn counters(&self) -> &[CounterDef] {
+        &self.counters
+    }
+
+    /// Number of tool keys (exact, glob and `"*"`).
+    pub fn tool_key_count(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn rule_count(&self) -> usize {
+        self.entries.iter().map(|e| e.rules.len()).sum()
+    }
+
+    /// Tool keys in file order (for tools/list filtering and scan output).
+    pub fn tool_keys(&self) -> impl Iterator<Item = &str> {
+        self.entries.iter().map(|e| e.key.as_str())
+    }
+}

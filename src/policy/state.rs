@@ -1,0 +1,377 @@
+//! Counter state: the only mutable part of policy evaluation.
+//!
+//! One [`PolicyState`] belongs to one policy. It holds, per counter family,
+//! one slot per scope value (session, agent, tool or global). Fixed windows
+//! keep a running total for the current window; sliding windows keep an exact
+//! log of the reservations still inside the window (at most `max` entries per
+//! slot for rate limits), so "at most N in any (t - W, t]" holds exactly.
+//!
+//! Reservations are taken when a call is decided and returned as a
+//! [`Reservation`]; [`PolicyState::settle`] keeps them (success) or rolls them
+//! back (the upstream answered with a JSON-RPC error). Time is always an
+//! argument: nothing here reads a clock.
+
+use crate::policy::model::{CounterDef, Policy, Scope, Window, WindowMode};
+use smallvec::SmallVec;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+/// Counts reserved for one decided call, to be kept or rolled back.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Reservation {
+    items: SmallVec<[Reserved; 2]>,
+}
+
+impl Reservation {
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct Reserved {
+    counter: u32,
+    scope: Arc<str>,
+    amount: i64,
+    mark: Mark,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Mark {
+    /// The fixed window the amount was added to.
+    Window(i64),
+    /// The sliding-log entry that holds it.
+    Entry(u64),
+}
+
+#[derive(Debug, Clone)]
+enum Slot {
+    Fixed { window_start: i64, total: i64 },
+    Sliding(VecDeque<LogEntry>),
+}
+
+#[derive(Debug, Clone, Copy)]
+struct LogEntry {
+    ts_us: i64,
+    amount: i64,
+    id: u64,
+}
+
+/// Why a reservation could not be made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Exhausted {
+    /// Microseconds until the amount would fit, if it ever can.
+    pub retry_after_us: Option<i64>,
+}
+
+/// The counters of one policy.
+#[derive(Debug, Clone)]
+pub struct PolicyState {
+    defs: Vec<(Window, Scope)>,
+    slots: Vec<Map<Arc<str>, Slot>>,
+    next_entry: u64,
+    decisions_since_sweep: usize,
+    live_slots: usize,
+}
+
+impl PolicyState {
+    /// Fresh state (every counter at zero) for a policy.
+    pub fn new(policy: &Policy) -> PolicyState {
+        Self::for_counters(policy.counters())
+    }
+
+    pub(crate) fn for_counters(defs: &[CounterDef]) -> PolicyState {
+        PolicyState {
+            defs: defs.iter().map(|d| (d.window, d.scope)).collect(),
+            slots: defs.iter().map(|_| Map::default()).collect(),
+            next_entry: 0,
+            decisions_since_sweep: 0,
+            live_slots: 0,
+        }
+    }
+
+    /// Keeps or rolls back a decided call's reservations.
+    pub fn settle(&mut self, reservation: Reservation, roll_back: bool) {
+        if roll_back {
+            self.roll_back(reservation);
+        }
+    }
+
+    /// Returns every amount the reservation took.
+    pub fn roll_back(&mut self, reservation: Reservation) {
+        for r in reservation.items {
+            let Some(slot) = self.slots[r.counter as usize].get_mut(&*r.scope) else {
+                continue; // expired and swept: nothing left to return
+            };
+            match (slot, r.mark) {
+                (Slot::Fixed { window_start, total }, Mark::Window(w)) => {
+                    // A window that has rolled over already forgot the amount.
+                    if *window_start == w {
+                        *total -= r.amount;
+                    }
+                }
+                (Slot::Sliding(log), Mark::Entry(id)) => {
+                    if let Some(i) = log.iter().position(|e| e.id == id) {
+                        log.remove(i);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// The current total of one counter instance (what `state.x.y` reads).
+    pub(crate) fn read(&self, counter: usize, scope: &str, now_us: i64) -> i64 {
+        let (window, _) = self.defs[counter];
+        match self.slots[counter].get(scope) {
+            None => 0,
+            Some(Slot::Fixed { window_start, total }) => {
+                if *window_start >= window_start_of(now_us, window.len_us) {
+                    *total
+                } else {
+                    0
+                }
+            }
+            Some(Slot::Sliding(log)) => {
+                let horizon = now_us - window.len_us;
+                log.iter().filter(|e| e.ts_us > horizon).map(|e| e.amount).sum()
+            }
+        }
+    }
+
+    /// Adds `amount` to a counter instance unless that would take its total
+    /// past `max` (`None`: no limit, always adds). On success the amount is
+    /// recorded in `into`.
+    pub(crate) fn reserve(
+        &mut self,
+        counter: usize,
+        scope: &str,
+        amount: i64,
+        max: Option<i64>,
+        now_us: i64,
+        into: &mut Reservation,
+    ) -> Result<(), Exhausted> {
+        let (window, _) = self.defs[counter];
+        let slots = &mut self.slots[counter];
+        let scope_key: Arc<str> = match slots.get_key_value(scope) {
+            Some((k, _)) => Arc::clone(k),
+            None => {
+                let k: Arc<str> = Arc::from(scope);
+                let slot = match window.mode {
+                    WindowMode::Fixed => Slot::Fixed {
+                        window_start: window_start_of(now_us, window.len_us),
+                        total: 0,
+                    },
+                    WindowMode::Sliding => Slot::Sliding(VecDeque::new()),
+                };
+                slots.insert(Arc::clone(&k), slot);
+                self.live_slots += 1;
+                k
+            }
+        };
+        let slot = slots.get_mut(&*scope_key).expect("slot inserted above");
+        let mark = match slot {
+            Slot::Fixed {
+                window_start,
+                total,
+            } => {
+                let current = window_start_of(now_us, window.len_us);
+                // A clock that stepped back stays in the newer window: counting
+                // against it can only be stricter.
+                if current > *window_start {
+                    *window_start = current;
+                    *total = 0;
+                }
+                if let Some(max) = max
+                    && (*total > max || total.saturating_add(amount) > max)
+                {
+                    let window_end = *window_start + window.len_us;
+                    return Err(Exhausted {
+                        retry_after_us: Some((window_end - now_us).max(1)),
+                    });
+                }
+                *total += amount;
+                Mark::Window(*window_start)
+            }
+            Slot::Sliding(log) => {
+                let horizon = now_us - window.len_us;
+                while log.front().is_some_and(|e| e.ts_us <= horizon) {
+                    log.pop_front();
+                }
+                if let Some(max) = max {
+                    let total: i64 = log.iter().map(|e| e.amount).sum();
+                    if total > max || total.saturating_add(amount) > max {
+                        return Err(Exhausted {
+                            retry_after_us: sliding_retry_after(log, total, amount, max, window, now_us),
+                        });
+                    }
+                }
+                let id = self.next_entry;
+                self.next_entry += 1;
+                let entry = LogEntry {
+                    ts_us: now_us,
+                    amount,
+                    id,
+                };
+                // Keep the log in time order even if calls arrive out of order.
+                let at = log.partition_point(|e| e.ts_us <= now_us);
+                log.insert(at, entry);
+                Mark::Entry(id)
+            }
+        };
+        into.items.push(Reserved {
+            counter: counter as u32,
+            scope: scope_key,
+            amount,
+            mark,
+        });
+        Ok(())
+    }
+
+    /// Drops counter instances that can no longer affect any decision at or
+    /// after `now_us`, so memory follows live sessions, not history.
+    /// Amortized: cheap to call after every decision.
+    pub fn maybe_sweep(&mut self, now_us: i64) {
+        self.decisions_since_sweep += 1;
+        if self.decisions_since_sweep < self.live_slots.max(1024) {
+            return;
+        }
+        self.sweep(now_us);
+    }
+
+    /// Drops every counter instance that is empty as of `now_us`.
+    pub fn sweep(&mut self, now_us: i64) {
+        self.decisions_since_sweep = 0;
+        let mut live = 0;
+        for (slots, (window, _)) in self.slots.iter_mut().zip(&self.defs) {
+            slots.retain(|_, slot| match slot {
+                Slot::Fixed { window_start, total } => {
+                    *total != 0 && *window_start + window.len_us > now_us
+                }
+                Slot::Sliding(log) => log.back().is_some_and(|e| e.ts_us > now_us - window.len_us),
+            });
+            live += slots.len();
+        }
+        self.live_slots = live;
+    }
+
+    /// Number of counter instances held (for tests and memory reports).
+    pub fn slot_count(&self) -> usize {
+        self.slots.iter().map(|s| s.len()).sum()
+    }
+}
+
+/// Start of the fixed window holding `ts`: windows are whole multiples of
+/// their length since the Unix epoch, which for a minute, hour or day is the
+/// UTC calendar boundary (Unix time has no leap seconds).
+pub fn window_start_of(ts_us: i64, len_us: i64) -> i64 {
+    ts_us - ts_us.rem_euclid(len_us)
+}
+
+/// Time until enough old entries leave the window for `amount` to fit.
+fn sliding_retry_after(
+    log: &VecDeque<LogEntry>,
+    total: i64,
+    amount: i64,
+    max: i64,
+    window: Window,
+    now_us: i64,
+) -> Option<i64> {
+    if amount > max {
+        return None;
+    }
+    let mut remaining = total;
+    for e in log {
+        remaining -= e.amount;
+        if remaining + amount <= max {
+            return Some((e.ts_us + window.len_us - now_us).max(1));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEC: i64 = 1_000_000;
+
+    fn state(mode: WindowMode, len_us: i64) -> PolicyState {
+        PolicyState::for_counters(&[CounterDef {
+            identity: "t".into(),
+            window: Window { len_us, mode },
+            scope: Scope::Session,
+        }])
+    }
+
+    #[test]
+    fn fixed_window_counts_and_resets_on_boundary() {
+        let mut s = state(WindowMode::Fixed, 60 * SEC);
+        let mut r = Reservation::default();
+        let base = 120 * SEC; // a minute boundary
+        assert!(s.reserve(0, "a", 1, Some(2), base + SEC, &mut r).is_ok());
+        assert!(s.reserve(0, "a", 1, Some(2), base + 2 * SEC, &mut r).is_ok());
+        let err = s.reserve(0, "a", 1, Some(2), base + 59 * SEC, &mut r).unwrap_err();
+        assert_eq!(err.retry_after_us, Some(SEC));
+        assert!(s.reserve(0, "a", 1, Some(2), base + 60 * SEC, &mut r).is_ok());
+    }
+
+    #[test]
+    fn sliding_window_is_exact() {
+        let mut s = state(WindowMode::Sliding, 10 * SEC);
+        let mut r = Reservation::default();
+        assert!(s.reserve(0, "a", 1, Some(2), 0, &mut r).is_ok());
+        assert!(s.reserve(0, "a", 1, Some(2), 9 * SEC, &mut r).is_ok());
+        let err = s.reserve(0, "a", 1, Some(2), 9 * SEC + 1, &mut r).unwrap_err();
+        assert_eq!(err.retry_after_us, Some(10 * SEC - (9 * SEC + 1)));
+        // At exactly t = 10 s the entry at 0 is outside (t - W, t].
+        assert!(s.reserve(0, "a", 1, Some(2), 10 * SEC, &mut r).is_ok());
+    }
+
+    #[test]
+    fn roll_back_returns_the_amount() {
+        let mut s = state(WindowMode::Sliding, 10 * SEC);
+        let mut r = Reservation::default();
+        assert!(s.reserve(0, "a", 1, Some(1), 0, &mut r).is_ok());
+        assert_eq!(s.read(0, "a", 0), 1);
+        s.settle(r, true);
+        assert_eq!(s.read(0, "a", 0), 0);
+        let mut r2 = Reservation::default();
+        assert!(s.reserve(0, "a", 1, Some(1), SEC, &mut r2).is_ok());
+    }
+
+    #[test]
+    fn scopes_are_independent() {
+        let mut s = state(WindowMode::Fixed, 60 * SEC);
+        let mut r = Reservation::default();
+        assert!(s.reserve(0, "a", 1, Some(1), 0, &mut r).is_ok());
+        assert!(s.reserve(0, "b", 1, Some(1), 0, &mut r).is_ok());
+        assert!(s.reserve(0, "a", 1, Some(1), 0, &mut r).is_err());
+    }
+
+    #[test]
+    fn sweep_forgets_expired_slots() {
+        let mut s = state(WindowMode::Sliding, 10 * SEC);
+        let mut r = Reservation::default();
+        for i in 0..100 {
+            s.reserve(0, &format!("s{i}"), 1, Some(5), 0, &mut r).unwrap();
+        }
+        assert_eq!(s.slot_count(), 100);
+        s.sweep(5 * SEC);
+        assert_eq!(s.slot_count(), 100);
+        s.sweep(10 * SEC);
+        assert_eq!(s.slot_count(), 0);
+    }
+
+    #[test]
+    fn windows_align_to_the_epoch() {
+        assert_eq!(window_start_of(61 * SEC, 60 * SEC), 60 * SEC);
+        assert_eq!(window_start_of(-1, 60 * SEC), -60 * SEC);
+    }
+}
