@@ -44,9 +44,7 @@ pub enum TimeField {
 impl CallRecord {
     /// Parses one JSON line, naming what is wrong.
     pub fn parse(line: &str) -> Result<CallRecord, String> {
-        let record: CallRecord = serde_json::from_str(line).map_err(|e| {
-            format!("{e}")
-        })?;
+        let record: CallRecord = serde_json::from_str(line).map_err(|e| format!("{e}"))?;
         record.ts_us()?;
         if !(record.args.is_object() || record.args.is_null()) {
             return Err("\"args\" must be a JSON object".into());

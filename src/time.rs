@@ -5,8 +5,9 @@ use chrono::{DateTime, SecondsFormat, Utc};
 
 /// Parses an RFC 3339 timestamp (any offset) into microseconds UTC.
 pub fn parse_rfc3339_us(text: &str) -> Result<i64, String> {
-    let dt = DateTime::parse_from_rfc3339(text.trim())
-        .map_err(|e| format!("\"{text}\" is not an RFC 3339 timestamp ({e}); expected e.g. 2026-11-25T17:00:00Z"))?;
+    let dt = DateTime::parse_from_rfc3339(text.trim()).map_err(|e| {
+        format!("\"{text}\" is not an RFC 3339 timestamp ({e}); expected e.g. 2026-11-25T17:00:00Z")
+    })?;
     Ok(dt.with_timezone(&Utc).timestamp_micros())
 }
 
@@ -38,7 +39,10 @@ mod tests {
     fn round_trips() {
         let us = parse_rfc3339_us("2026-11-25T17:00:00.123456Z").unwrap();
         assert_eq!(format_us(us), "2026-11-25T17:00:00.123456Z");
-        assert_eq!(parse_rfc3339_us("2026-11-25T18:00:00+01:00").unwrap(), us - 123_456);
+        assert_eq!(
+            parse_rfc3339_us("2026-11-25T18:00:00+01:00").unwrap(),
+            us - 123_456
+        );
         assert_eq!(parse_time_arg("42").unwrap(), 42);
         assert!(parse_time_arg("yesterday").is_err());
     }

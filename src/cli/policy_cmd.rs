@@ -70,13 +70,19 @@ pub fn eval(policy_path: &Path, calls: Option<&Path>, keep_going: bool) -> ExitC
     let out = io::BufWriter::new(stdout);
     let (result, source) = match calls {
         Some(path) => match File::open(path) {
-            Ok(f) => (eval::run(&policy, BufReader::new(f), out, keep_going), path.display().to_string()),
+            Ok(f) => (
+                eval::run(&policy, BufReader::new(f), out, keep_going),
+                path.display().to_string(),
+            ),
             Err(e) => {
                 eprintln!("error: cannot read calls file {}: {e}", path.display());
                 return ExitCode::from(EXIT_INPUT);
             }
         },
-        None => (eval::run(&policy, io::stdin().lock(), out, keep_going), "<stdin>".to_string()),
+        None => (
+            eval::run(&policy, io::stdin().lock(), out, keep_going),
+            "<stdin>".to_string(),
+        ),
     };
     match result {
         Ok(summary) => {
@@ -88,7 +94,9 @@ pub fn eval(policy_path: &Path, calls: Option<&Path>, keep_going: bool) -> ExitC
         }
         Err(EvalError::BadLine { line, message }) => {
             eprintln!("error: {source}:{line}: {message}");
-            eprintln!("  hint: each line is a JSON call record {{\"ts\", \"session\", \"agent\", \"server\", \"tool\", \"args\"}}; pass --keep-going to skip bad lines");
+            eprintln!(
+                "  hint: each line is a JSON call record {{\"ts\", \"session\", \"agent\", \"server\", \"tool\", \"args\"}}; pass --keep-going to skip bad lines"
+            );
             ExitCode::from(EXIT_INPUT)
         }
         Err(e) => {

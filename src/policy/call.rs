@@ -65,7 +65,9 @@ impl FromStr for Verdict {
         Verdict::ALL
             .into_iter()
             .find(|v| v.as_str() == s)
-            .ok_or_else(|| format!("unknown verdict `{s}` (expected allow, deny, throttle or approval)"))
+            .ok_or_else(|| {
+                format!("unknown verdict `{s}` (expected allow, deny, throttle or approval)")
+            })
     }
 }
 
@@ -216,7 +218,9 @@ impl FromStr for Category {
             .into_iter()
             .find(|v| v.as_str() == s)
             .ok_or_else(|| {
-                format!("unknown category `{s}` (expected read, write, execute, destructive or unknown)")
+                format!(
+                    "unknown category `{s}` (expected read, write, execute, destructive or unknown)"
+                )
             })
     }
 }

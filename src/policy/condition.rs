@@ -168,7 +168,12 @@ pub fn resolve_args<'v>(args: &'v Value, segments: &[String]) -> Option<&'v Valu
 }
 
 /// Resolves the call-describing paths (`tool.*`, `call.*`) to a string.
-pub fn resolve_call_str<'a>(path: &PathRef, call: &Call<'a>, category: &'a str, risk: &'a str) -> Option<&'a str> {
+pub fn resolve_call_str<'a>(
+    path: &PathRef,
+    call: &Call<'a>,
+    category: &'a str,
+    risk: &'a str,
+) -> Option<&'a str> {
     match path {
         PathRef::ToolName => Some(call.tool),
         PathRef::ToolCategory => Some(category),
@@ -274,7 +279,11 @@ mod tests {
         for op in ops {
             let c = cond(op);
             for actual in ["write", "5", "read", ""] {
-                assert_eq!(c.test_str(actual), c.test(Some(&json!(actual))), "{c:?} {actual}");
+                assert_eq!(
+                    c.test_str(actual),
+                    c.test(Some(&json!(actual))),
+                    "{c:?} {actual}"
+                );
             }
         }
     }
@@ -290,7 +299,13 @@ mod tests {
     #[test]
     fn args_resolution_follows_objects_only() {
         let args = json!({"a": {"b": [1, 2]}});
-        assert_eq!(resolve_args(&args, &["a".into(), "b".into()]), Some(&json!([1, 2])));
-        assert_eq!(resolve_args(&args, &["a".into(), "b".into(), "0".into()]), None);
+        assert_eq!(
+            resolve_args(&args, &["a".into(), "b".into()]),
+            Some(&json!([1, 2]))
+        );
+        assert_eq!(
+            resolve_args(&args, &["a".into(), "b".into(), "0".into()]),
+            None
+        );
     }
 }

@@ -139,9 +139,14 @@ impl Policy {
                 },
             };
             let scope = scope_value(self.counters[limit.counter].scope, call);
-            if let Err(exhausted) =
-                state.reserve(limit.counter, scope, amount, limit.max, call.ts_us, &mut reservation)
-            {
+            if let Err(exhausted) = state.reserve(
+                limit.counter,
+                scope,
+                amount,
+                limit.max,
+                call.ts_us,
+                &mut reservation,
+            ) {
                 state.roll_back(reservation);
                 if let Some(a) = approval {
                     return Decision::refuse(Verdict::Approval, a.name.clone(), a.message.clone());
@@ -195,7 +200,11 @@ fn increment_value(value: Option<&Value>) -> Result<i64, &'static str> {
         None | Some(Value::Null) => Err("is missing from the arguments"),
         Some(Value::Number(n)) => n
             .as_i64()
-            .or_else(|| n.as_f64().filter(|f| f.is_finite()).map(|f| f.trunc() as i64))
+            .or_else(|| {
+                n.as_f64()
+                    .filter(|f| f.is_finite())
+                    .map(|f| f.trunc() as i64)
+            })
             .ok_or("is not a finite number"),
         Some(_) => Err("is not a number"),
     }

@@ -22,7 +22,14 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-const TOP_KEYS: &[&str] = &["version", "description", "default", "hide", "tools", "categories"];
+const TOP_KEYS: &[&str] = &[
+    "version",
+    "description",
+    "default",
+    "hide",
+    "tools",
+    "categories",
+];
 const TOOL_KEYS: &[&str] = &["rules"];
 const RULE_KEYS: &[&str] = &[
     "name",
@@ -61,7 +68,10 @@ impl Policy {
             PolicyError::Invalid(vec![Problem {
                 file: source.clone(),
                 pos: Pos { line: 1, col: 1 },
-                message: format!("the file is not UTF-8 text (invalid byte at offset {})", e.utf8_error().valid_up_to()),
+                message: format!(
+                    "the file is not UTF-8 text (invalid byte at offset {})",
+                    e.utf8_error().valid_up_to()
+                ),
                 hint: None,
             }])
         })?;
@@ -160,7 +170,10 @@ impl<'s> Loader<'s> {
         match &node.kind {
             NodeKind::Map(entries) => Some(entries),
             _ => {
-                self.error(node.pos, format!("{what} must be a mapping, found {}", node.type_name()));
+                self.error(
+                    node.pos,
+                    format!("{what} must be a mapping, found {}", node.type_name()),
+                );
                 None
             }
         }
@@ -172,7 +185,10 @@ impl<'s> Loader<'s> {
             NodeKind::Seq(items) => Some(items),
             NodeKind::Scalar(Scalar::Null, _) => Some(&[]),
             _ => {
-                self.error(node.pos, format!("{what} must be a list, found {}", node.type_name()));
+                self.error(
+                    node.pos,
+                    format!("{what} must be a list, found {}", node.type_name()),
+                );
                 None
             }
         }
@@ -185,7 +201,10 @@ impl<'s> Loader<'s> {
             NodeKind::Scalar(Scalar::Null, _) => Some(String::new()),
             NodeKind::Scalar(_, text) => Some(text.clone()),
             _ => {
-                self.error(node.pos, format!("{what} must be text, found {}", node.type_name()));
+                self.error(
+                    node.pos,
+                    format!("{what} must be text, found {}", node.type_name()),
+                );
                 None
             }
         }
@@ -222,7 +241,9 @@ impl<'s> Loader<'s> {
         self.check_keys(top, TOP_KEYS, "the policy (top level)");
 
         let version = get(top, "version");
-        let version_text = version.and_then(|v| self.text(v, "version")).unwrap_or_default();
+        let version_text = version
+            .and_then(|v| self.text(v, "version"))
+            .unwrap_or_default();
         if version_text != "1" {
             self.error_hint(
                 version.map_or(root.pos, |v| v.pos),
@@ -356,7 +377,11 @@ impl<'s> Loader<'s> {
         out
     }
 
-    fn parse_enum<T: std::str::FromStr<Err = String>>(&mut self, node: &Node, what: &str) -> Option<T> {
+    fn parse_enum<T: std::str::FromStr<Err = String>>(
+        &mut self,
+        node: &Node,
+        what: &str,
+    ) -> Option<T> {
         let text = self.text(node, what)?;
         match text.parse::<T>() {
             Ok(v) => Some(v),
@@ -406,14 +431,19 @@ impl<'s> Loader<'s> {
                 NodeKind::Map(fields) => {
                     self.check_keys(fields, TOOL_KEYS, &format!("tools.{key_text}"));
                     match get(fields, "rules") {
-                        Some(r) => self.list(r, &format!("tools.{key_text}.rules")).unwrap_or(&[]),
+                        Some(r) => self
+                            .list(r, &format!("tools.{key_text}.rules"))
+                            .unwrap_or(&[]),
                         None => &[],
                     }
                 }
                 _ => {
                     self.error_hint(
                         value.pos,
-                        format!("tools.{key_text} must be a mapping, found {}", value.type_name()),
+                        format!(
+                            "tools.{key_text} must be a mapping, found {}",
+                            value.type_name()
+                        ),
                         "write `rules: []` under the tool name",
                     );
                     &[]
@@ -424,17 +454,18 @@ impl<'s> Loader<'s> {
             let mut counter_names: HashMap<String, usize> = HashMap::new();
             for (i, rule_node) in rule_nodes.iter().enumerate() {
                 let prefix = format!("tools.{key_text}.rules[{i}]");
-                let Some(draft) = self.rule_shape(rule_node, &prefix, &key_text, kind, policy) else {
+                let Some(draft) = self.rule_shape(rule_node, &prefix, &key_text, kind, policy)
+                else {
                     continue;
                 };
-                if !draft.name.is_empty() {
-                    if let Some(prev) = names.insert(draft.name.clone(), i) {
-                        self.error_hint(
+                if !draft.name.is_empty()
+                    && let Some(prev) = names.insert(draft.name.clone(), i)
+                {
+                    self.error_hint(
                             rule_node.pos,
                             format!("{prefix}: duplicate rule name \"{}\" (also used by rules[{prev}])", draft.name),
                             "rule names identify decisions in the audit log; give each rule of a tool its own name",
                         );
-                    }
                 }
                 if let Some(CounterDraft::Named { name, counter, .. }) = &draft.counter {
                     if let Some(prev) = counter_names.insert(name.clone(), i) {
@@ -474,7 +505,9 @@ impl<'s> Loader<'s> {
     ) -> Option<RuleDraft<'n>> {
         let fields = self.mapping(node, prefix)?;
         self.check_keys(fields, RULE_KEYS, "a rule");
-        let name = get(fields, "name").and_then(|n| self.text(n, "name")).unwrap_or_default();
+        let name = get(fields, "name")
+            .and_then(|n| self.text(n, "name"))
+            .unwrap_or_default();
         if name.is_empty() {
             self.error(node.pos, format!("{prefix}: rule must have a name"));
         }
@@ -516,8 +549,16 @@ impl<'s> Loader<'s> {
         let state = get(fields, "state").filter(|s| !s.is_null());
         let rate = get(fields, "rate_limit").filter(|r| !r.is_null());
 
-        let scope_name = if kind == KeyKind::Wildcard { "_global" } else { key };
-        let named_scope = if kind == KeyKind::Glob { Scope::Tool } else { Scope::Global };
+        let scope_name = if kind == KeyKind::Wildcard {
+            "_global"
+        } else {
+            key
+        };
+        let named_scope = if kind == KeyKind::Glob {
+            Scope::Tool
+        } else {
+            Scope::Global
+        };
         let mut counter = None;
         if let Some(rate) = rate {
             let conflict = conditions.is_some() || state.is_some();
@@ -529,12 +570,21 @@ impl<'s> Loader<'s> {
                 );
             }
             if action != Action::Evaluate {
-                let action_name = if action == Action::Deny { "deny" } else { "require_approval" };
-                self.error(rate.pos, format!("{prefix}: rate_limit cannot be used with action \"{action_name}\""));
+                let action_name = if action == Action::Deny {
+                    "deny"
+                } else {
+                    "require_approval"
+                };
+                self.error(
+                    rate.pos,
+                    format!("{prefix}: rate_limit cannot be used with action \"{action_name}\""),
+                );
             }
             match &rate.kind {
                 NodeKind::Map(rate_fields) => {
-                    if let Some((max, window, per, text)) = self.long_rate(rate, rate_fields, prefix, kind) {
+                    if let Some((max, window, per, text)) =
+                        self.long_rate(rate, rate_fields, prefix, kind)
+                    {
                         let c = policy.counters.len();
                         policy.counters.push(CounterDef {
                             identity: format!("{key}\u{1f}{name}\u{1f}rate"),
@@ -568,7 +618,9 @@ impl<'s> Loader<'s> {
                                     amount: Amount::Fixed(1),
                                     shorthand_max: Some(count),
                                 },
-                                format!("Rate limit of {count} per {window_name} reached. Try again later."),
+                                format!(
+                                    "Rate limit of {count} per {window_name} reached. Try again later."
+                                ),
                             ));
                         }
                         Err(msg) => self.error_hint(
@@ -581,9 +633,15 @@ impl<'s> Loader<'s> {
             }
         } else if let Some(state) = state {
             if action == Action::RequireApproval {
-                self.error(state.pos, format!("{prefix}: require_approval rules must not have a state block"));
+                self.error(
+                    state.pos,
+                    format!("{prefix}: require_approval rules must not have a state block"),
+                );
             } else if action == Action::Deny {
-                self.warn(state.pos, format!("{prefix}: a deny rule never counts calls; its state block is unused"));
+                self.warn(
+                    state.pos,
+                    format!("{prefix}: a deny rule never counts calls; its state block is unused"),
+                );
             }
             if let Some((name, window, amount)) = self.state_block(state, prefix) {
                 let c = policy.counters.len();
@@ -607,7 +665,11 @@ impl<'s> Loader<'s> {
         match action {
             Action::Deny | Action::RequireApproval => {
                 if conditions.is_some() {
-                    let kind_name = if action == Action::Deny { "deny" } else { "require_approval" };
+                    let kind_name = if action == Action::Deny {
+                        "deny"
+                    } else {
+                        "require_approval"
+                    };
                     self.error_hint(
                         conditions.map_or(node.pos, |c| c.pos),
                         format!("{prefix}: {kind_name} rules must not have conditions"),
@@ -616,7 +678,8 @@ impl<'s> Loader<'s> {
                 }
             }
             Action::Evaluate => {
-                let has_conditions = conditions.is_some_and(|c| matches!(&c.kind, NodeKind::Seq(v) if !v.is_empty()));
+                let has_conditions = conditions
+                    .is_some_and(|c| matches!(&c.kind, NodeKind::Seq(v) if !v.is_empty()));
                 if !has_conditions && rate.is_none() {
                     self.error_hint(
                         node.pos,
@@ -633,7 +696,9 @@ impl<'s> Loader<'s> {
         };
         let message = message.or_else(|| match action {
             Action::Deny => Some(format!("Denied by rule \"{name}\"")),
-            Action::RequireApproval => Some(format!("Rule \"{name}\" requires a human's approval for this call")),
+            Action::RequireApproval => Some(format!(
+                "Rule \"{name}\" requires a human's approval for this call"
+            )),
             Action::Evaluate if !default_message.is_empty() => Some(default_message),
             Action::Evaluate => None,
         });
@@ -658,7 +723,10 @@ impl<'s> Loader<'s> {
         self.check_keys(fields, RATE_KEYS, "rate_limit");
         let max = match get(fields, "max") {
             None => {
-                self.error(node.pos, format!("{prefix}: rate_limit needs `max` (calls allowed per window)"));
+                self.error(
+                    node.pos,
+                    format!("{prefix}: rate_limit needs `max` (calls allowed per window)"),
+                );
                 None
             }
             Some(m) => match &m.kind {
@@ -666,7 +734,10 @@ impl<'s> Loader<'s> {
                 _ => {
                     self.error_hint(
                         m.pos,
-                        format!("{prefix}: rate_limit max must be a positive integer, got {}", m.scalar_text().unwrap_or(m.type_name())),
+                        format!(
+                            "{prefix}: rate_limit max must be a positive integer, got {}",
+                            m.scalar_text().unwrap_or(m.type_name())
+                        ),
                         "a max of 0 would refuse every call: use `action: deny` for that",
                     );
                     None
@@ -675,7 +746,10 @@ impl<'s> Loader<'s> {
         };
         let window = match get(fields, "window") {
             None => {
-                self.error(node.pos, format!("{prefix}: rate_limit needs `window` (e.g. 60s, 5m, 1h, 1d)"));
+                self.error(
+                    node.pos,
+                    format!("{prefix}: rate_limit needs `window` (e.g. 60s, 5m, 1h, 1d)"),
+                );
                 None
             }
             Some(w) => {
@@ -683,7 +757,11 @@ impl<'s> Loader<'s> {
                 match parse_duration_us(&text) {
                     Ok(us) => Some((us, text)),
                     Err(msg) => {
-                        self.error_hint(w.pos, format!("{prefix}: rate_limit window {msg}"), "use e.g. 60, 60s, 5m, 1h or 1d");
+                        self.error_hint(
+                            w.pos,
+                            format!("{prefix}: rate_limit window {msg}"),
+                            "use e.g. 60, 60s, 5m, 1h or 1d",
+                        );
                         None
                     }
                 }
@@ -704,8 +782,10 @@ impl<'s> Loader<'s> {
                 Some("global") => Scope::Global,
                 other => {
                     let other = other.unwrap_or_default();
-                    let msg = format!("{prefix}: rate_limit per must be session, agent, tool or global, got \"{other}\"");
-                    match suggest(&other, &["session", "agent", "tool", "global"]) {
+                    let msg = format!(
+                        "{prefix}: rate_limit per must be session, agent, tool or global, got \"{other}\""
+                    );
+                    match suggest(other, &["session", "agent", "tool", "global"]) {
                         Some(s) => self.error_hint(p.pos, msg, format!("did you mean \"{s}\"?")),
                         None => self.error(p.pos, msg),
                     }
@@ -721,7 +801,10 @@ impl<'s> Loader<'s> {
                 other => {
                     self.error(
                         m.pos,
-                        format!("{prefix}: rate_limit mode must be sliding or fixed, got \"{}\"", other.unwrap_or_default()),
+                        format!(
+                            "{prefix}: rate_limit mode must be sliding or fixed, got \"{}\"",
+                            other.unwrap_or_default()
+                        ),
                     );
                     WindowMode::Sliding
                 }
@@ -741,12 +824,19 @@ impl<'s> Loader<'s> {
     fn state_block(&mut self, node: &Node, prefix: &str) -> Option<(String, Window, Amount)> {
         let fields = self.mapping(node, &format!("{prefix}.state"))?;
         self.check_keys(fields, STATE_KEYS, "a state block");
-        let counter = get(fields, "counter").and_then(|c| self.text(c, "counter")).unwrap_or_default();
+        let counter = get(fields, "counter")
+            .and_then(|c| self.text(c, "counter"))
+            .unwrap_or_default();
         if counter.is_empty() {
-            self.error(node.pos, format!("{prefix}.state: counter must not be empty"));
+            self.error(
+                node.pos,
+                format!("{prefix}.state: counter must not be empty"),
+            );
         }
         let window_node = get(fields, "window");
-        let window_text = window_node.and_then(|w| self.text(w, "window")).unwrap_or_default();
+        let window_text = window_node
+            .and_then(|w| self.text(w, "window"))
+            .unwrap_or_default();
         let len_us = match window_text.as_str() {
             "minute" => MINUTE_US,
             "hour" => HOUR_US,
@@ -766,12 +856,21 @@ impl<'s> Loader<'s> {
             None => 1,
             Some(i) => match &i.kind {
                 NodeKind::Scalar(Scalar::Int(0), _) => {
-                    self.warn(i.pos, format!("{prefix}.state: increment 0 counts as 1 (as in Intercept)"));
+                    self.warn(
+                        i.pos,
+                        format!("{prefix}.state: increment 0 counts as 1 (as in Intercept)"),
+                    );
                     1
                 }
                 NodeKind::Scalar(Scalar::Int(n), _) => *n,
                 _ => {
-                    self.error(i.pos, format!("{prefix}.state: increment must be an integer, found {}", i.type_name()));
+                    self.error(
+                        i.pos,
+                        format!(
+                            "{prefix}.state: increment must be an integer, found {}",
+                            i.type_name()
+                        ),
+                    );
                     1
                 }
             },
@@ -793,7 +892,14 @@ impl<'s> Loader<'s> {
                 }
             }
         };
-        Some((counter, Window { len_us, mode: WindowMode::Fixed }, amount))
+        Some((
+            counter,
+            Window {
+                len_us,
+                mode: WindowMode::Fixed,
+            },
+            amount,
+        ))
     }
 
     fn finish_rule(
@@ -804,10 +910,7 @@ impl<'s> Loader<'s> {
         policy: &Policy,
         named: &HashMap<(usize, String), usize>,
     ) -> Rule {
-        let resolver = StateResolver {
-            policy,
-            named,
-        };
+        let resolver = StateResolver { policy, named };
         let when = draft
             .when
             .map(|w| self.conditions(w, &format!("{}.when", draft.prefix), &resolver))
@@ -834,7 +937,11 @@ impl<'s> Loader<'s> {
                     None => {
                         // Intercept's limit is the first lt/lte condition on the
                         // rule's own counter; the reservation enforces it.
-                        let scope_name = if kind == KeyKind::Wildcard { "_global" } else { key };
+                        let scope_name = if kind == KeyKind::Wildcard {
+                            "_global"
+                        } else {
+                            key
+                        };
                         let own = format!("state.{scope_name}.{name}");
                         let found = checks.iter().position(|c| {
                             c.path_text == own && matches!(c.op, Op::Lt(_) | Op::Lte(_))
@@ -846,7 +953,11 @@ impl<'s> Loader<'s> {
                         })
                     }
                 };
-                Some(Limit { counter, max, amount })
+                Some(Limit {
+                    counter,
+                    max,
+                    amount,
+                })
             }
         };
         let message = draft.message.unwrap_or_else(|| {
@@ -866,7 +977,12 @@ impl<'s> Loader<'s> {
         }
     }
 
-    fn conditions(&mut self, node: &Node, what: &str, resolver: &StateResolver<'_>) -> Vec<Condition> {
+    fn conditions(
+        &mut self,
+        node: &Node,
+        what: &str,
+        resolver: &StateResolver<'_>,
+    ) -> Vec<Condition> {
         let Some(items) = self.list(node, what) else {
             return Vec::new();
         };
@@ -879,11 +995,18 @@ impl<'s> Loader<'s> {
         out
     }
 
-    fn condition(&mut self, node: &Node, what: &str, resolver: &StateResolver<'_>) -> Option<Condition> {
+    fn condition(
+        &mut self,
+        node: &Node,
+        what: &str,
+        resolver: &StateResolver<'_>,
+    ) -> Option<Condition> {
         let fields = self.mapping(node, what)?;
         self.check_keys(fields, CONDITION_KEYS, "a condition");
         let path_node = get(fields, "path");
-        let path_text = path_node.and_then(|p| self.text(p, "path")).unwrap_or_default();
+        let path_text = path_node
+            .and_then(|p| self.text(p, "path"))
+            .unwrap_or_default();
         let path_pos = path_node.map_or(node.pos, |p| p.pos);
         let path = self.path(&path_text, path_pos, what, resolver);
         let op_node = get(fields, "op");
@@ -895,7 +1018,11 @@ impl<'s> Loader<'s> {
             let msg = format!("{what}: unknown operator \"{op_text}\"");
             match suggest(&op_text, &OpKind::NAMES) {
                 Some(s) => self.error_hint(op_pos, msg, format!("did you mean \"{s}\"?")),
-                None => self.error_hint(op_pos, msg, format!("use one of: {}", OpKind::NAMES.join(", "))),
+                None => self.error_hint(
+                    op_pos,
+                    msg,
+                    format!("use one of: {}", OpKind::NAMES.join(", ")),
+                ),
             }
             return None;
         };
@@ -928,7 +1055,10 @@ impl<'s> Loader<'s> {
                     _ => None,
                 };
                 let Some(n) = number else {
-                    self.error(value_pos, format!("{what}: operator \"{op_text}\" requires a numeric value"));
+                    self.error(
+                        value_pos,
+                        format!("{what}: operator \"{op_text}\" requires a numeric value"),
+                    );
                     return None;
                 };
                 match kind {
@@ -941,7 +1071,10 @@ impl<'s> Loader<'s> {
             OpKind::Exists => match json {
                 serde_json::Value::Bool(b) => Op::Exists(b),
                 _ => {
-                    self.error(value_pos, format!("{what}: operator \"exists\" requires a boolean value"));
+                    self.error(
+                        value_pos,
+                        format!("{what}: operator \"exists\" requires a boolean value"),
+                    );
                     return None;
                 }
             },
@@ -949,8 +1082,18 @@ impl<'s> Loader<'s> {
                 serde_json::Value::String(pattern) => match regex::Regex::new(&pattern) {
                     Ok(re) => Op::Regex(re),
                     Err(e) => {
-                        let detail = e.to_string().lines().last().unwrap_or_default().trim().trim_start_matches("error: ").to_string();
-                        self.error(value_pos, format!("{what}: invalid regex \"{pattern}\": {detail}"));
+                        let detail = e
+                            .to_string()
+                            .lines()
+                            .last()
+                            .unwrap_or_default()
+                            .trim()
+                            .trim_start_matches("error: ")
+                            .to_string();
+                        self.error(
+                            value_pos,
+                            format!("{what}: invalid regex \"{pattern}\": {detail}"),
+                        );
                         return None;
                     }
                 },
@@ -986,12 +1129,21 @@ impl<'s> Loader<'s> {
         for v in values {
             let text = v.as_str().unwrap_or_default();
             if !allowed.contains(&text) {
-                self.error(pos, format!("{what}: {path} is one of {}, got {v}", allowed.join(", ")));
+                self.error(
+                    pos,
+                    format!("{what}: {path} is one of {}, got {v}", allowed.join(", ")),
+                );
             }
         }
     }
 
-    fn path(&mut self, text: &str, pos: Pos, what: &str, resolver: &StateResolver<'_>) -> Option<PathRef> {
+    fn path(
+        &mut self,
+        text: &str,
+        pos: Pos,
+        what: &str,
+        resolver: &StateResolver<'_>,
+    ) -> Option<PathRef> {
         let simple = match text {
             "tool.name" => Some(PathRef::ToolName),
             "tool.category" => Some(PathRef::ToolCategory),
@@ -1012,8 +1164,15 @@ impl<'s> Loader<'s> {
             return Some(PathRef::Args(rest.split('.').map(str::to_string).collect()));
         }
         if let Some(rest) = text.strip_prefix("state.") {
-            let Some((scope, counter)) = rest.split_once('.').filter(|(s, c)| !s.is_empty() && !c.is_empty()) else {
-                self.error_hint(pos, format!("{what}: state path \"{text}\" must name a scope and a counter"), "write state.<tool>.<counter>, or state._global.<counter> for \"*\" rules");
+            let Some((scope, counter)) = rest
+                .split_once('.')
+                .filter(|(s, c)| !s.is_empty() && !c.is_empty())
+            else {
+                self.error_hint(
+                    pos,
+                    format!("{what}: state path \"{text}\" must name a scope and a counter"),
+                    "write state.<tool>.<counter>, or state._global.<counter> for \"*\" rules",
+                );
                 return None;
             };
             return match resolver.resolve(scope, counter) {
@@ -1031,7 +1190,14 @@ impl<'s> Loader<'s> {
         let message = format!(
             "{what}: path must start with \"args.\" or \"state.\", or be one of tool.name, tool.category, tool.risk, call.agent, call.session, call.server; got \"{text}\""
         );
-        let candidates = ["tool.name", "tool.category", "tool.risk", "call.agent", "call.session", "call.server"];
+        let candidates = [
+            "tool.name",
+            "tool.category",
+            "tool.risk",
+            "call.agent",
+            "call.session",
+            "call.server",
+        ];
         match suggest(text, &candidates) {
             Some(s) => self.error_hint(pos, message, format!("did you mean \"{s}\"?")),
             None => self.error(pos, message),
@@ -1052,21 +1218,37 @@ impl StateResolver<'_> {
         let lookup = |entry: usize| self.named.get(&(entry, counter.to_string())).copied();
         if scope == "_global" {
             let c = lookup(p.wildcard?)?;
-            return Some(CounterRead { counter: c, scope: Some(String::new()) });
+            return Some(CounterRead {
+                counter: c,
+                scope: Some(String::new()),
+            });
         }
         if let Some(&entry) = p.exact.get(scope) {
             let c = lookup(entry)?;
-            return Some(CounterRead { counter: c, scope: Some(String::new()) });
+            return Some(CounterRead {
+                counter: c,
+                scope: Some(String::new()),
+            });
         }
         // A glob key's own name: the counter of whichever tool is calling.
-        if let Some(entry) = p.entries.iter().position(|e| e.kind == KeyKind::Glob && e.key == scope) {
+        if let Some(entry) = p
+            .entries
+            .iter()
+            .position(|e| e.kind == KeyKind::Glob && e.key == scope)
+        {
             let c = lookup(entry)?;
-            return Some(CounterRead { counter: c, scope: None });
+            return Some(CounterRead {
+                counter: c,
+                scope: None,
+            });
         }
         // A tool name that a glob key covers: that tool's instance.
         let (_, entry) = p.globs.iter().find(|(g, _)| g.is_match(scope))?;
         let c = lookup(*entry)?;
-        Some(CounterRead { counter: c, scope: Some(scope.to_string()) })
+        Some(CounterRead {
+            counter: c,
+            scope: Some(scope.to_string()),
+        })
     }
 }
 
@@ -1094,17 +1276,27 @@ fn suggest<'a>(word: &str, allowed: &[&'a str]) -> Option<&'a str> {
 /// `N/minute|hour|day` → (N, window name, window length).
 fn parse_shorthand(text: &str) -> Result<(i64, &str, i64), String> {
     let Some((count, window)) = text.split_once('/') else {
-        return Err(format!("rate_limit must be in the format \"N/window\" (e.g. \"5/hour\"), got \"{text}\""));
+        return Err(format!(
+            "rate_limit must be in the format \"N/window\" (e.g. \"5/hour\"), got \"{text}\""
+        ));
     };
     let count = match count.parse::<i64>() {
         Ok(n) if n > 0 => n,
-        _ => return Err(format!("rate_limit count must be a positive integer, got \"{count}\"")),
+        _ => {
+            return Err(format!(
+                "rate_limit count must be a positive integer, got \"{count}\""
+            ));
+        }
     };
     let len = match window {
         "minute" => MINUTE_US,
         "hour" => HOUR_US,
         "day" => DAY_US,
-        _ => return Err(format!("rate_limit window must be \"minute\", \"hour\", or \"day\", got \"{window}\"")),
+        _ => {
+            return Err(format!(
+                "rate_limit window must be \"minute\", \"hour\", or \"day\", got \"{window}\""
+            ));
+        }
     };
     Ok((count, window, len))
 }
@@ -1132,7 +1324,11 @@ pub fn parse_duration_us(text: &str) -> Result<i64, String> {
         "m" => MINUTE_US as f64,
         "h" => HOUR_US as f64,
         "d" => DAY_US as f64,
-        other => return Err(format!("\"{text}\" has an unknown unit \"{other}\" (use ms, s, m, h or d)")),
+        other => {
+            return Err(format!(
+                "\"{text}\" has an unknown unit \"{other}\" (use ms, s, m, h or d)"
+            ));
+        }
     };
     let us = value * unit_us;
     if !us.is_finite() || us < 1.0 {

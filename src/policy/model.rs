@@ -90,7 +90,10 @@ pub(crate) struct Limit {
 pub(crate) enum Amount {
     Fixed(i64),
     /// `increment_from: args.x`: the argument's value, truncated to an integer.
-    FromArgs { path_text: String, segments: Vec<String> },
+    FromArgs {
+        path_text: String,
+        segments: Vec<String>,
+    },
 }
 
 /// One counter family. Its instances are keyed by the scope value
@@ -213,7 +216,9 @@ impl Policy {
             }
         }
         let category = category.or(known_category).unwrap_or(Category::Unknown);
-        let risk = risk.or(known_risk).unwrap_or_else(|| category.default_risk());
+        let risk = risk
+            .or(known_risk)
+            .unwrap_or_else(|| category.default_risk());
         (category, risk)
     }
 

@@ -110,12 +110,14 @@ impl PolicyState {
                 continue; // expired and swept: nothing left to return
             };
             match (slot, r.mark) {
-                (Slot::Fixed { window_start, total }, Mark::Window(w)) => {
-                    // A window that has rolled over already forgot the amount.
-                    if *window_start == w {
-                        *total -= r.amount;
-                    }
-                }
+                // A window that has rolled over already forgot the amount.
+                (
+                    Slot::Fixed {
+                        window_start,
+                        total,
+                    },
+                    Mark::Window(w),
+                ) if *window_start == w => *total -= r.amount,
                 (Slot::Sliding(log), Mark::Entry(id)) => {
                     if let Some(i) = log.iter().position(|e| e.id == id) {
                         log.remove(i);
@@ -131,16 +133,17 @@ impl PolicyState {
         let (window, _) = self.defs[counter];
         match self.slots[counter].get(scope) {
             None => 0,
-            Some(Slot::Fixed { window_start, total }) => {
-                if *window_start >= window_start_of(now_us, window.len_us) {
-                    *total
-                } else {
-                    0
-                }
-            }
+            Some(Slot::Fixed {
+                window_start,
+                total,
+            }) if *window_start >= window_start_of(now_us, window.len_us) => *total,
+            Some(Slot::Fixed { .. }) => 0,
             Some(Slot::Sliding(log)) => {
                 let horizon = now_us - window.len_us;
-                log.iter().filter(|e| e.ts_us > horizon).map(|e| e.amount).sum()
+                log.iter()
+                    .filter(|e| e.ts_us > horizon)
+                    .map(|e| e.amount)
+                    .sum()
             }
         }
     }
@@ -208,7 +211,9 @@ impl PolicyState {
                     let total: i64 = log.iter().map(|e| e.amount).sum();
                     if total > max || total.saturating_add(amount) > max {
                         return Err(Exhausted {
-                            retry_after_us: sliding_retry_after(log, total, amount, max, window, now_us),
+                            retry_after_us: sliding_retry_after(
+                                log, total, amount, max, window, now_us,
+                            ),
                         });
                     }
                 }
@@ -251,9 +256,10 @@ impl PolicyState {
         let mut live = 0;
         for (slots, (window, _)) in self.slots.iter_mut().zip(&self.defs) {
             slots.retain(|_, slot| match slot {
-                Slot::Fixed { window_start, total } => {
-                    *total != 0 && *window_start + window.len_us > now_us
-                }
+                Slot::Fixed {
+                    window_start,
+                    total,
+                } => *total != 0 && *window_start + window.len_us > now_us,
                 Slot::Sliding(log) => log.back().is_some_and(|e| e.ts_us > now_us - window.len_us),
             });
             live += slots.len();
@@ -316,10 +322,18 @@ mod tests {
         let mut r = Reservation::default();
         let base = 120 * SEC; // a minute boundary
         assert!(s.reserve(0, "a", 1, Some(2), base + SEC, &mut r).is_ok());
-        assert!(s.reserve(0, "a", 1, Some(2), base + 2 * SEC, &mut r).is_ok());
-        let err = s.reserve(0, "a", 1, Some(2), base + 59 * SEC, &mut r).unwrap_err();
+        assert!(
+            s.reserve(0, "a", 1, Some(2), base + 2 * SEC, &mut r)
+                .is_ok()
+        );
+        let err = s
+            .reserve(0, "a", 1, Some(2), base + 59 * SEC, &mut r)
+            .unwrap_err();
         assert_eq!(err.retry_after_us, Some(SEC));
-        assert!(s.reserve(0, "a", 1, Some(2), base + 60 * SEC, &mut r).is_ok());
+        assert!(
+            s.reserve(0, "a", 1, Some(2), base + 60 * SEC, &mut r)
+                .is_ok()
+        );
     }
 
     #[test]
@@ -328,7 +342,9 @@ mod tests {
         let mut r = Reservation::default();
         assert!(s.reserve(0, "a", 1, Some(2), 0, &mut r).is_ok());
         assert!(s.reserve(0, "a", 1, Some(2), 9 * SEC, &mut r).is_ok());
-        let err = s.reserve(0, "a", 1, Some(2), 9 * SEC + 1, &mut r).unwrap_err();
+        let err = s
+            .reserve(0, "a", 1, Some(2), 9 * SEC + 1, &mut r)
+            .unwrap_err();
         assert_eq!(err.retry_after_us, Some(10 * SEC - (9 * SEC + 1)));
         // At exactly t = 10 s the entry at 0 is outside (t - W, t].
         assert!(s.reserve(0, "a", 1, Some(2), 10 * SEC, &mut r).is_ok());
@@ -360,7 +376,8 @@ mod tests {
         let mut s = state(WindowMode::Sliding, 10 * SEC);
         let mut r = Reservation::default();
         for i in 0..100 {
-            s.reserve(0, &format!("s{i}"), 1, Some(5), 0, &mut r).unwrap();
+            s.reserve(0, &format!("s{i}"), 1, Some(5), 0, &mut r)
+                .unwrap();
         }
         assert_eq!(s.slot_count(), 100);
         s.sweep(5 * SEC);

@@ -240,9 +240,8 @@ impl Builder {
                         });
                     }
                     let text = node.scalar_text().unwrap_or_default();
-                    if let Some((first, _)) = entries
-                        .iter()
-                        .find(|(k, _)| k.scalar_text() == Some(text))
+                    if let Some((first, _)) =
+                        entries.iter().find(|(k, _)| k.scalar_text() == Some(text))
                     {
                         return Err(SyntaxError {
                             pos: node.pos,

@@ -1,0 +1,579 @@
+//! The decision core's semantics, rule by rule (§2), through the public API.
+
+use flightrec::policy::{ApprovalMode, Call, Category, Policy, PolicyState, Verdict};
+use serde_json::{Value, json};
+
+const SEC: i64 = 1_000_000;
+/// 2026-11-25T00:00:00Z, a day (and so minute and hour) boundary.
+const DAY0: i64 = 1_795_564_800 * SEC;
+
+fn policy(yaml: &str) -> Policy {
+    match Policy::from_yaml(yaml, "test.yaml") {
+        Ok((p, _)) => p,
+        Err(e) => panic!("policy should load:\n{e}"),
+    }
+}
+
+struct Caller<'p> {
+    policy: &'p Policy,
+    state: PolicyState,
+}
+
+impl<'p> Caller<'p> {
+    fn new(policy: &'p Policy) -> Self {
+        Caller {
+            policy,
+            state: PolicyState::new(policy),
+        }
+    }
+
+    fn call_full(
+        &mut self,
+        ts: i64,
+        session: &str,
+        agent: &str,
+        tool: &str,
+        args: Value,
+    ) -> (Verdict, Option<String>, Option<u64>) {
+        let call = Call {
+            ts_us: ts,
+            session,
+            agent,
+            server: "srv",
+            tool,
+            category: None,
+            risk: None,
+            args: &args,
+        };
+        let d = self.policy.decide(&mut self.state, &call);
+        (
+            d.verdict,
+            d.rule.as_deref().map(str::to_string),
+            d.retry_after_ms,
+        )
+    }
+
+    fn call(&mut self, ts: i64, tool: &str, args: Value) -> Verdict {
+        self.call_full(ts, "s1", "a1", tool, args).0
+    }
+}
+
+#[test]
+fn hide_denies_before_anything_else() {
+    let p = policy(
+        r#"
+version: "1"
+hide: [secret_tool, "drop_*"]
+tools:
+  secret_tool:
+    rules: []
+"#,
+    );
+    let mut c = Caller::new(&p);
+    let (v, rule, _) = c.call_full(DAY0, "s", "a", "secret_tool", json!({}));
+    assert_eq!((v, rule.as_deref()), (Verdict::Deny, Some("(hidden)")));
+    assert_eq!(c.call(DAY0, "drop_table", json!({})), Verdict::Deny);
+    assert_eq!(c.call(DAY0, "other", json!({})), Verdict::Allow);
+}
+
+#[test]
+fn default_deny_rejects_unlisted_tools_even_with_wildcard_rules() {
+    let p = policy(
+        r#"
+version: "1"
+default: deny
+tools:
+  read_file:
+    rules: []
+  "list_*":
+    rules: []
+  "*":
+    rules:
+      - name: global
+        rate_limit: 100/minute
+"#,
+    );
+    let mut c = Caller::new(&p);
+    assert_eq!(c.call(DAY0, "read_file", json!({})), Verdict::Allow);
+    assert_eq!(c.call(DAY0, "list_things", json!({})), Verdict::Allow);
+    let (v, rule, _) = c.call_full(DAY0, "s", "a", "write_file", json!({}));
+    assert_eq!(
+        (v, rule.as_deref()),
+        (Verdict::Deny, Some("(default deny)"))
+    );
+}
+
+#[test]
+fn exact_key_beats_glob_and_first_glob_wins() {
+    let p = policy(
+        r#"
+version: "1"
+tools:
+  "copy_*":
+    rules:
+      - name: glob deny
+        action: deny
+  "copy_image*":
+    rules:
+      - name: second glob
+        action: deny
+  copy_image_set:
+    rules:
+      - name: exact ok
+        conditions: [{path: args.ok, op: eq, value: true}]
+"#,
+    );
+    let mut c = Caller::new(&p);
+    assert_eq!(
+        c.call(DAY0, "copy_image_set", json!({"ok": true})),
+        Verdict::Allow
+    );
+    assert_eq!(
+        c.call(DAY0, "copy_image_set", json!({"ok": false})),
+        Verdict::Deny
+    );
+    let (_, rule, _) = c.call_full(DAY0, "s", "a", "copy_image_frames", json!({}));
+    assert_eq!(rule.as_deref(), Some("glob deny"));
+}
+
+#[test]
+fn deny_rule_stops_and_wildcard_follows_tool_rules() {
+    let p = policy(
+        r#"
+version: "1"
+tools:
+  delete_customer:
+    rules:
+      - name: block destructive action
+        action: deny
+        on_deny: "Customer deletion is not permitted via AI agents"
+  "*":
+    rules:
+      - name: no prod
+        conditions: [{path: args.env, op: neq, value: prod}]
+"#,
+    );
+    let mut c = Caller::new(&p);
+    let call = Call {
+        ts_us: DAY0,
+        session: "s",
+        agent: "a",
+        server: "x",
+        tool: "delete_customer",
+        category: None,
+        risk: None,
+        args: &json!({"env": "dev"}),
+    };
+    let d = p.decide(&mut PolicyState::new(&p), &call);
+    assert_eq!(d.verdict, Verdict::Deny);
+    assert_eq!(
+        d.message.as_deref(),
+        Some("Customer deletion is not permitted via AI agents")
+    );
+    let (v, rule, _) = c.call_full(DAY0, "s", "a", "create", json!({"env": "prod"}));
+    assert_eq!((v, rule.as_deref()), (Verdict::Deny, Some("no prod")));
+    // neq on a missing argument fails, as in Intercept.
+    assert_eq!(c.call(DAY0, "create", json!({})), Verdict::Deny);
+}
+
+#[test]
+fn shorthand_counts_in_calendar_minutes_and_throttles_with_retry_after() {
+    let p = policy(
+        r#"
+version: "1"
+tools:
+  create_issue:
+    rules:
+      - name: per minute
+        rate_limit: 2/minute
+"#,
+    );
+    let mut c = Caller::new(&p);
+    assert_eq!(
+        c.call(DAY0 + 58 * SEC, "create_issue", json!({})),
+        Verdict::Allow
+    );
+    assert_eq!(
+        c.call(DAY0 + 59 * SEC, "create_issue", json!({})),
+        Verdict::Allow
+    );
+    let (v, rule, retry) = c.call_full(
+        DAY0 + 59 * SEC + 500_000,
+        "s",
+        "a",
+        "create_issue",
+        json!({}),
+    );
+    assert_eq!(v, Verdict::Throttle);
+    assert_eq!(rule.as_deref(), Some("per minute"));
+    assert_eq!(retry, Some(500));
+    // The next calendar minute starts from zero.
+    assert_eq!(
+        c.call(DAY0 + 60 * SEC, "create_issue", json!({})),
+        Verdict::Allow
+    );
+}
+
+#[test]
+fn state_block_with_increment_from_caps_a_sum() {
+    let p = policy(
+        r#"
+version: "1"
+tools:
+  create_charge:
+    rules:
+      - name: daily spend cap
+        conditions:
+          - path: state.create_charge.daily_spend
+            op: lte
+            value: 1000
+        state:
+          counter: daily_spend
+          window: day
+          increment_from: args.amount
+"#,
+    );
+    let mut c = Caller::new(&p);
+    assert_eq!(
+        c.call(DAY0, "create_charge", json!({"amount": 600})),
+        Verdict::Allow
+    );
+    assert_eq!(
+        c.call(DAY0 + SEC, "create_charge", json!({"amount": 500})),
+        Verdict::Throttle
+    );
+    assert_eq!(
+        c.call(DAY0 + 2 * SEC, "create_charge", json!({"amount": 400})),
+        Verdict::Allow
+    );
+    // A missing increment_from argument fails closed.
+    let (v, _, _) = c.call_full(DAY0 + 3 * SEC, "s", "a", "create_charge", json!({}));
+    assert_eq!(v, Verdict::Deny);
+    let call = Call {
+        ts_us: DAY0,
+        session: "s",
+        agent: "a",
+        server: "x",
+        tool: "create_charge",
+        category: None,
+        risk: None,
+        args: &json!({"amount": "12"}),
+    };
+    let d = p.decide(&mut PolicyState::new(&p), &call);
+    assert_eq!(d.verdict, Verdict::Deny);
+    assert!(
+        d.message
+            .unwrap()
+            .contains("increment_from args.amount is not a number")
+    );
+}
+
+#[test]
+fn lt_limit_means_one_less_than_lte() {
+    let p = policy(
+        r#"
+version: "1"
+tools:
+  t:
+    rules:
+      - name: under three
+        conditions: [{path: state.t.n, op: lt, value: 3}]
+        state: {counter: n, window: hour}
+"#,
+    );
+    let mut c = Caller::new(&p);
+    let verdicts: Vec<Verdict> = (0..4)
+        .map(|i| c.call(DAY0 + i * SEC, "t", json!({})))
+        .collect();
+    assert_eq!(
+        verdicts,
+        vec![
+            Verdict::Allow,
+            Verdict::Allow,
+            Verdict::Throttle,
+            Verdict::Throttle
+        ]
+    );
+}
+
+#[test]
+fn sliding_per_session_limit_is_exact_and_scoped() {
+    let p = policy(
+        r#"
+version: "1"
+tools:
+  copy_image_set:
+    rules:
+      - name: copy budget
+        rate_limit: {max: 2, window: 10s, per: session}
+"#,
+    );
+    let mut c = Caller::new(&p);
+    let t = |s: i64| DAY0 + s * SEC;
+    assert_eq!(
+        c.call_full(t(0), "A", "x", "copy_image_set", json!({})).0,
+        Verdict::Allow
+    );
+    assert_eq!(
+        c.call_full(t(5), "A", "x", "copy_image_set", json!({})).0,
+        Verdict::Allow
+    );
+    let (v, _, retry) = c.call_full(t(9), "A", "x", "copy_image_set", json!({}));
+    assert_eq!((v, retry), (Verdict::Throttle, Some(1000)));
+    // Another session has its own budget.
+    assert_eq!(
+        c.call_full(t(9), "B", "x", "copy_image_set", json!({})).0,
+        Verdict::Allow
+    );
+    // At t = 10 s the call at 0 leaves (t - 10 s, t].
+    assert_eq!(
+        c.call_full(t(10), "A", "x", "copy_image_set", json!({})).0,
+        Verdict::Allow
+    );
+}
+
+#[test]
+fn rpc_error_rolls_back_but_tool_error_counts() {
+    let p = policy(
+        r#"
+version: "1"
+tools:
+  t:
+    rules:
+      - name: one per minute
+        rate_limit: 1/minute
+"#,
+    );
+    let mut state = PolicyState::new(&p);
+    let args = json!({});
+    let call = Call {
+        ts_us: DAY0,
+        session: "s",
+        agent: "a",
+        server: "x",
+        tool: "t",
+        category: None,
+        risk: None,
+        args: &args,
+    };
+    let d = p.decide(&mut state, &call);
+    assert_eq!(d.verdict, Verdict::Allow);
+    state.settle(d.reservation, true); // JSON-RPC error: give it back
+    let d = p.decide(&mut state, &call);
+    assert_eq!(d.verdict, Verdict::Allow);
+    state.settle(d.reservation, false); // isError result: the tool ran
+    assert_eq!(p.decide(&mut state, &call).verdict, Verdict::Throttle);
+}
+
+#[test]
+fn throttle_releases_earlier_reservations() {
+    let p = policy(
+        r#"
+version: "1"
+tools:
+  t:
+    rules:
+      - name: roomy
+        rate_limit: 10/minute
+  "*":
+    rules:
+      - name: tight
+        rate_limit: 1/minute
+"#,
+    );
+    let mut c = Caller::new(&p);
+    assert_eq!(c.call(DAY0, "t", json!({})), Verdict::Allow);
+    for i in 1..20 {
+        let (v, rule, _) = c.call_full(DAY0 + i, "s", "a", "t", json!({}));
+        assert_eq!((v, rule.as_deref()), (Verdict::Throttle, Some("tight")));
+    }
+    // Had the throttled calls kept "roomy" reservations, it would be exhausted.
+    assert_eq!(c.call(DAY0 + 60 * SEC, "t", json!({})), Verdict::Allow);
+}
+
+#[test]
+fn when_scopes_a_rule_and_approval_stops_the_call() {
+    let p = policy(
+        r#"
+version: "1"
+categories:
+  "delete_*": destructive
+tools:
+  "*":
+    rules:
+      - name: destructive needs approval
+        when:
+          - {path: tool.category, op: eq, value: destructive}
+        action: require_approval
+      - name: big copies throttled
+        when: [{path: args.count, op: gt, value: 100}]
+        rate_limit: {max: 1, window: 1h}
+"#,
+    );
+    let mut c = Caller::new(&p);
+    let (v, rule, _) = c.call_full(DAY0, "s", "a", "delete_thing", json!({}));
+    assert_eq!(
+        (v, rule.as_deref()),
+        (Verdict::Approval, Some("destructive needs approval"))
+    );
+    assert_eq!(c.call(DAY0, "copy", json!({"count": 500})), Verdict::Allow);
+    assert_eq!(
+        c.call(DAY0 + 1, "copy", json!({"count": 500})),
+        Verdict::Throttle
+    );
+    // Small copies are outside the rule's `when` and never counted.
+    for i in 0..10 {
+        assert_eq!(
+            c.call(DAY0 + 2 + i, "copy", json!({"count": 5})),
+            Verdict::Allow
+        );
+    }
+}
+
+#[test]
+fn approvals_grant_counts_but_deny_does_not() {
+    let p = policy(
+        r#"
+version: "1"
+tools:
+  reboot_broker:
+    rules:
+      - name: human
+        action: require_approval
+      - name: budget
+        rate_limit: {max: 1, window: 1h}
+"#,
+    );
+    let args = json!({});
+    let call = |ts| Call {
+        ts_us: ts,
+        session: "s",
+        agent: "a",
+        server: "x",
+        tool: "reboot_broker",
+        category: Some(Category::Write),
+        risk: None,
+        args: &args,
+    };
+    let mut granted = PolicyState::new(&p);
+    let d1 = p.decide_with(&mut granted, &call(DAY0), ApprovalMode::Grant);
+    assert_eq!(d1.verdict, Verdict::Approval);
+    assert_eq!(d1.reservation.len(), 1);
+    let d2 = p.decide_with(&mut granted, &call(DAY0 + 1), ApprovalMode::Grant);
+    assert_eq!(d2.verdict, Verdict::Approval);
+    assert!(
+        d2.reservation.is_empty(),
+        "the budget is spent: nothing reserved"
+    );
+
+    let mut denied = PolicyState::new(&p);
+    for i in 0..3 {
+        let d = p.decide_with(&mut denied, &call(DAY0 + i), ApprovalMode::Deny);
+        assert_eq!(d.verdict, Verdict::Approval);
+        assert!(d.reservation.is_empty());
+    }
+}
+
+#[test]
+fn glob_key_counters_are_scoped_by_tool_name() {
+    let p = policy(
+        r#"
+version: "1"
+tools:
+  "copy_*":
+    rules:
+      - name: copies
+        rate_limit: 1/hour
+"#,
+    );
+    let mut c = Caller::new(&p);
+    assert_eq!(c.call(DAY0, "copy_a", json!({})), Verdict::Allow);
+    assert_eq!(c.call(DAY0, "copy_b", json!({})), Verdict::Allow);
+    assert_eq!(c.call(DAY0, "copy_a", json!({})), Verdict::Throttle);
+}
+
+#[test]
+fn wildcard_counters_are_global_and_readable_as_global_state() {
+    let p = policy(
+        r#"
+version: "1"
+tools:
+  "*":
+    rules:
+      - name: global rate limit
+        conditions: [{path: state._global.calls, op: lte, value: 2}]
+        state: {counter: calls, window: minute}
+  report:
+    rules:
+      - name: only when quiet
+        conditions: [{path: state._global.calls, op: lt, value: 1}]
+"#,
+    );
+    let mut c = Caller::new(&p);
+    assert_eq!(c.call(DAY0, "report", json!({})), Verdict::Allow);
+    // One call counted: "report" now reads 1 and is refused by its check.
+    let (v, rule, _) = c.call_full(DAY0 + 1, "s", "a", "report", json!({}));
+    assert_eq!(
+        (v, rule.as_deref()),
+        (Verdict::Deny, Some("only when quiet"))
+    );
+    assert_eq!(c.call(DAY0 + 2, "x", json!({})), Verdict::Allow);
+    assert_eq!(c.call(DAY0 + 3, "y", json!({})), Verdict::Throttle);
+}
+
+#[test]
+fn call_and_tool_paths_are_readable() {
+    let p = policy(
+        r#"
+version: "1"
+categories:
+  copy_image_set: {category: write, risk: high}
+tools:
+  "*":
+    rules:
+      - name: agent allowlist
+        conditions: [{path: call.agent, op: in, value: [good]}]
+      - name: no high risk on prod server
+        when: [{path: call.server, op: eq, value: srv}]
+        conditions: [{path: tool.risk, op: neq, value: high}]
+"#,
+    );
+    let mut c = Caller::new(&p);
+    assert_eq!(
+        c.call_full(DAY0, "s", "bad", "x", json!({})).0,
+        Verdict::Deny
+    );
+    assert_eq!(
+        c.call_full(DAY0, "s", "good", "x", json!({})).0,
+        Verdict::Allow
+    );
+    let (v, rule, _) = c.call_full(DAY0, "s", "good", "copy_image_set", json!({}));
+    assert_eq!(
+        (v, rule.as_deref()),
+        (Verdict::Deny, Some("no high risk on prod server"))
+    );
+}
+
+#[test]
+fn always_refuses_reports_tools_to_drop_from_tools_list() {
+    let p = policy(
+        r#"
+version: "1"
+default: deny
+hide: [h]
+tools:
+  d:
+    rules: [{name: no, action: deny}]
+  c:
+    rules:
+      - {name: maybe, when: [{path: args.x, op: eq, value: 1}], action: deny}
+  ok:
+    rules: []
+"#,
+    );
+    assert!(p.always_refuses("h"));
+    assert!(p.always_refuses("d"));
+    assert!(p.always_refuses("unlisted"));
+    assert!(!p.always_refuses("c"));
+    assert!(!p.always_refuses("ok"));
+}
