@@ -164,10 +164,11 @@ tools:
             for (key, limit) in rules {
                 if reserve(&mut counters, key, limit, t) { taken.push(key); } else { ok = false; break; }
             }
-            if !ok {
-                for key in &taken { rollbacks.push((key, t)); }
-            } else if c.rpc_error {
-                for key in &taken { rollbacks.push((key, t)); }
+            // A throttle releases what it took; a JSON-RPC error rolls back.
+            if !ok || c.rpc_error {
+                for key in &taken {
+                    rollbacks.push((key, t));
+                }
             }
             for (key, _) in rollbacks.drain(..) {
                 let e = counters.get_mut(key).unwrap();
@@ -205,7 +206,7 @@ tools:
             if matches!(o.3, Verdict::Throttle | Verdict::Deny) { continue; }
             kept_seq.push(GenCall { dt: o.0 - last_t, ..c.clone() });
             last_t = o.0;
-            kept_out.push(o.clone());
+            kept_out.push(*o);
         }
         prop_assert_eq!(run(&p, &kept_seq), kept_out);
     }
