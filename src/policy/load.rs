@@ -281,7 +281,7 @@ impl<'s> Loader<'s> {
             description,
             default_deny,
             hide,
-            exact: HashMap::new(),
+            exact: Default::default(),
             globs: Vec::new(),
             wildcard: None,
             entries: Vec::new(),

@@ -5,7 +5,10 @@
 use crate::policy::call::{Category, Risk};
 use crate::policy::condition::Condition;
 use globset::GlobMatcher;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+type FastSet<T> = HashSet<T, foldhash::fast::RandomState>;
 use std::sync::Arc;
 
 /// A loaded, validated policy.
@@ -18,7 +21,7 @@ pub struct Policy {
     pub description: Option<String>,
     pub default_deny: bool,
     pub(crate) hide: ToolSet,
-    pub(crate) exact: HashMap<String, usize>,
+    pub(crate) exact: FastMap<String, usize>,
     pub(crate) globs: Vec<(GlobMatcher, usize)>,
     pub(crate) wildcard: Option<usize>,
     pub(crate) entries: Vec<ToolEntry>,
@@ -30,7 +33,7 @@ pub struct Policy {
 #[derive(Debug, Clone, Default)]
 pub(crate) struct ToolSet {
     pub all: bool,
-    pub exact: std::collections::HashSet<String>,
+    pub exact: FastSet<String>,
     pub globs: Vec<GlobMatcher>,
 }
 

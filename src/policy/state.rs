@@ -12,11 +12,13 @@
 //! argument: nothing here reads a clock.
 
 use crate::policy::model::{CounterDef, Policy, Scope, Window, WindowMode};
+use hashbrown::hash_map::EntryRef;
 use smallvec::SmallVec;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 
-type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+/// hashbrown (foldhash, randomly seeded) for one-lookup get-or-insert by `&str`.
+type Map<K, V> = hashbrown::HashMap<K, V>;
 
 /// Counts reserved for one decided call, to be kept or rolled back.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -161,11 +163,9 @@ impl PolicyState {
         into: &mut Reservation,
     ) -> Result<(), Exhausted> {
         let (window, _) = self.defs[counter];
-        let slots = &mut self.slots[counter];
-        let scope_key: Arc<str> = match slots.get_key_value(scope) {
-            Some((k, _)) => Arc::clone(k),
-            None => {
-                let k: Arc<str> = Arc::from(scope);
+        let (scope_key, slot) = match self.slots[counter].entry_ref(scope) {
+            EntryRef::Occupied(o) => (Arc::clone(o.key()), o.into_mut()),
+            EntryRef::Vacant(v) => {
                 let slot = match window.mode {
                     WindowMode::Fixed => Slot::Fixed {
                         window_start: window_start_of(now_us, window.len_us),
@@ -173,12 +173,11 @@ impl PolicyState {
                     },
                     WindowMode::Sliding => Slot::Sliding(VecDeque::new()),
                 };
-                slots.insert(Arc::clone(&k), slot);
                 self.live_slots += 1;
-                k
+                let o = v.insert_entry(slot);
+                (Arc::clone(o.key()), o.into_mut())
             }
         };
-        let slot = slots.get_mut(&*scope_key).expect("slot inserted above");
         let mark = match slot {
             Slot::Fixed {
                 window_start,

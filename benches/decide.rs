@@ -1,0 +1,137 @@
+//! Decisions per second on one core: a 50-rule policy, 10,000 sessions,
+//! per-session sliding limits, random tools (issue 2's benchmark).
+//!
+//! Run: `cargo bench --bench decide`. Divan reports time per iteration and
+//! items/s; one iteration decides `CALLS` calls in time order.
+
+use divan::{Bencher, counter::ItemsCount};
+use flightrec::policy::{Call, Policy, PolicyState};
+use serde_json::{Value, json};
+
+const CALLS: usize = 200_000;
+const SESSIONS: usize = 10_000;
+const TOOLS: usize = 24;
+
+fn main() {
+    divan::main();
+}
+
+/// 24 tools × 2 rules (an argument check and a per-session sliding limit)
+/// plus 2 wildcard rules = 50 rules.
+fn policy_yaml() -> String {
+    let mut y = String::from("version: \"1\"\ndescription: bench\ntools:\n");
+    for t in 0..TOOLS {
+        y.push_str(&format!(
+            "  tool_{t}:\n    rules:\n      - name: size check {t}\n        conditions:\n          - {{path: args.size, op: lte, value: 1000}}\n      - name: per session {t}\n        rate_limit: {{max: 5, window: 10s, per: session}}\n"
+        ));
+    }
+    y.push_str("  \"*\":\n    rules:\n      - name: no prod deletes\n        when: [{path: args.env, op: eq, value: prod}]\n        action: deny\n      - name: global\n        rate_limit: 1000000/minute\n");
+    y
+}
+
+struct Workload {
+    sessions: Vec<String>,
+    tools: Vec<String>,
+    args: Vec<Value>,
+    /// (ts, session index, tool index, args index)
+    calls: Vec<(i64, u32, u32, u32)>,
+}
+
+fn workload() -> Workload {
+    // A small deterministic generator keeps the bench free of extra crates.
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let sessions = (0..SESSIONS).map(|i| format!("session-{i:05}")).collect();
+    let mut tools: Vec<String> = (0..TOOLS).map(|t| format!("tool_{t}")).collect();
+    tools.push("unlisted_tool".into());
+    let args = vec![
+        json!({"size": 10, "env": "dev"}),
+        json!({"size": 5000, "env": "dev"}),
+        json!({"size": 1, "env": "prod"}),
+        json!({"size": 100}),
+    ];
+    let mut ts = 1_795_564_800_000_000i64;
+    let calls = (0..CALLS)
+        .map(|_| {
+            ts += (next() % 20) as i64; // ~100k calls/s of traffic
+            let tool = (next() % tools_len()) as u32;
+            let session = (next() % SESSIONS as u64) as u32;
+            let a = match next() % 20 {
+                0 => 1,
+                1 => 2,
+                2 => 3,
+                _ => 0,
+            };
+            (ts, session, tool, a)
+        })
+        .collect();
+    Workload {
+        sessions,
+        tools,
+        args,
+        calls,
+    }
+}
+
+fn tools_len() -> u64 {
+    TOOLS as u64 + 1
+}
+
+fn decide_all(policy: &Policy, state: &mut PolicyState, w: &Workload, shift_us: i64) -> usize {
+    let mut reserved = 0usize;
+    for &(ts, s, t, a) in &w.calls {
+        let call = Call {
+            ts_us: ts + shift_us,
+            session: &w.sessions[s as usize],
+            agent: "agent",
+            server: "srv",
+            tool: &w.tools[t as usize],
+            category: None,
+            risk: None,
+            args: &w.args[a as usize],
+        };
+        let d = policy.decide(state, &call);
+        reserved += d.reservation.len();
+        state.settle(d.reservation, false);
+    }
+    reserved
+}
+
+fn bench_policy() -> Policy {
+    let (policy, _) = Policy::from_yaml(&policy_yaml(), "bench.yaml").unwrap();
+    assert_eq!(policy.rule_count(), 50);
+    policy
+}
+
+/// Every (session, tool) counter is new: the first minutes of traffic.
+#[divan::bench(sample_count = 20)]
+fn cold_state(bencher: Bencher) {
+    let policy = bench_policy();
+    let w = workload();
+    bencher
+        .counter(ItemsCount::new(CALLS))
+        .with_inputs(|| PolicyState::new(&policy))
+        .bench_local_refs(|state| decide_all(&policy, state, &w, 0));
+}
+
+/// Steady state: the same 10,000 sessions already hold counters from the
+/// traffic just before (the measured pass continues the same timeline).
+#[divan::bench(sample_count = 20)]
+fn warm_state(bencher: Bencher) {
+    let policy = bench_policy();
+    let w = workload();
+    let span = w.calls.last().unwrap().0 - w.calls[0].0 + 1;
+    bencher
+        .counter(ItemsCount::new(CALLS))
+        .with_inputs(|| {
+            let mut state = PolicyState::new(&policy);
+            decide_all(&policy, &mut state, &w, -span);
+            state
+        })
+        .bench_local_refs(|state| decide_all(&policy, state, &w, 0));
+}
