@@ -8,6 +8,7 @@
 //!
 //! The audit log, the proxy, replay and scenarios arrive as their own modules.
 
+pub mod audit;
 pub mod cli;
 pub mod eval;
 pub mod policy;

@@ -1,0 +1,141 @@
+//! Where things live in an audit directory, and how Parquet files are written
+//! and listed.
+//!
+//! ```text
+//! D/date=2026-11-25/<uuidv7>.parquet   data files (readers look here)
+//! D/date=2026-11-25/.<uuidv7>.partial  a file being written (never matched by *.parquet)
+//! D/_flightrec/lock                    held by the one writer of D
+//! D/_flightrec/tip.json                last sequence number and hash written
+//! D/_flightrec/journal/<uuidv7>.wal    write-ahead journal segments
+//! ```
+//!
+//! File names are UUIDv7s, kept strictly increasing by the writer (even if
+//! the clock steps back), so name order is write order: `audit verify` relies
+//! on it to notice files that were removed or reordered.
+
+use crate::audit::error::AuditError;
+use parquet::file::reader::{FileReader, SerializedFileReader};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+pub const STATE_DIR: &str = "_flightrec";
+pub const JOURNAL_DIR: &str = "journal";
+pub const TIP_FILE: &str = "tip.json";
+pub const LOCK_FILE: &str = "lock";
+
+/// Key-value metadata keys written in every data file's footer.
+pub mod meta {
+    pub const SCHEMA_VERSION: &str = "flightrec.schema_version";
+    pub const FIRST_SEQ: &str = "flightrec.first_seq";
+    pub const LAST_SEQ: &str = "flightrec.last_seq";
+    pub const FIRST_HASH: &str = "flightrec.first_hash";
+    pub const LAST_HASH: &str = "flightrec.last_hash";
+    pub const ROWS: &str = "flightrec.rows";
+    pub const WRITER: &str = "flightrec.writer";
+}
+
+pub fn state_dir(dir: &Path) -> PathBuf {
+    dir.join(STATE_DIR)
+}
+
+pub fn journal_dir(dir: &Path) -> PathBuf {
+    state_dir(dir).join(JOURNAL_DIR)
+}
+
+/// `D/date=YYYY-MM-DD` for a timestamp (UTC).
+pub fn partition_dir(dir: &Path, ts_us: i64) -> PathBuf {
+    dir.join(format!("date={}", date_of(ts_us)))
+}
+
+pub fn date_of(ts_us: i64) -> String {
+    chrono::DateTime::<chrono::Utc>::from_timestamp_micros(ts_us)
+        .map(|d| d.format("%Y-%m-%d").to_string())
+        .unwrap_or_else(|| "1970-01-01".to_string())
+}
+
+/// Every data file under `dir` (skipping `_`/`.` folders and partial files),
+/// sorted by file name, which is write order.
+pub fn data_files(dir: &Path) -> Result<Vec<PathBuf>, AuditError> {
+    let mut out = Vec::new();
+    walk(dir, &mut out)?;
+    out.sort_by(|a, b| a.file_name().cmp(&b.file_name()).then_with(|| a.cmp(b)));
+    Ok(out)
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), AuditError> {
+    let entries = std::fs::read_dir(dir).map_err(|e| AuditError::io("list", dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| AuditError::io("list", dir, e))?;
+        let path = entry.path();
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with('.') || name.starts_with('_') {
+            continue;
+        }
+        let kind = entry.file_type().map_err(|e| AuditError::io("stat", &path, e))?;
+        if kind.is_dir() {
+            walk(&path, out)?;
+        } else if name.ends_with(".parquet") {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// The flightrec key-value metadata of a data file's footer.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FileMeta {
+    pub rows: u64,
+    pub first_seq: Option<u64>,
+    pub last_seq: Option<u64>,
+    pub first_hash: Option<String>,
+    pub last_hash: Option<String>,
+}
+
+/// Reads a data file's footer (not its rows).
+pub fn read_meta(path: &Path) -> Result<FileMeta, AuditError> {
+    let file = File::open(path).map_err(|e| AuditError::io("open", path, e))?;
+    let reader = SerializedFileReader::new(file).map_err(|e| AuditError::parquet(path, e))?;
+    let md = reader.metadata().file_metadata();
+    let kv = |key: &str| {
+        md.key_value_metadata()
+            .and_then(|kvs| kvs.iter().find(|kv| kv.key == key))
+            .and_then(|kv| kv.value.clone())
+    };
+    Ok(FileMeta {
+        rows: md.num_rows() as u64,
+        first_seq: kv(meta::FIRST_SEQ).and_then(|v| v.parse().ok()),
+        last_seq: kv(meta::LAST_SEQ).and_then(|v| v.parse().ok()),
+        first_hash: kv(meta::FIRST_HASH),
+        last_hash: kv(meta::LAST_HASH),
+    })
+}
+
+/// A UUIDv7 strictly greater than `after` (if given), even if the clock
+/// stepped back.
+pub fn next_file_uuid(after: Option<&uuid::Uuid>) -> uuid::Uuid {
+    let now = uuid::Uuid::now_v7();
+    match after {
+        Some(last) if now <= *last => {
+            let (secs, nanos) = last
+                .get_timestamp()
+                .map(|t| t.to_unix())
+                .unwrap_or((0, 0));
+            let bumped = u128::from(secs) * 1_000_000_000 + u128::from(nanos) + 1_000_000;
+            let ts = uuid::Timestamp::from_unix(
+                uuid::NoContext,
+                (bumped / 1_000_000_000) as u64,
+                (bumped % 1_000_000_000) as u32,
+            );
+            uuid::Uuid::new_v7(ts)
+        }
+        _ => now,
+    }
+}
+
+/// The UUID in a data file's name, if it has one.
+pub fn file_uuid(path: &Path) -> Option<uuid::Uuid> {
+    path.file_stem()
+        .and_then(|s| s.to_str())
+        .and_then(|s| uuid::Uuid::parse_str(s).ok())
+}

@@ -1,0 +1,18 @@
+//! The audit log: schema v1 (Parquet), the crash-safe recorder with its hash
+//! chain, streaming readers, verification, compliance export and import.
+//!
+//! Data path: the proxy hands [`AuditRow`]s to a [`Recorder`], which journals
+//! them ([`journal`]), chains them ([`chain`]) and writes Parquet files laid
+//! out as in [`layout`]. [`read`] streams them back (for replay and export);
+//! [`verify`] checks the chain; [`export`] and [`import`] convert formats.
+
+pub mod chain;
+pub mod error;
+pub mod journal;
+pub mod layout;
+pub mod recorder;
+pub mod schema;
+
+pub use error::AuditError;
+pub use recorder::{Recorder, RecorderConfig, Recovery};
+pub use schema::{AuditRow, ShadowDecision};
