@@ -6,12 +6,18 @@
 //! out as in [`layout`]. [`read`] streams them back (for replay and export);
 //! [`verify`] checks the chain; [`export`] and [`import`] convert formats.
 
+pub mod args;
 pub mod chain;
 pub mod error;
+pub mod export;
+pub mod file_writer;
+pub mod import;
 pub mod journal;
 pub mod layout;
+pub mod read;
 pub mod recorder;
 pub mod schema;
+pub mod verify;
 
 pub use error::AuditError;
 pub use recorder::{Recorder, RecorderConfig, Recovery};

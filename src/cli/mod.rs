@@ -2,6 +2,7 @@
 //! errors into reports on stderr with the exit codes of the spec:
 //! 0 success, 1 a finding, 2 a usage or input error.
 
+mod audit_cmd;
 mod policy_cmd;
 
 use clap::{Args, Parser, Subcommand};
@@ -145,22 +146,57 @@ pub struct FuzzArgs {
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
     /// Check hash chains, file integrity and gaps of an audit directory
+    /// (exit 0 intact, 1 altered or incomplete, 2 unreadable)
     Verify {
         /// Audit directory
         dir: PathBuf,
+    },
+    /// Append rows to an audit directory through the crash-safe recorder.
+    /// Reads JSON lines from stdin: {"op":"record","row":{…}},
+    /// {"op":"begin","row":{…}} or {"op":"complete","event_id":…,"outcome":…};
+    /// prints "ack <event_id>" once each is durable.
+    #[command(hide = true)]
+    Append {
+        /// Audit directory
+        dir: PathBuf,
+        /// Rotate data files at about this many bytes
+        #[arg(long)]
+        rotate_bytes: Option<u64>,
+        /// Journal sync: always, interval or never
+        #[arg(long, default_value = "interval")]
+        sync: String,
     },
 }
 
 #[derive(Debug, Args)]
 pub struct ExportArgs {
-    /// Audit directory
-    pub dir: PathBuf,
-    /// Output format: parquet, csv, jsonl or ocsf
+    /// Audit directory, files or globs
+    #[arg(required = true)]
+    pub inputs: Vec<PathBuf>,
+    /// Output format: parquet, csv, jsonl or ocsf (OCSF API Activity, one JSON object per line)
     #[arg(long)]
     pub format: String,
     /// Output file
     #[arg(short, long)]
     pub output: PathBuf,
+    /// Keep rows with ts at or after this time (RFC 3339 or µs since the epoch)
+    #[arg(long)]
+    pub from: Option<String>,
+    /// Keep rows with ts before this time (RFC 3339 or µs since the epoch)
+    #[arg(long)]
+    pub to: Option<String>,
+    /// Keep rows of this agent (glob)
+    #[arg(long)]
+    pub agent: Option<String>,
+    /// Keep rows of this tool (glob)
+    #[arg(long)]
+    pub tool: Option<String>,
+    /// Keep rows with this decision (allow, deny, throttle, approval, unrecorded)
+    #[arg(long)]
+    pub decision: Option<String>,
+    /// Keep rows of this session
+    #[arg(long)]
+    pub session: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -199,9 +235,14 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Replay(_) => not_yet("replay"),
         Command::Generate(_) => not_yet("generate"),
         Command::Fuzz(_) => not_yet("fuzz"),
-        Command::Audit(_) => not_yet("audit verify"),
-        Command::Export(_) => not_yet("export"),
-        Command::Import(_) => not_yet("import intercept"),
+        Command::Audit(AuditCommand::Verify { dir }) => audit_cmd::verify(&dir),
+        Command::Audit(AuditCommand::Append {
+            dir,
+            rotate_bytes,
+            sync,
+        }) => audit_cmd::append(&dir, rotate_bytes, &sync),
+        Command::Export(args) => audit_cmd::export(&args),
+        Command::Import(ImportCommand::Intercept { events, output }) => audit_cmd::import_intercept(&events, &output),
         Command::Demo(_) => not_yet("demo"),
     }
 }

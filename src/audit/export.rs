@@ -1,0 +1,380 @@
+//! Compliance export: stream an audit log, filtered, into Parquet, CSV,
+//! JSON lines or OCSF API Activity events, in bounded memory (one record
+//! batch at a time). The output is written under a temporary name and renamed
+//! into place when complete.
+
+use crate::audit::error::AuditError;
+use crate::audit::read::{ScanOptions, scan};
+use crate::audit::schema::{self, AuditRow, BatchView, col};
+use arrow::array::{BooleanArray, RecordBatch};
+use globset::GlobMatcher;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+use serde_json::{Value, json};
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExportFormat {
+    Parquet,
+    Csv,
+    Jsonl,
+    Ocsf,
+}
+
+impl std::str::FromStr for ExportFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "parquet" => Ok(ExportFormat::Parquet),
+            "csv" => Ok(ExportFormat::Csv),
+            "jsonl" => Ok(ExportFormat::Jsonl),
+            "ocsf" => Ok(ExportFormat::Ocsf),
+            other => Err(format!("unknown format `{other}` (expected parquet, csv, jsonl or ocsf)")),
+        }
+    }
+}
+
+/// Which rows to keep. Tool and agent take globs.
+#[derive(Debug, Clone, Default)]
+pub struct ExportFilter {
+    pub from_us: Option<i64>,
+    pub to_us: Option<i64>,
+    pub agent: Option<GlobMatcher>,
+    pub tool: Option<GlobMatcher>,
+    pub decision: Option<String>,
+    pub session: Option<String>,
+}
+
+impl ExportFilter {
+    fn keeps(&self, row: &AuditRow) -> bool {
+        self.agent.as_ref().is_none_or(|g| g.is_match(&row.agent_id))
+            && self.tool.as_ref().is_none_or(|g| row.tool.as_deref().is_some_and(|t| g.is_match(t)))
+            && self.decision.as_ref().is_none_or(|d| &row.decision == d)
+            && self.session.as_ref().is_none_or(|s| &row.session_id == s)
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ExportSummary {
+    pub rows_read: u64,
+    pub rows_written: u64,
+}
+
+/// Exports `files` to `out`.
+pub fn export(
+    files: Vec<PathBuf>,
+    filter: &ExportFilter,
+    format: ExportFormat,
+    out: &Path,
+) -> Result<ExportSummary, AuditError> {
+    let tmp = out.with_file_name(format!(
+        ".{}.partial",
+        out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+    ));
+    let result = export_to(files, filter, format, &tmp);
+    match result {
+        Ok(summary) => {
+            std::fs::rename(&tmp, out).map_err(|e| AuditError::io("rename", &tmp, e))?;
+            Ok(summary)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}
+
+fn export_to(files: Vec<PathBuf>, filter: &ExportFilter, format: ExportFormat, tmp: &Path) -> Result<ExportSummary, AuditError> {
+    let options = ScanOptions {
+        from_us: filter.from_us,
+        to_us: filter.to_us,
+        ..ScanOptions::default()
+    };
+    let file = File::create(tmp).map_err(|e| AuditError::io("create", tmp, e))?;
+    let mut summary = ExportSummary::default();
+    let werr = |e: std::io::Error| AuditError::io("write", tmp, e);
+    match format {
+        ExportFormat::Parquet => {
+            let props = WriterProperties::builder()
+                .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).unwrap_or_default()))
+                .build();
+            let mut writer = ArrowWriter::try_new(file, schema::schema(), Some(props)).map_err(|e| AuditError::parquet(tmp, e))?;
+            for batch in scan(files, options) {
+                let batch = batch?;
+                let (kept, n) = filter_batch(&batch, filter, tmp)?;
+                summary.rows_read += batch.num_rows() as u64;
+                summary.rows_written += n;
+                if n > 0 {
+                    let kept = align_to_schema(&kept, tmp)?;
+                    writer.write(&kept).map_err(|e| AuditError::parquet(tmp, e))?;
+                }
+            }
+            writer.close().map_err(|e| AuditError::parquet(tmp, e))?;
+        }
+        ExportFormat::Csv => {
+            let mut w = csv::Writer::from_writer(BufWriter::new(file));
+            let names: Vec<String> = schema::schema().fields().iter().map(|f| f.name().clone()).collect();
+            w.write_record(&names).map_err(|e| werr(e.into()))?;
+            for_each_row(files, options, filter, &mut summary, tmp, |row| {
+                w.write_record(csv_fields(row)).map_err(|e| werr(e.into()))
+            })?;
+            w.flush().map_err(werr)?;
+        }
+        ExportFormat::Jsonl | ExportFormat::Ocsf => {
+            let mut w = BufWriter::new(file);
+            for_each_row(files, options, filter, &mut summary, tmp, |row| {
+                let v = if format == ExportFormat::Jsonl { row_json(row) } else { ocsf_event(row) };
+                serde_json::to_writer(&mut w, &v).map_err(|e| werr(e.into()))?;
+                w.write_all(b"\n").map_err(werr)
+            })?;
+            w.flush().map_err(werr)?;
+        }
+    }
+    Ok(summary)
+}
+
+fn for_each_row(
+    files: Vec<PathBuf>,
+    options: ScanOptions,
+    filter: &ExportFilter,
+    summary: &mut ExportSummary,
+    tmp: &Path,
+    mut write: impl FnMut(&AuditRow) -> Result<(), AuditError>,
+) -> Result<(), AuditError> {
+    for batch in scan(files, options) {
+        let batch = batch?;
+        let rows = BatchView::new(&batch).rows().map_err(|e| AuditError::Schema {
+            path: tmp.to_path_buf(),
+            detail: e.to_string(),
+        })?;
+        for row in rows {
+            summary.rows_read += 1;
+            if filter.keeps(&row) {
+                summary.rows_written += 1;
+                write(&row)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn filter_batch(batch: &RecordBatch, filter: &ExportFilter, path: &Path) -> Result<(RecordBatch, u64), AuditError> {
+    let view = BatchView::new(batch);
+    let schema_err = |e: schema::ColumnError| AuditError::Schema {
+        path: path.to_path_buf(),
+        detail: e.to_string(),
+    };
+    let agent = view.strings(col::AGENT_ID).map_err(schema_err)?;
+    let tool = view.strings(col::TOOL).map_err(schema_err)?;
+    let decision = view.strings(col::DECISION).map_err(schema_err)?;
+    let session = view.strings(col::SESSION_ID).map_err(schema_err)?;
+    fn get<'a>(c: &'a Option<schema::StrColumn<'_>>, i: usize) -> Option<&'a str> {
+        c.as_ref().and_then(|c| c.get(i))
+    }
+    let mut kept = 0u64;
+    let mask: BooleanArray = (0..batch.num_rows())
+        .map(|i| {
+            let keep = filter.agent.as_ref().is_none_or(|g| get(&agent, i).is_some_and(|a| g.is_match(a)))
+                && filter.tool.as_ref().is_none_or(|g| get(&tool, i).is_some_and(|t| g.is_match(t)))
+                && filter.decision.as_deref().is_none_or(|d| get(&decision, i) == Some(d))
+                && filter.session.as_deref().is_none_or(|s| get(&session, i) == Some(s));
+            kept += u64::from(keep);
+            Some(keep)
+        })
+        .collect();
+    let out = arrow::compute::filter_record_batch(batch, &mask).map_err(|e| AuditError::Schema {
+        path: path.to_path_buf(),
+        detail: e.to_string(),
+    })?;
+    Ok((out, kept))
+}
+
+/// Re-labels a batch read from any writer with flightrec's exact schema (same
+/// columns and types; field metadata and nullability may differ).
+fn align_to_schema(batch: &RecordBatch, path: &Path) -> Result<RecordBatch, AuditError> {
+    let target = schema::schema();
+    let mut columns = Vec::with_capacity(target.fields().len());
+    for field in target.fields() {
+        let c = batch.column_by_name(field.name()).ok_or_else(|| AuditError::Schema {
+            path: path.to_path_buf(),
+            detail: format!("missing column `{}`", field.name()),
+        })?;
+        let c = if c.data_type() == field.data_type() {
+            c.clone()
+        } else {
+            arrow::compute::cast(c, field.data_type()).map_err(|e| AuditError::Schema {
+                path: path.to_path_buf(),
+                detail: format!("column `{}`: {e}", field.name()),
+            })?
+        };
+        columns.push(c);
+    }
+    RecordBatch::try_new(target, columns).map_err(|e| AuditError::Schema {
+        path: path.to_path_buf(),
+        detail: e.to_string(),
+    })
+}
+
+fn opt(v: &Option<String>) -> String {
+    v.clone().unwrap_or_default()
+}
+
+fn num<T: ToString>(v: Option<T>) -> String {
+    v.map(|n| n.to_string()).unwrap_or_default()
+}
+
+fn csv_fields(r: &AuditRow) -> Vec<String> {
+    vec![
+        r.schema_version.clone(),
+        r.event_id.clone(),
+        r.seq.to_string(),
+        crate::time::format_us(r.ts_us),
+        r.session_id.clone(),
+        r.agent_id.clone(),
+        opt(&r.client_name),
+        opt(&r.client_version),
+        r.server.clone(),
+        r.transport.clone(),
+        r.method.clone(),
+        opt(&r.jsonrpc_id),
+        opt(&r.tool),
+        opt(&r.category),
+        opt(&r.risk),
+        opt(&r.args_json),
+        opt(&r.args_sha256),
+        r.decision.clone(),
+        opt(&r.rule),
+        opt(&r.reason),
+        num(r.retry_after_ms),
+        r.policy_sha256.clone(),
+        serde_json::to_string(&r.shadow).unwrap_or_default(),
+        r.outcome.clone(),
+        num(r.error_code),
+        opt(&r.error_message),
+        num(r.latency_us),
+        r.request_bytes.to_string(),
+        r.response_bytes.to_string(),
+        r.prev_hash.clone(),
+        r.hash.clone(),
+    ]
+}
+
+/// A row as one JSON object, with `ts` as RFC 3339 text.
+pub fn row_json(r: &AuditRow) -> Value {
+    json!({
+        "schema_version": r.schema_version,
+        "event_id": r.event_id,
+        "seq": r.seq,
+        "ts": crate::time::format_us(r.ts_us),
+        "session_id": r.session_id,
+        "agent_id": r.agent_id,
+        "client_name": r.client_name,
+        "client_version": r.client_version,
+        "server": r.server,
+        "transport": r.transport,
+        "method": r.method,
+        "jsonrpc_id": r.jsonrpc_id,
+        "tool": r.tool,
+        "category": r.category,
+        "risk": r.risk,
+        "args_json": r.args_json,
+        "args_sha256": r.args_sha256,
+        "decision": r.decision,
+        "rule": r.rule,
+        "reason": r.reason,
+        "retry_after_ms": r.retry_after_ms,
+        "policy_sha256": r.policy_sha256,
+        "shadow": r.shadow,
+        "outcome": r.outcome,
+        "error_code": r.error_code,
+        "error_message": r.error_message,
+        "latency_us": r.latency_us,
+        "request_bytes": r.request_bytes,
+        "response_bytes": r.response_bytes,
+        "prev_hash": r.prev_hash,
+        "hash": r.hash,
+    })
+}
+
+/// OCSF 1.1 API Activity (class 6003). docs/audit-schema.md has the mapping.
+pub fn ocsf_event(r: &AuditRow) -> Value {
+    let (activity_id, activity_name) = match r.category.as_deref() {
+        Some("read") => (2, "Read"),
+        Some("write") => (3, "Update"),
+        Some("destructive") => (4, "Delete"),
+        Some("execute") => (99, "Other"),
+        _ => (0, "Unknown"),
+    };
+    let allowed = r.decision == "allow";
+    let succeeded = allowed && matches!(r.outcome.as_str(), "ok");
+    let (status_id, status) = if succeeded { (1, "Success") } else { (2, "Failure") };
+    let (action_id, action, disposition_id, disposition) = match r.decision.as_str() {
+        "allow" => (1, "Allowed", 1, "Allowed"),
+        "deny" => (2, "Denied", 2, "Blocked"),
+        "throttle" => (2, "Denied", 2, "Blocked"),
+        "approval" => (2, "Denied", 20, "Approval Required"),
+        _ => (0, "Unknown", 0, "Unknown"),
+    };
+    let severity_id = match r.decision.as_str() {
+        "allow" => 1,
+        "throttle" | "approval" => 2,
+        "deny" => 3,
+        _ => 0,
+    };
+    json!({
+        "class_uid": 6003,
+        "class_name": "API Activity",
+        "category_uid": 6,
+        "category_name": "Application Activity",
+        "activity_id": activity_id,
+        "activity_name": activity_name,
+        "type_uid": 600300 + activity_id,
+        "time": r.ts_us.div_euclid(1000),
+        "severity_id": severity_id,
+        "status_id": status_id,
+        "status": status,
+        "status_code": r.error_code.map(|c| c.to_string()),
+        "status_detail": r.error_message.clone().or_else(|| r.reason.clone()),
+        "action_id": action_id,
+        "action": action,
+        "disposition_id": disposition_id,
+        "disposition": disposition,
+        "message": r.reason,
+        "duration": r.latency_us.map(|us| us / 1000),
+        "metadata": {
+            "version": "1.1.0",
+            "uid": r.event_id,
+            "sequence": r.seq,
+            "product": {"name": "flightrec", "vendor_name": "flightrec", "version": env!("CARGO_PKG_VERSION")},
+            "log_name": "flightrec audit",
+        },
+        "api": {
+            "operation": r.tool.clone().unwrap_or_else(|| r.method.clone()),
+            "service": {"name": r.server},
+            "request": {"uid": r.jsonrpc_id},
+            "response": {"code": r.error_code, "error": r.outcome, "message": r.error_message},
+        },
+        "actor": {
+            "user": {"name": r.agent_id, "type": "Other"},
+            "session": {"uid": r.session_id},
+            "app_name": r.client_name,
+        },
+        "firewall_rule": r.rule.as_ref().map(|rule| json!({"name": rule, "uid": r.policy_sha256})),
+        "unmapped": {
+            "transport": r.transport,
+            "method": r.method,
+            "category": r.category,
+            "risk": r.risk,
+            "args_sha256": r.args_sha256,
+            "args_json": r.args_json,
+            "retry_after_ms": r.retry_after_ms,
+            "shadow": r.shadow,
+            "client_version": r.client_version,
+            "hash": r.hash,
+            "prev_hash": r.prev_hash,
+        },
+    })
+}

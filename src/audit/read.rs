@@ -1,0 +1,257 @@
+//! Streaming readers over audit Parquet files, directories and globs.
+//!
+//! Readers never load a whole log: they yield record batches file by file,
+//! row group by row group, reading only the columns asked for and skipping
+//! row groups whose `ts` statistics fall outside the requested range. They
+//! accept any Parquet file with the §3 column names and types, whoever wrote
+//! it; flightrec's own footer metadata is not required.
+
+use crate::audit::error::AuditError;
+use crate::audit::layout;
+use crate::audit::schema::col;
+use arrow::array::{BooleanArray, RecordBatch};
+use arrow::datatypes::TimestampMicrosecondType;
+use parquet::arrow::ProjectionMask;
+use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
+use parquet::file::statistics::Statistics;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+/// What to read.
+#[derive(Debug, Clone)]
+pub struct ScanOptions {
+    /// Columns to read (`None`: all).
+    pub columns: Option<Vec<String>>,
+    /// Keep rows with `ts >= from_us`.
+    pub from_us: Option<i64>,
+    /// Keep rows with `ts < to_us`.
+    pub to_us: Option<i64>,
+    pub batch_size: usize,
+}
+
+impl Default for ScanOptions {
+    fn default() -> Self {
+        ScanOptions {
+            columns: None,
+            from_us: None,
+            to_us: None,
+            batch_size: 8192,
+        }
+    }
+}
+
+impl ScanOptions {
+    pub fn columns(mut self, names: &[&str]) -> Self {
+        self.columns = Some(names.iter().map(|s| s.to_string()).collect());
+        self
+    }
+
+    fn has_range(&self) -> bool {
+        self.from_us.is_some() || self.to_us.is_some()
+    }
+
+    fn overlaps(&self, min: i64, max: i64) -> bool {
+        self.from_us.is_none_or(|f| max >= f) && self.to_us.is_none_or(|t| min < t)
+    }
+}
+
+/// Expands inputs into data files: a file stays itself, a directory yields
+/// its data files (Hive partitions included, in write order), and a path with
+/// glob characters (`*`, `?`, `[`) matches files below its literal prefix.
+pub fn resolve_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>, AuditError> {
+    let mut out = Vec::new();
+    for input in inputs {
+        let text = input.to_string_lossy();
+        if text.contains(['*', '?', '[']) {
+            out.extend(expand_glob(&text)?);
+        } else if input.is_dir() {
+            out.extend(layout::data_files(input)?);
+        } else if input.exists() {
+            out.push(input.clone());
+        } else {
+            return Err(AuditError::io(
+                "read",
+                input,
+                std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or directory"),
+            ));
+        }
+    }
+    Ok(out)
+}
+
+fn expand_glob(pattern: &str) -> Result<Vec<PathBuf>, AuditError> {
+    let literal_end = pattern.find(['*', '?', '[']).unwrap_or(pattern.len());
+    let base = match pattern[..literal_end].rfind('/') {
+        Some(i) => &pattern[..i.max(1)],
+        None => ".",
+    };
+    let glob = globset::GlobBuilder::new(pattern)
+        .literal_separator(true)
+        .build()
+        .map_err(|e| AuditError::Corrupt {
+            path: PathBuf::from(pattern),
+            detail: format!("invalid glob: {e}"),
+        })?
+        .compile_matcher();
+    let base = Path::new(base);
+    let mut files = Vec::new();
+    collect_files(base, &mut files)?;
+    let mut matched: Vec<PathBuf> = files.into_iter().filter(|f| glob.is_match(f)).collect();
+    matched.sort_by(|a, b| a.file_name().cmp(&b.file_name()).then_with(|| a.cmp(b)));
+    if matched.is_empty() {
+        return Err(AuditError::io(
+            "read",
+            Path::new(pattern),
+            std::io::Error::new(std::io::ErrorKind::NotFound, "the pattern matches no file"),
+        ));
+    }
+    Ok(matched)
+}
+
+fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), AuditError> {
+    for entry in std::fs::read_dir(dir).map_err(|e| AuditError::io("list", dir, e))? {
+        let entry = entry.map_err(|e| AuditError::io("list", dir, e))?;
+        let path = entry.path();
+        if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+            collect_files(&path, out)?;
+        } else {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// A streaming scan of one file.
+pub struct FileScan {
+    path: PathBuf,
+    reader: ParquetRecordBatchReader,
+    options: ScanOptions,
+    /// Row groups skipped by their `ts` statistics.
+    pub row_groups_skipped: usize,
+    pub row_groups_total: usize,
+}
+
+impl FileScan {
+    pub fn open(path: &Path, options: &ScanOptions) -> Result<FileScan, AuditError> {
+        let file = File::open(path).map_err(|e| AuditError::io("open", path, e))?;
+        let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| AuditError::parquet(path, e))?;
+        let arrow_schema = builder.schema().clone();
+        let parquet_schema = builder.parquet_schema();
+        let mut builder_mask = None;
+        if let Some(cols) = &options.columns {
+            let mut roots = Vec::new();
+            for c in cols {
+                match arrow_schema.index_of(c) {
+                    Ok(i) => roots.push(i),
+                    Err(_) => {
+                        return Err(AuditError::Schema {
+                            path: path.to_path_buf(),
+                            detail: format!("has no column `{c}` (is it an audit log v1 file?)"),
+                        });
+                    }
+                }
+            }
+            builder_mask = Some(ProjectionMask::roots(parquet_schema, roots));
+        }
+        // Row groups whose ts range misses the requested one are skipped.
+        let total = builder.metadata().num_row_groups();
+        let mut keep = Vec::with_capacity(total);
+        if options.has_range() {
+            let ts_leaf = parquet_schema
+                .columns()
+                .iter()
+                .position(|c| c.path().parts() == [col::TS]);
+            for (i, rg) in builder.metadata().row_groups().iter().enumerate() {
+                let range = ts_leaf.and_then(|leaf| match rg.column(leaf).statistics() {
+                    Some(Statistics::Int64(s)) => Some((*s.min_opt()?, *s.max_opt()?)),
+                    _ => None,
+                });
+                match range {
+                    Some((min, max)) if !options.overlaps(min, max) => {}
+                    _ => keep.push(i),
+                }
+            }
+        } else {
+            keep.extend(0..total);
+        }
+        let skipped = total - keep.len();
+        let mut builder = builder.with_batch_size(options.batch_size).with_row_groups(keep);
+        if let Some(mask) = builder_mask {
+            builder = builder.with_projection(mask);
+        }
+        let reader = builder.build().map_err(|e| AuditError::parquet(path, e))?;
+        Ok(FileScan {
+            path: path.to_path_buf(),
+            reader,
+            options: options.clone(),
+            row_groups_skipped: skipped,
+            row_groups_total: total,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Iterator for FileScan {
+    type Item = Result<RecordBatch, AuditError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let batch = match self.reader.next()? {
+                Ok(b) => b,
+                Err(e) => return Some(Err(AuditError::Corrupt {
+                    path: self.path.clone(),
+                    detail: format!("unreadable data: {e}"),
+                })),
+            };
+            if !self.options.has_range() {
+                return Some(Ok(batch));
+            }
+            let filtered = match filter_ts(&batch, &self.options) {
+                Ok(b) => b,
+                Err(detail) => return Some(Err(AuditError::Schema { path: self.path.clone(), detail })),
+            };
+            if filtered.num_rows() > 0 {
+                return Some(Ok(filtered));
+            }
+        }
+    }
+}
+
+fn filter_ts(batch: &RecordBatch, o: &ScanOptions) -> Result<RecordBatch, String> {
+    let Some(ts) = batch.column_by_name(col::TS) else {
+        return Ok(batch.clone());
+    };
+    let ts = ts
+        .as_any()
+        .downcast_ref::<arrow::array::PrimitiveArray<TimestampMicrosecondType>>()
+        .ok_or_else(|| format!("column `ts` is {}, expected Timestamp(µs, UTC)", ts.data_type()))?;
+    let mask: BooleanArray = ts
+        .iter()
+        .map(|v| Some(v.is_some_and(|t| o.overlaps(t, t))))
+        .collect();
+    arrow::compute::filter_record_batch(batch, &mask).map_err(|e| e.to_string())
+}
+
+/// Scans many files in order, one after the other.
+pub fn scan(files: Vec<PathBuf>, options: ScanOptions) -> impl Iterator<Item = Result<RecordBatch, AuditError>> {
+    let mut files = files.into_iter();
+    let mut current: Option<FileScan> = None;
+    std::iter::from_fn(move || {
+        loop {
+            if let Some(scan) = &mut current {
+                match scan.next() {
+                    Some(item) => return Some(item),
+                    None => current = None,
+                }
+            }
+            let next = files.next()?;
+            match FileScan::open(&next, &options) {
+                Ok(s) => current = Some(s),
+                Err(e) => return Some(Err(e)),
+            }
+        }
+    })
+}

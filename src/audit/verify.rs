@@ -1,0 +1,170 @@
+//! `audit verify`: proves an audit directory is whole and unaltered.
+//!
+//! Files are read in name order (the writer's order). Every row's hash is
+//! recomputed; every `prev_hash` must equal the previous row's hash and every
+//! `seq` must follow the previous one, across file boundaries; each file's
+//! footer metadata must agree with its rows; and the directory's recorded
+//! chain tip must match the last row. A changed value breaks its row's hash;
+//! a deleted, inserted or moved row, a removed file or reordered files break
+//! the links.
+
+use crate::audit::chain;
+use crate::audit::error::AuditError;
+use crate::audit::layout;
+use crate::audit::read::{FileScan, ScanOptions};
+use crate::audit::schema::{BatchView, GENESIS_HASH};
+use std::path::{Path, PathBuf};
+
+/// What an intact directory holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    pub files: usize,
+    pub rows: u64,
+    pub last_hash: String,
+}
+
+/// The first problem found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    pub file: PathBuf,
+    /// 0-based row index within the file, when the problem is a row.
+    pub row: Option<u64>,
+    pub seq: Option<u64>,
+    pub problem: String,
+}
+
+impl std::fmt::Display for Finding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(row) = self.row {
+            write!(f, ": row {row}")?;
+        }
+        if let Some(seq) = self.seq {
+            write!(f, " (seq {seq})")?;
+        }
+        write!(f, ": {}", self.problem)
+    }
+}
+
+/// Verifies a directory. `Err` means a file could not be read at all (exit
+/// 2); `Ok(Err(finding))` means the log was altered or has gaps (exit 1).
+pub fn verify_dir(dir: &Path) -> Result<Result<Verified, Finding>, AuditError> {
+    if !dir.is_dir() {
+        return Err(AuditError::io(
+            "read",
+            dir,
+            std::io::Error::new(std::io::ErrorKind::NotFound, "not an audit directory"),
+        ));
+    }
+    let files = layout::data_files(dir)?;
+    let mut prev_hash = GENESIS_HASH.to_string();
+    let mut next_seq = 0u64;
+    let mut rows_total = 0u64;
+    let mut prev_file: Option<PathBuf> = None;
+    for file in &files {
+        let meta = layout::read_meta(file)?;
+        let finding = |row: Option<u64>, seq: Option<u64>, problem: String| Finding {
+            file: file.clone(),
+            row,
+            seq,
+            problem,
+        };
+        let mut index = 0u64;
+        let mut first_hash = None;
+        for batch in FileScan::open(file, &ScanOptions::default())? {
+            let batch = batch?;
+            let rows = BatchView::new(&batch).rows().map_err(|e| AuditError::Schema {
+                path: file.clone(),
+                detail: e.to_string(),
+            })?;
+            for row in rows {
+                if row.prev_hash != prev_hash {
+                    let problem = if index == 0 {
+                        match &prev_file {
+                            Some(p) => format!(
+                                "chain broken between files: prev_hash does not match the last hash of {} (a file was removed, or files were reordered or renamed)",
+                                p.display()
+                            ),
+                            None => "chain broken at the start: the first row does not follow the genesis hash (earlier files were removed)".to_string(),
+                        }
+                    } else {
+                        "chain broken: prev_hash does not match the previous row's hash (a row was deleted, inserted or moved)".to_string()
+                    };
+                    return Ok(Err(finding(Some(index), Some(row.seq), problem)));
+                }
+                if chain::row_hash(&row) != row.hash {
+                    return Ok(Err(finding(
+                        Some(index),
+                        Some(row.seq),
+                        "hash mismatch: a value in this row was changed".to_string(),
+                    )));
+                }
+                if row.seq != next_seq {
+                    return Ok(Err(finding(
+                        Some(index),
+                        Some(row.seq),
+                        format!("sequence gap: expected seq {next_seq}"),
+                    )));
+                }
+                if index == 0 {
+                    first_hash = Some(row.hash.clone());
+                }
+                prev_hash = row.hash;
+                next_seq += 1;
+                index += 1;
+            }
+        }
+        if index != meta.rows {
+            return Ok(Err(finding(None, None, format!("footer says {} rows, read {index}", meta.rows))));
+        }
+        let checks = [
+            ("first_hash", meta.first_hash.as_deref(), first_hash.as_deref()),
+            ("last_hash", meta.last_hash.as_deref(), (index > 0).then_some(prev_hash.as_str())),
+        ];
+        for (name, recorded, actual) in checks {
+            if let (Some(recorded), Some(actual)) = (recorded, actual)
+                && recorded != actual
+            {
+                return Ok(Err(finding(
+                    None,
+                    None,
+                    format!("footer metadata {name} {recorded} does not match the rows ({actual})"),
+                )));
+            }
+        }
+        if let (Some(last), true) = (meta.last_seq, index > 0)
+            && last + 1 != next_seq
+        {
+            return Ok(Err(finding(None, None, format!("footer metadata last_seq {last} does not match the rows"))));
+        }
+        rows_total += index;
+        prev_file = Some(file.clone());
+    }
+    // The writer's tip: rows missing at the end show here.
+    let tip_path = layout::state_dir(dir).join(layout::TIP_FILE);
+    if let Ok(text) = std::fs::read_to_string(&tip_path) {
+        let tip: serde_json::Value = serde_json::from_str(&text).map_err(|e| AuditError::Corrupt {
+            path: tip_path.clone(),
+            detail: format!("unreadable chain tip: {e}"),
+        })?;
+        let tip_next = tip["next_seq"].as_u64().unwrap_or(0);
+        let tip_hash = tip["last_hash"].as_str().unwrap_or_default();
+        if tip_next != next_seq || (tip_next > 0 && tip_hash != prev_hash) {
+            return Ok(Err(Finding {
+                file: tip_path,
+                row: None,
+                seq: None,
+                problem: format!(
+                    "the writer's chain tip is at seq {} but the data files end at seq {} (files at the end were removed or altered)",
+                    tip_next as i64 - 1,
+                    next_seq as i64 - 1
+                ),
+            }));
+        }
+    }
+    Ok(Ok(Verified {
+        files: files.len(),
+        rows: rows_total,
+        last_hash: prev_hash,
+    }))
+}

@@ -1,0 +1,215 @@
+//! `audit verify`, `audit append` (hidden), `export` and `import intercept`.
+
+use super::{EXIT_FINDING, EXIT_INPUT, ExportArgs};
+use crate::audit::export::{ExportFilter, ExportFormat};
+use crate::audit::journal::SyncMode;
+use crate::audit::{AuditRow, Recorder, RecorderConfig, export, import, read, verify};
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+fn input_error(e: impl std::fmt::Display) -> ExitCode {
+    eprintln!("error: {e}");
+    ExitCode::from(EXIT_INPUT)
+}
+
+pub fn verify(dir: &Path) -> ExitCode {
+    match verify::verify_dir(dir) {
+        Err(e) => input_error(e),
+        Ok(Err(finding)) => {
+            eprintln!("FAILED: {finding}");
+            ExitCode::from(EXIT_FINDING)
+        }
+        Ok(Ok(v)) => {
+            println!(
+                "ok: {} — {} rows in {} files, chain intact, last hash {}",
+                dir.display(),
+                v.rows,
+                v.files,
+                v.last_hash
+            );
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+/// Reports what opening an audit directory recovered, on stderr.
+pub(crate) fn report_recovery(rec: &Recorder) {
+    let r = rec.recovery();
+    if r.rows_recovered > 0 || r.interrupted > 0 {
+        eprintln!(
+            "flightrec: recovered {} journaled row(s) and {} interrupted call(s) in {}",
+            r.rows_recovered,
+            r.interrupted,
+            rec.dir().display()
+        );
+    }
+    for (segment, torn) in &r.torn {
+        eprintln!(
+            "flightrec: journal {} had a torn tail ({}): cut at byte {}, {} byte(s) of an unacknowledged write dropped",
+            segment.display(),
+            torn.reason,
+            torn.offset,
+            torn.dropped
+        );
+    }
+    if r.partial_files_removed > 0 {
+        eprintln!("flightrec: removed {} half-written data file(s)", r.partial_files_removed);
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+enum AppendOp {
+    Record { row: AuditRow },
+    Begin { row: AuditRow },
+    Complete { event_id: String, outcome: String },
+}
+
+pub fn append(dir: &Path, rotate_bytes: Option<u64>, sync: &str) -> ExitCode {
+    let sync = match sync {
+        "always" => SyncMode::Always,
+        "interval" => SyncMode::Interval(Duration::from_millis(100)),
+        "never" => SyncMode::Never,
+        other => return input_error(format!("--sync must be always, interval or never, got {other}")),
+    };
+    let mut config = RecorderConfig {
+        sync,
+        ..RecorderConfig::default()
+    };
+    if let Some(b) = rotate_bytes {
+        config.rotate_bytes = b;
+    }
+    let mut rec = match Recorder::open(dir, config) {
+        Ok(r) => r,
+        Err(e) => return input_error(e),
+    };
+    report_recovery(&rec);
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    for (i, line) in std::io::stdin().lock().lines().enumerate() {
+        let line = match line {
+            Ok(l) => l,
+            Err(e) => return input_error(format!("<stdin>: {e}")),
+        };
+        if line.trim().is_empty() {
+            continue;
+        }
+        let op: AppendOp = match serde_json::from_str(&line) {
+            Ok(op) => op,
+            Err(e) => return input_error(format!("<stdin>:{}: {e}", i + 1)),
+        };
+        let (result, id) = match op {
+            AppendOp::Record { row } => {
+                let id = row.event_id.clone();
+                (rec.record(row), id)
+            }
+            AppendOp::Begin { row } => {
+                let id = row.event_id.clone();
+                (rec.begin(row), id)
+            }
+            AppendOp::Complete { event_id, outcome } => (rec.complete(&event_id, |r| r.outcome = outcome), event_id),
+        };
+        if let Err(e) = result {
+            return input_error(e);
+        }
+        if writeln!(out, "ack {id}").and_then(|_| out.flush()).is_err() {
+            break;
+        }
+    }
+    match rec.close() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => input_error(e),
+    }
+}
+
+fn glob(text: &Option<String>, what: &str) -> Result<Option<globset::GlobMatcher>, ExitCode> {
+    match text {
+        None => Ok(None),
+        Some(t) => globset::Glob::new(t)
+            .map(|g| Some(g.compile_matcher()))
+            .map_err(|e| input_error(format!("--{what} {t}: {e}"))),
+    }
+}
+
+fn time(text: &Option<String>, what: &str) -> Result<Option<i64>, ExitCode> {
+    match text {
+        None => Ok(None),
+        Some(t) => crate::time::parse_time_arg(t)
+            .map(Some)
+            .map_err(|e| input_error(format!("--{what}: {e}"))),
+    }
+}
+
+pub fn export(args: &ExportArgs) -> ExitCode {
+    let format: ExportFormat = match args.format.parse() {
+        Ok(f) => f,
+        Err(e) => return input_error(format!("--format: {e}")),
+    };
+    if let Some(d) = &args.decision
+        && !["allow", "deny", "throttle", "approval", "unrecorded"].contains(&d.as_str())
+    {
+        return input_error(format!(
+            "--decision must be allow, deny, throttle, approval or unrecorded, got {d}"
+        ));
+    }
+    let filter = match (|| -> Result<ExportFilter, ExitCode> {
+        Ok(ExportFilter {
+            from_us: time(&args.from, "from")?,
+            to_us: time(&args.to, "to")?,
+            agent: glob(&args.agent, "agent")?,
+            tool: glob(&args.tool, "tool")?,
+            decision: args.decision.clone(),
+            session: args.session.clone(),
+        })
+    })() {
+        Ok(f) => f,
+        Err(code) => return code,
+    };
+    let files = match read::resolve_inputs(&args.inputs) {
+        Ok(f) => f,
+        Err(e) => return input_error(e),
+    };
+    match export::export(files, &filter, format, &args.output) {
+        Ok(s) => {
+            eprintln!(
+                "exported {} of {} rows to {} ({})",
+                s.rows_written,
+                s.rows_read,
+                args.output.display(),
+                args.format
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => input_error(e),
+    }
+}
+
+pub fn import_intercept(events: &[PathBuf], output: &Path) -> ExitCode {
+    match import::import_intercept(events, output) {
+        Ok(s) => {
+            for bad in &s.bad_lines {
+                eprintln!("error: {bad}");
+            }
+            let skipped: Vec<String> = s.skipped.iter().map(|(k, n)| format!("{n} {k}")).collect();
+            eprintln!(
+                "imported {} tool call(s) into {}{}",
+                s.rows,
+                output.display(),
+                if skipped.is_empty() {
+                    String::new()
+                } else {
+                    format!("; skipped other events: {}", skipped.join(", "))
+                }
+            );
+            if s.bad_lines.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("{} bad line(s) skipped", s.bad_lines.len());
+                ExitCode::from(EXIT_INPUT)
+            }
+        }
+        Err(e) => input_error(e),
+    }
+}
