@@ -143,17 +143,23 @@ mod tests {
 
     #[test]
     fn canonical_json_sorts_keys_at_every_level() {
-        let v: Value = serde_json::from_str(r#"{"b": 1, "a": {"d": [1, {"z": 0, "y": 1}], "c": "x"}}"#).unwrap();
-        assert_eq!(canonical_json(&v), r#"{"a":{"c":"x","d":[1,{"y":1,"z":0}]},"b":1}"#);
+        let v: Value =
+            serde_json::from_str(r#"{"b": 1, "a": {"d": [1, {"z": 0, "y": 1}], "c": "x"}}"#)
+                .unwrap();
+        assert_eq!(
+            canonical_json(&v),
+            r#"{"a":{"c":"x","d":[1,{"y":1,"z":0}]},"b":1}"#
+        );
     }
 
     #[test]
     fn redaction_replaces_selected_values_only() {
         let args = json!({"user": "ann", "password": "hunter2", "credentials": {"key": "k1", "secret": "s1"}, "list": [{"token": "t"}]});
-        let patterns: Vec<RedactPattern> = ["/password", "/credentials/*", "/list/*/token", "/missing"]
-            .iter()
-            .map(|p| p.parse().unwrap())
-            .collect();
+        let patterns: Vec<RedactPattern> =
+            ["/password", "/credentials/*", "/list/*/token", "/missing"]
+                .iter()
+                .map(|p| p.parse().unwrap())
+                .collect();
         let (out, n) = redact(&args, &patterns);
         assert_eq!(n, 4);
         assert_eq!(out["user"], "ann");
@@ -161,7 +167,12 @@ mod tests {
         assert!(marker.starts_with("[redacted:") && marker.len() == "[redacted:]".len() + 12);
         assert_eq!(marker, redaction_marker(&json!("hunter2")));
         assert_ne!(out["credentials"]["key"], out["credentials"]["secret"]);
-        assert!(out["list"][0]["token"].as_str().unwrap().starts_with("[redacted:"));
+        assert!(
+            out["list"][0]["token"]
+                .as_str()
+                .unwrap()
+                .starts_with("[redacted:")
+        );
         // The hash of the original is unaffected by redaction.
         assert_eq!(args_sha256(&args), args_sha256(&args.clone()));
         assert!("password".parse::<RedactPattern>().is_err());

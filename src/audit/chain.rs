@@ -48,7 +48,12 @@ pub fn canonical_bytes(row: &AuditRow) -> Vec<u8> {
     text(Some(&row.decision));
     text(row.rule.as_deref());
     text(row.reason.as_deref());
-    text(row.retry_after_ms.map(|v| buf.u(v)).map(str::to_string).as_deref());
+    text(
+        row.retry_after_ms
+            .map(|v| buf.u(v))
+            .map(str::to_string)
+            .as_deref(),
+    );
     text(Some(&row.policy_sha256));
     text(Some(&shadow_json(&row.shadow)));
     text(Some(&row.outcome));

@@ -32,7 +32,9 @@ impl std::str::FromStr for ExportFormat {
             "csv" => Ok(ExportFormat::Csv),
             "jsonl" => Ok(ExportFormat::Jsonl),
             "ocsf" => Ok(ExportFormat::Ocsf),
-            other => Err(format!("unknown format `{other}` (expected parquet, csv, jsonl or ocsf)")),
+            other => Err(format!(
+                "unknown format `{other}` (expected parquet, csv, jsonl or ocsf)"
+            )),
         }
     }
 }
@@ -50,8 +52,13 @@ pub struct ExportFilter {
 
 impl ExportFilter {
     fn keeps(&self, row: &AuditRow) -> bool {
-        self.agent.as_ref().is_none_or(|g| g.is_match(&row.agent_id))
-            && self.tool.as_ref().is_none_or(|g| row.tool.as_deref().is_some_and(|t| g.is_match(t)))
+        self.agent
+            .as_ref()
+            .is_none_or(|g| g.is_match(&row.agent_id))
+            && self
+                .tool
+                .as_ref()
+                .is_none_or(|g| row.tool.as_deref().is_some_and(|t| g.is_match(t)))
             && self.decision.as_ref().is_none_or(|d| &row.decision == d)
             && self.session.as_ref().is_none_or(|s| &row.session_id == s)
     }
@@ -72,7 +79,9 @@ pub fn export(
 ) -> Result<ExportSummary, AuditError> {
     let tmp = out.with_file_name(format!(
         ".{}.partial",
-        out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+        out.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
     ));
     let result = export_to(files, filter, format, &tmp);
     match result {
@@ -87,7 +96,12 @@ pub fn export(
     }
 }
 
-fn export_to(files: Vec<PathBuf>, filter: &ExportFilter, format: ExportFormat, tmp: &Path) -> Result<ExportSummary, AuditError> {
+fn export_to(
+    files: Vec<PathBuf>,
+    filter: &ExportFilter,
+    format: ExportFormat,
+    tmp: &Path,
+) -> Result<ExportSummary, AuditError> {
     let options = ScanOptions {
         from_us: filter.from_us,
         to_us: filter.to_us,
@@ -101,7 +115,8 @@ fn export_to(files: Vec<PathBuf>, filter: &ExportFilter, format: ExportFormat, t
             let props = WriterProperties::builder()
                 .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).unwrap_or_default()))
                 .build();
-            let mut writer = ArrowWriter::try_new(file, schema::schema(), Some(props)).map_err(|e| AuditError::parquet(tmp, e))?;
+            let mut writer = ArrowWriter::try_new(file, schema::schema(), Some(props))
+                .map_err(|e| AuditError::parquet(tmp, e))?;
             for batch in scan(files, options) {
                 let batch = batch?;
                 let (kept, n) = filter_batch(&batch, filter, tmp)?;
@@ -109,14 +124,20 @@ fn export_to(files: Vec<PathBuf>, filter: &ExportFilter, format: ExportFormat, t
                 summary.rows_written += n;
                 if n > 0 {
                     let kept = align_to_schema(&kept, tmp)?;
-                    writer.write(&kept).map_err(|e| AuditError::parquet(tmp, e))?;
+                    writer
+                        .write(&kept)
+                        .map_err(|e| AuditError::parquet(tmp, e))?;
                 }
             }
             writer.close().map_err(|e| AuditError::parquet(tmp, e))?;
         }
         ExportFormat::Csv => {
             let mut w = csv::Writer::from_writer(BufWriter::new(file));
-            let names: Vec<String> = schema::schema().fields().iter().map(|f| f.name().clone()).collect();
+            let names: Vec<String> = schema::schema()
+                .fields()
+                .iter()
+                .map(|f| f.name().clone())
+                .collect();
             w.write_record(&names).map_err(|e| werr(e.into()))?;
             for_each_row(files, options, filter, &mut summary, tmp, |row| {
                 w.write_record(csv_fields(row)).map_err(|e| werr(e.into()))
@@ -126,7 +147,11 @@ fn export_to(files: Vec<PathBuf>, filter: &ExportFilter, format: ExportFormat, t
         ExportFormat::Jsonl | ExportFormat::Ocsf => {
             let mut w = BufWriter::new(file);
             for_each_row(files, options, filter, &mut summary, tmp, |row| {
-                let v = if format == ExportFormat::Jsonl { row_json(row) } else { ocsf_event(row) };
+                let v = if format == ExportFormat::Jsonl {
+                    row_json(row)
+                } else {
+                    ocsf_event(row)
+                };
                 serde_json::to_writer(&mut w, &v).map_err(|e| werr(e.into()))?;
                 w.write_all(b"\n").map_err(werr)
             })?;
@@ -146,10 +171,12 @@ fn for_each_row(
 ) -> Result<(), AuditError> {
     for batch in scan(files, options) {
         let batch = batch?;
-        let rows = BatchView::new(&batch).rows().map_err(|e| AuditError::Schema {
-            path: tmp.to_path_buf(),
-            detail: e.to_string(),
-        })?;
+        let rows = BatchView::new(&batch)
+            .rows()
+            .map_err(|e| AuditError::Schema {
+                path: tmp.to_path_buf(),
+                detail: e.to_string(),
+            })?;
         for row in rows {
             summary.rows_read += 1;
             if filter.keeps(&row) {
@@ -161,7 +188,11 @@ fn for_each_row(
     Ok(())
 }
 
-fn filter_batch(batch: &RecordBatch, filter: &ExportFilter, path: &Path) -> Result<(RecordBatch, u64), AuditError> {
+fn filter_batch(
+    batch: &RecordBatch,
+    filter: &ExportFilter,
+    path: &Path,
+) -> Result<(RecordBatch, u64), AuditError> {
     let view = BatchView::new(batch);
     let schema_err = |e: schema::ColumnError| AuditError::Schema {
         path: path.to_path_buf(),
@@ -177,18 +208,31 @@ fn filter_batch(batch: &RecordBatch, filter: &ExportFilter, path: &Path) -> Resu
     let mut kept = 0u64;
     let mask: BooleanArray = (0..batch.num_rows())
         .map(|i| {
-            let keep = filter.agent.as_ref().is_none_or(|g| get(&agent, i).is_some_and(|a| g.is_match(a)))
-                && filter.tool.as_ref().is_none_or(|g| get(&tool, i).is_some_and(|t| g.is_match(t)))
-                && filter.decision.as_deref().is_none_or(|d| get(&decision, i) == Some(d))
-                && filter.session.as_deref().is_none_or(|s| get(&session, i) == Some(s));
+            let keep = filter
+                .agent
+                .as_ref()
+                .is_none_or(|g| get(&agent, i).is_some_and(|a| g.is_match(a)))
+                && filter
+                    .tool
+                    .as_ref()
+                    .is_none_or(|g| get(&tool, i).is_some_and(|t| g.is_match(t)))
+                && filter
+                    .decision
+                    .as_deref()
+                    .is_none_or(|d| get(&decision, i) == Some(d))
+                && filter
+                    .session
+                    .as_deref()
+                    .is_none_or(|s| get(&session, i) == Some(s));
             kept += u64::from(keep);
             Some(keep)
         })
         .collect();
-    let out = arrow::compute::filter_record_batch(batch, &mask).map_err(|e| AuditError::Schema {
-        path: path.to_path_buf(),
-        detail: e.to_string(),
-    })?;
+    let out =
+        arrow::compute::filter_record_batch(batch, &mask).map_err(|e| AuditError::Schema {
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        })?;
     Ok((out, kept))
 }
 
@@ -198,10 +242,12 @@ fn align_to_schema(batch: &RecordBatch, path: &Path) -> Result<RecordBatch, Audi
     let target = schema::schema();
     let mut columns = Vec::with_capacity(target.fields().len());
     for field in target.fields() {
-        let c = batch.column_by_name(field.name()).ok_or_else(|| AuditError::Schema {
-            path: path.to_path_buf(),
-            detail: format!("missing column `{}`", field.name()),
-        })?;
+        let c = batch
+            .column_by_name(field.name())
+            .ok_or_else(|| AuditError::Schema {
+                path: path.to_path_buf(),
+                detail: format!("missing column `{}`", field.name()),
+            })?;
         let c = if c.data_type() == field.data_type() {
             c.clone()
         } else {
@@ -310,7 +356,11 @@ pub fn ocsf_event(r: &AuditRow) -> Value {
     };
     let allowed = r.decision == "allow";
     let succeeded = allowed && matches!(r.outcome.as_str(), "ok");
-    let (status_id, status) = if succeeded { (1, "Success") } else { (2, "Failure") };
+    let (status_id, status) = if succeeded {
+        (1, "Success")
+    } else {
+        (2, "Failure")
+    };
     let (action_id, action, disposition_id, disposition) = match r.decision.as_str() {
         "allow" => (1, "Allowed", 1, "Allowed"),
         "deny" => (2, "Denied", 2, "Blocked"),

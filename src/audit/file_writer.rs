@@ -27,14 +27,18 @@ pub struct AuditFileWriter {
 
 impl AuditFileWriter {
     pub fn create(path: &Path) -> Result<AuditFileWriter, AuditError> {
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let tmp = path.with_file_name(format!(".{name}.partial"));
         let file = File::create(&tmp).map_err(|e| AuditError::io("create", &tmp, e))?;
         let props = WriterProperties::builder()
             .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).unwrap_or_default()))
             .set_max_row_group_row_count(Some(128 * 1024))
             .build();
-        let writer = ArrowWriter::try_new(file, schema::schema(), Some(props)).map_err(|e| AuditError::parquet(&tmp, e))?;
+        let writer = ArrowWriter::try_new(file, schema::schema(), Some(props))
+            .map_err(|e| AuditError::parquet(&tmp, e))?;
         Ok(AuditFileWriter {
             writer,
             tmp,
@@ -66,7 +70,9 @@ impl AuditFileWriter {
     fn flush(&mut self) -> Result<(), AuditError> {
         if !self.buffer.is_empty() {
             let batch = schema::rows_to_batch(&self.buffer);
-            self.writer.write(&batch).map_err(|e| AuditError::parquet(&self.tmp, e))?;
+            self.writer
+                .write(&batch)
+                .map_err(|e| AuditError::parquet(&self.tmp, e))?;
             self.buffer.clear();
         }
         Ok(())
@@ -85,17 +91,29 @@ impl AuditFileWriter {
                 (meta::SCHEMA_VERSION, schema::SCHEMA_VERSION.to_string()),
                 (meta::FIRST_SEQ, "0".to_string()),
                 (meta::LAST_SEQ, (rows - 1).to_string()),
-                (meta::FIRST_HASH, self.first_hash.clone().unwrap_or_default()),
+                (
+                    meta::FIRST_HASH,
+                    self.first_hash.clone().unwrap_or_default(),
+                ),
                 (meta::LAST_HASH, self.last_hash.clone()),
                 (meta::ROWS, rows.to_string()),
-                (meta::WRITER, format!("flightrec {}", env!("CARGO_PKG_VERSION"))),
+                (
+                    meta::WRITER,
+                    format!("flightrec {}", env!("CARGO_PKG_VERSION")),
+                ),
             ] {
-                self.writer.append_key_value_metadata(KeyValue::new(k.to_string(), v));
+                self.writer
+                    .append_key_value_metadata(KeyValue::new(k.to_string(), v));
             }
         }
-        let file = self.writer.into_inner().map_err(|e| AuditError::parquet(&self.tmp, e))?;
-        file.sync_all().map_err(|e| AuditError::io("sync", &self.tmp, e))?;
-        std::fs::rename(&self.tmp, &self.path).map_err(|e| AuditError::io("rename", &self.tmp, e))?;
+        let file = self
+            .writer
+            .into_inner()
+            .map_err(|e| AuditError::parquet(&self.tmp, e))?;
+        file.sync_all()
+            .map_err(|e| AuditError::io("sync", &self.tmp, e))?;
+        std::fs::rename(&self.tmp, &self.path)
+            .map_err(|e| AuditError::io("rename", &self.tmp, e))?;
         Ok(rows)
     }
 }

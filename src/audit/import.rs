@@ -46,7 +46,9 @@ pub fn import_intercept(inputs: &[PathBuf], out: &Path) -> Result<ImportSummary,
                 }
                 Ok(None) => {}
                 Err(Skip::Other(kind)) => *summary.skipped.entry(kind).or_default() += 1,
-                Err(Skip::Bad(problem)) => summary.bad_lines.push(format!("{}:{line_no}: {problem}", input.display())),
+                Err(Skip::Bad(problem)) => summary
+                    .bad_lines
+                    .push(format!("{}:{line_no}: {problem}", input.display())),
             }
         }
     }
@@ -59,9 +61,20 @@ enum Skip {
     Bad(String),
 }
 
-fn event_row(line: &str, file: &Path, line_no: usize, servers: &mut HashMap<String, String>) -> Result<Option<AuditRow>, Skip> {
-    let v: serde_json::Value = serde_json::from_str(line).map_err(|e| Skip::Bad(format!("not JSON: {e}")))?;
-    let text = |k: &str| v.get(k).and_then(|x| x.as_str()).filter(|s| !s.is_empty()).map(str::to_string);
+fn event_row(
+    line: &str,
+    file: &Path,
+    line_no: usize,
+    servers: &mut HashMap<String, String>,
+) -> Result<Option<AuditRow>, Skip> {
+    let v: serde_json::Value =
+        serde_json::from_str(line).map_err(|e| Skip::Bad(format!("not JSON: {e}")))?;
+    let text = |k: &str| {
+        v.get(k)
+            .and_then(|x| x.as_str())
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+    };
     let kind = text("type").ok_or_else(|| Skip::Bad("missing \"type\"".into()))?;
     let instance = text("instance").unwrap_or_default();
     if kind == "startup" {
@@ -79,14 +92,19 @@ fn event_row(line: &str, file: &Path, line_no: usize, servers: &mut HashMap<Stri
     let (decision, outcome) = match text("result").as_deref() {
         Some("allowed") => ("allow", "ok"),
         Some("denied") => ("deny", "not_forwarded"),
-        other => return Err(Skip::Bad(format!("result must be allowed or denied, got {other:?}"))),
+        other => {
+            return Err(Skip::Bad(format!(
+                "result must be allowed or denied, got {other:?}"
+            )));
+        }
     };
     // Deterministic ids: the same input always imports to the same rows.
     let digest = Sha256::digest(format!("{}\n{line_no}\n{line}", file.display()).as_bytes());
     let rand: [u8; 10] = digest[..10].try_into().expect("10 bytes");
-    let event_id = uuid::Builder::from_unix_timestamp_millis(ts_us.div_euclid(1000).max(0) as u64, &rand)
-        .into_uuid()
-        .to_string();
+    let event_id =
+        uuid::Builder::from_unix_timestamp_millis(ts_us.div_euclid(1000).max(0) as u64, &rand)
+            .into_uuid()
+            .to_string();
     let who = format!("intercept:{instance}");
     Ok(Some(AuditRow {
         event_id,

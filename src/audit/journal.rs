@@ -92,7 +92,10 @@ impl Journal {
 
     /// Appends frames with one `write(2)`; returns once they are durable by
     /// the segment's [`SyncMode`].
-    pub fn append<'r>(&mut self, frames: impl IntoIterator<Item = (Kind, &'r AuditRow)>) -> io::Result<()> {
+    pub fn append<'r>(
+        &mut self,
+        frames: impl IntoIterator<Item = (Kind, &'r AuditRow)>,
+    ) -> io::Result<()> {
         self.buf.clear();
         for (kind, row) in frames {
             let start = self.buf.len();
@@ -157,7 +160,11 @@ pub fn read_segment(path: &Path) -> io::Result<Segment> {
     };
     if data.len() < MAGIC.len() || &data[..MAGIC.len()] != MAGIC {
         // A crash between create and the header write leaves a short file.
-        let torn = if data.is_empty() { None } else { torn_at(0, "missing journal header".into()) };
+        let torn = if data.is_empty() {
+            None
+        } else {
+            torn_at(0, "missing journal header".into())
+        };
         return Ok(Segment { frames, torn });
     }
     let mut at = MAGIC.len();

@@ -72,7 +72,9 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), AuditError> {
         if name.starts_with('.') || name.starts_with('_') {
             continue;
         }
-        let kind = entry.file_type().map_err(|e| AuditError::io("stat", &path, e))?;
+        let kind = entry
+            .file_type()
+            .map_err(|e| AuditError::io("stat", &path, e))?;
         if kind.is_dir() {
             walk(&path, out)?;
         } else if name.ends_with(".parquet") {
@@ -117,10 +119,7 @@ pub fn next_file_uuid(after: Option<&uuid::Uuid>) -> uuid::Uuid {
     let now = uuid::Uuid::now_v7();
     match after {
         Some(last) if now <= *last => {
-            let (secs, nanos) = last
-                .get_timestamp()
-                .map(|t| t.to_unix())
-                .unwrap_or((0, 0));
+            let (secs, nanos) = last.get_timestamp().map(|t| t.to_unix()).unwrap_or((0, 0));
             let bumped = u128::from(secs) * 1_000_000_000 + u128::from(nanos) + 1_000_000;
             let ts = uuid::Timestamp::from_unix(
                 uuid::NoContext,

@@ -134,7 +134,8 @@ pub struct FileScan {
 impl FileScan {
     pub fn open(path: &Path, options: &ScanOptions) -> Result<FileScan, AuditError> {
         let file = File::open(path).map_err(|e| AuditError::io("open", path, e))?;
-        let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| AuditError::parquet(path, e))?;
+        let builder = ParquetRecordBatchReaderBuilder::try_new(file)
+            .map_err(|e| AuditError::parquet(path, e))?;
         let arrow_schema = builder.schema().clone();
         let parquet_schema = builder.parquet_schema();
         let mut builder_mask = None;
@@ -175,7 +176,9 @@ impl FileScan {
             keep.extend(0..total);
         }
         let skipped = total - keep.len();
-        let mut builder = builder.with_batch_size(options.batch_size).with_row_groups(keep);
+        let mut builder = builder
+            .with_batch_size(options.batch_size)
+            .with_row_groups(keep);
         if let Some(mask) = builder_mask {
             builder = builder.with_projection(mask);
         }
@@ -201,17 +204,24 @@ impl Iterator for FileScan {
         loop {
             let batch = match self.reader.next()? {
                 Ok(b) => b,
-                Err(e) => return Some(Err(AuditError::Corrupt {
-                    path: self.path.clone(),
-                    detail: format!("unreadable data: {e}"),
-                })),
+                Err(e) => {
+                    return Some(Err(AuditError::Corrupt {
+                        path: self.path.clone(),
+                        detail: format!("unreadable data: {e}"),
+                    }));
+                }
             };
             if !self.options.has_range() {
                 return Some(Ok(batch));
             }
             let filtered = match filter_ts(&batch, &self.options) {
                 Ok(b) => b,
-                Err(detail) => return Some(Err(AuditError::Schema { path: self.path.clone(), detail })),
+                Err(detail) => {
+                    return Some(Err(AuditError::Schema {
+                        path: self.path.clone(),
+                        detail,
+                    }));
+                }
             };
             if filtered.num_rows() > 0 {
                 return Some(Ok(filtered));
@@ -227,7 +237,12 @@ fn filter_ts(batch: &RecordBatch, o: &ScanOptions) -> Result<RecordBatch, String
     let ts = ts
         .as_any()
         .downcast_ref::<arrow::array::PrimitiveArray<TimestampMicrosecondType>>()
-        .ok_or_else(|| format!("column `ts` is {}, expected Timestamp(µs, UTC)", ts.data_type()))?;
+        .ok_or_else(|| {
+            format!(
+                "column `ts` is {}, expected Timestamp(µs, UTC)",
+                ts.data_type()
+            )
+        })?;
     let mask: BooleanArray = ts
         .iter()
         .map(|v| Some(v.is_some_and(|t| o.overlaps(t, t))))
@@ -236,7 +251,10 @@ fn filter_ts(batch: &RecordBatch, o: &ScanOptions) -> Result<RecordBatch, String
 }
 
 /// Scans many files in order, one after the other.
-pub fn scan(files: Vec<PathBuf>, options: ScanOptions) -> impl Iterator<Item = Result<RecordBatch, AuditError>> {
+pub fn scan(
+    files: Vec<PathBuf>,
+    options: ScanOptions,
+) -> impl Iterator<Item = Result<RecordBatch, AuditError>> {
     let mut files = files.into_iter();
     let mut current: Option<FileScan> = None;
     std::iter::from_fn(move || {

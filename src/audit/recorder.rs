@@ -139,7 +139,9 @@ impl Recorder {
                     lock: lock_path,
                 });
             }
-            Err(std::fs::TryLockError::Error(e)) => return Err(AuditError::io("lock", &lock_path, e)),
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(AuditError::io("lock", &lock_path, e));
+            }
         }
 
         let mut recovery = Recovery::default();
@@ -156,7 +158,8 @@ impl Recorder {
         segments.sort();
 
         let journal_path = jdir.join(format!("{}.wal", uuid::Uuid::now_v7()));
-        let journal = Journal::create(&journal_path, config.sync).map_err(|e| AuditError::io("create", &journal_path, e))?;
+        let journal = Journal::create(&journal_path, config.sync)
+            .map_err(|e| AuditError::io("create", &journal_path, e))?;
         let mut rec = Recorder {
             dir: dir.to_path_buf(),
             config,
@@ -203,7 +206,8 @@ impl Recorder {
                 }
             }
         }
-        let finished: std::collections::HashSet<String> = complete.iter().map(|r| r.event_id.clone()).collect();
+        let finished: std::collections::HashSet<String> =
+            complete.iter().map(|r| r.event_id.clone()).collect();
         complete.sort_by_key(|r| r.seq);
         complete.dedup_by_key(|r| r.seq);
         for row in complete {
@@ -254,10 +258,17 @@ impl Recorder {
     }
 
     /// Finishes a begun call: `update` fills in its outcome columns.
-    pub fn complete(&mut self, event_id: &str, update: impl FnOnce(&mut AuditRow)) -> Result<(), AuditError> {
-        let mut row = self.pending.remove(event_id).ok_or_else(|| AuditError::UnknownEvent {
-            event_id: event_id.to_string(),
-        })?;
+    pub fn complete(
+        &mut self,
+        event_id: &str,
+        update: impl FnOnce(&mut AuditRow),
+    ) -> Result<(), AuditError> {
+        let mut row = self
+            .pending
+            .remove(event_id)
+            .ok_or_else(|| AuditError::UnknownEvent {
+                event_id: event_id.to_string(),
+            })?;
         update(&mut row);
         self.record(row)
     }
@@ -287,7 +298,10 @@ impl Recorder {
     }
 
     /// Records many finished rows with one journal write.
-    pub fn record_all(&mut self, rows: impl IntoIterator<Item = AuditRow>) -> Result<(), AuditError> {
+    pub fn record_all(
+        &mut self,
+        rows: impl IntoIterator<Item = AuditRow>,
+    ) -> Result<(), AuditError> {
         let mut rows: Vec<AuditRow> = rows.into_iter().collect();
         for row in &mut rows {
             self.finish(row);
@@ -313,9 +327,12 @@ impl Recorder {
     /// Buffers a finished row for the data file, rotating first if the row
     /// belongs to a later UTC day than the open file.
     fn append_finished(&mut self, row: AuditRow) -> Result<(), AuditError> {
-        if let Some(f) = &self.file
-            && layout::date_of(row.ts_us) > f.date
-        {
+        let current = match (&self.file, self.buffer.first()) {
+            (Some(f), _) => Some(f.date.clone()),
+            (None, Some(first)) => Some(layout::date_of(first.ts_us)),
+            (None, None) => None,
+        };
+        if current.is_some_and(|d| layout::date_of(row.ts_us) > d) {
             self.rotate()?;
         }
         self.buffer.push(row);
@@ -331,7 +348,8 @@ impl Recorder {
         let due = match &self.file {
             Some(f) => {
                 f.opened.elapsed() >= self.config.rotate_age
-                    || f.writer.bytes_written() as u64 + f.writer.in_progress_size() as u64 >= self.config.rotate_bytes
+                    || f.writer.bytes_written() as u64 + f.writer.in_progress_size() as u64
+                        >= self.config.rotate_bytes
             }
             None => false,
         };
@@ -342,9 +360,18 @@ impl Recorder {
     }
 
     fn writer_properties(&self) -> WriterProperties {
-        let plain = [col::EVENT_ID, col::TS, col::ARGS_SHA256, col::PREV_HASH, col::HASH, col::SEQ];
+        let plain = [
+            col::EVENT_ID,
+            col::TS,
+            col::ARGS_SHA256,
+            col::PREV_HASH,
+            col::HASH,
+            col::SEQ,
+        ];
         let mut b = WriterProperties::builder()
-            .set_compression(Compression::ZSTD(ZstdLevel::try_new(self.config.zstd_level).unwrap_or_default()))
+            .set_compression(Compression::ZSTD(
+                ZstdLevel::try_new(self.config.zstd_level).unwrap_or_default(),
+            ))
             .set_max_row_group_row_count(Some(self.config.row_group_rows))
             .set_statistics_enabled(EnabledStatistics::Chunk)
             .set_created_by(format!("flightrec {}", env!("CARGO_PKG_VERSION")));
@@ -365,12 +392,14 @@ impl Recorder {
             let uuid = layout::next_file_uuid(self.last_uuid.as_ref());
             self.last_uuid = Some(uuid);
             let part_dir = layout::partition_dir(&self.dir, first.ts_us);
-            std::fs::create_dir_all(&part_dir).map_err(|e| AuditError::io("create", &part_dir, e))?;
+            std::fs::create_dir_all(&part_dir)
+                .map_err(|e| AuditError::io("create", &part_dir, e))?;
             let partial = part_dir.join(format!(".{uuid}.partial"));
             let final_path = part_dir.join(format!("{uuid}.parquet"));
             let out = File::create(&partial).map_err(|e| AuditError::io("create", &partial, e))?;
-            let writer = ArrowWriter::try_new(out, schema::schema(), Some(self.writer_properties()))
-                .map_err(|e| AuditError::parquet(&partial, e))?;
+            let writer =
+                ArrowWriter::try_new(out, schema::schema(), Some(self.writer_properties()))
+                    .map_err(|e| AuditError::parquet(&partial, e))?;
             self.file = Some(OpenFile {
                 writer,
                 partial,
@@ -384,7 +413,9 @@ impl Recorder {
         }
         let f = self.file.as_mut().expect("opened above");
         let batch = schema::rows_to_batch(&self.buffer);
-        f.writer.write(&batch).map_err(|e| AuditError::parquet(&f.partial, e))?;
+        f.writer
+            .write(&batch)
+            .map_err(|e| AuditError::parquet(&f.partial, e))?;
         f.rows += self.buffer.len() as u64;
         self.buffer.clear();
         Ok(())
@@ -405,16 +436,30 @@ impl Recorder {
             (meta::FIRST_HASH, f.first_hash.clone()),
             (meta::LAST_HASH, self.tip.last_hash.clone()),
             (meta::ROWS, f.rows.to_string()),
-            (meta::WRITER, format!("flightrec {}", env!("CARGO_PKG_VERSION"))),
+            (
+                meta::WRITER,
+                format!("flightrec {}", env!("CARGO_PKG_VERSION")),
+            ),
         ] {
             f.writer
-                .append_key_value_metadata(parquet::file::metadata::KeyValue::new(k.to_string(), v));
+                .append_key_value_metadata(parquet::file::metadata::KeyValue::new(
+                    k.to_string(),
+                    v,
+                ));
         }
-        let file = f.writer.into_inner().map_err(|e| AuditError::parquet(&f.partial, e))?;
-        file.sync_all().map_err(|e| AuditError::io("sync", &f.partial, e))?;
+        let file = f
+            .writer
+            .into_inner()
+            .map_err(|e| AuditError::parquet(&f.partial, e))?;
+        file.sync_all()
+            .map_err(|e| AuditError::io("sync", &f.partial, e))?;
         drop(file);
-        std::fs::rename(&f.partial, &f.final_path).map_err(|e| AuditError::io("rename", &f.partial, e))?;
-        let part_dir = f.final_path.parent().expect("data files live in a partition");
+        std::fs::rename(&f.partial, &f.final_path)
+            .map_err(|e| AuditError::io("rename", &f.partial, e))?;
+        let part_dir = f
+            .final_path
+            .parent()
+            .expect("data files live in a partition");
         journal::sync_dir(part_dir).map_err(|e| AuditError::io("sync", part_dir, e))?;
         self.write_tip()?;
         self.retire_journal()
@@ -434,7 +479,8 @@ impl Recorder {
     fn retire_journal(&mut self) -> Result<(), AuditError> {
         let jdir = layout::journal_dir(&self.dir);
         let path = jdir.join(format!("{}.wal", uuid::Uuid::now_v7()));
-        let mut fresh = Journal::create(&path, self.config.sync).map_err(|e| AuditError::io("create", &path, e))?;
+        let mut fresh = Journal::create(&path, self.config.sync)
+            .map_err(|e| AuditError::io("create", &path, e))?;
         let mut pending: Vec<&AuditRow> = self.pending.values().collect();
         pending.sort_by(|a, b| a.event_id.cmp(&b.event_id));
         if !pending.is_empty() {
@@ -454,7 +500,9 @@ impl Recorder {
 
     /// Forces the journal to stable storage now.
     pub fn sync(&mut self) -> Result<(), AuditError> {
-        self.journal.sync().map_err(|e| AuditError::io("sync", self.journal.path(), e))
+        self.journal
+            .sync()
+            .map_err(|e| AuditError::io("sync", self.journal.path(), e))
     }
 
     /// Clean shutdown: calls still pending are recorded as `interrupted`,
@@ -476,11 +524,15 @@ fn remove_partials(dir: &Path) -> Result<u64, AuditError> {
     for entry in entries.flatten() {
         let path = entry.path();
         if path.is_dir() && entry.file_name().to_string_lossy().starts_with("date=") {
-            for inner in std::fs::read_dir(&path).map_err(|e| AuditError::io("list", &path, e))?.flatten() {
+            for inner in std::fs::read_dir(&path)
+                .map_err(|e| AuditError::io("list", &path, e))?
+                .flatten()
+            {
                 let name = inner.file_name();
                 let name = name.to_string_lossy();
                 if name.starts_with('.') && name.ends_with(".partial") {
-                    std::fs::remove_file(inner.path()).map_err(|e| AuditError::io("remove", &inner.path(), e))?;
+                    std::fs::remove_file(inner.path())
+                        .map_err(|e| AuditError::io("remove", &inner.path(), e))?;
                     removed += 1;
                 }
             }
@@ -503,7 +555,11 @@ fn find_tip(dir: &Path, files: &[PathBuf]) -> Result<Tip, AuditError> {
         })?;
     }
     if let Some(newest) = files.last() {
-        let FileMeta { last_seq, last_hash, .. } = layout::read_meta(newest)?;
+        let FileMeta {
+            last_seq,
+            last_hash,
+            ..
+        } = layout::read_meta(newest)?;
         if let (Some(seq), Some(hash)) = (last_seq, last_hash)
             && seq + 1 > tip.next_seq
         {
@@ -534,10 +590,11 @@ mod tests {
         let mut rows = Vec::new();
         for f in layout::data_files(dir).unwrap() {
             let file = File::open(&f).unwrap();
-            let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
-                .unwrap()
-                .build()
-                .unwrap();
+            let reader =
+                parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+                    .unwrap()
+                    .build()
+                    .unwrap();
             for b in reader {
                 rows.extend(schema::BatchView::new(&b.unwrap()).rows().unwrap());
             }
@@ -573,7 +630,9 @@ mod tests {
     fn a_second_writer_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let _rec = Recorder::open(dir.path(), RecorderConfig::default()).unwrap();
-        let err = Recorder::open(dir.path(), RecorderConfig::default()).err().unwrap();
+        let err = Recorder::open(dir.path(), RecorderConfig::default())
+            .err()
+            .unwrap();
         assert!(matches!(err, AuditError::Locked { .. }), "{err}");
     }
 
@@ -594,8 +653,14 @@ mod tests {
         assert_eq!(rec.recovery().interrupted, 1);
         rec.close().unwrap();
         let rows = read_all(dir.path());
-        let outcomes: Vec<(&str, &str)> = rows.iter().map(|r| (r.event_id.as_str(), r.outcome.as_str())).collect();
-        assert_eq!(outcomes, [("e0000", "ok"), ("e0002", "ok"), ("e0001", "interrupted")]);
+        let outcomes: Vec<(&str, &str)> = rows
+            .iter()
+            .map(|r| (r.event_id.as_str(), r.outcome.as_str()))
+            .collect();
+        assert_eq!(
+            outcomes,
+            [("e0000", "ok"), ("e0002", "ok"), ("e0001", "interrupted")]
+        );
         // Reopening again finds nothing left to do.
         let rec = Recorder::open(dir.path(), RecorderConfig::default()).unwrap();
         assert!(rec.recovery().is_clean(), "{:?}", rec.recovery());
@@ -608,7 +673,6 @@ mod tests {
         let mut late = row(0);
         late.ts_us -= 1; // 23:59:59.999999 the day before
         rec.record(late).unwrap();
-        rec.write_buffer().unwrap();
         rec.record(row(1)).unwrap();
         rec.close().unwrap();
         let files = layout::data_files(dir.path()).unwrap();

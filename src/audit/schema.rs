@@ -9,7 +9,10 @@ use arrow::array::{
     Array, ArrayRef, AsArray, Int64Builder, ListBuilder, RecordBatch, StringBuilder, StructBuilder,
     TimestampMicrosecondBuilder, UInt64Builder,
 };
-use arrow::datatypes::{DataType, Field, Fields, Int64Type, Schema, SchemaRef, TimeUnit, TimestampMicrosecondType, UInt64Type};
+use arrow::datatypes::{
+    DataType, Field, Fields, Int64Type, Schema, SchemaRef, TimeUnit, TimestampMicrosecondType,
+    UInt64Type,
+};
 use serde::{Deserialize, Serialize};
 use std::sync::{Arc, LazyLock};
 
@@ -73,7 +76,11 @@ static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
         utf8(col::SCHEMA_VERSION, false),
         utf8(col::EVENT_ID, false),
         Field::new(col::SEQ, UInt64, false),
-        Field::new(col::TS, Timestamp(TimeUnit::Microsecond, Some("UTC".into())), false),
+        Field::new(
+            col::TS,
+            Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            false,
+        ),
         utf8(col::SESSION_ID, false),
         utf8(col::AGENT_ID, false),
         utf8(col::CLIENT_NAME, true),
@@ -234,9 +241,15 @@ pub fn rows_to_batch(rows: &[AuditRow]) -> RecordBatch {
     for r in rows {
         let sb = shadow.values();
         for s in &r.shadow {
-            sb.field_builder::<StringBuilder>(0).expect("policy_sha256").append_value(&s.policy_sha256);
-            sb.field_builder::<StringBuilder>(1).expect("decision").append_value(&s.decision);
-            sb.field_builder::<StringBuilder>(2).expect("rule").append_option(s.rule.as_deref());
+            sb.field_builder::<StringBuilder>(0)
+                .expect("policy_sha256")
+                .append_value(&s.policy_sha256);
+            sb.field_builder::<StringBuilder>(1)
+                .expect("decision")
+                .append_value(&s.decision);
+            sb.field_builder::<StringBuilder>(2)
+                .expect("rule")
+                .append_option(s.rule.as_deref());
             sb.append(true);
         }
         shadow.append(true);
@@ -326,17 +339,21 @@ impl<'b> BatchView<'b> {
             DataType::Utf8View => Ok(Some(StrColumn::View(array.as_string_view()))),
             DataType::Dictionary(_, v) if **v == DataType::Utf8 => {
                 // Dictionary-encoded strings (some writers): decode once.
-                let decoded = arrow::compute::cast(array, &DataType::Utf8).map_err(|e| ColumnError {
-                    column: name.into(),
-                    problem: e.to_string(),
-                })?;
+                let decoded =
+                    arrow::compute::cast(array, &DataType::Utf8).map_err(|e| ColumnError {
+                        column: name.into(),
+                        problem: e.to_string(),
+                    })?;
                 Ok(Some(StrColumn::Owned(decoded)))
             }
             other => Err(Self::type_error(name, "Utf8", other)),
         }
     }
 
-    pub fn u64s(&self, name: &str) -> Result<Option<&'b arrow::array::PrimitiveArray<UInt64Type>>, ColumnError> {
+    pub fn u64s(
+        &self,
+        name: &str,
+    ) -> Result<Option<&'b arrow::array::PrimitiveArray<UInt64Type>>, ColumnError> {
         let Some(array) = self.column(name) else {
             return Ok(None);
         };
@@ -346,7 +363,10 @@ impl<'b> BatchView<'b> {
         }
     }
 
-    pub fn i64s(&self, name: &str) -> Result<Option<&'b arrow::array::PrimitiveArray<Int64Type>>, ColumnError> {
+    pub fn i64s(
+        &self,
+        name: &str,
+    ) -> Result<Option<&'b arrow::array::PrimitiveArray<Int64Type>>, ColumnError> {
         let Some(array) = self.column(name) else {
             return Ok(None);
         };
@@ -357,12 +377,18 @@ impl<'b> BatchView<'b> {
     }
 
     /// The `ts` column as µs UTC (timestamp columns of any timezone label).
-    pub fn timestamps(&self, name: &str) -> Result<Option<&'b arrow::array::PrimitiveArray<TimestampMicrosecondType>>, ColumnError> {
+    pub fn timestamps(
+        &self,
+        name: &str,
+    ) -> Result<Option<&'b arrow::array::PrimitiveArray<TimestampMicrosecondType>>, ColumnError>
+    {
         let Some(array) = self.column(name) else {
             return Ok(None);
         };
         match array.data_type() {
-            DataType::Timestamp(TimeUnit::Microsecond, _) => Ok(Some(array.as_primitive::<TimestampMicrosecondType>())),
+            DataType::Timestamp(TimeUnit::Microsecond, _) => {
+                Ok(Some(array.as_primitive::<TimestampMicrosecondType>()))
+            }
             other => Err(Self::type_error(name, "Timestamp(µs, UTC)", other)),
         }
     }
@@ -417,7 +443,9 @@ impl<'b> BatchView<'b> {
                 other => return Err(Self::type_error(col::SHADOW, "List<Struct>", other)),
             },
         };
-        let opt = |c: &Option<StrColumn<'b>>, i: usize| c.as_ref().and_then(|c| c.get(i)).map(str::to_string);
+        let opt = |c: &Option<StrColumn<'b>>, i: usize| {
+            c.as_ref().and_then(|c| c.get(i)).map(str::to_string)
+        };
         let text = |c: &Option<StrColumn<'b>>, i: usize| opt(c, i).unwrap_or_default();
         let num = |c: Option<&arrow::array::PrimitiveArray<UInt64Type>>, i: usize| {
             c.and_then(|c| if c.is_null(i) { None } else { Some(c.value(i)) })
@@ -453,7 +481,8 @@ impl<'b> BatchView<'b> {
                 policy_sha256: text(&policy_sha, i),
                 shadow,
                 outcome: text(&outcome, i),
-                error_code: error_code.and_then(|c| if c.is_null(i) { None } else { Some(c.value(i)) }),
+                error_code: error_code
+                    .and_then(|c| if c.is_null(i) { None } else { Some(c.value(i)) }),
                 error_message: opt(&error_message, i),
                 latency_us: num(latency, i),
                 request_bytes: num(request_bytes, i).unwrap_or_default(),
@@ -471,9 +500,13 @@ fn read_shadow(items: &ArrayRef) -> Result<Vec<ShadowDecision>, ColumnError> {
         column: col::SHADOW.into(),
         problem: p.into(),
     };
-    let s = items.as_struct_opt().ok_or_else(|| bad("items are not structs"))?;
+    let s = items
+        .as_struct_opt()
+        .ok_or_else(|| bad("items are not structs"))?;
     let field = |name: &str| -> Result<StrColumn<'_>, ColumnError> {
-        let a = s.column_by_name(name).ok_or_else(|| bad(&format!("missing field {name}")))?;
+        let a = s
+            .column_by_name(name)
+            .ok_or_else(|| bad(&format!("missing field {name}")))?;
         match a.data_type() {
             DataType::Utf8 => Ok(StrColumn::Utf8(a.as_string::<i32>())),
             DataType::LargeUtf8 => Ok(StrColumn::Large(a.as_string::<i64>())),
@@ -528,7 +561,7 @@ mod tests {
             client_name: Some("mcp".into()),
             tool: Some("copy_image_set".into()),
             args_json: Some("{\"x\":1}".into()),
-            retry_after_ms: (i % 2 == 0).then_some(5),
+            retry_after_ms: i.is_multiple_of(2).then_some(5),
             shadow: vec![ShadowDecision {
                 policy_sha256: "p".into(),
                 decision: "deny".into(),

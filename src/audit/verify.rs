@@ -73,10 +73,12 @@ pub fn verify_dir(dir: &Path) -> Result<Result<Verified, Finding>, AuditError> {
         let mut first_hash = None;
         for batch in FileScan::open(file, &ScanOptions::default())? {
             let batch = batch?;
-            let rows = BatchView::new(&batch).rows().map_err(|e| AuditError::Schema {
-                path: file.clone(),
-                detail: e.to_string(),
-            })?;
+            let rows = BatchView::new(&batch)
+                .rows()
+                .map_err(|e| AuditError::Schema {
+                    path: file.clone(),
+                    detail: e.to_string(),
+                })?;
             for row in rows {
                 if row.prev_hash != prev_hash {
                     let problem = if index == 0 {
@@ -115,11 +117,23 @@ pub fn verify_dir(dir: &Path) -> Result<Result<Verified, Finding>, AuditError> {
             }
         }
         if index != meta.rows {
-            return Ok(Err(finding(None, None, format!("footer says {} rows, read {index}", meta.rows))));
+            return Ok(Err(finding(
+                None,
+                None,
+                format!("footer says {} rows, read {index}", meta.rows),
+            )));
         }
         let checks = [
-            ("first_hash", meta.first_hash.as_deref(), first_hash.as_deref()),
-            ("last_hash", meta.last_hash.as_deref(), (index > 0).then_some(prev_hash.as_str())),
+            (
+                "first_hash",
+                meta.first_hash.as_deref(),
+                first_hash.as_deref(),
+            ),
+            (
+                "last_hash",
+                meta.last_hash.as_deref(),
+                (index > 0).then_some(prev_hash.as_str()),
+            ),
         ];
         for (name, recorded, actual) in checks {
             if let (Some(recorded), Some(actual)) = (recorded, actual)
@@ -135,7 +149,11 @@ pub fn verify_dir(dir: &Path) -> Result<Result<Verified, Finding>, AuditError> {
         if let (Some(last), true) = (meta.last_seq, index > 0)
             && last + 1 != next_seq
         {
-            return Ok(Err(finding(None, None, format!("footer metadata last_seq {last} does not match the rows"))));
+            return Ok(Err(finding(
+                None,
+                None,
+                format!("footer metadata last_seq {last} does not match the rows"),
+            )));
         }
         rows_total += index;
         prev_file = Some(file.clone());
@@ -143,10 +161,11 @@ pub fn verify_dir(dir: &Path) -> Result<Result<Verified, Finding>, AuditError> {
     // The writer's tip: rows missing at the end show here.
     let tip_path = layout::state_dir(dir).join(layout::TIP_FILE);
     if let Ok(text) = std::fs::read_to_string(&tip_path) {
-        let tip: serde_json::Value = serde_json::from_str(&text).map_err(|e| AuditError::Corrupt {
-            path: tip_path.clone(),
-            detail: format!("unreadable chain tip: {e}"),
-        })?;
+        let tip: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| AuditError::Corrupt {
+                path: tip_path.clone(),
+                detail: format!("unreadable chain tip: {e}"),
+            })?;
         let tip_next = tip["next_seq"].as_u64().unwrap_or(0);
         let tip_hash = tip["last_hash"].as_str().unwrap_or_default();
         if tip_next != next_seq || (tip_next > 0 && tip_hash != prev_hash) {

@@ -55,7 +55,10 @@ pub(crate) fn report_recovery(rec: &Recorder) {
         );
     }
     if r.partial_files_removed > 0 {
-        eprintln!("flightrec: removed {} half-written data file(s)", r.partial_files_removed);
+        eprintln!(
+            "flightrec: removed {} half-written data file(s)",
+            r.partial_files_removed
+        );
     }
 }
 
@@ -72,7 +75,11 @@ pub fn append(dir: &Path, rotate_bytes: Option<u64>, sync: &str) -> ExitCode {
         "always" => SyncMode::Always,
         "interval" => SyncMode::Interval(Duration::from_millis(100)),
         "never" => SyncMode::Never,
-        other => return input_error(format!("--sync must be always, interval or never, got {other}")),
+        other => {
+            return input_error(format!(
+                "--sync must be always, interval or never, got {other}"
+            ));
+        }
     };
     let mut config = RecorderConfig {
         sync,
@@ -109,7 +116,9 @@ pub fn append(dir: &Path, rotate_bytes: Option<u64>, sync: &str) -> ExitCode {
                 let id = row.event_id.clone();
                 (rec.begin(row), id)
             }
-            AppendOp::Complete { event_id, outcome } => (rec.complete(&event_id, |r| r.outcome = outcome), event_id),
+            AppendOp::Complete { event_id, outcome } => {
+                (rec.complete(&event_id, |r| r.outcome = outcome), event_id)
+            }
         };
         if let Err(e) = result {
             return input_error(e);

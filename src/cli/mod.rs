@@ -242,7 +242,9 @@ pub fn run(cli: Cli) -> ExitCode {
             sync,
         }) => audit_cmd::append(&dir, rotate_bytes, &sync),
         Command::Export(args) => audit_cmd::export(&args),
-        Command::Import(ImportCommand::Intercept { events, output }) => audit_cmd::import_intercept(&events, &output),
+        Command::Import(ImportCommand::Intercept { events, output }) => {
+            audit_cmd::import_intercept(&events, &output)
+        }
         Command::Demo(_) => not_yet("demo"),
     }
 }
