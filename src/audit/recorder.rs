@@ -98,6 +98,11 @@ struct OpenFile {
     opened: Instant,
     first_seq: u64,
     first_hash: String,
+    /// The chain position of the last row written into this file (the
+    /// recorder's tip may already be ahead: a finished row waiting for the
+    /// next file).
+    last_seq: u64,
+    last_hash: String,
     rows: u64,
 }
 
@@ -223,6 +228,7 @@ impl Recorder {
                     ),
                 });
             }
+            self.rotate_for_day(row.ts_us)?;
             self.tip.next_seq = row.seq + 1;
             self.tip.last_hash.clone_from(&row.hash);
             self.append_finished(row)?;
@@ -234,8 +240,9 @@ impl Recorder {
                 continue;
             }
             row.outcome = "interrupted".to_string();
-            self.finish(&mut row);
-            self.append_finished(row)?;
+            // Through the journal like any finished row, so that a crash
+            // during recovery cannot finish the same call twice.
+            self.record(row)?;
             recovery.interrupted += 1;
         }
         // The old segments go only once their rows are in a data file: a crash
@@ -290,6 +297,7 @@ impl Recorder {
 
     /// Records a finished row (chained, journaled, then buffered for Parquet).
     pub fn record(&mut self, mut row: AuditRow) -> Result<(), AuditError> {
+        self.rotate_for_day(row.ts_us)?;
         self.finish(&mut row);
         self.journal
             .append([(Kind::Complete, &row)])
@@ -297,20 +305,28 @@ impl Recorder {
         self.append_finished(row)
     }
 
-    /// Records many finished rows with one journal write.
-    pub fn record_all(
-        &mut self,
-        rows: impl IntoIterator<Item = AuditRow>,
-    ) -> Result<(), AuditError> {
-        let mut rows: Vec<AuditRow> = rows.into_iter().collect();
-        for row in &mut rows {
-            self.finish(row);
-        }
-        self.journal
-            .append(rows.iter().map(|r| (Kind::Complete, r)))
-            .map_err(|e| AuditError::io("write", self.journal.path(), e))?;
-        for row in rows {
-            self.append_finished(row)?;
+    /// Records many finished rows, with one journal write per UTC day they
+    /// span.
+    pub fn record_all(&mut self, rows: impl IntoIterator<Item = AuditRow>) -> Result<(), AuditError> {
+        let mut rows = rows.into_iter().peekable();
+        let mut group: Vec<AuditRow> = Vec::new();
+        while let Some(first) = rows.next() {
+            self.rotate_for_day(first.ts_us)?;
+            let day = layout::date_of(first.ts_us);
+            group.clear();
+            group.push(first);
+            while let Some(next) = rows.next_if(|r| layout::date_of(r.ts_us) <= day) {
+                group.push(next);
+            }
+            for row in &mut group {
+                self.finish(row);
+            }
+            self.journal
+                .append(group.iter().map(|r| (Kind::Complete, r)))
+                .map_err(|e| AuditError::io("write", self.journal.path(), e))?;
+            for row in group.drain(..) {
+                self.append_finished(row)?;
+            }
         }
         Ok(())
     }
@@ -324,17 +340,23 @@ impl Recorder {
         self.tip.last_hash.clone_from(&row.hash);
     }
 
-    /// Buffers a finished row for the data file, rotating first if the row
-    /// belongs to a later UTC day than the open file.
-    fn append_finished(&mut self, row: AuditRow) -> Result<(), AuditError> {
+    /// Closes the current file first when a row of a later UTC day arrives,
+    /// so each file sits in its day's partition. Called before the row is
+    /// chained: rotation must only ever see rows that are already buffered.
+    fn rotate_for_day(&mut self, ts_us: i64) -> Result<(), AuditError> {
         let current = match (&self.file, self.buffer.first()) {
             (Some(f), _) => Some(f.date.clone()),
             (None, Some(first)) => Some(layout::date_of(first.ts_us)),
             (None, None) => None,
         };
-        if current.is_some_and(|d| layout::date_of(row.ts_us) > d) {
+        if current.is_some_and(|d| layout::date_of(ts_us) > d) {
             self.rotate()?;
         }
+        Ok(())
+    }
+
+    /// Buffers a finished (chained and journaled) row for the data file.
+    fn append_finished(&mut self, row: AuditRow) -> Result<(), AuditError> {
         self.buffer.push(row);
         if self.buffer.len() >= 8192 {
             self.write_buffer()?;
@@ -408,6 +430,8 @@ impl Recorder {
                 opened: Instant::now(),
                 first_seq: first.seq,
                 first_hash: first.hash.clone(),
+                last_seq: first.seq,
+                last_hash: first.hash.clone(),
                 rows: 0,
             });
         }
@@ -417,6 +441,9 @@ impl Recorder {
             .write(&batch)
             .map_err(|e| AuditError::parquet(&f.partial, e))?;
         f.rows += self.buffer.len() as u64;
+        let last = self.buffer.last().expect("not empty");
+        f.last_seq = last.seq;
+        f.last_hash.clone_from(&last.hash);
         self.buffer.clear();
         Ok(())
     }
@@ -428,13 +455,16 @@ impl Recorder {
         let Some(mut f) = self.file.take() else {
             return Ok(());
         };
-        let last_seq = self.tip.next_seq - 1;
+        // Every finished row is in this file now: the tip and the retired
+        // journal depend on it.
+        debug_assert_eq!(f.last_seq + 1, self.tip.next_seq);
+        debug_assert_eq!(f.last_hash, self.tip.last_hash);
         for (k, v) in [
             (meta::SCHEMA_VERSION, schema::SCHEMA_VERSION.to_string()),
             (meta::FIRST_SEQ, f.first_seq.to_string()),
-            (meta::LAST_SEQ, last_seq.to_string()),
+            (meta::LAST_SEQ, f.last_seq.to_string()),
             (meta::FIRST_HASH, f.first_hash.clone()),
-            (meta::LAST_HASH, self.tip.last_hash.clone()),
+            (meta::LAST_HASH, f.last_hash.clone()),
             (meta::ROWS, f.rows.to_string()),
             (
                 meta::WRITER,
@@ -664,6 +694,23 @@ mod tests {
         // Reopening again finds nothing left to do.
         let rec = Recorder::open(dir.path(), RecorderConfig::default()).unwrap();
         assert!(rec.recovery().is_clean(), "{:?}", rec.recovery());
+    }
+
+    #[test]
+    fn the_row_that_starts_a_new_day_survives_a_crash_right_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut rec = Recorder::open(dir.path(), RecorderConfig::default()).unwrap();
+        let mut late = row(0);
+        late.ts_us -= 1;
+        rec.record(late).unwrap();
+        rec.record(row(1)).unwrap(); // rotates day 1 into place, retires its journal
+        drop(rec); // crash
+        let rec = Recorder::open(dir.path(), RecorderConfig::default()).unwrap();
+        assert_eq!(rec.recovery().rows_recovered, 1);
+        rec.close().unwrap();
+        let rows = read_all(dir.path());
+        assert_eq!(rows.iter().map(|r| r.seq).collect::<Vec<_>>(), [0, 1]);
+        assert!(matches!(crate::audit::verify::verify_dir(dir.path()), Ok(Ok(_))));
     }
 
     #[test]
