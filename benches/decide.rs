@@ -12,6 +12,10 @@ const CALLS: usize = 200_000;
 const SESSIONS: usize = 10_000;
 const TOOLS: usize = 24;
 
+// The same allocator as the flightrec binary, so figures match it.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     divan::main();
 }

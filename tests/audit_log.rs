@@ -88,7 +88,10 @@ fn kill_9_loses_no_acknowledged_row() {
     let dir = tempfile::tempdir().unwrap();
     let audit = dir.path().join("audit");
     // FLIGHTREC_KILL_SEED reruns the test with other kill moments.
-    let seed = std::env::var("FLIGHTREC_KILL_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x5EED_1234_ABCD_0001u64);
+    let seed = std::env::var("FLIGHTREC_KILL_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5EED_1234_ABCD_0001u64);
     let mut rng = Rng(seed | 1);
     let mut acked: Vec<String> = Vec::new();
     let mut begun_acked: Vec<String> = Vec::new();

@@ -19,19 +19,62 @@ use sha2::{Digest, Sha256};
 /// The canonical byte encoding of a row (all columns but `hash`).
 pub fn canonical_bytes(row: &AuditRow) -> Vec<u8> {
     let mut out = Vec::with_capacity(512);
+    walk_canonical(row, &mut |bytes| out.extend_from_slice(bytes));
+    out
+}
+
+/// The row's hash as lowercase hex.
+pub fn row_hash(row: &AuditRow) -> String {
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(1024));
+    }
+    // One contiguous buffer hashes faster than many small updates.
+    let digest = SCRATCH.with(|cell| {
+        let mut buf = cell.borrow_mut();
+        buf.clear();
+        walk_canonical(row, &mut |bytes| buf.extend_from_slice(bytes));
+        Sha256::digest(&buf[..])
+    });
+    to_hex(&digest)
+}
+
+/// Lowercase hex, table-driven (the `hex` crate's iterator is slower, and
+/// this runs once per recorded row).
+pub fn to_hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = Vec::with_capacity(bytes.len() * 2);
+    for &b in bytes {
+        out.push(DIGITS[(b >> 4) as usize]);
+        out.push(DIGITS[(b & 0xf) as usize]);
+    }
+    String::from_utf8(out).expect("hex digits are ASCII")
+}
+
+/// Sets `row.prev_hash` and `row.hash`, linking it after `prev`.
+pub fn link(row: &mut AuditRow, prev: &str) {
+    row.prev_hash.clear();
+    row.prev_hash.push_str(prev);
+    row.hash = row_hash(row);
+}
+
+/// Feeds the canonical encoding to `sink` piece by piece (hashing streams
+/// it; nothing is buffered).
+fn walk_canonical(row: &AuditRow, sink: &mut dyn FnMut(&[u8])) {
     let mut text = |v: Option<&str>| match v {
-        None => out.push(0),
+        None => sink(&[0]),
         Some(s) => {
-            out.push(1);
-            out.extend_from_slice(&(s.len() as u32).to_be_bytes());
-            out.extend_from_slice(s.as_bytes());
+            let mut head = [1u8; 5];
+            head[1..].copy_from_slice(&(s.len() as u32).to_be_bytes());
+            sink(&head);
+            sink(s.as_bytes());
         }
     };
-    let mut buf = itoa_buf();
+    let mut n1 = NumBuf::default();
+    let mut n2 = NumBuf::default();
     text(Some(&row.schema_version));
     text(Some(&row.event_id));
-    text(Some(buf.u(row.seq)));
-    text(Some(buf.i(row.ts_us)));
+    text(Some(n1.u(row.seq)));
+    text(Some(n1.i(row.ts_us)));
     text(Some(&row.session_id));
     text(Some(&row.agent_id));
     text(row.client_name.as_deref());
@@ -48,34 +91,47 @@ pub fn canonical_bytes(row: &AuditRow) -> Vec<u8> {
     text(Some(&row.decision));
     text(row.rule.as_deref());
     text(row.reason.as_deref());
-    text(
-        row.retry_after_ms
-            .map(|v| buf.u(v))
-            .map(str::to_string)
-            .as_deref(),
-    );
+    text(row.retry_after_ms.map(|v| n1.u(v)));
     text(Some(&row.policy_sha256));
-    text(Some(&shadow_json(&row.shadow)));
+    if row.shadow.is_empty() {
+        text(Some("[]"));
+    } else {
+        text(Some(&shadow_json(&row.shadow)));
+    }
     text(Some(&row.outcome));
-    text(row.error_code.map(|v| buf.i(v).to_string()).as_deref());
+    text(row.error_code.map(|v| n2.i(v)));
     text(row.error_message.as_deref());
-    text(row.latency_us.map(|v| buf.u(v).to_string()).as_deref());
-    text(Some(buf.u(row.request_bytes)));
-    text(Some(buf.u(row.response_bytes)));
+    text(row.latency_us.map(|v| n1.u(v)));
+    text(Some(n1.u(row.request_bytes)));
+    text(Some(n2.u(row.response_bytes)));
     text(Some(&row.prev_hash));
-    out
 }
 
-/// The row's hash as lowercase hex.
-pub fn row_hash(row: &AuditRow) -> String {
-    hex::encode(Sha256::digest(canonical_bytes(row)))
+/// Decimal formatting into a stack buffer.
+#[derive(Default)]
+struct NumBuf {
+    buf: [u8; 24],
+    len: usize,
 }
 
-/// Sets `row.prev_hash` and `row.hash`, linking it after `prev`.
-pub fn link(row: &mut AuditRow, prev: &str) {
-    row.prev_hash.clear();
-    row.prev_hash.push_str(prev);
-    row.hash = row_hash(row);
+impl NumBuf {
+    fn u(&mut self, v: u64) -> &str {
+        self.fmt(format_args!("{v}"))
+    }
+
+    fn i(&mut self, v: i64) -> &str {
+        self.fmt(format_args!("{v}"))
+    }
+
+    fn fmt(&mut self, args: std::fmt::Arguments<'_>) -> &str {
+        use std::io::Write;
+        let mut cursor = std::io::Cursor::new(&mut self.buf[..]);
+        cursor
+            .write_fmt(args)
+            .expect("a 64-bit integer fits in 24 bytes");
+        self.len = cursor.position() as usize;
+        std::str::from_utf8(&self.buf[..self.len]).expect("digits are ASCII")
+    }
 }
 
 fn shadow_json(shadow: &[ShadowDecision]) -> String {
@@ -99,37 +155,16 @@ fn shadow_json(shadow: &[ShadowDecision]) -> String {
     s
 }
 
-/// Small integer formatting without allocation per call.
-struct IntBuf {
-    buf: String,
-}
-
-fn itoa_buf() -> IntBuf {
-    IntBuf {
-        buf: String::with_capacity(24),
-    }
-}
-
-impl IntBuf {
-    fn u(&mut self, v: u64) -> &str {
-        use std::fmt::Write;
-        self.buf.clear();
-        let _ = write!(self.buf, "{v}");
-        &self.buf
-    }
-
-    fn i(&mut self, v: i64) -> &str {
-        use std::fmt::Write;
-        self.buf.clear();
-        let _ = write!(self.buf, "{v}");
-        &self.buf
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::audit::schema::GENESIS_HASH;
+
+    #[test]
+    fn hex_matches_the_hex_crate() {
+        let bytes: Vec<u8> = (0..=255).collect();
+        assert_eq!(to_hex(&bytes), hex::encode(&bytes));
+    }
 
     #[test]
     fn any_column_change_changes_the_hash() {

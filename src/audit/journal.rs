@@ -4,7 +4,9 @@
 //! A segment is a file of frames, each `[u32 LE payload length][u32 LE
 //! CRC-32 of payload][payload]`, after an 8-byte magic header. The payload is
 //! one byte of kind (`B`: a call decided but not finished; `C`: a finished,
-//! chained row) followed by the row as JSON. A frame is acknowledged once
+//! chained row; lower case when the frame continues the same write and may
+//! refer to the frame before it) followed by the row in the compact encoding
+//! of [`crate::audit::codec`]. A frame is acknowledged once
 //! `write(2)` returned: it then survives a `kill -9` of the process (the page
 //! cache holds it); `fdatasync` (every append, or on an interval) makes it
 //! survive power loss too.
@@ -13,6 +15,7 @@
 //! is a torn tail from a crash mid-write, reported with its offset, and
 //! everything before it is kept.
 
+use crate::audit::codec;
 use crate::audit::schema::AuditRow;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -33,10 +36,12 @@ pub enum Kind {
 }
 
 impl Kind {
-    fn byte(self) -> u8 {
-        match self {
-            Kind::Begun => b'B',
-            Kind::Complete => b'C',
+    fn byte(self, continues: bool) -> u8 {
+        match (self, continues) {
+            (Kind::Begun, false) => b'B',
+            (Kind::Complete, false) => b'C',
+            (Kind::Begun, true) => b'b',
+            (Kind::Complete, true) => b'c',
         }
     }
 }
@@ -97,11 +102,13 @@ impl Journal {
         frames: impl IntoIterator<Item = (Kind, &'r AuditRow)>,
     ) -> io::Result<()> {
         self.buf.clear();
+        let mut prev: Option<&AuditRow> = None;
         for (kind, row) in frames {
             let start = self.buf.len();
             self.buf.extend_from_slice(&[0u8; 8]);
-            self.buf.push(kind.byte());
-            serde_json::to_writer(&mut self.buf, row).map_err(io::Error::other)?;
+            self.buf.push(kind.byte(prev.is_some()));
+            codec::encode(row, prev, &mut self.buf);
+            prev = Some(row);
             let payload = &self.buf[start + 8..];
             let len = payload.len() as u32;
             let crc = crc32fast::hash(payload);
@@ -190,9 +197,11 @@ pub fn read_segment(path: &Path) -> io::Result<Segment> {
                 torn: torn_at(at, "frame checksum mismatch".into()),
             });
         }
-        let kind = match payload[0] {
-            b'B' => Kind::Begun,
-            b'C' => Kind::Complete,
+        let (kind, continues) = match payload[0] {
+            b'B' => (Kind::Begun, false),
+            b'C' => (Kind::Complete, false),
+            b'b' => (Kind::Begun, true),
+            b'c' => (Kind::Complete, true),
             other => {
                 return Ok(Segment {
                     frames,
@@ -200,7 +209,12 @@ pub fn read_segment(path: &Path) -> io::Result<Segment> {
                 });
             }
         };
-        match serde_json::from_slice::<AuditRow>(&payload[1..]) {
+        let prev = if continues {
+            frames.last().map(|(_, r): &(Kind, AuditRow)| r)
+        } else {
+            None
+        };
+        match codec::decode(&payload[1..], prev) {
             Ok(row) => frames.push((kind, row)),
             Err(e) => {
                 return Ok(Segment {

@@ -47,6 +47,11 @@ pub fn partition_dir(dir: &Path, ts_us: i64) -> PathBuf {
     dir.join(format!("date={}", date_of(ts_us)))
 }
 
+/// Days since the Unix epoch (UTC) of a timestamp: cheap day comparisons.
+pub fn day_of(ts_us: i64) -> i64 {
+    ts_us.div_euclid(86_400_000_000)
+}
+
 pub fn date_of(ts_us: i64) -> String {
     chrono::DateTime::<chrono::Utc>::from_timestamp_micros(ts_us)
         .map(|d| d.format("%Y-%m-%d").to_string())

@@ -8,6 +8,7 @@
 
 pub mod args;
 pub mod chain;
+pub mod codec;
 pub mod error;
 pub mod export;
 pub mod file_writer;

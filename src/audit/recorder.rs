@@ -94,7 +94,7 @@ struct OpenFile {
     writer: ArrowWriter<File>,
     partial: PathBuf,
     final_path: PathBuf,
-    date: String,
+    day: i64,
     opened: Instant,
     first_seq: u64,
     first_hash: String,
@@ -215,11 +215,11 @@ impl Recorder {
             complete.iter().map(|r| r.event_id.clone()).collect();
         complete.sort_by_key(|r| r.seq);
         complete.dedup_by_key(|r| r.seq);
-        for row in complete {
+        for mut row in complete {
             if row.seq < self.tip.next_seq {
                 continue; // already in a data file
             }
-            if row.seq != self.tip.next_seq || row.prev_hash != self.tip.last_hash {
+            if row.seq != self.tip.next_seq {
                 return Err(AuditError::Corrupt {
                     path: layout::journal_dir(&self.dir),
                     detail: format!(
@@ -229,6 +229,8 @@ impl Recorder {
                 });
             }
             self.rotate_for_day(row.ts_us)?;
+            // The journal does not store hashes: re-linking recomputes them.
+            crate::audit::chain::link(&mut row, &self.tip.last_hash);
             self.tip.next_seq = row.seq + 1;
             self.tip.last_hash.clone_from(&row.hash);
             self.append_finished(row)?;
@@ -307,15 +309,18 @@ impl Recorder {
 
     /// Records many finished rows, with one journal write per UTC day they
     /// span.
-    pub fn record_all(&mut self, rows: impl IntoIterator<Item = AuditRow>) -> Result<(), AuditError> {
+    pub fn record_all(
+        &mut self,
+        rows: impl IntoIterator<Item = AuditRow>,
+    ) -> Result<(), AuditError> {
         let mut rows = rows.into_iter().peekable();
         let mut group: Vec<AuditRow> = Vec::new();
         while let Some(first) = rows.next() {
             self.rotate_for_day(first.ts_us)?;
-            let day = layout::date_of(first.ts_us);
+            let day = layout::day_of(first.ts_us);
             group.clear();
             group.push(first);
-            while let Some(next) = rows.next_if(|r| layout::date_of(r.ts_us) <= day) {
+            while let Some(next) = rows.next_if(|r| layout::day_of(r.ts_us) <= day) {
                 group.push(next);
             }
             for row in &mut group {
@@ -333,7 +338,9 @@ impl Recorder {
 
     /// Assigns the row its place in the chain.
     fn finish(&mut self, row: &mut AuditRow) {
-        row.schema_version = schema::SCHEMA_VERSION.to_string();
+        if row.schema_version != schema::SCHEMA_VERSION {
+            row.schema_version = schema::SCHEMA_VERSION.to_string();
+        }
         row.seq = self.tip.next_seq;
         chain::link(row, &self.tip.last_hash);
         self.tip.next_seq += 1;
@@ -345,11 +352,11 @@ impl Recorder {
     /// chained: rotation must only ever see rows that are already buffered.
     fn rotate_for_day(&mut self, ts_us: i64) -> Result<(), AuditError> {
         let current = match (&self.file, self.buffer.first()) {
-            (Some(f), _) => Some(f.date.clone()),
-            (None, Some(first)) => Some(layout::date_of(first.ts_us)),
+            (Some(f), _) => Some(f.day),
+            (None, Some(first)) => Some(layout::day_of(first.ts_us)),
             (None, None) => None,
         };
-        if current.is_some_and(|d| layout::date_of(ts_us) > d) {
+        if current.is_some_and(|d| layout::day_of(ts_us) > d) {
             self.rotate()?;
         }
         Ok(())
@@ -385,6 +392,8 @@ impl Recorder {
         let plain = [
             col::EVENT_ID,
             col::TS,
+            col::ARGS_JSON,
+            col::JSONRPC_ID,
             col::ARGS_SHA256,
             col::PREV_HASH,
             col::HASH,
@@ -426,7 +435,7 @@ impl Recorder {
                 writer,
                 partial,
                 final_path,
-                date: layout::date_of(first.ts_us),
+                day: layout::day_of(first.ts_us),
                 opened: Instant::now(),
                 first_seq: first.seq,
                 first_hash: first.hash.clone(),
@@ -710,7 +719,10 @@ mod tests {
         rec.close().unwrap();
         let rows = read_all(dir.path());
         assert_eq!(rows.iter().map(|r| r.seq).collect::<Vec<_>>(), [0, 1]);
-        assert!(matches!(crate::audit::verify::verify_dir(dir.path()), Ok(Ok(_))));
+        assert!(matches!(
+            crate::audit::verify::verify_dir(dir.path()),
+            Ok(Ok(_))
+        ));
     }
 
     #[test]

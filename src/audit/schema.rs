@@ -207,15 +207,18 @@ pub fn new_uuid_v7() -> String {
 /// Builds a record batch (full schema v1) from rows.
 pub fn rows_to_batch(rows: &[AuditRow]) -> RecordBatch {
     let n = rows.len();
+    // Exact byte capacities: one allocation per column, no regrowth.
     let strings = |f: &dyn Fn(&AuditRow) -> &str| -> ArrayRef {
-        let mut b = StringBuilder::with_capacity(n, n * 16);
+        let bytes = rows.iter().map(|r| f(r).len()).sum();
+        let mut b = StringBuilder::with_capacity(n, bytes);
         for r in rows {
             b.append_value(f(r));
         }
         Arc::new(b.finish())
     };
     let opt_strings = |f: &dyn Fn(&AuditRow) -> Option<&str>| -> ArrayRef {
-        let mut b = StringBuilder::with_capacity(n, n * 8);
+        let bytes = rows.iter().map(|r| f(r).map_or(0, str::len)).sum();
+        let mut b = StringBuilder::with_capacity(n, bytes);
         for r in rows {
             b.append_option(f(r));
         }
