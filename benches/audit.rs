@@ -43,12 +43,14 @@ fn row(i: u64) -> AuditRow {
             "{{\"datastoreId\":\"ds-0123456789\",\"sourceImageSetId\":\"set-{i}\"}}"
         )),
         args_sha256: Some(format!("{:064x}", i.wrapping_mul(0x9E37_79B9_7F4A_7C15))),
-        decision: if i % 10 == 0 {
+        decision: if i.is_multiple_of(10) {
             "throttle".into()
         } else {
             "allow".into()
         },
-        rule: (i % 10 == 0).then(|| "copy budget per session".into()),
+        rule: i
+            .is_multiple_of(10)
+            .then(|| "copy budget per session".into()),
         policy_sha256: "ab".repeat(32),
         latency_us: Some(800 + i % 100),
         request_bytes: 180,

@@ -272,7 +272,7 @@ mod tests {
             ts_us: -5 + i as i64,
             session_id: "s".into(),
             agent_id: "a".into(),
-            client_name: (i % 2 == 0).then(|| "mcp".into()),
+            client_name: i.is_multiple_of(2).then(|| "mcp".into()),
             tool: Some("copy_image_set".into()),
             args_json: Some("{\"x\":\"ü\"}".into()),
             args_sha256: Some("0f".repeat(32)),
