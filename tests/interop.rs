@@ -101,4 +101,7 @@ fn duckdb_and_pyarrow_read_the_log_unchanged() {
     );
     assert_eq!(seen["pyarrow_file_meta"]["flightrec.schema_version"], "1.0");
     assert_eq!(seen["pyarrow_file_meta"]["flightrec.first_seq"], "0");
+    // The hash chain recomputed in Python from the documented encoding.
+    assert_eq!(seen["python_chain_checked"], 300);
+    assert_eq!(seen["python_chain_mismatched"], 0);
 }
