@@ -12,4 +12,5 @@ pub mod audit;
 pub mod cli;
 pub mod eval;
 pub mod policy;
+pub mod replay;
 pub mod time;

@@ -4,6 +4,7 @@
 
 mod audit_cmd;
 mod policy_cmd;
+mod replay_cmd;
 
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -116,12 +117,47 @@ pub struct ScanArgs {
 
 #[derive(Debug, Args)]
 pub struct ReplayArgs {
-    /// Audit Parquet files or directories, and scenario files
+    /// Audit Parquet files, directories (Hive partitions) or globs
     #[arg(required = true)]
     pub inputs: Vec<PathBuf>,
-    /// Candidate policies (repeatable)
+    /// Candidate policies (repeatable); each gets its own fresh state
     #[arg(long = "policy", required = true)]
     pub policies: Vec<PathBuf>,
+    /// Report format: table, json, markdown or html
+    #[arg(long, default_value = "table")]
+    pub format: String,
+    /// Write the report here instead of standard output
+    #[arg(short, long)]
+    pub output: Option<PathBuf>,
+    /// Write one row per event per policy to this Parquet file
+    #[arg(long)]
+    pub decisions_out: Option<PathBuf>,
+    /// Replay calls with ts at or after this time (RFC 3339 or µs)
+    #[arg(long)]
+    pub from: Option<String>,
+    /// Replay calls with ts before this time (RFC 3339 or µs)
+    #[arg(long)]
+    pub to: Option<String>,
+    /// Only this agent's calls (glob)
+    #[arg(long)]
+    pub agent: Option<String>,
+    /// Only calls to this tool (glob)
+    #[arg(long)]
+    pub tool: Option<String>,
+    /// Only this session's calls
+    #[arg(long)]
+    pub session: Option<String>,
+    /// What approval verdicts do to counters: deny (reserve nothing, as live
+    /// while nobody answered) or grant (count them as allowed)
+    #[arg(long, default_value = "deny")]
+    pub approvals: String,
+    /// Exit 1 when any candidate decides any recorded call differently
+    #[arg(long)]
+    pub fail_on_change: bool,
+    /// How far out of time order recorded rows may be and still be sorted
+    /// (e.g. 60s, 5m)
+    #[arg(long, default_value = "60s")]
+    pub reorder_window: String,
 }
 
 #[derive(Debug, Args)]
@@ -232,7 +268,7 @@ pub fn run(cli: Cli) -> ExitCode {
         }) => policy_cmd::eval(&policy, calls.as_deref(), keep_going),
         Command::Proxy(_) => not_yet("proxy"),
         Command::Scan(_) => not_yet("scan"),
-        Command::Replay(_) => not_yet("replay"),
+        Command::Replay(args) => replay_cmd::replay(&args),
         Command::Generate(_) => not_yet("generate"),
         Command::Fuzz(_) => not_yet("fuzz"),
         Command::Audit(AuditCommand::Verify { dir }) => audit_cmd::verify(&dir),
@@ -245,7 +281,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Import(ImportCommand::Intercept { events, output }) => {
             audit_cmd::import_intercept(&events, &output)
         }
-        Command::Demo(_) => not_yet("demo"),
+        Command::Demo(_) => replay_cmd::demo(),
     }
 }
 

@@ -225,6 +225,22 @@ impl Policy {
         (category, risk)
     }
 
+    /// Whether any rule reads the call's arguments (an `args.*` condition or
+    /// `increment_from`). Replay skips decoding arguments when none does.
+    pub fn reads_args(&self) -> bool {
+        use crate::policy::condition::PathRef;
+        self.entries.iter().flat_map(|e| e.rules.iter()).any(|r| {
+            r.when
+                .iter()
+                .chain(&r.checks)
+                .any(|c| matches!(c.path, PathRef::Args(_)))
+                || matches!(
+                    r.limit.as_ref().map(|l| &l.amount),
+                    Some(Amount::FromArgs { .. })
+                )
+        })
+    }
+
     pub fn counters(&self) -> &[CounterDef] {
         &self.counters
     }

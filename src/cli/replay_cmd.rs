@@ -1,0 +1,177 @@
+//! `flightrec replay` and `flightrec demo`.
+
+use super::{EXIT_FINDING, EXIT_INPUT, ReplayArgs};
+use crate::policy::ApprovalMode;
+use crate::replay::source::EventFilter;
+use crate::replay::{Candidate, ReplayConfig, Report, replay as run_replay};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+fn input_error(e: impl std::fmt::Display) -> ExitCode {
+    eprintln!("error: {e}");
+    ExitCode::from(EXIT_INPUT)
+}
+
+/// Loads candidate policies, naming each by its file stem (made unique).
+fn candidates(paths: &[PathBuf]) -> Result<Vec<Candidate>, ExitCode> {
+    let mut out: Vec<Candidate> = Vec::new();
+    for path in paths {
+        let policy = super::policy_cmd::load_policy(path)?;
+        let stem = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "policy".into());
+        let mut name = stem.clone();
+        let mut n = 2;
+        while out.iter().any(|c| c.name == name) {
+            name = format!("{stem}#{n}");
+            n += 1;
+        }
+        out.push(Candidate {
+            name,
+            file: path.display().to_string(),
+            policy,
+        });
+    }
+    Ok(out)
+}
+
+fn glob(text: &Option<String>, what: &str) -> Result<Option<globset::GlobMatcher>, ExitCode> {
+    match text {
+        None => Ok(None),
+        Some(t) => globset::Glob::new(t)
+            .map(|g| Some(g.compile_matcher()))
+            .map_err(|e| input_error(format!("--{what} {t}: {e}"))),
+    }
+}
+
+fn time(text: &Option<String>, what: &str) -> Result<Option<i64>, ExitCode> {
+    match text {
+        None => Ok(None),
+        Some(t) => crate::time::parse_time_arg(t)
+            .map(Some)
+            .map_err(|e| input_error(format!("--{what}: {e}"))),
+    }
+}
+
+fn render(report: &Report, format: &str) -> String {
+    match format {
+        "json" => report.to_json() + "\n",
+        "markdown" => report.to_markdown(),
+        "html" => report.to_html(),
+        _ => report.to_table(),
+    }
+}
+
+pub fn replay(args: &ReplayArgs) -> ExitCode {
+    if !["table", "json", "markdown", "html"].contains(&args.format.as_str()) {
+        return input_error(format!(
+            "--format must be table, json, markdown or html, got {}",
+            args.format
+        ));
+    }
+    let approvals = match args.approvals.as_str() {
+        "deny" => ApprovalMode::Deny,
+        "grant" => ApprovalMode::Grant,
+        other => return input_error(format!("--approvals must be grant or deny, got {other}")),
+    };
+    let reorder_window_us = match crate::policy::parse_duration_us(&args.reorder_window) {
+        Ok(us) => us,
+        Err(e) => return input_error(format!("--reorder-window {e}")),
+    };
+    let built = (|| -> Result<(Vec<Candidate>, EventFilter), ExitCode> {
+        Ok((
+            candidates(&args.policies)?,
+            EventFilter {
+                from_us: time(&args.from, "from")?,
+                to_us: time(&args.to, "to")?,
+                agent: glob(&args.agent, "agent")?,
+                tool: glob(&args.tool, "tool")?,
+                session: args.session.clone(),
+            },
+        ))
+    })();
+    let (candidates, filter) = match built {
+        Ok(b) => b,
+        Err(code) => return code,
+    };
+    let config = ReplayConfig {
+        approvals,
+        filter,
+        reorder_window_us,
+        decisions_out: args.decisions_out.clone(),
+        progress: true,
+    };
+    let report = match run_replay(&args.inputs, candidates, &config) {
+        Ok(r) => r,
+        Err(e) => return input_error(e),
+    };
+    let text = render(&report, &args.format);
+    match &args.output {
+        Some(path) => {
+            if let Err(e) = std::fs::write(path, text) {
+                return input_error(format!("cannot write {}: {e}", path.display()));
+            }
+            eprintln!("report written to {}", path.display());
+        }
+        None => print!("{text}"),
+    }
+    if args.fail_on_change && report.has_changes() {
+        eprintln!("replay: decisions differ from the recording (--fail-on-change)");
+        return ExitCode::from(EXIT_FINDING);
+    }
+    ExitCode::SUCCESS
+}
+
+/// The bundled data: the repository root when run from a checkout, else the
+/// directory of the executable's grand-parent (target/release/..).
+fn bundle_root() -> Option<PathBuf> {
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    if here.join("recordings").is_dir() {
+        return Some(here.to_path_buf());
+    }
+    let cwd = std::env::current_dir().ok()?;
+    cwd.join("recordings").is_dir().then_some(cwd)
+}
+
+pub fn demo() -> ExitCode {
+    let Some(root) = bundle_root() else {
+        return input_error(
+            "the bundled recordings/ and policies/ were not found; run `flightrec demo` from the flightrec checkout",
+        );
+    };
+    let mut policies: Vec<PathBuf> = match std::fs::read_dir(root.join("policies")) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+            .collect(),
+        Err(e) => {
+            return input_error(format!(
+                "cannot read {}: {e}",
+                root.join("policies").display()
+            ));
+        }
+    };
+    policies.sort();
+    // Today's policy first: it recorded the sample, so its diff is the baseline.
+    policies.sort_by_key(|p| !p.ends_with("lenient.yaml"));
+    let candidates = match candidates(&policies) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let inputs = vec![root.join("recordings")];
+    println!(
+        "flightrec demo: replaying {} against {} candidate policies\n",
+        inputs[0].display(),
+        candidates.len()
+    );
+    let report = match run_replay(&inputs, candidates, &ReplayConfig::default()) {
+        Ok(r) => r,
+        Err(e) => return input_error(e),
+    };
+    print!("{}", report.to_table());
+    println!(
+        "\nNext: `flightrec replay recordings --policy policies/strict.yaml --format html -o report.html` for a page with a timeline."
+    );
+    ExitCode::SUCCESS
+}

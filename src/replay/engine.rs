@@ -1,0 +1,249 @@
+//! The replay engine: one decode of the inputs, shared by every candidate
+//! policy, each deciding on its own thread with its own fresh state on the
+//! events' virtual clock.
+//!
+//! Semantics (§4): events in `ts` order (stable for ties); decided by the
+//! same core as the live proxy; a recorded JSON-RPC error (`rpc_error`) rolls
+//! the call's counters back exactly as live; a call that was never forwarded
+//! but that a candidate allows is assumed to succeed (and counted); approval
+//! verdicts reserve counters only with `--approvals grant`.
+
+use crate::audit::AuditError;
+use crate::audit::read::resolve_inputs;
+use crate::policy::{ApprovalMode, Call, Outcome, Policy, PolicyState, Verdict};
+use crate::replay::decisions::DecisionsWriter;
+use crate::replay::report::{Accumulator, CandidateReport, Report};
+use crate::replay::source::{
+    EventFilter, Reorder, ReplayEvent, SourceStats, merge, recorded_events,
+};
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, sync_channel};
+use std::sync::{Arc, Mutex};
+
+/// A policy under test.
+pub struct Candidate {
+    /// Short name shown in reports (the file stem, made unique).
+    pub name: String,
+    pub file: String,
+    pub policy: Policy,
+}
+
+#[derive(Debug, Clone)]
+pub struct ReplayConfig {
+    pub approvals: ApprovalMode,
+    pub filter: EventFilter,
+    /// How far (in event time) rows may arrive out of order and still be
+    /// sorted into place.
+    pub reorder_window_us: i64,
+    pub decisions_out: Option<PathBuf>,
+    /// Print progress on stderr (only when it is a terminal).
+    pub progress: bool,
+}
+
+impl Default for ReplayConfig {
+    fn default() -> Self {
+        ReplayConfig {
+            approvals: ApprovalMode::Deny,
+            filter: EventFilter::default(),
+            reorder_window_us: 60_000_000,
+            decisions_out: None,
+            progress: true,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+    #[error("a candidate's worker failed: {0}")]
+    Worker(String),
+}
+
+const CHUNK: usize = 4096;
+
+/// Replays recorded inputs (each a file, directory or glob of audit Parquet)
+/// against the candidates.
+pub fn replay(
+    inputs: &[PathBuf],
+    candidates: Vec<Candidate>,
+    config: &ReplayConfig,
+) -> Result<Report, ReplayError> {
+    let stats = Arc::new(Mutex::new(SourceStats::default()));
+    let with_args = candidates.iter().any(|c| c.policy.reads_args());
+    let mut streams = Vec::new();
+    for (i, input) in inputs.iter().enumerate() {
+        let files = resolve_inputs(std::slice::from_ref(input))?;
+        let events = recorded_events(files, i, config.filter.clone(), with_args, stats.clone());
+        streams.push(Reorder::new(
+            events,
+            config.reorder_window_us,
+            stats.clone(),
+        ));
+    }
+    let events = merge(streams);
+    let input_names = inputs.iter().map(|p| p.display().to_string()).collect();
+    run_events(events, input_names, candidates, config, stats)
+}
+
+/// Replays an already-ordered event stream (recorded or generated).
+pub fn run_events(
+    events: impl Iterator<Item = Result<ReplayEvent, AuditError>>,
+    input_names: Vec<String>,
+    candidates: Vec<Candidate>,
+    config: &ReplayConfig,
+    stats: Arc<Mutex<SourceStats>>,
+) -> Result<Report, ReplayError> {
+    let decisions_dir = config
+        .decisions_out
+        .as_ref()
+        .map(|p| p.parent().map(Path::to_path_buf).unwrap_or_default());
+    let mut senders = Vec::new();
+    let mut workers = Vec::new();
+    for (index, c) in candidates.into_iter().enumerate() {
+        let (tx, rx) = sync_channel::<Arc<Vec<ReplayEvent>>>(4);
+        senders.push(tx);
+        let approvals = config.approvals;
+        let part = decisions_dir.as_ref().map(|d| {
+            d.join(format!(
+                ".flightrec-decisions-{}-{index}.partial",
+                std::process::id()
+            ))
+        });
+        workers.push(std::thread::spawn(move || worker(c, rx, approvals, part)));
+    }
+
+    let mut count = 0u64;
+    let (mut first_ts, mut last_ts) = (None, None);
+    let show_progress = config.progress && std::io::stderr().is_terminal();
+    let mut chunk = Vec::with_capacity(CHUNK);
+    let mut source_error = None;
+    for event in events {
+        let event = match event {
+            Ok(e) => e,
+            Err(e) => {
+                source_error = Some(e);
+                break;
+            }
+        };
+        count += 1;
+        first_ts.get_or_insert(event.ts_us);
+        last_ts = Some(event.ts_us);
+        chunk.push(event);
+        if chunk.len() == CHUNK {
+            let full = Arc::new(std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK)));
+            for tx in &senders {
+                let _ = tx.send(full.clone());
+            }
+            if show_progress && count.is_multiple_of(1 << 20) {
+                eprint!("\rreplayed {count} calls…");
+            }
+        }
+    }
+    if !chunk.is_empty() {
+        let full = Arc::new(chunk);
+        for tx in &senders {
+            let _ = tx.send(full.clone());
+        }
+    }
+    drop(senders);
+    if show_progress && count >= 1 << 20 {
+        eprintln!("\rreplayed {count} calls.");
+    }
+    let mut reports = Vec::new();
+    let mut parts = Vec::new();
+    for w in workers {
+        let (report, part) = w
+            .join()
+            .map_err(|_| ReplayError::Worker("a replay thread panicked".into()))?
+            .map_err(ReplayError::Audit)?;
+        reports.push(report);
+        parts.extend(part);
+    }
+    if let Some(e) = source_error {
+        for p in &parts {
+            let _ = std::fs::remove_file(p);
+        }
+        return Err(e.into());
+    }
+    if let Some(out) = &config.decisions_out {
+        crate::replay::decisions::concatenate(&parts, out)?;
+    }
+    let s = stats.lock().expect("stats lock").clone();
+    Ok(Report {
+        flightrec_replay_report: 1,
+        inputs: input_names,
+        events: count,
+        skipped_non_calls: s.non_calls,
+        filtered_out: s.filtered,
+        late_events: s.late,
+        first_ts: first_ts.map(crate::time::format_us),
+        last_ts: last_ts.map(crate::time::format_us),
+        approvals: match config.approvals {
+            ApprovalMode::Deny => "deny".into(),
+            ApprovalMode::Grant => "grant".into(),
+        },
+        candidates: reports,
+    })
+}
+
+type WorkerResult = Result<(CandidateReport, Option<PathBuf>), AuditError>;
+
+fn worker(
+    c: Candidate,
+    rx: Receiver<Arc<Vec<ReplayEvent>>>,
+    approvals: ApprovalMode,
+    part: Option<PathBuf>,
+) -> WorkerResult {
+    let mut state = PolicyState::new(&c.policy);
+    let mut acc = Accumulator::new(&c.name, &c.file, &c.policy.sha256);
+    let mut out = match &part {
+        Some(p) => Some(DecisionsWriter::create(p)?),
+        None => None,
+    };
+    for chunk in rx {
+        for e in chunk.iter() {
+            let call = Call {
+                ts_us: e.ts_us,
+                session: &e.session_id,
+                agent: &e.agent_id,
+                server: &e.server,
+                tool: &e.tool,
+                category: e.category,
+                risk: e.risk,
+                args: &e.args,
+            };
+            let d = c.policy.decide_with(&mut state, &call, approvals);
+            let verdict = d.verdict;
+            // As live: only a JSON-RPC error proves the call never ran.
+            state.settle(d.reservation, e.outcome.rolls_back());
+            acc.add(
+                e.ts_us,
+                &e.event_id,
+                &e.tool,
+                &e.agent_id,
+                &e.session_id,
+                verdict,
+                d.rule.as_deref(),
+                e.recorded,
+                e.outcome == Outcome::NotForwarded,
+            );
+            if let Some(w) = &mut out {
+                w.push(
+                    e,
+                    &c.name,
+                    verdict,
+                    d.rule.as_deref(),
+                    d.message.as_deref(),
+                    d.retry_after_ms,
+                )?;
+            }
+        }
+    }
+    if let Some(w) = out {
+        w.finish()?;
+    }
+    let _ = Verdict::Allow;
+    Ok((acc.finish(), part))
+}

@@ -1,0 +1,17 @@
+//! Replay: what-if evaluation of recorded (and generated) sessions against
+//! candidate policies, on a virtual clock taken from the events.
+//!
+//! Data path: [`source`] reads audit Parquet into time-ordered
+//! [`source::ReplayEvent`]s (one decode for all candidates), [`engine`] feeds
+//! them to one thread per candidate which decides them with the same core as
+//! the live proxy, [`report`] accumulates and renders what each candidate
+//! would have done and how it differs from the recording, and [`decisions`]
+//! writes the per-event decisions when asked.
+
+pub mod decisions;
+pub mod engine;
+pub mod report;
+pub mod source;
+
+pub use engine::{Candidate, ReplayConfig, ReplayError, replay, run_events};
+pub use report::Report;

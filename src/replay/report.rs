@@ -1,0 +1,693 @@
+//! What replay reports, per candidate policy: totals, tool × verdict, top
+//! agents and sessions by refusals, when each rule first fired, the diff
+//! against the recorded decisions, and a timeline. Rendered as a terminal
+//! table, JSON (the stable structure documented in docs/replay.md), Markdown
+//! or one self-contained HTML page.
+
+use crate::policy::Verdict;
+use crate::time::format_us;
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+
+const EXAMPLES: usize = 5;
+const TOP: usize = 10;
+const MAX_BUCKETS: usize = 240;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Counts {
+    pub allow: u64,
+    pub deny: u64,
+    pub throttle: u64,
+    pub approval: u64,
+}
+
+impl Counts {
+    pub fn add(&mut self, v: Verdict) {
+        match v {
+            Verdict::Allow => self.allow += 1,
+            Verdict::Deny => self.deny += 1,
+            Verdict::Throttle => self.throttle += 1,
+            Verdict::Approval => self.approval += 1,
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.allow + self.deny + self.throttle + self.approval
+    }
+
+    pub fn refused(&self) -> u64 {
+        self.deny + self.throttle + self.approval
+    }
+
+    fn merge(&mut self, o: &Counts) {
+        self.allow += o.allow;
+        self.deny += o.deny;
+        self.throttle += o.throttle;
+        self.approval += o.approval;
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Change {
+    pub count: u64,
+    pub examples: Vec<String>,
+}
+
+impl Change {
+    fn add(&mut self, event_id: &str) {
+        self.count += 1;
+        if self.examples.len() < EXAMPLES {
+            self.examples.push(event_id.to_string());
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Diff {
+    /// Events with a recorded decision to compare against.
+    pub compared: u64,
+    pub unchanged: u64,
+    /// Recorded allow, now refused (deny, throttle or approval).
+    pub newly_blocked: Change,
+    /// Recorded refused, now allowed.
+    pub newly_allowed: Change,
+    /// Refused both times, but with another verdict (e.g. deny → throttle).
+    pub changed: Change,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FirstFired {
+    pub rule: String,
+    pub ts: String,
+    pub event_id: String,
+    pub verdict: Verdict,
+    pub count: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Named {
+    pub name: String,
+    #[serde(flatten)]
+    pub counts: Counts,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Bucket {
+    pub start: String,
+    #[serde(flatten)]
+    pub counts: Counts,
+}
+
+/// The finished report for one candidate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CandidateReport {
+    pub policy: String,
+    pub file: String,
+    pub sha256: String,
+    pub totals: Counts,
+    pub by_tool: Vec<Named>,
+    pub top_agents: Vec<Named>,
+    pub top_sessions: Vec<Named>,
+    pub rules: Vec<FirstFired>,
+    pub diff: Diff,
+    /// Calls the recording shows were never forwarded but this policy allows:
+    /// replay assumes they would have succeeded.
+    pub assumed_successful: u64,
+    pub timeline_bucket_seconds: u64,
+    pub timeline: Vec<Bucket>,
+}
+
+/// Accumulates one candidate's report while events stream past. Memory grows
+/// with distinct tools, rules, and agents/sessions that had refusals — not
+/// with events.
+pub struct Accumulator {
+    policy: String,
+    file: String,
+    sha256: String,
+    totals: Counts,
+    by_tool: HashMap<String, Counts>,
+    by_agent: HashMap<String, Counts>,
+    by_session: HashMap<String, Counts>,
+    rules: HashMap<String, FirstFired>,
+    rule_order: Vec<String>,
+    diff: Diff,
+    assumed_successful: u64,
+    bucket_us: i64,
+    buckets: BTreeMap<i64, Counts>,
+}
+
+impl Accumulator {
+    pub fn new(policy: &str, file: &str, sha256: &str) -> Self {
+        Accumulator {
+            policy: policy.to_string(),
+            file: file.to_string(),
+            sha256: sha256.to_string(),
+            totals: Counts::default(),
+            by_tool: HashMap::new(),
+            by_agent: HashMap::new(),
+            by_session: HashMap::new(),
+            rules: HashMap::new(),
+            rule_order: Vec::new(),
+            diff: Diff::default(),
+            assumed_successful: 0,
+            bucket_us: 60_000_000,
+            buckets: BTreeMap::new(),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn add(
+        &mut self,
+        ts_us: i64,
+        event_id: &str,
+        tool: &str,
+        agent: &str,
+        session: &str,
+        verdict: Verdict,
+        rule: Option<&str>,
+        recorded: Option<Verdict>,
+        never_forwarded: bool,
+    ) {
+        self.totals.add(verdict);
+        counts_for(&mut self.by_tool, tool).add(verdict);
+        if verdict != Verdict::Allow {
+            counts_for(&mut self.by_agent, agent).add(verdict);
+            counts_for(&mut self.by_session, session).add(verdict);
+        }
+        if let Some(rule) = rule {
+            match self.rules.get_mut(rule) {
+                Some(f) => f.count += 1,
+                None => {
+                    self.rule_order.push(rule.to_string());
+                    self.rules.insert(
+                        rule.to_string(),
+                        FirstFired {
+                            rule: rule.to_string(),
+                            ts: format_us(ts_us),
+                            event_id: event_id.to_string(),
+                            verdict,
+                            count: 1,
+                        },
+                    );
+                }
+            }
+        }
+        if let Some(rec) = recorded {
+            self.diff.compared += 1;
+            match (rec == Verdict::Allow, verdict == Verdict::Allow) {
+                _ if rec == verdict => self.diff.unchanged += 1,
+                (true, false) => self.diff.newly_blocked.add(event_id),
+                (false, true) => self.diff.newly_allowed.add(event_id),
+                _ => self.diff.changed.add(event_id),
+            }
+        }
+        if never_forwarded && verdict == Verdict::Allow {
+            self.assumed_successful += 1;
+        }
+        let bucket = ts_us.div_euclid(self.bucket_us) * self.bucket_us;
+        self.buckets.entry(bucket).or_default().add(verdict);
+        if self.buckets.len() > MAX_BUCKETS {
+            self.widen_buckets();
+        }
+    }
+
+    /// Doubles the bucket width, merging neighbours, to keep the timeline small.
+    fn widen_buckets(&mut self) {
+        self.bucket_us *= 2;
+        let old = std::mem::take(&mut self.buckets);
+        for (start, c) in old {
+            let b = start.div_euclid(self.bucket_us) * self.bucket_us;
+            self.buckets.entry(b).or_default().merge(&c);
+        }
+    }
+
+    pub fn finish(self) -> CandidateReport {
+        let top = |m: HashMap<String, Counts>, limit: usize| {
+            let mut v: Vec<Named> = m
+                .into_iter()
+                .map(|(name, counts)| Named { name, counts })
+                .collect();
+            v.sort_by(|a, b| {
+                b.counts
+                    .refused()
+                    .cmp(&a.counts.refused())
+                    .then_with(|| a.name.cmp(&b.name))
+            });
+            v.truncate(limit);
+            v
+        };
+        let mut by_tool: Vec<Named> = self
+            .by_tool
+            .into_iter()
+            .map(|(name, counts)| Named { name, counts })
+            .collect();
+        by_tool.sort_by(|a, b| {
+            b.counts
+                .total()
+                .cmp(&a.counts.total())
+                .then_with(|| a.name.cmp(&b.name))
+        });
+        let mut rules = self.rules;
+        let rules = self
+            .rule_order
+            .iter()
+            .filter_map(|r| rules.remove(r))
+            .collect();
+        CandidateReport {
+            policy: self.policy,
+            file: self.file,
+            sha256: self.sha256,
+            totals: self.totals,
+            by_tool,
+            top_agents: top(self.by_agent, TOP),
+            top_sessions: top(self.by_session, TOP),
+            rules,
+            diff: self.diff,
+            assumed_successful: self.assumed_successful,
+            timeline_bucket_seconds: (self.bucket_us / 1_000_000) as u64,
+            timeline: self
+                .buckets
+                .into_iter()
+                .map(|(start, counts)| Bucket {
+                    start: format_us(start),
+                    counts,
+                })
+                .collect(),
+        }
+    }
+}
+
+fn counts_for<'m>(map: &'m mut HashMap<String, Counts>, key: &str) -> &'m mut Counts {
+    if !map.contains_key(key) {
+        map.insert(key.to_string(), Counts::default());
+    }
+    map.get_mut(key).expect("inserted above")
+}
+
+/// The whole replay report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Report {
+    /// Version of this JSON structure.
+    pub flightrec_replay_report: u32,
+    pub inputs: Vec<String>,
+    pub events: u64,
+    pub skipped_non_calls: u64,
+    pub filtered_out: u64,
+    pub late_events: u64,
+    pub first_ts: Option<String>,
+    pub last_ts: Option<String>,
+    pub approvals: String,
+    pub candidates: Vec<CandidateReport>,
+}
+
+impl Report {
+    /// True when any candidate decides any recorded event differently.
+    pub fn has_changes(&self) -> bool {
+        self.candidates.iter().any(|c| {
+            c.diff.newly_blocked.count + c.diff.newly_allowed.count + c.diff.changed.count > 0
+        })
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("report serializes")
+    }
+
+    fn header_lines(&self) -> Vec<String> {
+        vec![
+            format!("inputs: {}", self.inputs.join(", ")),
+            format!(
+                "{} calls replayed ({} → {}), {} other requests skipped, {} filtered out, {} arrived late",
+                self.events,
+                self.first_ts.as_deref().unwrap_or("-"),
+                self.last_ts.as_deref().unwrap_or("-"),
+                self.skipped_non_calls,
+                self.filtered_out,
+                self.late_events
+            ),
+            format!(
+                "approvals: {} (what an approval verdict does to counters)",
+                self.approvals
+            ),
+        ]
+    }
+
+    pub fn to_table(&self) -> String {
+        let mut s = String::new();
+        for l in self.header_lines() {
+            let _ = writeln!(s, "{l}");
+        }
+        let _ = writeln!(s);
+        let _ = writeln!(
+            s,
+            "{:<28} {:>9} {:>9} {:>9} {:>9}   {:>14} {:>14} {:>9}",
+            "policy",
+            "allow",
+            "deny",
+            "throttle",
+            "approval",
+            "newly blocked",
+            "newly allowed",
+            "changed"
+        );
+        for c in &self.candidates {
+            let _ = writeln!(
+                s,
+                "{:<28} {:>9} {:>9} {:>9} {:>9}   {:>14} {:>14} {:>9}",
+                truncate(&c.policy, 28),
+                c.totals.allow,
+                c.totals.deny,
+                c.totals.throttle,
+                c.totals.approval,
+                c.diff.newly_blocked.count,
+                c.diff.newly_allowed.count,
+                c.diff.changed.count
+            );
+        }
+        for c in &self.candidates {
+            let _ = writeln!(s, "\n== {} ({})", c.policy, c.file);
+            let _ = writeln!(
+                s,
+                "  {:<32} {:>8} {:>8} {:>8} {:>8}",
+                "tool", "allow", "deny", "throttle", "approval"
+            );
+            for t in c.by_tool.iter().take(15) {
+                let _ = writeln!(
+                    s,
+                    "  {:<32} {:>8} {:>8} {:>8} {:>8}",
+                    truncate(&t.name, 32),
+                    t.counts.allow,
+                    t.counts.deny,
+                    t.counts.throttle,
+                    t.counts.approval
+                );
+            }
+            if !c.rules.is_empty() {
+                let _ = writeln!(s, "  rules fired (first time):");
+                for r in &c.rules {
+                    let _ = writeln!(
+                        s,
+                        "    {:<36} {:>7}× {:<9} first {} ({})",
+                        truncate(&r.rule, 36),
+                        r.count,
+                        r.verdict.as_str(),
+                        r.ts,
+                        r.event_id
+                    );
+                }
+            }
+            for (what, list) in [("agents", &c.top_agents), ("sessions", &c.top_sessions)] {
+                if !list.is_empty() {
+                    let top: Vec<String> = list
+                        .iter()
+                        .take(5)
+                        .map(|n| format!("{} ({})", n.name, n.counts.refused()))
+                        .collect();
+                    let _ = writeln!(s, "  most refused {what}: {}", top.join(", "));
+                }
+            }
+            let d = &c.diff;
+            let _ = writeln!(
+                s,
+                "  vs recorded: {} compared, {} unchanged",
+                d.compared, d.unchanged
+            );
+            for (what, ch) in [
+                ("newly blocked", &d.newly_blocked),
+                ("newly allowed", &d.newly_allowed),
+                ("changed", &d.changed),
+            ] {
+                if ch.count > 0 {
+                    let _ = writeln!(
+                        s,
+                        "    {what}: {} (e.g. {})",
+                        ch.count,
+                        ch.examples.join(", ")
+                    );
+                }
+            }
+            if c.assumed_successful > 0 {
+                let _ = writeln!(
+                    s,
+                    "  note: {} call(s) were never forwarded when recorded but this policy allows them; replay assumes they succeeded",
+                    c.assumed_successful
+                );
+            }
+        }
+        s
+    }
+
+    pub fn to_markdown(&self) -> String {
+        let mut s = String::from("# flightrec replay report\n\n");
+        for l in self.header_lines() {
+            let _ = writeln!(s, "- {l}");
+        }
+        let _ = writeln!(
+            s,
+            "\n| policy | allow | deny | throttle | approval | newly blocked | newly allowed | changed |\n|---|---:|---:|---:|---:|---:|---:|---:|"
+        );
+        for c in &self.candidates {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {} | {} | {} |",
+                md(&c.policy),
+                c.totals.allow,
+                c.totals.deny,
+                c.totals.throttle,
+                c.totals.approval,
+                c.diff.newly_blocked.count,
+                c.diff.newly_allowed.count,
+                c.diff.changed.count
+            );
+        }
+        for c in &self.candidates {
+            let _ = writeln!(
+                s,
+                "\n## {}\n\n`{}` (sha256 `{}`)\n",
+                md(&c.policy),
+                md(&c.file),
+                &c.sha256[..12.min(c.sha256.len())]
+            );
+            let _ = writeln!(
+                s,
+                "| tool | allow | deny | throttle | approval |\n|---|---:|---:|---:|---:|"
+            );
+            for t in &c.by_tool {
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {} | {} | {} |",
+                    md(&t.name),
+                    t.counts.allow,
+                    t.counts.deny,
+                    t.counts.throttle,
+                    t.counts.approval
+                );
+            }
+            if !c.rules.is_empty() {
+                let _ = writeln!(
+                    s,
+                    "\n| rule | verdict | times | first fired | event |\n|---|---|---:|---|---|"
+                );
+                for r in &c.rules {
+                    let _ = writeln!(
+                        s,
+                        "| {} | {} | {} | {} | `{}` |",
+                        md(&r.rule),
+                        r.verdict.as_str(),
+                        r.count,
+                        r.ts,
+                        r.event_id
+                    );
+                }
+            }
+            let d = &c.diff;
+            let _ = writeln!(
+                s,
+                "\nAgainst the recorded decisions: {} compared, {} unchanged, {} newly blocked, {} newly allowed, {} changed.",
+                d.compared,
+                d.unchanged,
+                d.newly_blocked.count,
+                d.newly_allowed.count,
+                d.changed.count
+            );
+            for (what, ch) in [
+                ("Newly blocked", &d.newly_blocked),
+                ("Newly allowed", &d.newly_allowed),
+                ("Changed", &d.changed),
+            ] {
+                if ch.count > 0 {
+                    let _ = writeln!(
+                        s,
+                        "- {what}, e.g.: {}",
+                        ch.examples
+                            .iter()
+                            .map(|e| format!("`{e}`"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    );
+                }
+            }
+            if c.assumed_successful > 0 {
+                let _ = writeln!(
+                    s,
+                    "\n> {} call(s) were never forwarded when recorded but this policy allows them; replay assumes they succeeded.",
+                    c.assumed_successful
+                );
+            }
+        }
+        s
+    }
+
+    /// One self-contained page: inline CSS and SVG, no scripts, no fetches.
+    pub fn to_html(&self) -> String {
+        let mut s = String::from(
+            "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>flightrec replay report</title>\n<style>\
+body{font-family:system-ui,sans-serif;margin:2em;color:#222}table{border-collapse:collapse;margin:1em 0}\
+th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}th:first-child,td:first-child{text-align:left}\
+.allow{fill:#4caf50}.deny{fill:#e53935}.throttle{fill:#fb8c00}.approval{fill:#5e35b1}\
+.legend span{display:inline-block;width:12px;height:12px;margin:0 4px 0 12px}</style></head><body>\n<h1>flightrec replay report</h1>\n<ul>",
+        );
+        for l in self.header_lines() {
+            let _ = write!(s, "<li>{}</li>", html(&l));
+        }
+        s.push_str("</ul>\n<table><tr><th>policy</th><th>allow</th><th>deny</th><th>throttle</th><th>approval</th><th>newly blocked</th><th>newly allowed</th><th>changed</th></tr>\n");
+        for c in &self.candidates {
+            let _ = writeln!(
+                s,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                html(&c.policy),
+                c.totals.allow,
+                c.totals.deny,
+                c.totals.throttle,
+                c.totals.approval,
+                c.diff.newly_blocked.count,
+                c.diff.newly_allowed.count,
+                c.diff.changed.count
+            );
+        }
+        s.push_str("</table>\n<p class=\"legend\"><span style=\"background:#4caf50\"></span>allow<span style=\"background:#e53935\"></span>deny<span style=\"background:#fb8c00\"></span>throttle<span style=\"background:#5e35b1\"></span>approval</p>\n");
+        for c in &self.candidates {
+            let _ = writeln!(
+                s,
+                "<h2>{}</h2><p><code>{}</code></p>",
+                html(&c.policy),
+                html(&c.file)
+            );
+            s.push_str(&timeline_svg(c));
+            s.push_str("<table><tr><th>tool</th><th>allow</th><th>deny</th><th>throttle</th><th>approval</th></tr>\n");
+            for t in &c.by_tool {
+                let _ = writeln!(
+                    s,
+                    "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                    html(&t.name),
+                    t.counts.allow,
+                    t.counts.deny,
+                    t.counts.throttle,
+                    t.counts.approval
+                );
+            }
+            s.push_str("</table>\n");
+            if !c.rules.is_empty() {
+                s.push_str("<table><tr><th>rule</th><th>verdict</th><th>times</th><th>first fired</th><th>event</th></tr>\n");
+                for r in &c.rules {
+                    let _ = writeln!(
+                        s,
+                        "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                        html(&r.rule),
+                        r.verdict.as_str(),
+                        r.count,
+                        html(&r.ts),
+                        html(&r.event_id)
+                    );
+                }
+                s.push_str("</table>\n");
+            }
+            let d = &c.diff;
+            let _ = writeln!(
+                s,
+                "<p>Against the recorded decisions: {} compared, {} unchanged, <b>{} newly blocked</b>, <b>{} newly allowed</b>, {} changed.</p>",
+                d.compared,
+                d.unchanged,
+                d.newly_blocked.count,
+                d.newly_allowed.count,
+                d.changed.count
+            );
+        }
+        s.push_str("</body></html>\n");
+        s
+    }
+}
+
+/// A stacked bar chart of verdicts per time bucket.
+fn timeline_svg(c: &CandidateReport) -> String {
+    let (w, h) = (900.0f64, 160.0f64);
+    let n = c.timeline.len().max(1) as f64;
+    let max = c
+        .timeline
+        .iter()
+        .map(|b| b.counts.total())
+        .max()
+        .unwrap_or(1)
+        .max(1) as f64;
+    let bw = w / n;
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{}\" role=\"img\" aria-label=\"verdicts over time\">",
+        h + 20.0
+    );
+    for (i, b) in c.timeline.iter().enumerate() {
+        let x = i as f64 * bw;
+        let mut y = h;
+        for (class, v) in [
+            ("allow", b.counts.allow),
+            ("throttle", b.counts.throttle),
+            ("approval", b.counts.approval),
+            ("deny", b.counts.deny),
+        ] {
+            if v == 0 {
+                continue;
+            }
+            let bh = v as f64 / max * h;
+            y -= bh;
+            let _ = write!(
+                s,
+                "<rect class=\"{class}\" x=\"{x:.1}\" y=\"{y:.1}\" width=\"{:.1}\" height=\"{bh:.1}\"><title>{} {class}: {v}</title></rect>",
+                (bw - 1.0).max(1.0),
+                html(&b.start)
+            );
+        }
+    }
+    if let (Some(first), Some(last)) = (c.timeline.first(), c.timeline.last()) {
+        let _ = write!(
+            s,
+            "<text x=\"0\" y=\"{}\" font-size=\"11\">{}</text><text x=\"{w}\" y=\"{}\" font-size=\"11\" text-anchor=\"end\">{} ({} s buckets)</text>",
+            h + 15.0,
+            html(&first.start),
+            h + 15.0,
+            html(&last.start),
+            c.timeline_bucket_seconds
+        );
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        let mut t: String = s.chars().take(n - 1).collect();
+        t.push('…');
+        t
+    }
+}
+
+fn md(s: &str) -> String {
+    s.replace('|', "\\|")
+}
+
+fn html(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
