@@ -157,9 +157,10 @@ fn replay_json(args: &[&str]) -> Value {
     serde_json::from_slice(&out.stdout).expect("the JSON report parses")
 }
 
-fn read_decisions(
-    path: &Path,
-) -> Vec<(String, String, String, Option<String>, Option<u64>, String)> {
+/// (event_id, policy, decision, rule, retry_after_ms, recorded_decision)
+type DecisionRow = (String, String, String, Option<String>, Option<u64>, String);
+
+fn read_decisions(path: &Path) -> Vec<DecisionRow> {
     use arrow::array::{Array, AsArray};
     use arrow::datatypes::UInt64Type;
     let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(path).unwrap())
