@@ -62,12 +62,15 @@ impl fmt::Display for Verdict {
 impl FromStr for Verdict {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Verdict::ALL
-            .into_iter()
-            .find(|v| v.as_str() == s)
-            .ok_or_else(|| {
-                format!("unknown verdict `{s}` (expected allow, deny, throttle or approval)")
-            })
+        // A match, not a search: replay parses this for every recorded row.
+        match s {
+            "allow" => Ok(Verdict::Allow),
+            "deny" => Ok(Verdict::Deny),
+            "throttle" => Ok(Verdict::Throttle),
+            "approval" => Ok(Verdict::Approval),
+            _ => Err(()),
+        }
+        .map_err(|()| format!("unknown verdict `{s}` (expected allow, deny, throttle or approval)"))
     }
 }
 
@@ -159,10 +162,17 @@ impl Outcome {
 impl FromStr for Outcome {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Outcome::ALL
-            .into_iter()
-            .find(|v| v.as_str() == s)
-            .ok_or_else(|| {
+        match s {
+            "ok" => Ok(Outcome::Ok),
+            "tool_error" => Ok(Outcome::ToolError),
+            "rpc_error" => Ok(Outcome::RpcError),
+            "not_forwarded" => Ok(Outcome::NotForwarded),
+            "timeout" => Ok(Outcome::Timeout),
+            "upstream_gone" => Ok(Outcome::UpstreamGone),
+            "interrupted" => Ok(Outcome::Interrupted),
+            _ => Err(()),
+        }
+        .map_err(|()| {
                 format!(
                     "unknown outcome `{s}` (expected ok, tool_error, rpc_error, not_forwarded, timeout, upstream_gone or interrupted)"
                 )
@@ -214,14 +224,19 @@ impl Category {
 impl FromStr for Category {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Category::ALL
-            .into_iter()
-            .find(|v| v.as_str() == s)
-            .ok_or_else(|| {
-                format!(
-                    "unknown category `{s}` (expected read, write, execute, destructive or unknown)"
-                )
-            })
+        match s {
+            "read" => Ok(Category::Read),
+            "write" => Ok(Category::Write),
+            "execute" => Ok(Category::Execute),
+            "destructive" => Ok(Category::Destructive),
+            "unknown" => Ok(Category::Unknown),
+            _ => Err(()),
+        }
+        .map_err(|()| {
+            format!(
+                "unknown category `{s}` (expected read, write, execute, destructive or unknown)"
+            )
+        })
     }
 }
 

@@ -39,7 +39,9 @@ pub(crate) struct ToolSet {
 
 impl ToolSet {
     pub fn contains(&self, tool: &str) -> bool {
-        self.all || self.exact.contains(tool) || self.globs.iter().any(|g| g.is_match(tool))
+        self.all
+            || (!self.exact.is_empty() && self.exact.contains(tool))
+            || self.globs.iter().any(|g| g.is_match(tool))
     }
 }
 

@@ -55,7 +55,47 @@ enum Mark {
 #[derive(Debug, Clone)]
 enum Slot {
     Fixed { window_start: i64, total: i64 },
-    Sliding(VecDeque<LogEntry>),
+    Sliding(SlidingLog),
+}
+
+/// The reservations still inside a sliding window, oldest first, with their
+/// running total (so a decision does not re-add the whole log).
+#[derive(Debug, Clone, Default)]
+struct SlidingLog {
+    entries: VecDeque<LogEntry>,
+    total: i64,
+}
+
+impl SlidingLog {
+    /// Drops entries at or before `horizon` (outside (t - W, t]).
+    fn prune(&mut self, horizon: i64) {
+        while let Some(e) = self.entries.front() {
+            if e.ts_us > horizon {
+                break;
+            }
+            self.total -= e.amount;
+            self.entries.pop_front();
+        }
+    }
+
+    fn insert(&mut self, entry: LogEntry) {
+        self.total += entry.amount;
+        // Time order even if calls arrive out of order (in order, the common
+        // case, is a plain push).
+        if self.entries.back().is_none_or(|e| e.ts_us <= entry.ts_us) {
+            self.entries.push_back(entry);
+        } else {
+            let at = self.entries.partition_point(|e| e.ts_us <= entry.ts_us);
+            self.entries.insert(at, entry);
+        }
+    }
+
+    fn remove(&mut self, id: u64) {
+        if let Some(i) = self.entries.iter().position(|e| e.id == id) {
+            self.total -= self.entries[i].amount;
+            self.entries.remove(i);
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -120,11 +160,7 @@ impl PolicyState {
                     },
                     Mark::Window(w),
                 ) if *window_start == w => *total -= r.amount,
-                (Slot::Sliding(log), Mark::Entry(id)) => {
-                    if let Some(i) = log.iter().position(|e| e.id == id) {
-                        log.remove(i);
-                    }
-                }
+                (Slot::Sliding(log), Mark::Entry(id)) => log.remove(id),
                 _ => {}
             }
         }
@@ -142,7 +178,8 @@ impl PolicyState {
             Some(Slot::Fixed { .. }) => 0,
             Some(Slot::Sliding(log)) => {
                 let horizon = now_us - window.len_us;
-                log.iter()
+                log.entries
+                    .iter()
                     .filter(|e| e.ts_us > horizon)
                     .map(|e| e.amount)
                     .sum()
@@ -171,7 +208,7 @@ impl PolicyState {
                         window_start: window_start_of(now_us, window.len_us),
                         total: 0,
                     },
-                    WindowMode::Sliding => Slot::Sliding(VecDeque::new()),
+                    WindowMode::Sliding => Slot::Sliding(SlidingLog::default()),
                 };
                 self.live_slots += 1;
                 let o = v.insert_entry(slot);
@@ -202,30 +239,29 @@ impl PolicyState {
                 Mark::Window(*window_start)
             }
             Slot::Sliding(log) => {
-                let horizon = now_us - window.len_us;
-                while log.front().is_some_and(|e| e.ts_us <= horizon) {
-                    log.pop_front();
-                }
+                log.prune(now_us - window.len_us);
                 if let Some(max) = max {
-                    let total: i64 = log.iter().map(|e| e.amount).sum();
+                    let total = log.total;
                     if total > max || total.saturating_add(amount) > max {
                         return Err(Exhausted {
                             retry_after_us: sliding_retry_after(
-                                log, total, amount, max, window, now_us,
+                                &log.entries,
+                                total,
+                                amount,
+                                max,
+                                window,
+                                now_us,
                             ),
                         });
                     }
                 }
                 let id = self.next_entry;
                 self.next_entry += 1;
-                let entry = LogEntry {
+                log.insert(LogEntry {
                     ts_us: now_us,
                     amount,
                     id,
-                };
-                // Keep the log in time order even if calls arrive out of order.
-                let at = log.partition_point(|e| e.ts_us <= now_us);
-                log.insert(at, entry);
+                });
                 Mark::Entry(id)
             }
         };
@@ -259,7 +295,10 @@ impl PolicyState {
                     window_start,
                     total,
                 } => *total != 0 && *window_start + window.len_us > now_us,
-                Slot::Sliding(log) => log.back().is_some_and(|e| e.ts_us > now_us - window.len_us),
+                Slot::Sliding(log) => log
+                    .entries
+                    .back()
+                    .is_some_and(|e| e.ts_us > now_us - window.len_us),
             });
             live += slots.len();
         }

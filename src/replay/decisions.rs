@@ -8,7 +8,7 @@
 
 use crate::audit::AuditError;
 use crate::policy::Verdict;
-use crate::replay::source::ReplayEvent;
+use crate::replay::source::EventRef;
 use arrow::array::{
     ArrayRef, RecordBatch, StringBuilder, TimestampMicrosecondBuilder, UInt64Builder,
 };
@@ -120,7 +120,7 @@ impl DecisionsWriter {
 
     pub fn push(
         &mut self,
-        e: &ReplayEvent,
+        e: &EventRef<'_>,
         policy: &str,
         verdict: Verdict,
         rule: Option<&str>,
@@ -128,17 +128,17 @@ impl DecisionsWriter {
         retry_after_ms: Option<u64>,
     ) -> Result<(), AuditError> {
         let b = &mut self.b;
-        b.event_id.append_value(&e.event_id);
-        b.ts.append_value(e.ts_us);
-        b.session.append_value(&e.session_id);
-        b.tool.append_value(&e.tool);
+        b.event_id.append_value(e.event_id());
+        b.ts.append_value(e.ts_us());
+        b.session.append_value(e.session_id());
+        b.tool.append_value(e.tool());
         b.policy.append_value(policy);
         b.decision.append_value(verdict.as_str());
         b.rule.append_option(rule);
         b.reason.append_option(reason);
         b.retry.append_option(retry_after_ms);
         b.recorded
-            .append_value(e.recorded.map_or("unrecorded", Verdict::as_str));
+            .append_value(e.recorded().map_or("unrecorded", Verdict::as_str));
         b.rows += 1;
         if b.rows >= 8192 {
             let batch = b.finish();

@@ -10,12 +10,10 @@
 
 use crate::audit::AuditError;
 use crate::audit::read::resolve_inputs;
-use crate::policy::{ApprovalMode, Call, Outcome, Policy, PolicyState, Verdict};
+use crate::policy::{ApprovalMode, Call, Outcome, Policy, PolicyState};
 use crate::replay::decisions::DecisionsWriter;
 use crate::replay::report::{Accumulator, CandidateReport, Report};
-use crate::replay::source::{
-    EventFilter, Reorder, ReplayEvent, SourceStats, merge, recorded_events,
-};
+use crate::replay::source::{EventFilter, Pending, Reorder, SourceStats, merge, recorded_events};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, sync_channel};
@@ -89,7 +87,7 @@ pub fn replay(
 
 /// Replays an already-ordered event stream (recorded or generated).
 pub fn run_events(
-    events: impl Iterator<Item = Result<ReplayEvent, AuditError>>,
+    events: impl Iterator<Item = Result<Pending, AuditError>>,
     input_names: Vec<String>,
     candidates: Vec<Candidate>,
     config: &ReplayConfig,
@@ -102,7 +100,7 @@ pub fn run_events(
     let mut senders = Vec::new();
     let mut workers = Vec::new();
     for (index, c) in candidates.into_iter().enumerate() {
-        let (tx, rx) = sync_channel::<Arc<Vec<ReplayEvent>>>(4);
+        let (tx, rx) = sync_channel::<Arc<Vec<Pending>>>(4);
         senders.push(tx);
         let approvals = config.approvals;
         let part = decisions_dir.as_ref().map(|d| {
@@ -128,8 +126,9 @@ pub fn run_events(
             }
         };
         count += 1;
-        first_ts.get_or_insert(event.ts_us);
-        last_ts = Some(event.ts_us);
+        let ts = event.0.ts(event.1);
+        first_ts.get_or_insert(ts);
+        last_ts = Some(ts);
         chunk.push(event);
         if chunk.len() == CHUNK {
             let full = Arc::new(std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK)));
@@ -192,7 +191,7 @@ type WorkerResult = Result<(CandidateReport, Option<PathBuf>), AuditError>;
 
 fn worker(
     c: Candidate,
-    rx: Receiver<Arc<Vec<ReplayEvent>>>,
+    rx: Receiver<Arc<Vec<Pending>>>,
     approvals: ApprovalMode,
     part: Option<PathBuf>,
 ) -> WorkerResult {
@@ -203,35 +202,37 @@ fn worker(
         None => None,
     };
     for chunk in rx {
-        for e in chunk.iter() {
+        for (batch, row) in chunk.iter() {
+            let e = batch.event(*row);
             let call = Call {
-                ts_us: e.ts_us,
-                session: &e.session_id,
-                agent: &e.agent_id,
-                server: &e.server,
-                tool: &e.tool,
-                category: e.category,
-                risk: e.risk,
-                args: &e.args,
+                ts_us: e.ts_us(),
+                session: e.session_id(),
+                agent: e.agent_id(),
+                server: e.server(),
+                tool: e.tool(),
+                category: e.category(),
+                risk: e.risk(),
+                args: e.args(),
             };
             let d = c.policy.decide_with(&mut state, &call, approvals);
             let verdict = d.verdict;
+            let outcome = e.outcome();
             // As live: only a JSON-RPC error proves the call never ran.
-            state.settle(d.reservation, e.outcome.rolls_back());
+            state.settle(d.reservation, outcome.rolls_back());
             acc.add(
-                e.ts_us,
-                &e.event_id,
-                &e.tool,
-                &e.agent_id,
-                &e.session_id,
+                call.ts_us,
+                e.event_id(),
+                call.tool,
+                call.agent,
+                call.session,
                 verdict,
                 d.rule.as_deref(),
-                e.recorded,
-                e.outcome == Outcome::NotForwarded,
+                e.recorded(),
+                outcome == Outcome::NotForwarded,
             );
             if let Some(w) = &mut out {
                 w.push(
-                    e,
+                    &e,
                     &c.name,
                     verdict,
                     d.rule.as_deref(),
@@ -244,6 +245,5 @@ fn worker(
     if let Some(w) = out {
         w.finish()?;
     }
-    let _ = Verdict::Allow;
     Ok((acc.finish(), part))
 }

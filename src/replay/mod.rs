@@ -2,7 +2,7 @@
 //! candidate policies, on a virtual clock taken from the events.
 //!
 //! Data path: [`source`] reads audit Parquet into time-ordered
-//! [`source::ReplayEvent`]s (one decode for all candidates), [`engine`] feeds
+//! [`source::EventBatch`]es (one decode for all candidates), [`engine`] feeds
 //! them to one thread per candidate which decides them with the same core as
 //! the live proxy, [`report`] accumulates and renders what each candidate
 //! would have done and how it differs from the recording, and [`decisions`]

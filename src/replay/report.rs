@@ -7,7 +7,10 @@
 use crate::policy::Verdict;
 use crate::time::format_us;
 use serde::Serialize;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+/// hashbrown for `entry_ref`: one lookup by `&str`, allocating only new keys.
+type HashMap<K, V> = hashbrown::HashMap<K, V>;
 use std::fmt::Write as _;
 
 const EXAMPLES: usize = 5;
@@ -135,6 +138,8 @@ pub struct Accumulator {
     assumed_successful: u64,
     bucket_us: i64,
     buckets: BTreeMap<i64, Counts>,
+    /// The bucket being filled (events arrive in time order).
+    current: Option<(i64, Counts)>,
 }
 
 impl Accumulator {
@@ -144,15 +149,16 @@ impl Accumulator {
             file: file.to_string(),
             sha256: sha256.to_string(),
             totals: Counts::default(),
-            by_tool: HashMap::new(),
-            by_agent: HashMap::new(),
-            by_session: HashMap::new(),
-            rules: HashMap::new(),
+            by_tool: HashMap::default(),
+            by_agent: HashMap::default(),
+            by_session: HashMap::default(),
+            rules: HashMap::default(),
             rule_order: Vec::new(),
             diff: Diff::default(),
             assumed_successful: 0,
             bucket_us: 60_000_000,
             buckets: BTreeMap::new(),
+            current: None,
         }
     }
 
@@ -206,23 +212,43 @@ impl Accumulator {
             self.assumed_successful += 1;
         }
         let bucket = ts_us.div_euclid(self.bucket_us) * self.bucket_us;
-        self.buckets.entry(bucket).or_default().add(verdict);
-        if self.buckets.len() > MAX_BUCKETS {
-            self.widen_buckets();
+        match &mut self.current {
+            Some((b, c)) if *b == bucket => c.add(verdict),
+            _ => {
+                self.flush_bucket();
+                let mut c = Counts::default();
+                c.add(verdict);
+                self.current = Some((bucket, c));
+                if self.buckets.len() > MAX_BUCKETS {
+                    self.widen_buckets();
+                }
+            }
+        }
+    }
+
+    fn flush_bucket(&mut self) {
+        if let Some((b, c)) = self.current.take() {
+            let start = b.div_euclid(self.bucket_us) * self.bucket_us;
+            self.buckets.entry(start).or_default().merge(&c);
         }
     }
 
     /// Doubles the bucket width, merging neighbours, to keep the timeline small.
     fn widen_buckets(&mut self) {
+        let current = self.current.take();
         self.bucket_us *= 2;
         let old = std::mem::take(&mut self.buckets);
         for (start, c) in old {
             let b = start.div_euclid(self.bucket_us) * self.bucket_us;
             self.buckets.entry(b).or_default().merge(&c);
         }
+        if let Some((b, c)) = current {
+            self.current = Some((b.div_euclid(self.bucket_us) * self.bucket_us, c));
+        }
     }
 
-    pub fn finish(self) -> CandidateReport {
+    pub fn finish(mut self) -> CandidateReport {
+        self.flush_bucket();
         let top = |m: HashMap<String, Counts>, limit: usize| {
             let mut v: Vec<Named> = m
                 .into_iter()
@@ -279,10 +305,7 @@ impl Accumulator {
 }
 
 fn counts_for<'m>(map: &'m mut HashMap<String, Counts>, key: &str) -> &'m mut Counts {
-    if !map.contains_key(key) {
-        map.insert(key.to_string(), Counts::default());
-    }
-    map.get_mut(key).expect("inserted above")
+    map.entry_ref(key).or_default()
 }
 
 /// The whole replay report.

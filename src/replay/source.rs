@@ -13,32 +13,101 @@ use crate::audit::AuditError;
 use crate::audit::read::{ScanOptions, scan};
 use crate::audit::schema::{BatchView, col};
 use crate::policy::{Category, Outcome, Risk};
+use arrow::array::{Array, AsArray, PrimitiveArray, StringArray};
+use arrow::datatypes::TimestampMicrosecondType;
 use globset::GlobMatcher;
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, VecDeque};
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
 
-/// One call to replay.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ReplayEvent {
-    pub event_id: String,
-    pub ts_us: i64,
-    pub session_id: String,
-    pub agent_id: String,
-    pub server: String,
-    pub tool: String,
-    pub category: Option<Category>,
-    pub risk: Option<Risk>,
-    /// Parsed `args_json` (null when absent or when no policy reads args).
-    pub args: Arc<serde_json::Value>,
-    /// The recorded verdict, or `None` for generated (`unrecorded`) rows.
-    pub recorded: Option<crate::policy::Verdict>,
-    pub outcome: Outcome,
-    /// Which input it came from (ties in time keep input order).
+/// A decoded batch of calls: Arrow columns kept as read (no per-event
+/// copies), plus the few per-row values that need parsing.
+pub struct EventBatch {
     pub input: usize,
+    event_id: StringArray,
+    ts: PrimitiveArray<TimestampMicrosecondType>,
+    session: StringArray,
+    agent: StringArray,
+    server: Option<StringArray>,
+    tool: StringArray,
+    category: Vec<Option<Category>>,
+    risk: Vec<Option<Risk>>,
+    recorded: Vec<Option<crate::policy::Verdict>>,
+    outcome: Vec<Outcome>,
+    args: Vec<Arc<serde_json::Value>>,
+    /// Rows that are calls and pass the filters.
+    pub rows: Vec<u32>,
 }
+
+/// One call to replay: a row of an [`EventBatch`].
+#[derive(Clone, Copy)]
+pub struct EventRef<'b> {
+    batch: &'b EventBatch,
+    row: usize,
+}
+
+static NULL_ARGS: std::sync::LazyLock<Arc<serde_json::Value>> =
+    std::sync::LazyLock::new(|| Arc::new(serde_json::Value::Null));
+
+impl EventBatch {
+    pub fn event(&self, row: u32) -> EventRef<'_> {
+        EventRef {
+            batch: self,
+            row: row as usize,
+        }
+    }
+
+    pub fn ts(&self, row: u32) -> i64 {
+        self.ts.value(row as usize)
+    }
+}
+
+impl<'b> EventRef<'b> {
+    pub fn event_id(&self) -> &'b str {
+        self.batch.event_id.value(self.row)
+    }
+    pub fn ts_us(&self) -> i64 {
+        self.batch.ts.value(self.row)
+    }
+    pub fn session_id(&self) -> &'b str {
+        self.batch.session.value(self.row)
+    }
+    pub fn agent_id(&self) -> &'b str {
+        self.batch.agent.value(self.row)
+    }
+    pub fn server(&self) -> &'b str {
+        self.batch.server.as_ref().map_or("", |s| {
+            if s.is_null(self.row) {
+                ""
+            } else {
+                s.value(self.row)
+            }
+        })
+    }
+    pub fn tool(&self) -> &'b str {
+        self.batch.tool.value(self.row)
+    }
+    pub fn category(&self) -> Option<Category> {
+        self.batch.category.get(self.row).copied().flatten()
+    }
+    pub fn risk(&self) -> Option<Risk> {
+        self.batch.risk.get(self.row).copied().flatten()
+    }
+    pub fn recorded(&self) -> Option<crate::policy::Verdict> {
+        self.batch.recorded[self.row]
+    }
+    pub fn outcome(&self) -> Outcome {
+        self.batch.outcome[self.row]
+    }
+    pub fn args(&self) -> &'b serde_json::Value {
+        self.batch.args.get(self.row).map_or(&NULL_ARGS, |a| a)
+    }
+}
+
+/// An event waiting in the pipeline: its batch and row.
+pub type Pending = (Arc<EventBatch>, u32);
 
 /// Row filters applied while reading.
 #[derive(Debug, Clone, Default)]
@@ -68,7 +137,7 @@ pub fn recorded_events(
     filter: EventFilter,
     with_args: bool,
     stats: Arc<std::sync::Mutex<SourceStats>>,
-) -> impl Iterator<Item = Result<ReplayEvent, AuditError>> {
+) -> impl Iterator<Item = Result<Pending, AuditError>> {
     let mut columns = vec![
         col::EVENT_ID,
         col::TS,
@@ -90,20 +159,41 @@ pub fn recorded_events(
         to_us: filter.to_us,
         ..ScanOptions::default().columns(&columns)
     };
-    scan(files, options).flat_map(move |batch| -> Vec<Result<ReplayEvent, AuditError>> {
-        match batch {
-            Err(e) => vec![Err(e)],
-            Ok(b) => match decode_batch(&b, input, &filter, with_args) {
-                Ok((events, non_calls, filtered)) => {
+    scan(files, options).flat_map(
+        move |batch| -> Box<dyn Iterator<Item = Result<Pending, AuditError>>> {
+            match batch.and_then(|b| decode_batch(&b, input, &filter, with_args)) {
+                Err(e) => Box::new(std::iter::once(Err(e))),
+                Ok((batch, non_calls, filtered)) => {
                     let mut s = stats.lock().expect("stats lock");
                     s.non_calls += non_calls;
                     s.filtered += filtered;
-                    events.into_iter().map(Ok).collect()
+                    drop(s);
+                    let batch = Arc::new(batch);
+                    let rows = batch.rows.clone();
+                    Box::new(rows.into_iter().map(move |r| Ok((batch.clone(), r))))
                 }
-                Err(e) => vec![Err(e)],
-            },
-        }
-    })
+            }
+        },
+    )
+}
+
+/// Any Arrow string layout as a plain Utf8 array.
+fn utf8(
+    array: &arrow::array::ArrayRef,
+    name: &str,
+    input: usize,
+) -> Result<StringArray, AuditError> {
+    let cast = if array.data_type() == &arrow::datatypes::DataType::Utf8 {
+        array.clone()
+    } else {
+        arrow::compute::cast(array, &arrow::datatypes::DataType::Utf8).map_err(|e| {
+            AuditError::Schema {
+                path: PathBuf::from(format!("input {}", input + 1)),
+                detail: format!("column `{name}`: {e}"),
+            }
+        })?
+    };
+    Ok(cast.as_string::<i32>().clone())
 }
 
 fn decode_batch(
@@ -111,117 +201,141 @@ fn decode_batch(
     input: usize,
     filter: &EventFilter,
     with_args: bool,
-) -> Result<(Vec<ReplayEvent>, u64, u64), AuditError> {
-    let schema_err = |e: crate::audit::schema::ColumnError| AuditError::Schema {
+) -> Result<(EventBatch, u64, u64), AuditError> {
+    let schema_err = |detail: String| AuditError::Schema {
         path: PathBuf::from(format!("input {}", input + 1)),
-        detail: e.to_string(),
+        detail,
+    };
+    let column = |name: &str| batch.column_by_name(name);
+    let required = |name: &str| -> Result<StringArray, AuditError> {
+        let a = column(name).ok_or_else(|| schema_err(format!("column `{name}` is missing")))?;
+        utf8(a, name, input)
+    };
+    let optional = |name: &str| -> Result<Option<StringArray>, AuditError> {
+        column(name).map(|a| utf8(a, name, input)).transpose()
     };
     let v = BatchView::new(batch);
-    let missing = |name: &str| AuditError::Schema {
-        path: PathBuf::from(format!("input {}", input + 1)),
-        detail: format!("column `{name}` is missing"),
-    };
-    let event_id = v
-        .strings(col::EVENT_ID)
-        .map_err(schema_err)?
-        .ok_or_else(|| missing(col::EVENT_ID))?;
     let ts = v
         .timestamps(col::TS)
-        .map_err(schema_err)?
-        .ok_or_else(|| missing(col::TS))?;
-    let session = v
-        .strings(col::SESSION_ID)
-        .map_err(schema_err)?
-        .ok_or_else(|| missing(col::SESSION_ID))?;
-    let agent = v
-        .strings(col::AGENT_ID)
-        .map_err(schema_err)?
-        .ok_or_else(|| missing(col::AGENT_ID))?;
-    let server = v.strings(col::SERVER).map_err(schema_err)?;
-    let method = v.strings(col::METHOD).map_err(schema_err)?;
-    let tool = v
-        .strings(col::TOOL)
-        .map_err(schema_err)?
-        .ok_or_else(|| missing(col::TOOL))?;
-    let category = v.strings(col::CATEGORY).map_err(schema_err)?;
-    let risk = v.strings(col::RISK).map_err(schema_err)?;
-    let decision = v.strings(col::DECISION).map_err(schema_err)?;
-    let outcome = v.strings(col::OUTCOME).map_err(schema_err)?;
+        .map_err(|e| schema_err(e.to_string()))?
+        .ok_or_else(|| schema_err("column `ts` is missing".into()))?
+        .clone();
+    let event_id = required(col::EVENT_ID)?;
+    let session = required(col::SESSION_ID)?;
+    let agent = required(col::AGENT_ID)?;
+    let tool = required(col::TOOL)?;
+    let server = optional(col::SERVER)?;
+    let method = optional(col::METHOD)?;
+    let category = optional(col::CATEGORY)?;
+    let risk = optional(col::RISK)?;
+    let decision = optional(col::DECISION)?;
+    let outcome = optional(col::OUTCOME)?;
     let args = if with_args {
-        v.strings(col::ARGS_JSON).map_err(schema_err)?
+        optional(col::ARGS_JSON)?
     } else {
         None
     };
-    let null_args = Arc::new(serde_json::Value::Null);
-    let mut out = Vec::with_capacity(v.len());
+    let n = batch.num_rows();
+    fn get(a: &Option<StringArray>, i: usize) -> Option<&str> {
+        a.as_ref().and_then(|a| (!a.is_null(i)).then(|| a.value(i)))
+    }
+    let mut rows = Vec::with_capacity(n);
     let (mut non_calls, mut filtered) = (0u64, 0u64);
-    for i in 0..v.len() {
-        let m = method
-            .as_ref()
-            .and_then(|m| m.get(i))
-            .unwrap_or("tools/call");
-        let Some(tool_name) = tool.get(i) else {
-            non_calls += 1;
-            continue;
-        };
-        if m != "tools/call" {
+    for i in 0..n {
+        if tool.is_null(i) || get(&method, i).is_some_and(|m| m != "tools/call") {
             non_calls += 1;
             continue;
         }
-        let agent_id = agent.get(i).unwrap_or_default();
-        let session_id = session.get(i).unwrap_or_default();
-        if filter.agent.as_ref().is_some_and(|g| !g.is_match(agent_id))
-            || filter.tool.as_ref().is_some_and(|g| !g.is_match(tool_name))
-            || filter.session.as_deref().is_some_and(|s| s != session_id)
+        if filter
+            .agent
+            .as_ref()
+            .is_some_and(|g| !g.is_match(agent.value(i)))
+            || filter
+                .tool
+                .as_ref()
+                .is_some_and(|g| !g.is_match(tool.value(i)))
+            || filter
+                .session
+                .as_deref()
+                .is_some_and(|s| s != session.value(i))
         {
             filtered += 1;
             continue;
         }
-        let args_value = match args.as_ref().and_then(|a| a.get(i)) {
-            Some(text) => Arc::new(serde_json::from_str(text).unwrap_or(serde_json::Value::Null)),
-            None => null_args.clone(),
-        };
-        let recorded = decision
-            .as_ref()
-            .and_then(|d| d.get(i))
-            .and_then(|d| crate::policy::Verdict::from_str(d).ok());
-        out.push(ReplayEvent {
-            event_id: event_id.get(i).unwrap_or_default().to_string(),
-            ts_us: ts.value(i),
-            session_id: session_id.to_string(),
-            agent_id: agent_id.to_string(),
-            server: server
-                .as_ref()
-                .and_then(|s| s.get(i))
-                .unwrap_or_default()
-                .to_string(),
-            tool: tool_name.to_string(),
-            category: category
-                .as_ref()
-                .and_then(|c| c.get(i))
-                .and_then(|c| Category::from_str(c).ok()),
-            risk: risk
-                .as_ref()
-                .and_then(|r| r.get(i))
-                .and_then(|r| Risk::from_str(r).ok()),
-            args: args_value,
-            recorded,
-            outcome: outcome
-                .as_ref()
-                .and_then(|o| o.get(i))
-                .and_then(|o| Outcome::from_str(o).ok())
-                .unwrap_or(Outcome::Ok),
-            input,
-        });
+        rows.push(i as u32);
     }
-    Ok((out, non_calls, filtered))
+    // Parse the small per-row fields once, here, for every candidate.
+    /// Parses a column's values, reusing the previous row's result when the
+    /// text repeats (these columns take a handful of values).
+    fn parse<T: Copy>(
+        a: &Option<StringArray>,
+        n: usize,
+        f: impl Fn(&str) -> Option<T>,
+    ) -> Vec<Option<T>> {
+        let mut out = Vec::with_capacity(n);
+        let mut last: Option<(&str, Option<T>)> = None;
+        for i in 0..n {
+            let v = match get(a, i) {
+                None => None,
+                Some(text) => match last {
+                    Some((t, v)) if t == text => v,
+                    _ => {
+                        let v = f(text);
+                        last = Some((text, v));
+                        v
+                    }
+                },
+            };
+            out.push(v);
+        }
+        out
+    }
+    let args = match &args {
+        Some(a) => (0..n)
+            .map(|i| {
+                if a.is_null(i) {
+                    NULL_ARGS.clone()
+                } else {
+                    Arc::new(serde_json::from_str(a.value(i)).unwrap_or(serde_json::Value::Null))
+                }
+            })
+            .collect(),
+        None => Vec::new(),
+    };
+    Ok((
+        EventBatch {
+            input,
+            category: parse(&category, n, |c| Category::from_str(c).ok()),
+            risk: parse(&risk, n, |r| Risk::from_str(r).ok()),
+            recorded: parse(&decision, n, |d| crate::policy::Verdict::from_str(d).ok()),
+            outcome: parse(&outcome, n, |o| Outcome::from_str(o).ok())
+                .into_iter()
+                .map(|o| o.unwrap_or(Outcome::Ok))
+                .collect(),
+            args,
+            event_id,
+            ts,
+            session,
+            agent,
+            server,
+            tool,
+            rows,
+        },
+        non_calls,
+        filtered,
+    ))
 }
 
 /// Sorts a nearly-sorted stream by `ts` within a window of event time.
+///
+/// Events that arrive in order (the common case) queue in a deque at O(1);
+/// only out-of-order ones go through a heap. An event is released once the
+/// newest time seen is a full window past it.
 pub struct Reorder<I> {
     inner: I,
     window_us: i64,
-    heap: BinaryHeap<Reverse<(i64, u64, Slot)>>,
+    in_order: VecDeque<(i64, u64, Pending)>,
+    heap: BinaryHeap<Reverse<(i64, u64, HeapSlot)>>,
     arrivals: u64,
     max_seen: i64,
     last_out: i64,
@@ -230,20 +344,20 @@ pub struct Reorder<I> {
 }
 
 /// Heap payload ordered only by the key in front of it.
-struct Slot(Box<ReplayEvent>);
+struct HeapSlot(Pending);
 
-impl PartialEq for Slot {
+impl PartialEq for HeapSlot {
     fn eq(&self, _: &Self) -> bool {
         true
     }
 }
-impl Eq for Slot {}
-impl PartialOrd for Slot {
+impl Eq for HeapSlot {}
+impl PartialOrd for HeapSlot {
     fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
         Some(self.cmp(other))
     }
 }
-impl Ord for Slot {
+impl Ord for HeapSlot {
     fn cmp(&self, _: &Self) -> std::cmp::Ordering {
         std::cmp::Ordering::Equal
     }
@@ -254,6 +368,7 @@ impl<I> Reorder<I> {
         Reorder {
             inner,
             window_us,
+            in_order: VecDeque::new(),
             heap: BinaryHeap::new(),
             arrivals: 0,
             max_seen: i64::MIN,
@@ -262,19 +377,35 @@ impl<I> Reorder<I> {
             stats,
         }
     }
+
+    /// The (ts, arrival) key of the earliest buffered event, and whether it
+    /// is in the deque.
+    fn earliest(&self) -> Option<((i64, u64), bool)> {
+        let a = self.in_order.front().map(|(t, n, _)| (*t, *n));
+        let b = self.heap.peek().map(|Reverse((t, n, _))| (*t, *n));
+        match (a, b) {
+            (Some(a), Some(b)) => Some(if a <= b { (a, true) } else { (b, false) }),
+            (Some(a), None) => Some((a, true)),
+            (None, Some(b)) => Some((b, false)),
+            (None, None) => None,
+        }
+    }
 }
 
-impl<I: Iterator<Item = Result<ReplayEvent, AuditError>>> Iterator for Reorder<I> {
-    type Item = Result<ReplayEvent, AuditError>;
+impl<I: Iterator<Item = Result<Pending, AuditError>>> Iterator for Reorder<I> {
+    type Item = Result<Pending, AuditError>;
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
-            if let Some(Reverse((ts, _, _))) = self.heap.peek() {
-                let ready = self.done || *ts <= self.max_seen.saturating_sub(self.window_us);
-                if ready {
-                    let Reverse((ts, _, Slot(e))) = self.heap.pop().expect("peeked");
+            if let Some(((ts, _), from_deque)) = self.earliest() {
+                if self.done || ts <= self.max_seen.saturating_sub(self.window_us) {
                     self.last_out = self.last_out.max(ts);
-                    return Some(Ok(*e));
+                    let p = if from_deque {
+                        self.in_order.pop_front().expect("earliest").2
+                    } else {
+                        self.heap.pop().expect("earliest").0.2.0
+                    };
+                    return Some(Ok(p));
                 }
             } else if self.done {
                 return None;
@@ -282,16 +413,21 @@ impl<I: Iterator<Item = Result<ReplayEvent, AuditError>>> Iterator for Reorder<I
             match self.inner.next() {
                 None => self.done = true,
                 Some(Err(e)) => return Some(Err(e)),
-                Some(Ok(e)) => {
-                    if e.ts_us < self.last_out {
+                Some(Ok(p)) => {
+                    let ts = p.0.ts(p.1);
+                    if ts < self.last_out {
                         // Too late to sort in: replay it now, and say so.
                         self.stats.lock().expect("stats lock").late += 1;
-                        return Some(Ok(e));
+                        return Some(Ok(p));
                     }
-                    self.max_seen = self.max_seen.max(e.ts_us);
                     self.arrivals += 1;
-                    self.heap
-                        .push(Reverse((e.ts_us, self.arrivals, Slot(Box::new(e)))));
+                    let in_order = self.in_order.back().is_none_or(|(t, _, _)| ts >= *t);
+                    if in_order {
+                        self.in_order.push_back((ts, self.arrivals, p));
+                    } else {
+                        self.heap.push(Reverse((ts, self.arrivals, HeapSlot(p))));
+                    }
+                    self.max_seen = self.max_seen.max(ts);
                 }
             }
         }
@@ -299,21 +435,25 @@ impl<I: Iterator<Item = Result<ReplayEvent, AuditError>>> Iterator for Reorder<I
 }
 
 /// Merges time-ordered streams by (ts, input order, arrival order).
-pub fn merge<I>(streams: Vec<I>) -> impl Iterator<Item = Result<ReplayEvent, AuditError>>
+pub fn merge<I>(streams: Vec<I>) -> impl Iterator<Item = Result<Pending, AuditError>>
 where
-    I: Iterator<Item = Result<ReplayEvent, AuditError>>,
+    I: Iterator<Item = Result<Pending, AuditError>>,
 {
     let mut streams: Vec<std::iter::Peekable<I>> =
         streams.into_iter().map(Iterator::peekable).collect();
     std::iter::from_fn(move || {
+        if streams.len() == 1 {
+            return streams[0].next();
+        }
         let mut best: Option<(usize, i64)> = None;
         for (i, s) in streams.iter_mut().enumerate() {
             match s.peek() {
                 None => continue,
                 Some(Err(_)) => return s.next(),
-                Some(Ok(e)) => {
-                    if best.is_none_or(|(_, ts)| e.ts_us < ts) {
-                        best = Some((i, e.ts_us));
+                Some(Ok((b, r))) => {
+                    let ts = b.ts(*r);
+                    if best.is_none_or(|(_, t)| ts < t) {
+                        best = Some((i, ts));
                     }
                 }
             }
@@ -326,39 +466,49 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::audit::schema::{AuditRow, rows_to_batch};
 
-    fn ev(ts: i64, input: usize, id: &str) -> Result<ReplayEvent, AuditError> {
-        Ok(ReplayEvent {
-            event_id: id.into(),
-            ts_us: ts,
-            session_id: String::new(),
-            agent_id: String::new(),
-            server: String::new(),
-            tool: "t".into(),
-            category: None,
-            risk: None,
-            args: Arc::new(serde_json::Value::Null),
-            recorded: None,
-            outcome: Outcome::Ok,
-            input,
-        })
+    /// One batch holding the given (ts, id) events, all calls.
+    fn events(items: &[(i64, &str)], input: usize) -> Vec<Result<Pending, AuditError>> {
+        let rows: Vec<AuditRow> = items
+            .iter()
+            .map(|(ts, id)| AuditRow {
+                event_id: id.to_string(),
+                ts_us: *ts,
+                tool: Some("t".into()),
+                ..AuditRow::default()
+            })
+            .collect();
+        let (batch, _, _) =
+            decode_batch(&rows_to_batch(&rows), input, &EventFilter::default(), false).unwrap();
+        let batch = Arc::new(batch);
+        (0..items.len() as u32)
+            .map(|r| Ok((batch.clone(), r)))
+            .collect()
     }
 
-    fn ids(it: impl Iterator<Item = Result<ReplayEvent, AuditError>>) -> Vec<String> {
-        it.map(|e| e.unwrap().event_id).collect()
+    fn ids(it: impl Iterator<Item = Result<Pending, AuditError>>) -> Vec<String> {
+        it.map(|e| {
+            let (b, r) = e.unwrap();
+            b.event(r).event_id().to_string()
+        })
+        .collect()
     }
 
     #[test]
     fn reorder_sorts_within_the_window_and_counts_late_events() {
         let stats = Arc::new(std::sync::Mutex::new(SourceStats::default()));
-        let input = vec![
-            ev(10, 0, "a"),
-            ev(5, 0, "b"),
-            ev(10, 0, "c"),
-            ev(100, 0, "d"),
-            ev(20, 0, "late"),
-            ev(101, 0, "e"),
-        ];
+        let input = events(
+            &[
+                (10, "a"),
+                (5, "b"),
+                (10, "c"),
+                (100, "d"),
+                (20, "late"),
+                (101, "e"),
+            ],
+            0,
+        );
         let out = ids(Reorder::new(input.into_iter(), 50, stats.clone()));
         assert_eq!(out, ["b", "a", "c", "late", "d", "e"]);
         assert_eq!(
@@ -366,12 +516,7 @@ mod tests {
             0,
             "20 was still within the window"
         );
-        let input = vec![
-            ev(10, 0, "a"),
-            ev(100, 0, "b"),
-            ev(200, 0, "c"),
-            ev(20, 0, "late"),
-        ];
+        let input = events(&[(10, "a"), (100, "b"), (200, "c"), (20, "late")], 0);
         let out = ids(Reorder::new(input.into_iter(), 50, stats.clone()));
         assert_eq!(out, ["a", "b", "late", "c"]);
         assert_eq!(stats.lock().unwrap().late, 1);
@@ -379,8 +524,8 @@ mod tests {
 
     #[test]
     fn merge_is_stable_for_ties() {
-        let a = vec![ev(1, 0, "a1"), ev(5, 0, "a5"), ev(5, 0, "a5b")];
-        let b = vec![ev(1, 1, "b1"), ev(3, 1, "b3"), ev(5, 1, "b5")];
+        let a = events(&[(1, "a1"), (5, "a5"), (5, "a5b")], 0);
+        let b = events(&[(1, "b1"), (3, "b3"), (5, "b5")], 1);
         let out = ids(merge(vec![a.into_iter(), b.into_iter()]));
         assert_eq!(out, ["a1", "b1", "b3", "a5", "a5b", "b5"]);
     }
