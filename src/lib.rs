@@ -13,4 +13,5 @@ pub mod cli;
 pub mod eval;
 pub mod policy;
 pub mod replay;
+pub mod scenario;
 pub mod time;

@@ -5,6 +5,7 @@
 mod audit_cmd;
 mod policy_cmd;
 mod replay_cmd;
+mod scenario_cmd;
 
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -158,15 +159,23 @@ pub struct ReplayArgs {
     /// (e.g. 60s, 5m)
     #[arg(long, default_value = "60s")]
     pub reorder_window: String,
+    /// For a scenario input: check these invariants on each candidate's
+    /// decisions (exit 1 on a violation)
+    #[arg(long)]
+    pub invariants: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
 pub struct GenerateArgs {
     /// Scenario file
     pub scenario: PathBuf,
-    /// Output Parquet file
+    /// Output Parquet file (audit schema v1)
     #[arg(short, long)]
     pub output: PathBuf,
+    /// Simulate the agents' reactions against this policy (closed loop) and
+    /// record its decisions; without it, decisions are `unrecorded`
+    #[arg(long)]
+    pub policy: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -177,6 +186,18 @@ pub struct FuzzArgs {
     /// Invariants file
     #[arg(long)]
     pub invariants: PathBuf,
+    /// Number of generated cases
+    #[arg(long, default_value_t = 256)]
+    pub cases: u32,
+    /// Seed of the search (the same seed finds the same counterexample)
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Most calls in one generated case
+    #[arg(long, default_value_t = 64)]
+    pub max_events: usize,
+    /// Write the counterexample scenario here
+    #[arg(short, long)]
+    pub output: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -269,8 +290,8 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Proxy(_) => not_yet("proxy"),
         Command::Scan(_) => not_yet("scan"),
         Command::Replay(args) => replay_cmd::replay(&args),
-        Command::Generate(_) => not_yet("generate"),
-        Command::Fuzz(_) => not_yet("fuzz"),
+        Command::Generate(args) => scenario_cmd::generate(&args),
+        Command::Fuzz(args) => scenario_cmd::fuzz(&args),
         Command::Audit(AuditCommand::Verify { dir }) => audit_cmd::verify(&dir),
         Command::Audit(AuditCommand::Append {
             dir,

@@ -12,8 +12,16 @@ fn input_error(e: impl std::fmt::Display) -> ExitCode {
     ExitCode::from(EXIT_INPUT)
 }
 
+fn truncate_name(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        s.chars().take(n - 1).chain(['…']).collect()
+    }
+}
+
 /// Loads candidate policies, naming each by its file stem (made unique).
-fn candidates(paths: &[PathBuf]) -> Result<Vec<Candidate>, ExitCode> {
+pub(crate) fn candidates(paths: &[PathBuf]) -> Result<Vec<Candidate>, ExitCode> {
     let mut out: Vec<Candidate> = Vec::new();
     for path in paths {
         let policy = super::policy_cmd::load_policy(path)?;
@@ -95,16 +103,64 @@ pub fn replay(args: &ReplayArgs) -> ExitCode {
         Ok(b) => b,
         Err(code) => return code,
     };
-    let config = ReplayConfig {
-        approvals,
-        filter,
-        reorder_window_us,
-        decisions_out: args.decisions_out.clone(),
-        progress: true,
-    };
-    let report = match run_replay(&args.inputs, candidates, &config) {
-        Ok(r) => r,
-        Err(e) => return input_error(e),
+    let is_scenario = |p: &PathBuf| p.extension().is_some_and(|x| x == "yaml" || x == "yml");
+    let scenarios = args.inputs.iter().filter(|p| is_scenario(p)).count();
+    let mut violations = Vec::new();
+    let report = if scenarios > 0 {
+        if scenarios != 1 || args.inputs.len() != 1 {
+            return input_error(
+                "replay one scenario file at a time (its agents react to each candidate's decisions); recorded logs go in a separate run",
+            );
+        }
+        if args.decisions_out.is_some() {
+            return input_error(
+                "--decisions-out applies to recorded logs; use `flightrec generate --policy` for a scenario",
+            );
+        }
+        let scenario = match super::scenario_cmd::load_scenario(&args.inputs[0]) {
+            Ok(s) => s,
+            Err(c) => return c,
+        };
+        let invariants = match &args.invariants {
+            Some(p) => match super::scenario_cmd::load_invariants(p) {
+                Ok(i) => i,
+                Err(c) => return c,
+            },
+            None => Vec::new(),
+        };
+        let (report, events) = crate::replay::scenario::replay_scenario(
+            &scenario,
+            &args.inputs[0].display().to_string(),
+            &candidates,
+            approvals,
+        );
+        for (c, ev) in candidates.iter().zip(&events) {
+            if let Some(v) = crate::scenario::invariants::check(&invariants, ev) {
+                violations.push(format!(
+                    "{}: invariant \"{}\" broken at call {}: {}",
+                    c.name,
+                    v.invariant,
+                    v.event + 1,
+                    v.message
+                ));
+            }
+        }
+        report
+    } else {
+        if args.invariants.is_some() {
+            return input_error("--invariants applies to scenario inputs");
+        }
+        let config = ReplayConfig {
+            approvals,
+            filter,
+            reorder_window_us,
+            decisions_out: args.decisions_out.clone(),
+            progress: true,
+        };
+        match run_replay(&args.inputs, candidates, &config) {
+            Ok(r) => r,
+            Err(e) => return input_error(e),
+        }
     };
     let text = render(&report, &args.format);
     match &args.output {
@@ -115,6 +171,12 @@ pub fn replay(args: &ReplayArgs) -> ExitCode {
             eprintln!("report written to {}", path.display());
         }
         None => print!("{text}"),
+    }
+    for v in &violations {
+        eprintln!("VIOLATION {v}");
+    }
+    if !violations.is_empty() {
+        return ExitCode::from(EXIT_FINDING);
     }
     if args.fail_on_change && report.has_changes() {
         eprintln!("replay: decisions differ from the recording (--fail-on-change)");
@@ -170,6 +232,65 @@ pub fn demo() -> ExitCode {
         Err(e) => return input_error(e),
     };
     print!("{}", report.to_table());
+
+    // Generated runaway scenarios, closed loop against each policy.
+    let mut scenarios: Vec<PathBuf> = std::fs::read_dir(root.join("scenarios"))
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    p.extension().is_some_and(|x| x == "yaml") && !p.ends_with("invariants.yaml")
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    scenarios.sort();
+    let invariants =
+        match super::scenario_cmd::load_invariants(&root.join("scenarios/invariants.yaml")) {
+            Ok(i) => i,
+            Err(c) => return c,
+        };
+    if !scenarios.is_empty() {
+        println!("\n== scenarios (simulated closed loop: agents react to each policy's refusals)");
+        println!(
+            "{:<34} {:<18} {:>8} {:>8} {:>8}  invariants (scenarios/invariants.yaml)",
+            "scenario", "policy", "calls", "through", "retries"
+        );
+    }
+    let scenario_candidates = match self::candidates(&policies) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    for path in &scenarios {
+        let scenario = match super::scenario_cmd::load_scenario(path) {
+            Ok(s) => s,
+            Err(c) => return c,
+        };
+        let (report, events) = crate::replay::scenario::replay_scenario(
+            &scenario,
+            &path.display().to_string(),
+            &scenario_candidates,
+            ApprovalMode::Deny,
+        );
+        for (c, ev) in report.candidates.iter().zip(&events) {
+            let calls: u64 = c.agents_made.iter().map(|a| a.calls).sum();
+            let through: u64 = c.agents_made.iter().map(|a| a.allowed).sum();
+            let retries: u64 = c.agents_made.iter().map(|a| a.retries).sum();
+            let verdict = match crate::scenario::invariants::check(&invariants, ev) {
+                None => "hold".to_string(),
+                Some(v) => format!("BROKEN: {} ({})", v.invariant, v.message),
+            };
+            println!(
+                "{:<34} {:<18} {:>8} {:>8} {:>8}  {}",
+                truncate_name(&scenario.name, 34),
+                truncate_name(&c.policy, 18),
+                calls,
+                through,
+                retries,
+                verdict
+            );
+        }
+    }
     println!(
         "\nNext: `flightrec replay recordings --policy policies/strict.yaml --format html -o report.html` for a page with a timeline."
     );

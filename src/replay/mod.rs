@@ -11,6 +11,7 @@
 pub mod decisions;
 pub mod engine;
 pub mod report;
+pub mod scenario;
 pub mod source;
 
 pub use engine::{Candidate, ReplayConfig, ReplayError, replay, run_events};

@@ -119,6 +119,18 @@ pub struct CandidateReport {
     pub assumed_successful: u64,
     pub timeline_bucket_seconds: u64,
     pub timeline: Vec<Bucket>,
+    /// For scenario inputs: per agent, calls made (retries included) and
+    /// how many got through.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub agents_made: Vec<AgentCalls>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AgentCalls {
+    pub agent: String,
+    pub calls: u64,
+    pub allowed: u64,
+    pub retries: u64,
 }
 
 /// Accumulates one candidate's report while events stream past. Memory grows
@@ -300,6 +312,7 @@ impl Accumulator {
                     counts,
                 })
                 .collect(),
+            agents_made: Vec::new(),
         }
     }
 }
@@ -448,6 +461,13 @@ impl Report {
                         ch.examples.join(", ")
                     );
                 }
+            }
+            for a in &c.agents_made {
+                let _ = writeln!(
+                    s,
+                    "  agent {} made {} call(s) ({} retries); {} got through",
+                    a.agent, a.calls, a.retries, a.allowed
+                );
             }
             if c.assumed_successful > 0 {
                 let _ = writeln!(
