@@ -344,10 +344,9 @@ fn compile_matcher(node: &Node, what: &str) -> Result<(Policy, Option<String>), 
             ),
             "agent" => {
                 let glob = v.scalar_text().unwrap_or_default();
-                let re = globset::Glob::new(glob)
-                    .map_err(|e| bad(v.pos, format!("{what}.match.agent: {e}")))?
-                    .regex()
-                    .to_string();
+                globset::Glob::new(glob)
+                    .map_err(|e| bad(v.pos, format!("{what}.match.agent: {e}")))?;
+                let re = glob_regex(glob);
                 when.push(serde_json::json!({"path": "call.agent", "op": "regex", "value": re}));
             }
             "conditions" => match v.to_json() {
@@ -388,5 +387,40 @@ fn compile_matcher(node: &Node, what: &str) -> Result<(Policy, Option<String>), 
                 hint: p.hint.clone(),
             })
             .collect()),
+    }
+}
+
+/// A glob (`*`, `?`, `[…]`) as an anchored regex for a `call.agent` condition.
+fn glob_regex(glob: &str) -> String {
+    let mut re = String::from("^");
+    let mut in_class = false;
+    for c in glob.chars() {
+        match c {
+            '[' if !in_class => {
+                in_class = true;
+                re.push('[');
+            }
+            ']' if in_class => {
+                in_class = false;
+                re.push(']');
+            }
+            _ if in_class => re.push(c),
+            '*' => re.push_str(".*"),
+            '?' => re.push('.'),
+            other => re.push_str(&regex::escape(&other.to_string())),
+        }
+    }
+    re.push('$');
+    re
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn globs_become_anchored_regexes() {
+        let re = regex::Regex::new(&super::glob_regex("agent-*.x?[ab]")).unwrap();
+        assert!(re.is_match("agent-7.xya"));
+        assert!(!re.is_match("my-agent-7.xya"));
+        assert!(!re.is_match("agent-7.xyc"));
     }
 }

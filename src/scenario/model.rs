@@ -463,8 +463,11 @@ impl L<'_> {
                         let tool = get(lm, "tool").and_then(|v| self.text(v, &format!("{w}.tool")));
                         let every =
                             get(lm, "every").and_then(|v| self.duration(v, &format!("{w}.every")));
-                        if tool.is_none() || every.is_none() {
+                        if get(lm, "tool").is_none() || get(lm, "every").is_none() {
                             self.err(l.pos, format!("{w}: tool and every are required"));
+                            continue;
+                        }
+                        if tool.is_none() || every.is_none() {
                             continue;
                         }
                         let start = get(lm, "start")
@@ -493,7 +496,7 @@ impl L<'_> {
                 _ => self.err(list.pos, format!("{what}.loops must be a list")),
             }
         }
-        if arrival.is_none() && loops.is_empty() {
+        if get(m, "arrival").is_none() && get(m, "loops").is_none() {
             self.err(
                 n.pos,
                 format!("{what}: give an `arrival` process (with a `mix`) or `loops`"),
