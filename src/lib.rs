@@ -12,6 +12,7 @@ pub mod audit;
 pub mod cli;
 pub mod eval;
 pub mod policy;
+pub mod proxy;
 pub mod replay;
 pub mod scenario;
 pub mod time;

@@ -264,7 +264,7 @@ fn unbuilt_commands_say_so_with_exit_2_and_help_lists_all() {
     ] {
         assert!(text.contains(cmd), "--help lists {cmd}");
     }
-    let out = run(&["fuzz", "--policy", "p", "--invariants", "i"]);
+    let out = run(&["scan", "--", "some-server"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("not implemented yet"));
 }

@@ -35,7 +35,7 @@ pub fn verify(dir: &Path) -> ExitCode {
 }
 
 /// Reports what opening an audit directory recovered, on stderr.
-pub(crate) fn report_recovery(rec: &Recorder) {
+pub fn report_recovery(rec: &Recorder) {
     let r = rec.recovery();
     if r.rows_recovered > 0 || r.interrupted > 0 {
         eprintln!(

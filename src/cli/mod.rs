@@ -86,7 +86,7 @@ pub enum PolicyCommand {
 
 #[derive(Debug, Args)]
 pub struct ProxyArgs {
-    /// The policy to enforce
+    /// The policy to enforce (reloaded on SIGHUP)
     #[arg(long)]
     pub policy: PathBuf,
     /// Directory of the Parquet audit log
@@ -95,6 +95,23 @@ pub struct ProxyArgs {
     /// Agent id recorded for every call (default: the client's name)
     #[arg(long)]
     pub agent: Option<String>,
+    /// Server name recorded for every call (default: the server's serverInfo.name)
+    #[arg(long)]
+    pub server_name: Option<String>,
+    /// Candidate policies evaluated without enforcing; verdicts go to the
+    /// audit log's `shadow` column (repeatable)
+    #[arg(long = "shadow-policy")]
+    pub shadow_policies: Vec<PathBuf>,
+    /// Redact argument values in the audit log: a JSON Pointer, `*` for any
+    /// key (e.g. /password, /credentials/*); repeatable
+    #[arg(long)]
+    pub redact: Vec<String>,
+    /// Refuse client messages longer than this
+    #[arg(long, default_value_t = 16 * 1024 * 1024)]
+    pub max_message_bytes: usize,
+    /// How long the server gets to exit after the client leaves or a signal
+    #[arg(long, default_value = "5s")]
+    pub grace: String,
     /// Listen address for the Streamable HTTP proxy (e.g. 127.0.0.1:8080)
     #[arg(long)]
     pub listen: Option<String>,
@@ -287,7 +304,7 @@ pub fn run(cli: Cli) -> ExitCode {
             calls,
             keep_going,
         }) => policy_cmd::eval(&policy, calls.as_deref(), keep_going),
-        Command::Proxy(_) => not_yet("proxy"),
+        Command::Proxy(args) => proxy_cmd(&args),
         Command::Scan(_) => not_yet("scan"),
         Command::Replay(args) => replay_cmd::replay(&args),
         Command::Generate(args) => scenario_cmd::generate(&args),
@@ -304,6 +321,68 @@ pub fn run(cli: Cli) -> ExitCode {
         }
         Command::Demo(_) => replay_cmd::demo(),
     }
+}
+
+fn proxy_cmd(args: &ProxyArgs) -> ExitCode {
+    if args.listen.is_some() || args.upstream.is_some() {
+        return not_yet("proxy --listen/--upstream (Streamable HTTP)");
+    }
+    if args.command.is_empty() {
+        eprintln!(
+            "error: give the MCP server command after `--`, e.g. flightrec proxy --policy p.yaml -- npx server"
+        );
+        return ExitCode::from(EXIT_INPUT);
+    }
+    let mut redact = Vec::new();
+    for r in &args.redact {
+        match r.parse() {
+            Ok(p) => redact.push(p),
+            Err(e) => {
+                eprintln!("error: --redact: {e}");
+                return ExitCode::from(EXIT_INPUT);
+            }
+        }
+    }
+    let grace = match crate::policy::parse_duration_us(&args.grace) {
+        Ok(us) => std::time::Duration::from_micros(us as u64),
+        Err(e) => {
+            eprintln!("error: --grace {e}");
+            return ExitCode::from(EXIT_INPUT);
+        }
+    };
+    let config = crate::proxy::ProxyConfig {
+        policy_path: args.policy.clone(),
+        audit_dir: args.audit_dir.clone(),
+        agent: args.agent.clone(),
+        server_name: args.server_name.clone(),
+        shadow_paths: args.shadow_policies.clone(),
+        redact,
+        max_message_bytes: args.max_message_bytes,
+        grace,
+        command: args.command.clone(),
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(EXIT_INPUT);
+        }
+    };
+    match runtime.block_on(crate::proxy::run(config)) {
+        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_INPUT)
+        }
+    }
+}
+
+/// Reports on stderr what opening an audit directory recovered.
+pub fn report_recovery_public(rec: &crate::audit::Recorder) {
+    audit_cmd::report_recovery(rec);
 }
 
 fn not_yet(command: &str) -> ExitCode {

@@ -138,6 +138,26 @@ impl PolicyState {
         }
     }
 
+    /// State for a reloaded policy: counters whose definition is unchanged
+    /// (same identity, window and scope) keep their counts; others start at
+    /// zero. Reservations taken before the reload still settle against the
+    /// old state, which is dropped: their calls count in the carried-over
+    /// counters and a rollback of them is lost (conservative).
+    pub fn migrate(&mut self, old: &Policy, new: &Policy) -> PolicyState {
+        let mut next = PolicyState::new(new);
+        next.next_entry = self.next_entry;
+        for (i, def) in new.counters().iter().enumerate() {
+            if let Some(j) = old.counters().iter().position(|o| {
+                o.identity == def.identity && o.window == def.window && o.scope == def.scope
+            }) && j < self.slots.len()
+            {
+                next.slots[i] = std::mem::take(&mut self.slots[j]);
+            }
+        }
+        next.live_slots = next.slot_count();
+        next
+    }
+
     /// Keeps or rolls back a decided call's reservations.
     pub fn settle(&mut self, reservation: Reservation, roll_back: bool) {
         if roll_back {
@@ -422,6 +442,40 @@ mod tests {
         assert_eq!(s.slot_count(), 100);
         s.sweep(10 * SEC);
         assert_eq!(s.slot_count(), 0);
+    }
+
+    #[test]
+    fn reload_keeps_counts_of_unchanged_counters_only() {
+        let load = |y: &str| Policy::from_yaml(y, "p.yaml").unwrap().0;
+        let old = load(
+            "version: \"1\"\ntools:\n  t:\n    rules:\n      - {name: a, rate_limit: 2/minute}\n      - {name: b, rate_limit: {max: 5, window: 60s}}\n",
+        );
+        let new = load(
+            "version: \"1\"\ntools:\n  t:\n    rules:\n      - {name: a, rate_limit: 2/minute}\n      - {name: b, rate_limit: {max: 5, window: 90s}}\n",
+        );
+        let mut s = PolicyState::new(&old);
+        let args = serde_json::json!({});
+        let call = crate::policy::Call {
+            ts_us: 0,
+            session: "s",
+            agent: "a",
+            server: "x",
+            tool: "t",
+            category: None,
+            risk: None,
+            args: &args,
+        };
+        for _ in 0..2 {
+            let d = old.decide(&mut s, &call);
+            s.settle(d.reservation, false);
+        }
+        let mut migrated = s.migrate(&old, &new);
+        // Rule a kept its count (2 of 2 used); rule b's window changed: reset.
+        assert_eq!(
+            new.decide(&mut migrated, &call).verdict,
+            crate::policy::Verdict::Throttle
+        );
+        assert_eq!(migrated.read(1, "t", 0), 0);
     }
 
     #[test]

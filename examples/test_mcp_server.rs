@@ -1,0 +1,108 @@
+//! A small MCP server over stdio, for flightrec's integration tests and the
+//! latency benchmark. It speaks both lifecycles (2025-11-25 `initialize`,
+//! 2026-07-28 `server/discover` with `_meta`) and offers:
+//! - `copy_image_set` (a write, no annotations' readOnly/destructive hints),
+//! - `list_image_sets` (readOnlyHint),
+//! - `delete_image_set` (destructiveHint),
+//! - `slow_tool` (sleeps `ms` milliseconds),
+//! - `failing_tool` (answers with a JSON-RPC error),
+//! - `erroring_tool` (answers with an `isError` result).
+//!
+//! `exit_now` makes the process exit at once with status 3 (upstream gone).
+
+use serde_json::{Value, json};
+use std::io::{BufRead, Write};
+
+fn tools() -> Value {
+    json!([
+        {"name": "copy_image_set", "description": "Copy an image set", "inputSchema": {"type": "object"},
+         "annotations": {"readOnlyHint": false, "destructiveHint": false}},
+        {"name": "list_image_sets", "description": "List image sets", "inputSchema": {"type": "object"},
+         "annotations": {"readOnlyHint": true}},
+        {"name": "delete_image_set", "description": "Delete an image set", "inputSchema": {"type": "object"},
+         "annotations": {"readOnlyHint": false, "destructiveHint": true}},
+        {"name": "slow_tool", "description": "Sleeps", "inputSchema": {"type": "object"}},
+        {"name": "failing_tool", "description": "Fails with a JSON-RPC error", "inputSchema": {"type": "object"}},
+        {"name": "erroring_tool", "description": "Fails with an isError result", "inputSchema": {"type": "object"}},
+        {"name": "exit_now", "description": "Exits", "inputSchema": {"type": "object"}}
+    ])
+}
+
+fn main() {
+    let stdin = std::io::stdin();
+    let mut out = std::io::stdout().lock();
+    for line in stdin.lock().lines() {
+        let Ok(line) = line else { break };
+        let Ok(msg) = serde_json::from_str::<Value>(&line) else {
+            continue;
+        };
+        let Some(id) = msg.get("id").cloned() else {
+            continue;
+        }; // notifications
+        let method = msg
+            .get("method")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let params = msg.get("params").cloned().unwrap_or(Value::Null);
+        let modern = params
+            .get("_meta")
+            .and_then(|m| m.get("io.modelcontextprotocol/protocolVersion"))
+            .is_some();
+        let server_meta = json!({"io.modelcontextprotocol/serverInfo": {"name": "flightrec-test-server", "version": "1"}});
+        let mut result = match method {
+            "initialize" => Ok(json!({
+                "protocolVersion": params.get("protocolVersion").cloned().unwrap_or(json!("2025-11-25")),
+                "capabilities": {"tools": {"listChanged": false}},
+                "serverInfo": {"name": "flightrec-test-server", "version": "1"}
+            })),
+            "server/discover" => Ok(json!({
+                "capabilities": {"tools": {"listChanged": false}},
+                "supportedVersions": ["2026-07-28"],
+                "ttlMs": 0,
+                "cacheScope": "private",
+                "_meta": server_meta,
+            })),
+            "ping" => Ok(json!({})),
+            "tools/list" => Ok(json!({"tools": tools()})),
+            "tools/call" => {
+                let name = params
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                let args = params.get("arguments").cloned().unwrap_or(json!({}));
+                match name {
+                    "slow_tool" => {
+                        let ms = args.get("ms").and_then(Value::as_u64).unwrap_or(200);
+                        std::thread::sleep(std::time::Duration::from_millis(ms));
+                        Ok(json!({"content": [{"type": "text", "text": format!("slept {ms} ms")}]}))
+                    }
+                    "failing_tool" => Err((-32000, "the tool failed before running")),
+                    "erroring_tool" => Ok(
+                        json!({"content": [{"type": "text", "text": "Error executing tool erroring_tool"}], "isError": true}),
+                    ),
+                    "exit_now" => std::process::exit(3),
+                    "copy_image_set" | "list_image_sets" | "delete_image_set" => Ok(
+                        json!({"content": [{"type": "text", "text": format!("{name} ok: {args}")}]}),
+                    ),
+                    _ => Ok(
+                        json!({"content": [{"type": "text", "text": format!("unknown tool {name}")}], "isError": true}),
+                    ),
+                }
+            }
+            _ => Err((-32601, "Method not found")),
+        };
+        if modern && let Ok(r) = &mut result {
+            r["resultType"] = json!("complete");
+        }
+        // Like server-everything: keys in an unusual order (jsonrpc last).
+        let reply = match result {
+            Ok(r) => json!({"result": r, "id": id, "jsonrpc": "2.0"}),
+            Err((code, message)) => {
+                json!({"error": {"code": code, "message": message}, "id": id, "jsonrpc": "2.0"})
+            }
+        };
+        if writeln!(out, "{reply}").and_then(|_| out.flush()).is_err() {
+            break;
+        }
+    }
+}
