@@ -60,7 +60,7 @@ fn main() {
                 "supportedVersions": ["2026-07-28"],
                 "ttlMs": 0,
                 "cacheScope": "private",
-                "_meta": server_meta,
+                "_meta": server_meta.clone(),
             })),
             "ping" => Ok(json!({})),
             "tools/list" => Ok(json!({"tools": tools()})),
@@ -93,6 +93,12 @@ fn main() {
         };
         if modern && let Ok(r) = &mut result {
             r["resultType"] = json!("complete");
+            r["_meta"] = server_meta.clone();
+            if method == "tools/list" {
+                // 2026-07-28 list results carry caching hints.
+                r["cacheScope"] = json!("private");
+                r["ttlMs"] = json!(0);
+            }
         }
         // Like server-everything: keys in an unusual order (jsonrpc last).
         let reply = match result {

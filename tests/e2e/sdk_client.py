@@ -1,0 +1,33 @@
+"""A scripted MCP client using the official Python SDK (mcp 2.x): it launches
+`flightrec proxy … -- SERVER…` over stdio, lists tools, makes the calls given
+as JSON, and prints what it received as one JSON object.
+
+usage: sdk_client.py MODE CALLS_JSON -- COMMAND ARGS…   (MODE: auto | legacy)
+"""
+import asyncio
+import json
+import sys
+
+from mcp import Client, StdioServerParameters
+
+
+async def main():
+    mode = sys.argv[1]
+    calls = json.loads(sys.argv[2])
+    cmd = sys.argv[sys.argv.index("--") + 1 :]
+    params = StdioServerParameters(command=cmd[0], args=cmd[1:])
+    out = {"tools": [], "calls": []}
+    async with Client(params, mode=mode) as client:
+        tools = await client.list_tools()
+        out["tools"] = sorted(t.name for t in tools.tools)
+        for call in calls:
+            try:
+                r = await client.call_tool(call["tool"], call.get("args", {}))
+                text = " ".join(getattr(c, "text", "") for c in r.content)
+                out["calls"].append({"tool": call["tool"], "isError": bool(r.is_error), "text": text})
+            except Exception as e:  # JSON-RPC errors surface as exceptions
+                out["calls"].append({"tool": call["tool"], "error": str(e)})
+    print(json.dumps(out))
+
+
+asyncio.run(main())

@@ -1,0 +1,539 @@
+//! The stdio proxy with real parts: the official MCP Python SDK (`mcp` 2.x)
+//! as the client in both lifecycles, and as servers the Rust test server,
+//! `@modelcontextprotocol/server-everything` (npm) and
+//! `awslabs.healthimaging-mcp-server` (PyPI). `.ci/run` installs them into
+//! `.venv-sdk`, `.test-deps` and `.venv-hi`.
+
+use flightrec::audit::layout;
+use flightrec::audit::schema::{AuditRow, BatchView};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn flightrec() -> &'static str {
+    env!("CARGO_BIN_EXE_flightrec")
+}
+
+/// The Rust test server, built by `cargo test` as an example.
+fn test_server() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap();
+    let p = dir.join("examples/test_mcp_server");
+    assert!(
+        p.exists(),
+        "{} missing: cargo test builds examples",
+        p.display()
+    );
+    p
+}
+
+fn need(path: PathBuf) -> PathBuf {
+    assert!(
+        path.exists(),
+        "{} is missing: run `bash .ci/run`, which installs the test peers",
+        path.display()
+    );
+    path
+}
+
+fn sdk_python() -> PathBuf {
+    need(root().join(".venv-sdk/bin/python"))
+}
+
+fn rows(dir: &Path) -> Vec<AuditRow> {
+    layout::data_files(dir)
+        .unwrap()
+        .iter()
+        .flat_map(|f| {
+            let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(f).unwrap())
+                .unwrap()
+                .build()
+                .unwrap();
+            reader
+                .flat_map(|b| BatchView::new(&b.unwrap()).rows().unwrap())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// Runs the SDK client through the proxy; returns what the client saw.
+fn sdk(
+    mode: &str,
+    policy: &Path,
+    audit: &Path,
+    calls: Value,
+    server: &[&str],
+    extra: &[&str],
+) -> Value {
+    let mut cmd = Command::new(sdk_python());
+    cmd.arg(root().join("tests/e2e/sdk_client.py"))
+        .arg(mode)
+        .arg(calls.to_string())
+        .arg("--")
+        .arg(flightrec());
+    cmd.args([
+        "proxy",
+        "--policy",
+        policy.to_str().unwrap(),
+        "--audit-dir",
+        audit.to_str().unwrap(),
+    ]);
+    cmd.args(extra).arg("--").args(server);
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "client failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+const POLICY: &str = r#"
+version: "1"
+hide: [exit_now]
+tools:
+  copy_image_set:
+    rules:
+      - name: two copies per session
+        rate_limit: {max: 2, window: 60s, per: session}
+  delete_image_set:
+    rules:
+      - name: no deletes
+        action: deny
+        reason: "deleting image sets is not allowed for agents"
+  slow_tool:
+    rules:
+      - name: a human decides
+        action: require_approval
+"#;
+
+fn write_policy(dir: &Path, text: &str) -> PathBuf {
+    let p = dir.join("policy.yaml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn sdk_through_the_proxy_in_both_lifecycles() {
+    for mode in ["auto", "legacy"] {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = write_policy(dir.path(), POLICY);
+        let audit = dir.path().join("audit");
+        let calls = json!([
+            {"tool": "list_image_sets"},
+            {"tool": "copy_image_set", "args": {"sourceImageSetId": "a", "password": "hunter2"}},
+            {"tool": "copy_image_set", "args": {"sourceImageSetId": "b"}},
+            {"tool": "copy_image_set", "args": {"sourceImageSetId": "c"}},
+            {"tool": "delete_image_set", "args": {"imageSetId": "x"}},
+            {"tool": "slow_tool", "args": {"ms": 1}},
+            {"tool": "failing_tool"},
+            {"tool": "erroring_tool"},
+        ]);
+        let server = test_server();
+        let seen = sdk(
+            mode,
+            &policy,
+            &audit,
+            calls,
+            &[server.to_str().unwrap()],
+            &["--redact", "/password", "--agent", "imaging-assistant"],
+        );
+        let tools: Vec<&str> = seen["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_str().unwrap())
+            .collect();
+        assert!(
+            !tools.contains(&"exit_now"),
+            "{mode}: hidden tools are removed from tools/list"
+        );
+        assert!(
+            !tools.contains(&"delete_image_set"),
+            "{mode}: always-denied tools too"
+        );
+        assert!(tools.contains(&"copy_image_set"));
+        let c = seen["calls"].as_array().unwrap();
+        assert_eq!(c[0]["isError"], false, "{mode}: {}", c[0]);
+        assert_eq!(c[1]["isError"], false);
+        assert_eq!(c[2]["isError"], false);
+        assert_eq!(c[3]["isError"], true, "third copy throttled");
+        assert!(
+            c[3]["text"]
+                .as_str()
+                .unwrap()
+                .contains("throttled by policy rule \"two copies per session\""),
+            "{}",
+            c[3]
+        );
+        assert!(c[3]["text"].as_str().unwrap().contains("Retry after"));
+        assert!(
+            c[4]["text"]
+                .as_str()
+                .unwrap()
+                .contains("deleting image sets is not allowed for agents")
+        );
+        assert!(c[5]["text"].as_str().unwrap().contains("requires approval"));
+        assert!(
+            c[6].get("error").is_some(),
+            "{mode}: a JSON-RPC error reaches the client: {}",
+            c[6]
+        );
+        assert_eq!(c[7]["isError"], true);
+
+        let rows = rows(&audit);
+        let session = &rows[0].session_id;
+        assert!(
+            rows.iter()
+                .all(|r| &r.session_id == session && r.agent_id == "imaging-assistant")
+        );
+        assert!(
+            rows.iter().all(|r| r.client_name.as_deref() == Some("mcp")),
+            "{mode}: client info from both lifecycles"
+        );
+        let methods: Vec<&str> = rows.iter().map(|r| r.method.as_str()).collect();
+        if mode == "auto" {
+            assert!(methods.contains(&"server/discover"), "{methods:?}");
+        } else {
+            assert!(methods.contains(&"initialize"), "{methods:?}");
+        }
+        let call = |tool: &str, n: usize| {
+            rows.iter()
+                .filter(|r| r.tool.as_deref() == Some(tool))
+                .nth(n)
+                .unwrap()
+                .clone()
+        };
+        let first_copy = call("copy_image_set", 0);
+        assert_eq!(
+            (first_copy.decision.as_str(), first_copy.outcome.as_str()),
+            ("allow", "ok")
+        );
+        assert!(
+            first_copy
+                .args_json
+                .as_deref()
+                .unwrap()
+                .contains("[redacted:"),
+            "redacted in the log"
+        );
+        assert!(!first_copy.args_json.as_deref().unwrap().contains("hunter2"));
+        assert!(first_copy.latency_us.is_some());
+        assert_eq!(first_copy.category.as_deref(), Some("write"));
+        let third = call("copy_image_set", 2);
+        assert_eq!(
+            (third.decision.as_str(), third.outcome.as_str()),
+            ("throttle", "not_forwarded")
+        );
+        assert_eq!(third.rule.as_deref(), Some("two copies per session"));
+        assert_eq!(call("delete_image_set", 0).decision, "deny");
+        assert_eq!(call("slow_tool", 0).decision, "approval");
+        assert_eq!(call("failing_tool", 0).outcome, "rpc_error");
+        assert_eq!(call("failing_tool", 0).error_code, Some(-32000));
+        assert_eq!(call("erroring_tool", 0).outcome, "tool_error");
+        assert_eq!(
+            call("list_image_sets", 0).category.as_deref(),
+            Some("read"),
+            "from readOnlyHint"
+        );
+        let v = Command::new(flightrec())
+            .args(["audit", "verify", audit.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
+
+        // Replaying the live log with the same policy reproduces every decision.
+        let r = Command::new(flightrec())
+            .args([
+                "replay",
+                audit.to_str().unwrap(),
+                "--policy",
+                policy.to_str().unwrap(),
+                "--format",
+                "json",
+            ])
+            .output()
+            .unwrap();
+        let report: Value = serde_json::from_slice(&r.stdout).unwrap();
+        let d = &report["candidates"][0]["diff"];
+        assert_eq!(d["compared"], d["unchanged"], "{mode}: {d}");
+    }
+}
+
+#[test]
+fn sdk_with_server_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = write_policy(
+        dir.path(),
+        "version: \"1\"\nhide: [trigger-long-running-operation]\ntools:\n  echo:\n    rules:\n      - name: no secrets\n        conditions: [{path: args.message, op: regex, value: \"^[^@]*$\"}]\n",
+    );
+    let audit = dir.path().join("audit");
+    let server = need(
+        root()
+            .join(".test-deps/node_modules/@modelcontextprotocol/server-everything/dist/index.js"),
+    );
+    let calls = json!([{"tool": "echo", "args": {"message": "hi"}}, {"tool": "echo", "args": {"message": "me@example.com"}}]);
+    let seen = sdk(
+        "auto",
+        &policy,
+        &audit,
+        calls,
+        &["node", server.to_str().unwrap(), "stdio"],
+        &[],
+    );
+    let tools: Vec<&str> = seen["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    assert!(
+        tools.contains(&"echo") && !tools.contains(&"trigger-long-running-operation"),
+        "{tools:?}"
+    );
+    assert_eq!(seen["calls"][0]["text"], "Echo: hi");
+    assert!(
+        seen["calls"][1]["text"]
+            .as_str()
+            .unwrap()
+            .contains("no secrets")
+    );
+    let rows = rows(&audit);
+    // The SDK probes server/discover, server-everything refuses it (-32601),
+    // the SDK falls back to initialize: both pass through and are recorded.
+    let discover = rows
+        .iter()
+        .find(|r| r.method == "server/discover")
+        .expect("server/discover row");
+    assert_eq!(
+        (discover.outcome.as_str(), discover.error_code),
+        ("rpc_error", Some(-32601))
+    );
+    assert!(
+        rows.iter()
+            .any(|r| r.method == "initialize" && r.outcome == "ok")
+    );
+    let echo: Vec<&AuditRow> = rows
+        .iter()
+        .filter(|r| r.tool.as_deref() == Some("echo"))
+        .collect();
+    assert_eq!(echo.len(), 2);
+    assert_eq!(
+        (echo[0].decision.as_str(), echo[0].outcome.as_str()),
+        ("allow", "ok")
+    );
+    assert_eq!(echo[1].decision, "deny");
+    assert_eq!(
+        echo[0].server, "mcp-servers/everything",
+        "serverInfo.name from initialize"
+    );
+    assert_eq!(
+        echo[0].category.as_deref(),
+        Some("read"),
+        "annotations: readOnlyHint"
+    );
+}
+
+#[test]
+fn sdk_with_the_healthimaging_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = write_policy(
+        dir.path(),
+        "version: \"1\"\ntools:\n  copy_image_set:\n    rules:\n      - name: copy budget per session\n        rate_limit: {max: 1, window: 60s, per: session}\n",
+    );
+    let audit = dir.path().join("audit");
+    let server = need(root().join(".venv-hi/bin/awslabs.healthimaging-mcp-server"));
+    let args = json!({"datastore_id": "12345678901234567890123456789012", "source_image_set_id": "abcdefabcdefabcdefabcdefabcdefab",
+                      "source_datastore_id": "12345678901234567890123456789012", "copy_image_set_information": {"sourceImageSet": {"latestVersionId": "1"}}});
+    let calls =
+        json!([{"tool": "copy_image_set", "args": args}, {"tool": "copy_image_set", "args": args}]);
+    let env_server = [
+        "env",
+        "AWS_REGION=us-east-1",
+        "AWS_ACCESS_KEY_ID=AKIAFAKEFAKEFAKEFAKE",
+        "AWS_SECRET_ACCESS_KEY=fake/fake/fake",
+        "AWS_EC2_METADATA_DISABLED=true",
+        server.to_str().unwrap(),
+    ];
+    let seen = sdk("auto", &policy, &audit, calls, &env_server, &[]);
+    let tools = seen["tools"].as_array().unwrap();
+    assert!(tools.len() > 30, "the real server's tools: {}", tools.len());
+    // Offline, the real copy_image_set answers with an isError result.
+    assert_eq!(seen["calls"][0]["isError"], true);
+    assert!(
+        seen["calls"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("Error executing tool copy_image_set")
+    );
+    assert!(
+        seen["calls"][1]["text"]
+            .as_str()
+            .unwrap()
+            .contains("copy budget per session")
+    );
+    let rows = rows(&audit);
+    let copies: Vec<&AuditRow> = rows
+        .iter()
+        .filter(|r| r.tool.as_deref() == Some("copy_image_set"))
+        .collect();
+    assert_eq!(
+        (copies[0].decision.as_str(), copies[0].outcome.as_str()),
+        ("allow", "tool_error"),
+        "the tool ran: it counts"
+    );
+    assert_eq!(
+        (copies[1].decision.as_str(), copies[1].outcome.as_str()),
+        ("throttle", "not_forwarded")
+    );
+    assert_eq!(copies[0].server, "awslabs.healthimaging-mcp-server");
+    assert_eq!(
+        copies[0].category.as_deref(),
+        Some("write"),
+        "no annotations: the name heuristic"
+    );
+}
+
+/// Drives the proxy with raw frames (no SDK) for what a well-behaved client
+/// never sends.
+struct Raw {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Raw {
+    fn start(policy: &Path, audit: &Path, extra: &[&str]) -> Raw {
+        let mut child = Command::new(flightrec())
+            .args([
+                "proxy",
+                "--policy",
+                policy.to_str().unwrap(),
+                "--audit-dir",
+                audit.to_str().unwrap(),
+            ])
+            .args(extra)
+            .arg("--")
+            .arg(test_server())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for l in BufReader::new(stdout).lines() {
+                let Ok(l) = l else { break };
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        Raw { child, lines: rx }
+    }
+
+    fn send(&mut self, line: &str) {
+        let stdin = self.child.stdin.as_mut().unwrap();
+        stdin.write_all(line.as_bytes()).unwrap();
+        stdin.write_all(b"\n").unwrap();
+        stdin.flush().unwrap();
+    }
+
+    fn recv(&self) -> Value {
+        let l = self
+            .lines
+            .recv_timeout(Duration::from_secs(10))
+            .expect("an answer");
+        serde_json::from_str(&l).unwrap()
+    }
+}
+
+#[test]
+fn bad_frames_get_errors_and_rows_and_the_proxy_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = write_policy(dir.path(), POLICY);
+    let audit = dir.path().join("audit");
+    let mut p = Raw::start(&policy, &audit, &["--max-message-bytes", "200"]);
+    p.send("this is not json");
+    assert_eq!(p.recv()["error"]["code"], -32700);
+    p.send(&format!("{{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{{\"name\":\"copy_image_set\",\"arguments\":{{\"x\":\"{}\"}}}}}}", "y".repeat(500)));
+    assert_eq!(p.recv()["error"]["code"], -32600);
+    p.send(r#"{"jsonrpc":"2.0","id":2,"method":"some/future_method","params":{"x":1}}"#);
+    assert_eq!(
+        p.recv()["error"]["code"],
+        -32601,
+        "unknown methods pass through to the server"
+    );
+    p.send(r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"list_image_sets","arguments":{}}}"#);
+    assert_eq!(p.recv()["id"], 3, "still serving");
+    drop(p.child.stdin.take());
+    let status = p.child.wait().unwrap();
+    assert!(status.success());
+    let rows = rows(&audit);
+    let methods: Vec<&str> = rows.iter().map(|r| r.method.as_str()).collect();
+    assert_eq!(
+        methods.iter().filter(|m| **m == "<invalid>").count(),
+        2,
+        "{methods:?}"
+    );
+    assert!(methods.contains(&"some/future_method"));
+}
+
+#[test]
+fn child_exit_fails_in_flight_calls_and_exits_with_its_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = write_policy(dir.path(), "version: \"1\"\ntools: {}\n");
+    let audit = dir.path().join("audit");
+    let mut p = Raw::start(&policy, &audit, &[]);
+    p.send(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"exit_now","arguments":{}}}"#);
+    let answer = p.recv();
+    assert_eq!(answer["error"]["code"], -32603, "{answer}");
+    let status = p.child.wait().unwrap();
+    assert_eq!(status.code(), Some(3), "the server's exit status");
+    let rows = rows(&audit);
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].outcome, "upstream_gone");
+}
+
+#[test]
+fn kill_9_of_the_proxy_mid_call_leaves_an_interrupted_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = write_policy(dir.path(), "version: \"1\"\ntools: {}\n");
+    let audit = dir.path().join("audit");
+    let mut p = Raw::start(&policy, &audit, &[]);
+    p.send(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"list_image_sets","arguments":{}}}"#);
+    assert_eq!(p.recv()["id"], 1);
+    p.send(r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"slow_tool","arguments":{"ms":5000}}}"#);
+    std::thread::sleep(Duration::from_millis(300));
+    p.child.kill().unwrap(); // SIGKILL
+    p.child.wait().unwrap();
+    // Opening the directory again recovers both calls from the journal.
+    let out = Command::new(flightrec())
+        .args(["audit", "append", audit.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows = rows(&audit);
+    let slow = rows
+        .iter()
+        .find(|r| r.tool.as_deref() == Some("slow_tool"))
+        .expect("the forwarded call left a row");
+    assert_eq!(slow.outcome, "interrupted");
+    assert!(
+        rows.iter()
+            .any(|r| r.tool.as_deref() == Some("list_image_sets") && r.outcome == "ok")
+    );
+}
