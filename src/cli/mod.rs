@@ -361,17 +361,7 @@ fn proxy_cmd(args: &ProxyArgs) -> ExitCode {
         grace,
         command: args.command.clone(),
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::from(EXIT_INPUT);
-        }
-    };
-    match runtime.block_on(crate::proxy::run(config)) {
+    match crate::proxy::run(config) {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => {
             eprintln!("error: {e}");

@@ -51,6 +51,28 @@ pub struct ToolCallParams {
     pub meta: Option<Value>,
 }
 
+/// What the proxy reads of a `tools/call` result: whether it is an error,
+/// and its first text (other fields are skipped without being built).
+#[derive(Debug, Deserialize)]
+pub struct ToolResultHead {
+    #[serde(rename = "isError", default)]
+    pub is_error: Option<bool>,
+    #[serde(default)]
+    content: Vec<ContentHead>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ContentHead {
+    #[serde(default)]
+    text: Option<String>,
+}
+
+impl ToolResultHead {
+    pub fn first_text(&self) -> Option<&str> {
+        self.content.iter().find_map(|c| c.text.as_deref())
+    }
+}
+
 /// Client identity from `initialize` params or a 2026-07-28 `_meta`.
 pub fn client_info(method: &str, params: Option<&RawValue>) -> Option<(String, Option<String>)> {
     let params: Value = serde_json::from_str(params?.get()).ok()?;

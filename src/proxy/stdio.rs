@@ -17,13 +17,13 @@ use crate::policy::{Call, Category, Decision, Policy, PolicyState, Reservation, 
 use crate::proxy::jsonrpc::{self, Envelope, ToolCallParams};
 use serde_json::{Value, json};
 use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::process::{Child, ChildStdin, Command};
+use std::sync::mpsc;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, Command};
-use tokio::sync::mpsc;
 
 /// How the proxy was started.
 #[derive(Debug, Clone)]
@@ -64,7 +64,6 @@ struct Pending {
     /// Journaled with `Recorder::begin` (allowed tool calls).
     begun: bool,
     tools_list: bool,
-    modern: bool,
 }
 
 struct Live {
@@ -81,7 +80,8 @@ struct Live {
     server_fixed: bool,
     categories: Mutex<HashMap<String, Category>>,
     pending: Mutex<HashMap<String, Pending>>,
-    out: mpsc::UnboundedSender<Vec<u8>>,
+    /// The client's stdout: forwarded and synthesized frames, one at a time.
+    out: Mutex<std::io::Stdout>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -144,7 +144,8 @@ impl Live {
     }
 
     fn send(&self, frame: Vec<u8>) {
-        let _ = self.out.send(frame);
+        let mut out = lock(&self.out);
+        let _ = out.write_all(&frame).and_then(|_| out.flush());
     }
 
     /// Records a finished row; a failing audit log is reported, never silent.
@@ -171,9 +172,20 @@ impl Live {
     }
 }
 
+/// What the supervising thread waits for.
+enum Event {
+    ChildExited(std::io::Result<std::process::ExitStatus>),
+    ClientGone,
+    Signal(i32),
+}
+
 /// Runs the proxy until the client or the server goes away; returns the
 /// exit code (the server's).
-pub async fn run(config: ProxyConfig) -> Result<i32, ProxyError> {
+///
+/// One thread per direction does all the work for a frame (read, decide,
+/// record, write), so a call crosses no thread or runtime handoff: the added
+/// latency is the proxy's own work plus the journal write.
+pub fn run(config: ProxyConfig) -> Result<i32, ProxyError> {
     let policy = Policy::load(&config.policy_path)?;
     let mut shadows = Vec::new();
     for p in &config.shadow_paths {
@@ -198,20 +210,24 @@ pub async fn run(config: ProxyConfig) -> Result<i32, ProxyError> {
             ),
         });
     };
-    let mut child: Child = Command::new(program)
+    // Signals go to a dedicated thread (sigwait); block them everywhere
+    // else, including in the threads spawned below. The child gets its own
+    // mask reset by exec's default handling: we unblock in pre_exec.
+    let signals = block_signals();
+    let mut command = Command::new(program);
+    command
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|source| ProxyError::Spawn {
-            command: config.command.join(" "),
-            source,
-        })?;
+        .stderr(Stdio::inherit());
+    unsafe_reset_signal_mask(&mut command);
+    let mut child: Child = command.spawn().map_err(|source| ProxyError::Spawn {
+        command: config.command.join(" "),
+        source,
+    })?;
     let child_stdin = child.stdin.take().expect("piped");
     let child_stdout = child.stdout.take().expect("piped");
-    let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    let pid = child.id();
     let server_default = config.server_name.clone().unwrap_or_else(|| {
         std::path::Path::new(program)
             .file_name()
@@ -232,62 +248,93 @@ pub async fn run(config: ProxyConfig) -> Result<i32, ProxyError> {
         server_fixed: config.server_name.is_some(),
         categories: Mutex::new(HashMap::new()),
         pending: Mutex::new(HashMap::new()),
-        out: out_tx,
+        out: Mutex::new(std::io::stdout()),
     });
 
-    // One writer to the client's stdout: forwarded and synthesized frames.
-    let writer = tokio::spawn(async move {
-        let mut stdout = tokio::io::stdout();
-        while let Some(frame) = out_rx.recv().await {
-            if stdout.write_all(&frame).await.is_err() || stdout.flush().await.is_err() {
-                break;
-            }
-        }
-    });
-
+    let (events, inbox) = mpsc::channel::<Event>();
     let max = config.max_message_bytes;
-    let from_server = tokio::spawn(server_loop(live.clone(), BufReader::new(child_stdout), max));
-    let client_live = live.clone();
-    let mut from_client = tokio::spawn(client_loop(
-        client_live,
-        BufReader::new(tokio::io::stdin()),
-        child_stdin,
-        max,
-    ));
-
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
-    let mut sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
-    let pid = child.id();
-    let mut client_done = false;
-    let status = loop {
-        tokio::select! {
-            status = child.wait() => break status?,
-            _ = &mut from_client, if !client_done => {
-                // The client closed its side: the server sees EOF on stdin;
-                // give it the grace period to finish, then stop it.
-                client_done = true;
-                let grace = config.grace;
-                match tokio::time::timeout(grace, child.wait()).await {
-                    Ok(s) => break s?,
-                    Err(_) => {
-                        let _ = child.start_kill();
-                        break child.wait().await?;
-                    }
+    let from_server = {
+        let live = live.clone();
+        std::thread::spawn(move || server_loop(&live, SpinReader::new(child_stdout, SPIN), max))
+    };
+    {
+        let live = live.clone();
+        let events = events.clone();
+        std::thread::spawn(move || {
+            // The client's next request comes whenever it likes: no spinning.
+            client_loop(
+                &live,
+                SpinReader::new(std::io::stdin(), Duration::ZERO),
+                child_stdin,
+                max,
+            );
+            let _ = events.send(Event::ClientGone);
+        });
+    }
+    {
+        let events = events.clone();
+        std::thread::spawn(move || {
+            let _ = events.send(Event::ChildExited(child.wait()));
+        });
+    }
+    if let Some(set) = signals {
+        let events = events.clone();
+        std::thread::spawn(move || {
+            loop {
+                let mut sig: libc::c_int = 0;
+                // SAFETY: sigwait on a signal set we initialised.
+                if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
+                    return;
+                }
+                if events.send(Event::Signal(sig)).is_err() {
+                    return;
                 }
             }
-            _ = sigterm.recv() => {
-                break forward_signal_and_wait(&mut child, pid, libc::SIGTERM, config.grace).await?;
+        });
+    }
+    // Reload when the policy file changes (editors save by rename: compare
+    // the modification time and size).
+    {
+        let live = live.clone();
+        std::thread::spawn(move || {
+            let stamp = |p: &std::path::Path| {
+                std::fs::metadata(p)
+                    .ok()
+                    .map(|m| (m.modified().ok(), m.len()))
+            };
+            let mut last = stamp(&live.policy_path);
+            loop {
+                std::thread::sleep(Duration::from_millis(500));
+                let now = stamp(&live.policy_path);
+                if now.is_some() && now != last {
+                    last = now;
+                    reload(&live);
+                }
             }
-            _ = sigint.recv() => {
-                break forward_signal_and_wait(&mut child, pid, libc::SIGINT, config.grace).await?;
+        });
+    }
+
+    let mut client_gone = false;
+    let status = loop {
+        match inbox.recv() {
+            Ok(Event::ChildExited(s)) => break s?,
+            Ok(Event::ClientGone) => {
+                // The server sees EOF on its stdin; it gets the grace period.
+                client_gone = true;
+                break wait_or_kill(&inbox, pid, None, config.grace)?;
             }
-            _ = sighup.recv() => reload(&live),
+            Ok(Event::Signal(libc::SIGHUP)) => reload(&live),
+            Ok(Event::Signal(sig)) => break wait_or_kill(&inbox, pid, Some(sig), config.grace)?,
+            Err(_) => {
+                return Err(ProxyError::Io(std::io::Error::other(
+                    "supervisor channel closed",
+                )));
+            }
         }
     };
     // The server is gone: its remaining output is drained, then every request
     // still waiting gets an error and a row.
-    let _ = tokio::time::timeout(Duration::from_secs(2), from_server).await;
+    let _ = from_server.join();
     let waiting: Vec<(String, Pending)> = lock(&live.pending).drain().collect();
     for (_, p) in waiting {
         let id: Option<Box<serde_json::value::RawValue>> = p
@@ -303,49 +350,85 @@ pub async fn run(config: ProxyConfig) -> Result<i32, ProxyError> {
         if let Some(res) = p.reservation.clone() {
             lock(&live.state).settle(res, false);
         }
-        let outcome = if client_done {
+        let outcome = if client_gone {
             "interrupted"
         } else {
             "upstream_gone"
         };
         live.finish(p, |r| r.outcome = outcome.into());
     }
-    if !client_done {
-        from_client.abort();
-        let _ = from_client.await;
+    if let Some(r) = &live.recorder {
+        let mut r = lock(r);
+        r.rotate()?;
+        r.sync()?;
     }
-    if let Ok(live) = Arc::try_unwrap(live)
-        && let Some(r) = live.recorder
-    {
-        r.into_inner().unwrap_or_else(|e| e.into_inner()).close()?;
-        drop(live.out);
-    } else {
-        eprintln!(
-            "flightrec: audit log closed while requests were in flight; the journal keeps them"
-        );
-    }
-    let _ = tokio::time::timeout(Duration::from_secs(1), writer).await;
     Ok(exit_code(status))
 }
 
-async fn forward_signal_and_wait(
-    child: &mut Child,
-    pid: Option<u32>,
-    sig: i32,
+/// Waits for the child to exit after the client left or a signal arrived
+/// (forwarded to it), killing it after the grace period.
+fn wait_or_kill(
+    inbox: &mpsc::Receiver<Event>,
+    pid: u32,
+    sig: Option<i32>,
     grace: Duration,
 ) -> std::io::Result<std::process::ExitStatus> {
-    if let Some(pid) = pid {
+    if let Some(sig) = sig {
         // SAFETY: kill(2) on our own child's pid with a valid signal number.
         unsafe {
             libc::kill(pid as i32, sig);
         }
     }
-    match tokio::time::timeout(grace, child.wait()).await {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = child.start_kill();
-            child.wait().await
+    let deadline = Instant::now() + grace;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match inbox.recv_timeout(left) {
+            Ok(Event::ChildExited(s)) => return s,
+            Ok(_) => continue,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                // SAFETY: as above.
+                unsafe {
+                    libc::kill(pid as i32, libc::SIGKILL);
+                }
+                loop {
+                    if let Ok(Event::ChildExited(s)) = inbox.recv() {
+                        return s;
+                    }
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(std::io::Error::other("the child waiter stopped"));
+            }
         }
+    }
+}
+
+/// Blocks SIGTERM, SIGINT and SIGHUP in this thread (and the threads it
+/// spawns) so that one thread can `sigwait` for them.
+fn block_signals() -> Option<libc::sigset_t> {
+    // SAFETY: plain libc signal-set manipulation on a local set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+            libc::sigaddset(&mut set, s);
+        }
+        (libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) == 0).then_some(set)
+    }
+}
+
+/// The child must not inherit the blocked mask.
+fn unsafe_reset_signal_mask(command: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: pre_exec runs in the forked child before exec; it only calls
+    // async-signal-safe functions on a local set.
+    unsafe {
+        command.pre_exec(|| {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+            Ok(())
+        });
     }
 }
 
@@ -384,11 +467,85 @@ enum Frame {
 
 /// Reads one newline-terminated frame, refusing (and skipping) frames over
 /// `max` bytes without buffering them.
-async fn read_frame<R: AsyncBufRead + Unpin>(r: &mut R, max: usize) -> std::io::Result<Frame> {
+/// How long a reader thread polls for the next frame before it sleeps in
+/// the kernel: the answer to a forwarded request usually arrives within
+/// microseconds, and a sleeping thread's wake-up costs more than that.
+const SPIN: Duration = Duration::from_micros(60);
+
+/// Waits until `fd` is readable: polls without sleeping for up to `spin`,
+/// then blocks.
+fn wait_readable(fd: std::os::fd::RawFd, spin: Duration) {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let start = Instant::now();
+    loop {
+        // SAFETY: poll(2) on one valid pollfd.
+        let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+        if n != 0 || start.elapsed() >= spin {
+            break;
+        }
+        std::hint::spin_loop();
+    }
+    if pfd.revents == 0 {
+        // SAFETY: as above; -1 waits until the fd is readable or closed.
+        unsafe {
+            libc::poll(&mut pfd, 1, -1);
+        }
+    }
+}
+
+/// A buffered reader that spins briefly before blocking (see [`SPIN`]).
+struct SpinReader<R: std::io::Read + std::os::fd::AsRawFd> {
+    inner: BufReader<R>,
+    fd: std::os::fd::RawFd,
+    spin: Duration,
+}
+
+impl<R: std::io::Read + std::os::fd::AsRawFd> SpinReader<R> {
+    fn new(r: R, spin: Duration) -> Self {
+        let fd = r.as_raw_fd();
+        SpinReader {
+            inner: BufReader::with_capacity(64 * 1024, r),
+            fd,
+            spin,
+        }
+    }
+}
+
+impl<R: std::io::Read + std::os::fd::AsRawFd> std::io::Read for SpinReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.inner.buffer().is_empty() {
+            wait_readable(self.fd, self.spin);
+        }
+        self.inner.read(buf)
+    }
+}
+
+impl<R: std::io::Read + std::os::fd::AsRawFd> BufRead for SpinReader<R> {
+    fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
+        if self.inner.buffer().is_empty() {
+            wait_readable(self.fd, self.spin);
+        }
+        self.inner.fill_buf()
+    }
+
+    fn consume(&mut self, amt: usize) {
+        self.inner.consume(amt)
+    }
+}
+
+fn read_frame<R: BufRead>(r: &mut R, max: usize) -> std::io::Result<Frame> {
     let mut line = Vec::new();
     let mut too_long = 0usize;
     loop {
-        let buf = r.fill_buf().await?;
+        let buf = match r.fill_buf() {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
         if buf.is_empty() {
             return Ok(if too_long > 0 {
                 Frame::TooLong(too_long)
@@ -420,14 +577,9 @@ async fn read_frame<R: AsyncBufRead + Unpin>(r: &mut R, max: usize) -> std::io::
     }
 }
 
-async fn client_loop<R: AsyncBufRead + Unpin>(
-    live: Arc<Live>,
-    mut input: R,
-    mut to_server: tokio::process::ChildStdin,
-    max: usize,
-) {
+fn client_loop<R: BufRead>(live: &Live, mut input: R, mut to_server: ChildStdin, max: usize) {
     loop {
-        let frame = match read_frame(&mut input, max).await {
+        let frame = match read_frame(&mut input, max) {
             Ok(f) => f,
             Err(e) => {
                 eprintln!("flightrec: reading from the client failed: {e}");
@@ -481,7 +633,7 @@ async fn client_loop<R: AsyncBufRead + Unpin>(
             let id = env.id_text();
             let modern = jsonrpc::speaks_2026(env.params);
             if method == "tools/call" {
-                forward = handle_call(&live, &env, id, line.len(), modern);
+                forward = handle_call(live, &env, id, line.len(), modern);
             } else if let Some(id) = id {
                 let row = live.base_row(&method, Some(id.clone()), line.len());
                 lock(&live.pending).insert(
@@ -492,7 +644,6 @@ async fn client_loop<R: AsyncBufRead + Unpin>(
                         reservation: None,
                         begun: false,
                         tools_list: method == "tools/list",
-                        modern,
                     },
                 );
             }
@@ -502,7 +653,11 @@ async fn client_loop<R: AsyncBufRead + Unpin>(
             if line.last() != Some(&b'\n') {
                 line.push(b'\n');
             }
-            if to_server.write_all(&line).await.is_err() || to_server.flush().await.is_err() {
+            if to_server
+                .write_all(&line)
+                .and_then(|_| to_server.flush())
+                .is_err()
+            {
                 return;
             }
         }
@@ -600,7 +755,6 @@ fn handle_call(
                     reservation: Some(decision.reservation),
                     begun: live.recorder.is_some(),
                     tools_list: false,
-                    modern,
                 },
             );
         }
@@ -634,9 +788,9 @@ fn handle_call(
     false
 }
 
-async fn server_loop<R: AsyncBufRead + Unpin>(live: Arc<Live>, mut input: R, max: usize) {
+fn server_loop<R: BufRead>(live: &Live, mut input: R, max: usize) {
     loop {
-        let line = match read_frame(&mut input, max.max(64 * 1024 * 1024)).await {
+        let line = match read_frame(&mut input, max.max(64 * 1024 * 1024)) {
             Ok(Frame::Line(l)) => l,
             Ok(Frame::TooLong(n)) => {
                 eprintln!("flightrec: dropped a {n}-byte frame from the server (too large)");
@@ -644,24 +798,33 @@ async fn server_loop<R: AsyncBufRead + Unpin>(live: Arc<Live>, mut input: R, max
             }
             Ok(Frame::Eof) | Err(_) => return,
         };
-        let mut out = None;
-        if let Ok(env) = serde_json::from_slice::<Envelope>(&line)
-            && env.is_response()
-            && let Some(id) = env.id_text()
-        {
-            let pending = lock(&live.pending).remove(&id);
-            if let Some(p) = pending {
-                out = complete(&live, p, &env, line.len());
-            }
+        let Ok(env) = serde_json::from_slice::<Envelope>(&line) else {
+            live.send(line);
+            continue;
+        };
+        let pending = match env.id_text() {
+            Some(id) if env.is_response() => lock(&live.pending).remove(&id),
+            _ => None,
+        };
+        let Some(p) = pending else {
+            live.send(line);
+            continue;
+        };
+        // The client gets its answer first; the row is completed (chained and
+        // journaled) right after. The call itself was journaled before it was
+        // forwarded, so a crash in between still leaves its row.
+        if p.tools_list {
+            let rewritten = filter_tools_list(live, &env);
+            live.send(rewritten.unwrap_or_else(|| line.clone()));
+        } else {
+            live.send(line.clone());
         }
-        live.send(out.unwrap_or(line));
+        complete(live, p, &env, line.len());
     }
 }
 
-/// Completes a request's row from the server's answer; returns a rewritten
-/// frame when the answer must change (tools/list filtering).
-fn complete(live: &Live, p: Pending, env: &Envelope<'_>, bytes: usize) -> Option<Vec<u8>> {
-    let mut rewritten = None;
+/// Completes a request's row from the server's answer.
+fn complete(live: &Live, p: Pending, env: &Envelope<'_>, bytes: usize) {
     let (mut outcome, mut code, mut message) = ("ok".to_string(), None, None);
     if let Some(err) = env.error {
         let v: Value = serde_json::from_str(err.get()).unwrap_or(Value::Null);
@@ -669,25 +832,20 @@ fn complete(live: &Live, p: Pending, env: &Envelope<'_>, bytes: usize) -> Option
         code = v.get("code").and_then(Value::as_i64);
         message = v.get("message").and_then(Value::as_str).map(str::to_string);
     } else if let Some(result) = env.result {
+        // Only handshake results name the server: other (possibly large)
+        // results are not parsed for it.
         if !live.server_fixed
+            && matches!(p.row.method.as_str(), "initialize" | "server/discover")
             && let Some(name) = jsonrpc::server_name(result)
         {
             *lock(&live.server) = name;
         }
-        if p.row.method == "tools/call" {
-            let v: Value = serde_json::from_str(result.get()).unwrap_or(Value::Null);
-            if v.get("isError").and_then(Value::as_bool) == Some(true) {
-                outcome = "tool_error".into();
-                message = v
-                    .get("content")
-                    .and_then(|c| c.get(0))
-                    .and_then(|c| c.get("text"))
-                    .and_then(Value::as_str)
-                    .map(|s| s.chars().take(500).collect());
-            }
-        }
-        if p.tools_list {
-            rewritten = filter_tools_list(live, result, env, p.modern);
+        if p.row.method == "tools/call"
+            && let Ok(r) = serde_json::from_str::<jsonrpc::ToolResultHead>(result.get())
+            && r.is_error == Some(true)
+        {
+            outcome = "tool_error".into();
+            message = r.first_text().map(|s| s.chars().take(500).collect());
         }
     }
     if let Some(res) = p.reservation.clone() {
@@ -700,18 +858,12 @@ fn complete(live: &Live, p: Pending, env: &Envelope<'_>, bytes: usize) -> Option
         r.error_message = message;
         r.response_bytes = bytes as u64;
     });
-    rewritten
 }
 
 /// Learns categories from annotations and removes tools the policy always
 /// refuses. Returns `None` when nothing changes (the original bytes go out).
-fn filter_tools_list(
-    live: &Live,
-    result: &serde_json::value::RawValue,
-    env: &Envelope<'_>,
-    _modern: bool,
-) -> Option<Vec<u8>> {
-    let mut v: Value = serde_json::from_str(result.get()).ok()?;
+fn filter_tools_list(live: &Live, env: &Envelope<'_>) -> Option<Vec<u8>> {
+    let mut v: Value = serde_json::from_str(env.result?.get()).ok()?;
     let policy = live
         .policy
         .read()

@@ -1,0 +1,146 @@
+//! Added latency of the stdio proxy (issue 4): the same client calls the
+//! Rust test server directly and through `flightrec proxy` (policy with
+//! per-session and global limits that allow everything, audit log on),
+//! N sequential `tools/call` round trips each, in one run. Calls alternate
+//! between the two paths so both see the same machine conditions. Prints
+//! p50 and p99 both ways and the difference.
+//!
+//! Run: `cargo bench --bench proxy_latency` (builds the release binary and
+//! the test server first).
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::Instant;
+
+const CALLS: usize = 5_000;
+const WARMUP: usize = 500;
+
+fn target_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release")
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+struct Peer {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    line: String,
+}
+
+impl Peer {
+    fn start(cmd: &mut Command) -> Peer {
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn");
+        let stdin = child.stdin.take().unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut p = Peer {
+            child,
+            stdin,
+            stdout,
+            line: String::new(),
+        };
+        p.round_trip(r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"bench","version":"1"}}}"#);
+        p
+    }
+
+    /// One request and its answer; returns the round trip in µs.
+    fn round_trip(&mut self, req: &str) -> f64 {
+        self.line.clear();
+        let t = Instant::now();
+        self.stdin.write_all(req.as_bytes()).unwrap();
+        self.stdin.write_all(b"\n").unwrap();
+        self.stdin.flush().unwrap();
+        self.stdout.read_line(&mut self.line).unwrap();
+        t.elapsed().as_secs_f64() * 1e6
+    }
+}
+
+fn main() {
+    let status = Command::new(env!("CARGO"))
+        .args([
+            "build",
+            "--release",
+            "--quiet",
+            "--bin",
+            "flightrec",
+            "--example",
+            "test_mcp_server",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .expect("cargo build");
+    assert!(status.success());
+    let server = target_dir().join("examples/test_mcp_server");
+    let flightrec = target_dir().join("flightrec");
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(
+        &policy,
+        "version: \"1\"\ntools:\n  copy_image_set:\n    rules:\n      - name: copy budget per session\n        rate_limit: {max: 1000000, window: 60s, per: session}\n  \"*\":\n    rules:\n      - name: global\n        rate_limit: 1000000/minute\n",
+    )
+    .unwrap();
+    let mut direct = Peer::start(&mut Command::new(&server));
+    let mut proxied = Peer::start(
+        Command::new(&flightrec)
+            .args([
+                "proxy",
+                "--policy",
+                policy.to_str().unwrap(),
+                "--audit-dir",
+                dir.path().join("audit").to_str().unwrap(),
+                "--",
+            ])
+            .arg(&server),
+    );
+    let (mut d, mut p) = (Vec::with_capacity(CALLS), Vec::with_capacity(CALLS));
+    for i in 0..(WARMUP + CALLS) {
+        let req = format!(
+            r#"{{"jsonrpc":"2.0","id":{},"method":"tools/call","params":{{"name":"copy_image_set","arguments":{{"datastoreId":"ds-01","sourceImageSetId":"set-{i}"}}}}}}"#,
+            i + 1
+        );
+        let td = direct.round_trip(&req);
+        let tp = proxied.round_trip(&req);
+        assert!(
+            proxied.line.contains("copy_image_set ok"),
+            "unexpected answer: {}",
+            proxied.line
+        );
+        if i >= WARMUP {
+            d.push(td);
+            p.push(tp);
+        }
+    }
+    for peer in [direct, proxied] {
+        drop(peer.stdin);
+        let mut c = peer.child;
+        let _ = c.wait();
+    }
+    d.sort_by(|a, b| a.total_cmp(b));
+    p.sort_by(|a, b| a.total_cmp(b));
+    let (d50, d99, p50, p99) = (
+        percentile(&d, 0.5),
+        percentile(&d, 0.99),
+        percentile(&p, 0.5),
+        percentile(&p, 0.99),
+    );
+    println!(
+        "proxy_latency: {CALLS} sequential tools/call round trips each, alternating (after {WARMUP} warm-up calls)"
+    );
+    println!("  direct        p50 {d50:8.1} µs   p99 {d99:8.1} µs");
+    println!(
+        "  through proxy p50 {p50:8.1} µs   p99 {p99:8.1} µs   (audit log on: journal write per call)"
+    );
+    println!(
+        "  added         p50 {:8.1} µs   p99 {:8.1} µs",
+        p50 - d50,
+        p99 - d99
+    );
+}
