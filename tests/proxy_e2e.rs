@@ -537,3 +537,54 @@ fn kill_9_of_the_proxy_mid_call_leaves_an_interrupted_row() {
             .any(|r| r.tool.as_deref() == Some("list_image_sets") && r.outcome == "ok")
     );
 }
+
+#[test]
+fn scan_writes_a_starter_policy_that_checks_and_enforces() {
+    let dir = tempfile::tempdir().unwrap();
+    let everything = need(
+        root()
+            .join(".test-deps/node_modules/@modelcontextprotocol/server-everything/dist/index.js"),
+    );
+    let server = test_server();
+    for (name, cmd) in [
+        ("test", vec![server.to_str().unwrap()]),
+        (
+            "everything",
+            vec!["node", everything.to_str().unwrap(), "stdio"],
+        ),
+    ] {
+        let out_path = dir.path().join(format!("{name}.yaml"));
+        let mut args = vec!["scan", "-o", out_path.to_str().unwrap(), "--"];
+        args.extend(cmd.iter().copied());
+        let o = Command::new(flightrec()).args(&args).output().unwrap();
+        assert!(
+            o.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let check = Command::new(flightrec())
+            .args(["policy", "check", out_path.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(
+            check.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&check.stderr)
+        );
+        let text = std::fs::read_to_string(&out_path).unwrap();
+        assert!(
+            text.contains("# ── Read tools ──")
+                && text.contains("Uncomment to apply a global rate limit")
+        );
+        if name == "test" {
+            let policy = flightrec::policy::Policy::load(&out_path).unwrap();
+            assert!(
+                policy.always_refuses("delete_image_set"),
+                "destructive tools denied"
+            );
+            assert!(!policy.always_refuses("list_image_sets"));
+            assert!(text.contains("\"copy_image_set\": write  # from annotations"));
+            assert!(text.contains("\"slow_tool\": write  # from name"));
+        }
+    }
+}

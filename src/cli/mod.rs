@@ -297,6 +297,15 @@ pub fn main() -> ExitCode {
 
 /// Runs a parsed command line and returns the process exit code.
 pub fn run(cli: Cli) -> ExitCode {
+    if !matches!(cli.command, Command::Proxy(_)) {
+        // Like other command-line tools, end quietly when the reader of our
+        // output goes away (`flightrec demo | head`). The proxy instead
+        // handles a closed client as an error on write.
+        // SAFETY: setting a signal disposition before any threads start.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     match cli.command {
         Command::Policy(PolicyCommand::Check { files, quiet }) => policy_cmd::check(&files, quiet),
         Command::Policy(PolicyCommand::Eval {
@@ -305,7 +314,7 @@ pub fn run(cli: Cli) -> ExitCode {
             keep_going,
         }) => policy_cmd::eval(&policy, calls.as_deref(), keep_going),
         Command::Proxy(args) => proxy_cmd(&args),
-        Command::Scan(_) => not_yet("scan"),
+        Command::Scan(args) => scan_cmd(&args),
         Command::Replay(args) => replay_cmd::replay(&args),
         Command::Generate(args) => scenario_cmd::generate(&args),
         Command::Fuzz(args) => scenario_cmd::fuzz(&args),
@@ -321,6 +330,34 @@ pub fn run(cli: Cli) -> ExitCode {
         }
         Command::Demo(_) => replay_cmd::demo(),
     }
+}
+
+fn scan_cmd(args: &ScanArgs) -> ExitCode {
+    let (server, tools) =
+        match crate::proxy::scan::scan(&args.command, std::time::Duration::from_secs(30)) {
+            Ok(x) => x,
+            Err(e) => {
+                eprintln!("error: scan: {e}");
+                return ExitCode::from(EXIT_INPUT);
+            }
+        };
+    let text = crate::proxy::scan::starter_policy(&server, &args.command, &tools);
+    match &args.output {
+        Some(path) => {
+            if let Err(e) = std::fs::write(path, &text) {
+                eprintln!("error: cannot write {}: {e}", path.display());
+                return ExitCode::from(EXIT_INPUT);
+            }
+            eprintln!(
+                "{}: {} tools of {server} written to {}",
+                "scan",
+                tools.len(),
+                path.display()
+            );
+        }
+        None => print!("{text}"),
+    }
+    ExitCode::SUCCESS
 }
 
 fn proxy_cmd(args: &ProxyArgs) -> ExitCode {

@@ -5,6 +5,7 @@
 //! share the same decision and recording path.
 
 pub mod jsonrpc;
+pub mod scan;
 pub mod stdio;
 
 pub use stdio::{ProxyConfig, ProxyError, name_heuristic, run};
