@@ -349,8 +349,7 @@ fn scan_cmd(args: &ScanArgs) -> ExitCode {
                 return ExitCode::from(EXIT_INPUT);
             }
             eprintln!(
-                "{}: {} tools of {server} written to {}",
-                "scan",
+                "scan: {} tools of {server} written to {}",
                 tools.len(),
                 path.display()
             );
