@@ -264,7 +264,15 @@ fn unbuilt_commands_say_so_with_exit_2_and_help_lists_all() {
     ] {
         assert!(text.contains(cmd), "--help lists {cmd}");
     }
-    let out = run(&["proxy", "--policy", "p.yaml", "--listen", "127.0.0.1:9", "--upstream", "http://127.0.0.1:9/mcp"]);
+    let out = run(&[
+        "proxy",
+        "--policy",
+        "p.yaml",
+        "--listen",
+        "127.0.0.1:9",
+        "--upstream",
+        "http://127.0.0.1:9/mcp",
+    ]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("not implemented yet"));
 }

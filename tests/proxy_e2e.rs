@@ -588,3 +588,51 @@ fn scan_writes_a_starter_policy_that_checks_and_enforces() {
         }
     }
 }
+
+#[test]
+fn policy_reloads_on_change_and_keeps_the_old_one_when_invalid() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = write_policy(dir.path(), "version: \"1\"\ntools: {}\n");
+    let audit = dir.path().join("audit");
+    let mut p = Raw::start(&policy, &audit, &[]);
+    let call = |id: u32| {
+        format!(
+            r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"copy_image_set","arguments":{{}}}}}}"#
+        )
+    };
+    p.send(&call(1));
+    assert!(p.recv()["result"]["isError"].is_null(), "allowed at first");
+    // A new file (written by rename, as editors do) takes over.
+    let tmp = dir.path().join("policy.yaml.new");
+    std::fs::write(
+        &tmp,
+        "version: \"1\"\ntools:\n  copy_image_set:\n    rules: [{name: frozen, action: deny}]\n",
+    )
+    .unwrap();
+    std::fs::rename(&tmp, &policy).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    p.send(&call(2));
+    assert_eq!(
+        p.recv()["result"]["_meta"]["io.flightrec/decision"]["rule"],
+        "frozen"
+    );
+    // An invalid file is reported and the previous policy stays.
+    std::fs::write(
+        &policy,
+        "version: \"1\"\ntools:\n  copy_image_set:\n    rules: [{name: x, action: explode}]\n",
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    p.send(&call(3));
+    assert_eq!(
+        p.recv()["result"]["_meta"]["io.flightrec/decision"]["rule"],
+        "frozen"
+    );
+    drop(p.child.stdin.take());
+    let out = p.child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("reloaded") && err.contains("reload failed, keeping the previous policy"),
+        "{err}"
+    );
+}
