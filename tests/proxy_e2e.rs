@@ -21,14 +21,23 @@ fn flightrec() -> &'static str {
     env!("CARGO_BIN_EXE_flightrec")
 }
 
-/// The Rust test server, built by `cargo test` as an example.
+/// The Rust test server (examples/test_mcp_server.rs), built on demand.
 fn test_server() -> PathBuf {
+    static BUILD: std::sync::Once = std::sync::Once::new();
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().unwrap().parent().unwrap();
     let p = dir.join("examples/test_mcp_server");
+    BUILD.call_once(|| {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--quiet", "--example", "test_mcp_server"])
+            .current_dir(root())
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "building the test server failed");
+    });
     assert!(
         p.exists(),
-        "{} missing: cargo test builds examples",
+        "{} missing after `cargo build --example test_mcp_server`",
         p.display()
     );
     p
