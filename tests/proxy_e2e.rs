@@ -56,8 +56,11 @@ fn sdk_python() -> PathBuf {
     need(root().join(".venv-sdk/bin/python"))
 }
 
+/// The log's rows in request order. Rows are chained in completion order,
+/// and a refused call is recorded at once while the answer to the previous
+/// one may still be completing, so tests compare by the request time.
 fn rows(dir: &Path) -> Vec<AuditRow> {
-    layout::data_files(dir)
+    let mut rows: Vec<AuditRow> = layout::data_files(dir)
         .unwrap()
         .iter()
         .flat_map(|f| {
@@ -69,7 +72,9 @@ fn rows(dir: &Path) -> Vec<AuditRow> {
                 .flat_map(|b| BatchView::new(&b.unwrap()).rows().unwrap())
                 .collect::<Vec<_>>()
         })
-        .collect()
+        .collect();
+    rows.sort_by_key(|r| r.ts_us);
+    rows
 }
 
 /// Runs the SDK client through the proxy; returns what the client saw.
