@@ -810,6 +810,14 @@ fn server_loop<R: BufRead>(live: &Live, mut input: R, max: usize) {
             live.send(line);
             continue;
         };
+        // What later requests depend on is learned before the client can
+        // send them: the server's name from a handshake result.
+        if !live.server_fixed
+            && matches!(p.row.method.as_str(), "initialize" | "server/discover")
+            && let Some(name) = env.result.and_then(jsonrpc::server_name)
+        {
+            *lock(&live.server) = name;
+        }
         // The client gets its answer first; the row is completed (chained and
         // journaled) right after. The call itself was journaled before it was
         // forwarded, so a crash in between still leaves its row.
@@ -831,22 +839,13 @@ fn complete(live: &Live, p: Pending, env: &Envelope<'_>, bytes: usize) {
         outcome = "rpc_error".into();
         code = v.get("code").and_then(Value::as_i64);
         message = v.get("message").and_then(Value::as_str).map(str::to_string);
-    } else if let Some(result) = env.result {
-        // Only handshake results name the server: other (possibly large)
-        // results are not parsed for it.
-        if !live.server_fixed
-            && matches!(p.row.method.as_str(), "initialize" | "server/discover")
-            && let Some(name) = jsonrpc::server_name(result)
-        {
-            *lock(&live.server) = name;
-        }
-        if p.row.method == "tools/call"
-            && let Ok(r) = serde_json::from_str::<jsonrpc::ToolResultHead>(result.get())
-            && r.is_error == Some(true)
-        {
-            outcome = "tool_error".into();
-            message = r.first_text().map(|s| s.chars().take(500).collect());
-        }
+    } else if let Some(result) = env.result
+        && p.row.method == "tools/call"
+        && let Ok(r) = serde_json::from_str::<jsonrpc::ToolResultHead>(result.get())
+        && r.is_error == Some(true)
+    {
+        outcome = "tool_error".into();
+        message = r.first_text().map(|s| s.chars().take(500).collect());
     }
     if let Some(res) = p.reservation.clone() {
         // As in Intercept: only a JSON-RPC error proves the call never ran.
