@@ -650,3 +650,38 @@ fn policy_reloads_on_change_and_keeps_the_old_one_when_invalid() {
         "{err}"
     );
 }
+
+#[test]
+fn sigterm_is_forwarded_and_in_flight_calls_are_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = write_policy(dir.path(), "version: \"1\"\ntools: {}\n");
+    let audit = dir.path().join("audit");
+    let mut p = Raw::start(&policy, &audit, &["--grace", "2s"]);
+    p.send(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"slow_tool","arguments":{"ms":10000}}}"#);
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: kill(2) on the proxy child this test started.
+    unsafe {
+        libc::kill(p.child.id() as i32, libc::SIGTERM);
+    }
+    let started = std::time::Instant::now();
+    let status = p.child.wait().unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the server stopped within the grace period"
+    );
+    // The test server dies of the forwarded SIGTERM: 128 + 15.
+    assert_eq!(status.code(), Some(143));
+    let rows = rows(&audit);
+    let slow = rows
+        .iter()
+        .find(|r| r.tool.as_deref() == Some("slow_tool"))
+        .expect("a row for the call in flight");
+    assert_eq!(slow.outcome, "upstream_gone");
+    assert!(
+        Command::new(flightrec())
+            .args(["audit", "verify", audit.to_str().unwrap()])
+            .status()
+            .unwrap()
+            .success()
+    );
+}

@@ -112,6 +112,11 @@ pub struct ProxyArgs {
     /// How long the server gets to exit after the client leaves or a signal
     #[arg(long, default_value = "5s")]
     pub grace: String,
+    /// When the audit journal is forced to disk: `interval` (every 100 ms;
+    /// a process crash loses nothing, power loss at most 100 ms), `always`
+    /// (every write; survives power loss, slower) or `never`
+    #[arg(long, default_value = "interval")]
+    pub fsync: String,
     /// Listen address for the Streamable HTTP proxy (e.g. 127.0.0.1:8080)
     #[arg(long)]
     pub listen: Option<String>,
@@ -386,7 +391,19 @@ fn proxy_cmd(args: &ProxyArgs) -> ExitCode {
             return ExitCode::from(EXIT_INPUT);
         }
     };
+    let sync = match args.fsync.as_str() {
+        "always" => crate::audit::journal::SyncMode::Always,
+        "interval" => {
+            crate::audit::journal::SyncMode::Interval(std::time::Duration::from_millis(100))
+        }
+        "never" => crate::audit::journal::SyncMode::Never,
+        other => {
+            eprintln!("error: --fsync must be always, interval or never, got {other}");
+            return ExitCode::from(EXIT_INPUT);
+        }
+    };
     let config = crate::proxy::ProxyConfig {
+        sync,
         policy_path: args.policy.clone(),
         audit_dir: args.audit_dir.clone(),
         agent: args.agent.clone(),

@@ -36,6 +36,8 @@ pub struct ProxyConfig {
     pub redact: Vec<RedactPattern>,
     pub max_message_bytes: usize,
     pub grace: Duration,
+    /// When the audit journal is forced to disk.
+    pub sync: crate::audit::journal::SyncMode,
     pub command: Vec<String>,
 }
 
@@ -195,7 +197,13 @@ pub fn run(config: ProxyConfig) -> Result<i32, ProxyError> {
     }
     let recorder = match &config.audit_dir {
         Some(d) => {
-            let r = Recorder::open(d, RecorderConfig::default())?;
+            let r = Recorder::open(
+                d,
+                RecorderConfig {
+                    sync: config.sync,
+                    ..RecorderConfig::default()
+                },
+            )?;
             crate::cli::report_recovery_public(&r);
             Some(Mutex::new(r))
         }
