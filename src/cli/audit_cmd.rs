@@ -1,6 +1,7 @@
 //! `audit verify`, `audit append` (hidden), `export` and `import intercept`.
 
 use super::{EXIT_FINDING, EXIT_INPUT, ExportArgs};
+use super::{glob_arg as glob, time_arg as time};
 use crate::audit::export::{ExportFilter, ExportFormat};
 use crate::audit::journal::SyncMode;
 use crate::audit::{AuditRow, Recorder, RecorderConfig, export, import, read, verify};
@@ -130,24 +131,6 @@ pub fn append(dir: &Path, rotate_bytes: Option<u64>, sync: &str) -> ExitCode {
     match rec.close() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => input_error(e),
-    }
-}
-
-fn glob(text: &Option<String>, what: &str) -> Result<Option<globset::GlobMatcher>, ExitCode> {
-    match text {
-        None => Ok(None),
-        Some(t) => globset::Glob::new(t)
-            .map(|g| Some(g.compile_matcher()))
-            .map_err(|e| input_error(format!("--{what} {t}: {e}"))),
-    }
-}
-
-fn time(text: &Option<String>, what: &str) -> Result<Option<i64>, ExitCode> {
-    match text {
-        None => Ok(None),
-        Some(t) => crate::time::parse_time_arg(t)
-            .map(Some)
-            .map_err(|e| input_error(format!("--{what}: {e}"))),
     }
 }
 

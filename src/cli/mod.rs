@@ -423,6 +423,33 @@ fn proxy_cmd(args: &ProxyArgs) -> ExitCode {
     }
 }
 
+/// `--agent` / `--tool` style glob arguments; errors are reported.
+pub(crate) fn glob_arg(
+    text: &Option<String>,
+    what: &str,
+) -> Result<Option<globset::GlobMatcher>, ExitCode> {
+    match text {
+        None => Ok(None),
+        Some(t) => globset::Glob::new(t)
+            .map(|g| Some(g.compile_matcher()))
+            .map_err(|e| {
+                eprintln!("error: --{what} {t}: {e}");
+                ExitCode::from(EXIT_INPUT)
+            }),
+    }
+}
+
+/// `--from` / `--to` arguments (RFC 3339 or µs); errors are reported.
+pub(crate) fn time_arg(text: &Option<String>, what: &str) -> Result<Option<i64>, ExitCode> {
+    match text {
+        None => Ok(None),
+        Some(t) => crate::time::parse_time_arg(t).map(Some).map_err(|e| {
+            eprintln!("error: --{what}: {e}");
+            ExitCode::from(EXIT_INPUT)
+        }),
+    }
+}
+
 /// Reports on stderr what opening an audit directory recovered.
 pub fn report_recovery_public(rec: &crate::audit::Recorder) {
     audit_cmd::report_recovery(rec);

@@ -1,6 +1,7 @@
 //! `flightrec replay` and `flightrec demo`.
 
 use super::{EXIT_FINDING, EXIT_INPUT, ReplayArgs};
+use super::{glob_arg as glob, time_arg as time};
 use crate::policy::ApprovalMode;
 use crate::replay::source::EventFilter;
 use crate::replay::{Candidate, ReplayConfig, Report, replay as run_replay};
@@ -42,24 +43,6 @@ pub(crate) fn candidates(paths: &[PathBuf]) -> Result<Vec<Candidate>, ExitCode> 
         });
     }
     Ok(out)
-}
-
-fn glob(text: &Option<String>, what: &str) -> Result<Option<globset::GlobMatcher>, ExitCode> {
-    match text {
-        None => Ok(None),
-        Some(t) => globset::Glob::new(t)
-            .map(|g| Some(g.compile_matcher()))
-            .map_err(|e| input_error(format!("--{what} {t}: {e}"))),
-    }
-}
-
-fn time(text: &Option<String>, what: &str) -> Result<Option<i64>, ExitCode> {
-    match text {
-        None => Ok(None),
-        Some(t) => crate::time::parse_time_arg(t)
-            .map(Some)
-            .map_err(|e| input_error(format!("--{what}: {e}"))),
-    }
 }
 
 fn render(report: &Report, format: &str) -> String {
