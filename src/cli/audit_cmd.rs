@@ -1,7 +1,6 @@
 //! `audit verify`, `audit append` (hidden), `export` and `import intercept`.
 
 use super::{EXIT_FINDING, EXIT_INPUT, ExportArgs};
-use super::{glob_arg as glob, time_arg as time};
 use crate::audit::export::{ExportFilter, ExportFormat};
 use crate::audit::journal::SyncMode;
 use crate::audit::{AuditRow, Recorder, RecorderConfig, export, import, read, verify};
@@ -146,17 +145,15 @@ pub fn export(args: &ExportArgs) -> ExitCode {
             "--decision must be allow, deny, throttle, approval or unrecorded, got {d}"
         ));
     }
-    let filter = match (|| -> Result<ExportFilter, ExitCode> {
-        Ok(ExportFilter {
-            from_us: time(&args.from, "from")?,
-            to_us: time(&args.to, "to")?,
-            agent: glob(&args.agent, "agent")?,
-            tool: glob(&args.tool, "tool")?,
+    let filter = match args.filter.parse() {
+        Ok(f) => ExportFilter {
+            from_us: f.from_us,
+            to_us: f.to_us,
+            agent: f.agent,
+            tool: f.tool,
             decision: args.decision.clone(),
-            session: args.session.clone(),
-        })
-    })() {
-        Ok(f) => f,
+            session: f.session,
+        },
         Err(code) => return code,
     };
     let files = match read::resolve_inputs(&args.inputs) {

@@ -155,21 +155,8 @@ pub struct ReplayArgs {
     /// Write one row per event per policy to this Parquet file
     #[arg(long)]
     pub decisions_out: Option<PathBuf>,
-    /// Replay calls with ts at or after this time (RFC 3339 or µs)
-    #[arg(long)]
-    pub from: Option<String>,
-    /// Replay calls with ts before this time (RFC 3339 or µs)
-    #[arg(long)]
-    pub to: Option<String>,
-    /// Only this agent's calls (glob)
-    #[arg(long)]
-    pub agent: Option<String>,
-    /// Only calls to this tool (glob)
-    #[arg(long)]
-    pub tool: Option<String>,
-    /// Only this session's calls
-    #[arg(long)]
-    pub session: Option<String>,
+    #[command(flatten)]
+    pub filter: FilterArgs,
     /// What approval verdicts do to counters: deny (reserve nothing, as live
     /// while nobody answered) or grant (count them as allowed)
     #[arg(long, default_value = "deny")]
@@ -258,24 +245,53 @@ pub struct ExportArgs {
     /// Output file
     #[arg(short, long)]
     pub output: PathBuf,
-    /// Keep rows with ts at or after this time (RFC 3339 or µs since the epoch)
-    #[arg(long)]
-    pub from: Option<String>,
-    /// Keep rows with ts before this time (RFC 3339 or µs since the epoch)
-    #[arg(long)]
-    pub to: Option<String>,
-    /// Keep rows of this agent (glob)
-    #[arg(long)]
-    pub agent: Option<String>,
-    /// Keep rows of this tool (glob)
-    #[arg(long)]
-    pub tool: Option<String>,
+    #[command(flatten)]
+    pub filter: FilterArgs,
     /// Keep rows with this decision (allow, deny, throttle, approval, unrecorded)
     #[arg(long)]
     pub decision: Option<String>,
-    /// Keep rows of this session
+}
+
+/// The row filters `export` and `replay` share.
+#[derive(Debug, Args)]
+pub struct FilterArgs {
+    /// Only rows with ts at or after this time (RFC 3339 or µs since the epoch)
+    #[arg(long)]
+    pub from: Option<String>,
+    /// Only rows with ts before this time (RFC 3339 or µs since the epoch)
+    #[arg(long)]
+    pub to: Option<String>,
+    /// Only this agent's rows (glob)
+    #[arg(long)]
+    pub agent: Option<String>,
+    /// Only rows of this tool (glob)
+    #[arg(long)]
+    pub tool: Option<String>,
+    /// Only this session's rows
     #[arg(long)]
     pub session: Option<String>,
+}
+
+/// [`FilterArgs`] checked and parsed.
+pub(crate) struct Filter {
+    pub from_us: Option<i64>,
+    pub to_us: Option<i64>,
+    pub agent: Option<globset::GlobMatcher>,
+    pub tool: Option<globset::GlobMatcher>,
+    pub session: Option<String>,
+}
+
+impl FilterArgs {
+    /// Parses the filters; a bad value is reported and becomes exit 2.
+    pub(crate) fn parse(&self) -> Result<Filter, ExitCode> {
+        Ok(Filter {
+            from_us: time_arg(&self.from, "from")?,
+            to_us: time_arg(&self.to, "to")?,
+            agent: glob_arg(&self.agent, "agent")?,
+            tool: glob_arg(&self.tool, "tool")?,
+            session: self.session.clone(),
+        })
+    }
 }
 
 #[derive(Debug, Subcommand)]

@@ -1,7 +1,6 @@
 //! `flightrec replay` and `flightrec demo`.
 
 use super::{EXIT_FINDING, EXIT_INPUT, ReplayArgs};
-use super::{glob_arg as glob, time_arg as time};
 use crate::policy::ApprovalMode;
 use crate::replay::source::EventFilter;
 use crate::replay::{Candidate, ReplayConfig, Report, replay as run_replay};
@@ -71,16 +70,16 @@ pub fn replay(args: &ReplayArgs) -> ExitCode {
         Err(e) => return input_error(format!("--reorder-window {e}")),
     };
     let built = (|| -> Result<(Vec<Candidate>, EventFilter), ExitCode> {
-        Ok((
-            candidates(&args.policies)?,
+        Ok((candidates(&args.policies)?, {
+            let f = args.filter.parse()?;
             EventFilter {
-                from_us: time(&args.from, "from")?,
-                to_us: time(&args.to, "to")?,
-                agent: glob(&args.agent, "agent")?,
-                tool: glob(&args.tool, "tool")?,
-                session: args.session.clone(),
-            },
-        ))
+                from_us: f.from_us,
+                to_us: f.to_us,
+                agent: f.agent,
+                tool: f.tool,
+                session: f.session,
+            }
+        }))
     })();
     let (candidates, filter) = match built {
         Ok(b) => b,
