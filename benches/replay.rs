@@ -8,9 +8,10 @@
 
 use divan::Bencher;
 use flightrec::audit::read::{ScanOptions, scan};
-use flightrec::audit::schema::{AuditRow, col};
+use flightrec::audit::schema::AuditRow;
 use flightrec::audit::{Recorder, RecorderConfig, layout};
 use flightrec::policy::Policy;
+use flightrec::replay::source::REPLAY_COLUMNS;
 use flightrec::replay::{Candidate, ReplayConfig, replay};
 use std::path::{Path, PathBuf};
 
@@ -74,20 +75,9 @@ fn policy() -> Policy {
     Policy::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/replay-policy.yaml")).unwrap()
 }
 
-/// The columns replay reads for a policy that does not look at arguments.
-const COLUMNS: [&str; 11] = [
-    col::EVENT_ID,
-    col::TS,
-    col::SESSION_ID,
-    col::AGENT_ID,
-    col::SERVER,
-    col::METHOD,
-    col::TOOL,
-    col::CATEGORY,
-    col::RISK,
-    col::DECISION,
-    col::OUTCOME,
-];
+/// Exactly the columns replay reads for a policy that does not look at
+/// arguments, so the scan is a fair baseline.
+const COLUMNS: [&str; 11] = REPLAY_COLUMNS;
 
 const N: u64 = 10_000_000;
 

@@ -130,6 +130,22 @@ pub struct SourceStats {
     pub late: u64,
 }
 
+/// The columns replay reads (plus `args_json` when a candidate looks at
+/// arguments).
+pub const REPLAY_COLUMNS: [&str; 11] = [
+    col::EVENT_ID,
+    col::TS,
+    col::SESSION_ID,
+    col::AGENT_ID,
+    col::SERVER,
+    col::METHOD,
+    col::TOOL,
+    col::CATEGORY,
+    col::RISK,
+    col::DECISION,
+    col::OUTCOME,
+];
+
 /// Reads a recorded input's `tools/call` rows as events, batch by batch.
 pub fn recorded_events(
     files: Vec<PathBuf>,
@@ -138,19 +154,7 @@ pub fn recorded_events(
     with_args: bool,
     stats: Arc<std::sync::Mutex<SourceStats>>,
 ) -> impl Iterator<Item = Result<Pending, AuditError>> {
-    let mut columns = vec![
-        col::EVENT_ID,
-        col::TS,
-        col::SESSION_ID,
-        col::AGENT_ID,
-        col::SERVER,
-        col::METHOD,
-        col::TOOL,
-        col::CATEGORY,
-        col::RISK,
-        col::DECISION,
-        col::OUTCOME,
-    ];
+    let mut columns = REPLAY_COLUMNS.to_vec();
     if with_args {
         columns.push(col::ARGS_JSON);
     }
