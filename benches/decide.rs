@@ -5,7 +5,7 @@
 //! items/s; one iteration decides `CALLS` calls in time order.
 
 use divan::{Bencher, counter::ItemsCount};
-use flightrec::policy::{Call, Policy, PolicyState};
+use flightrec::policy::{Call, CounterStore, Outcome, Policy, PolicyState};
 use serde_json::{Value, json};
 
 const CALLS: usize = 200_000;
@@ -101,7 +101,7 @@ fn decide_all(policy: &Policy, state: &mut PolicyState, w: &Workload, shift_us: 
         };
         let d = policy.decide(state, &call);
         reserved += d.reservation.len();
-        state.settle(d.reservation, false);
+        state.settle(d.reservation, Outcome::Ok);
     }
     reserved
 }

@@ -7,6 +7,11 @@
 //!
 //! Run: `cargo bench --bench proxy_latency` (builds the release binary and
 //! the test server first).
+//!
+//! Before/after in one sitting: set `FLIGHTREC_BASELINE` to another build of
+//! the binary (e.g. one built from the previous commit) and the bench
+//! alternates three paths (direct, baseline proxy, this proxy) and prints
+//! both proxies' added latency and their ratio.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -88,25 +93,34 @@ fn main() {
     )
     .unwrap();
     let mut direct = Peer::start(&mut Command::new(&server));
-    let mut proxied = Peer::start(
-        Command::new(&flightrec)
-            .args([
-                "proxy",
-                "--policy",
-                policy.to_str().unwrap(),
-                "--audit-dir",
-                dir.path().join("audit").to_str().unwrap(),
-                "--",
-            ])
-            .arg(&server),
-    );
+    let proxy = |binary: &Path, audit: &str| {
+        Peer::start(
+            Command::new(binary)
+                .args([
+                    "proxy",
+                    "--policy",
+                    policy.to_str().unwrap(),
+                    "--audit-dir",
+                    dir.path().join(audit).to_str().unwrap(),
+                    "--",
+                ])
+                .arg(&server),
+        )
+    };
+    let mut proxied = proxy(&flightrec, "audit");
+    let baseline_binary = std::env::var_os("FLIGHTREC_BASELINE").map(PathBuf::from);
+    let mut baseline = baseline_binary
+        .as_deref()
+        .map(|b| proxy(b, "audit-baseline"));
     let (mut d, mut p) = (Vec::with_capacity(CALLS), Vec::with_capacity(CALLS));
+    let mut b = Vec::with_capacity(CALLS);
     for i in 0..(WARMUP + CALLS) {
         let req = format!(
             r#"{{"jsonrpc":"2.0","id":{},"method":"tools/call","params":{{"name":"copy_image_set","arguments":{{"datastoreId":"ds-01","sourceImageSetId":"set-{i}"}}}}}}"#,
             i + 1
         );
         let td = direct.round_trip(&req);
+        let tb = baseline.as_mut().map(|peer| peer.round_trip(&req));
         let tp = proxied.round_trip(&req);
         assert!(
             proxied.line.contains("copy_image_set ok"),
@@ -116,15 +130,20 @@ fn main() {
         if i >= WARMUP {
             d.push(td);
             p.push(tp);
+            b.extend(tb);
         }
     }
-    for peer in [direct, proxied] {
+    for peer in [Some(direct), Some(proxied), baseline]
+        .into_iter()
+        .flatten()
+    {
         drop(peer.stdin);
         let mut c = peer.child;
         let _ = c.wait();
     }
     d.sort_by(|a, b| a.total_cmp(b));
     p.sort_by(|a, b| a.total_cmp(b));
+    b.sort_by(|a, b| a.total_cmp(b));
     let (d50, d99, p50, p99) = (
         percentile(&d, 0.5),
         percentile(&d, 0.99),
@@ -143,4 +162,21 @@ fn main() {
         p50 - d50,
         p99 - d99
     );
+    if !b.is_empty() {
+        let (b50, b99) = (percentile(&b, 0.5), percentile(&b, 0.99));
+        println!(
+            "  baseline      p50 {b50:8.1} µs   p99 {b99:8.1} µs   ({})",
+            baseline_binary.unwrap().display()
+        );
+        println!(
+            "  baseline added p50 {:7.1} µs   p99 {:8.1} µs",
+            b50 - d50,
+            b99 - d99
+        );
+        println!(
+            "  this / baseline added latency: p50 {:.2}x   p99 {:.2}x",
+            (p50 - d50) / (b50 - d50),
+            (p99 - d99) / (b99 - d99)
+        );
+    }
 }

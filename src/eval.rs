@@ -7,7 +7,7 @@
 //! can be piped in. Calls are decided in input order; a call's `outcome`
 //! settles its reservations before the next line (`rpc_error` rolls back).
 
-use crate::policy::{Call, Category, Decision, Outcome, Policy, PolicyState, Risk};
+use crate::policy::{Call, Category, CounterStore, Decision, Outcome, Policy, PolicyState, Risk};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::io::{BufRead, Write};
@@ -122,8 +122,7 @@ pub fn run(
             Ok(record) => {
                 let decision = policy.decide(&mut state, &record.as_call());
                 let out = decision_json(&decision);
-                let roll_back = record.outcome.is_some_and(Outcome::rolls_back);
-                state.settle(decision.reservation, roll_back);
+                state.settle(decision.reservation, record.outcome.unwrap_or(Outcome::Ok));
                 summary.decided += 1;
                 out
             }

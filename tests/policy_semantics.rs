@@ -1,6 +1,8 @@
 //! The decision core's semantics, rule by rule (§2), through the public API.
 
-use flightrec::policy::{ApprovalMode, Call, Category, Policy, PolicyState, Verdict};
+use flightrec::policy::{
+    ApprovalMode, Call, Category, CounterStore, Outcome, Policy, PolicyState, Verdict,
+};
 use serde_json::{Value, json};
 
 const SEC: i64 = 1_000_000;
@@ -358,10 +360,10 @@ tools:
     };
     let d = p.decide(&mut state, &call);
     assert_eq!(d.verdict, Verdict::Allow);
-    state.settle(d.reservation, true); // JSON-RPC error: give it back
+    state.settle(d.reservation, Outcome::RpcError); // JSON-RPC error: give it back
     let d = p.decide(&mut state, &call);
     assert_eq!(d.verdict, Verdict::Allow);
-    state.settle(d.reservation, false); // isError result: the tool ran
+    state.settle(d.reservation, Outcome::ToolError); // isError result: the tool ran
     assert_eq!(p.decide(&mut state, &call).verdict, Verdict::Throttle);
 }
 

@@ -1,6 +1,6 @@
 //! Properties of the decision core, checked on generated call sequences.
 
-use flightrec::policy::{Call, Policy, PolicyState, Verdict};
+use flightrec::policy::{Call, CounterStore, Outcome, Policy, PolicyState, Verdict};
 use proptest::prelude::*;
 use serde_json::json;
 
@@ -68,7 +68,14 @@ fn run(policy: &Policy, seq: &[GenCall]) -> Vec<(i64, usize, usize, Verdict, boo
         };
         let d = policy.decide(&mut state, &call);
         let verdict = d.verdict;
-        state.settle(d.reservation, c.rpc_error);
+        state.settle(
+            d.reservation,
+            if c.rpc_error {
+                Outcome::RpcError
+            } else {
+                Outcome::Ok
+            },
+        );
         out.push((
             t,
             c.session,

@@ -80,6 +80,36 @@ impl Recovery {
     pub fn is_clean(&self) -> bool {
         *self == Recovery::default()
     }
+
+    /// What was repaired in `dir`, one sentence per line (empty when
+    /// clean): what the proxy and `audit append` print at start.
+    pub fn report(&self, dir: &Path) -> Vec<String> {
+        let mut lines = Vec::new();
+        if self.rows_recovered > 0 || self.interrupted > 0 {
+            lines.push(format!(
+                "recovered {} journaled row(s) and {} interrupted call(s) in {}",
+                self.rows_recovered,
+                self.interrupted,
+                dir.display()
+            ));
+        }
+        for (segment, torn) in &self.torn {
+            lines.push(format!(
+                "journal {} had a torn tail ({}): cut at byte {}, {} byte(s) of an unacknowledged write dropped",
+                segment.display(),
+                torn.reason,
+                torn.offset,
+                torn.dropped
+            ));
+        }
+        if self.partial_files_removed > 0 {
+            lines.push(format!(
+                "removed {} half-written data file(s)",
+                self.partial_files_removed
+            ));
+        }
+        lines
+    }
 }
 
 /// The last link of the chain.

@@ -36,29 +36,8 @@ pub fn verify(dir: &Path) -> ExitCode {
 
 /// Reports what opening an audit directory recovered, on stderr.
 pub fn report_recovery(rec: &Recorder) {
-    let r = rec.recovery();
-    if r.rows_recovered > 0 || r.interrupted > 0 {
-        eprintln!(
-            "flightrec: recovered {} journaled row(s) and {} interrupted call(s) in {}",
-            r.rows_recovered,
-            r.interrupted,
-            rec.dir().display()
-        );
-    }
-    for (segment, torn) in &r.torn {
-        eprintln!(
-            "flightrec: journal {} had a torn tail ({}): cut at byte {}, {} byte(s) of an unacknowledged write dropped",
-            segment.display(),
-            torn.reason,
-            torn.offset,
-            torn.dropped
-        );
-    }
-    if r.partial_files_removed > 0 {
-        eprintln!(
-            "flightrec: removed {} half-written data file(s)",
-            r.partial_files_removed
-        );
+    for line in rec.recovery().report(rec.dir()) {
+        eprintln!("flightrec: {line}");
     }
 }
 

@@ -420,12 +420,14 @@ fn proxy_cmd(args: &ProxyArgs) -> ExitCode {
     };
     let config = crate::proxy::ProxyConfig {
         sync,
-        policy_path: args.policy.clone(),
+        gateway: crate::proxy::GatewayConfig {
+            policy_path: args.policy.clone(),
+            agent: args.agent.clone(),
+            server_name: args.server_name.clone(),
+            shadow_paths: args.shadow_policies.clone(),
+            redact,
+        },
         audit_dir: args.audit_dir.clone(),
-        agent: args.agent.clone(),
-        server_name: args.server_name.clone(),
-        shadow_paths: args.shadow_policies.clone(),
-        redact,
         max_message_bytes: args.max_message_bytes,
         grace,
         command: args.command.clone(),
@@ -464,11 +466,6 @@ pub(crate) fn time_arg(text: &Option<String>, what: &str) -> Result<Option<i64>,
             ExitCode::from(EXIT_INPUT)
         }),
     }
-}
-
-/// Reports on stderr what opening an audit directory recovered.
-pub fn report_recovery_public(rec: &crate::audit::Recorder) {
-    audit_cmd::report_recovery(rec);
 }
 
 fn not_yet(command: &str) -> ExitCode {

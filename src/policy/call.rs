@@ -153,9 +153,13 @@ impl Outcome {
         }
     }
 
-    /// Only a JSON-RPC error proves the call never ran (as in Intercept).
+    /// Whether a call with this outcome gives its counter reservations
+    /// back: only when it certainly never ran. A JSON-RPC error proves that
+    /// (as in Intercept), and so does a call the proxy never forwarded. An
+    /// `isError` result, a timeout or a lost upstream keep the counts: the
+    /// tool may have run (conservative).
     pub fn rolls_back(self) -> bool {
-        matches!(self, Outcome::RpcError)
+        matches!(self, Outcome::RpcError | Outcome::NotForwarded)
     }
 }
 
@@ -208,6 +212,35 @@ impl Category {
             Category::Execute => "execute",
             Category::Destructive => "destructive",
             Category::Unknown => "unknown",
+        }
+    }
+
+    /// The category MCP tool annotations state: `readOnlyHint` → read,
+    /// `destructiveHint` → destructive, any other annotated tool → write.
+    pub fn from_annotations(annotations: &serde_json::Value) -> Category {
+        let flag = |k: &str| annotations.get(k).and_then(serde_json::Value::as_bool) == Some(true);
+        if flag("readOnlyHint") {
+            Category::Read
+        } else if flag("destructiveHint") {
+            Category::Destructive
+        } else {
+            Category::Write
+        }
+    }
+
+    /// The category a tool's name suggests, when the server gave no
+    /// annotations and the policy's `categories:` map says nothing:
+    /// `get_`, `list_`, `describe_`, `search_`, `read_` → read; `delete_`,
+    /// `remove_`, `purge_`, `destroy_`, `drop_` → destructive; else write.
+    pub fn from_tool_name(tool: &str) -> Category {
+        let t = tool.to_ascii_lowercase();
+        let starts = |prefixes: &[&str]| prefixes.iter().any(|p| t.starts_with(p));
+        if starts(&["get_", "list_", "describe_", "search_", "read_"]) {
+            Category::Read
+        } else if starts(&["delete_", "remove_", "purge_", "destroy_", "drop_"]) {
+            Category::Destructive
+        } else {
+            Category::Write
         }
     }
 

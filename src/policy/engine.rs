@@ -14,10 +14,10 @@
 //!    its rule (reservations already taken are released);
 //! 5. otherwise allow, holding the reservations until the outcome is known.
 
-use crate::policy::call::{Call, Decision, Verdict};
+use crate::policy::call::{Call, Decision, Outcome, Verdict};
 use crate::policy::condition::{Condition, PathRef, resolve_args, resolve_call_str};
 use crate::policy::model::{Action, Amount, Policy, Rule, Scope};
-use crate::policy::state::{PolicyState, Reservation};
+use crate::policy::state::{CounterStore, Reservation, Want};
 use serde_json::Value;
 use smallvec::SmallVec;
 use std::sync::Arc;
@@ -37,14 +37,14 @@ pub const DEFAULT_DENY_RULE: &str = "(default deny)";
 
 impl Policy {
     /// Decides one call against this policy, reserving counters in `state`.
-    pub fn decide(&self, state: &mut PolicyState, call: &Call<'_>) -> Decision {
+    pub fn decide<S: CounterStore + ?Sized>(&self, state: &mut S, call: &Call<'_>) -> Decision {
         self.decide_with(state, call, ApprovalMode::Deny)
     }
 
     /// As [`Policy::decide`], choosing what approval verdicts do to counters.
-    pub fn decide_with(
+    pub fn decide_with<S: CounterStore + ?Sized>(
         &self,
-        state: &mut PolicyState,
+        state: &mut S,
         call: &Call<'_>,
         approvals: ApprovalMode,
     ) -> Decision {
@@ -65,7 +65,7 @@ impl Policy {
             );
         }
         let (category, risk) = self.classify(tool, call.category, call.risk);
-        let ctx = EvalCtx {
+        let mut ctx = EvalCtx {
             call,
             category: category.as_str(),
             risk: risk.as_str(),
@@ -109,9 +109,12 @@ impl Policy {
             }
         }
 
-        // Phase 2: reserve counters in rule order.
+        // Phase 2: reserve counters in rule order, all at once. A rule whose
+        // amount cannot be read (increment_from) ends the list: the rules
+        // before it may still throttle the call, else it is denied.
         let EvalCtx { state, .. } = ctx;
-        let mut reservation = Reservation::default();
+        let mut wants: SmallVec<[(Want<'_>, &Rule); 4]> = SmallVec::new();
+        let mut unreadable: Option<(&Rule, &str, &'static str)> = None;
         for rule in applied {
             let Some(limit) = &rule.limit else { continue };
             let amount = match &limit.amount {
@@ -122,35 +125,27 @@ impl Policy {
                 } => match increment_value(resolve_args(call.args, segments)) {
                     Ok(n) => n,
                     Err(problem) => {
-                        state.roll_back(reservation);
-                        let message = format!(
-                            "Rule \"{}\" cannot count this call: increment_from {path_text} {problem} (fail closed)",
-                            rule.name
-                        );
-                        return refuse_with(
-                            approval,
-                            Verdict::Deny,
-                            &Rule {
-                                message: Arc::from(message),
-                                ..rule.clone()
-                            },
-                        );
+                        unreadable = Some((rule, path_text, problem));
+                        break;
                     }
                 },
             };
-            let scope = scope_value(self.counters[limit.counter].scope, call);
-            if let Err(exhausted) = state.reserve(
-                limit.counter,
-                scope,
+            let want = Want {
+                counter: limit.counter,
+                scope: scope_value(self.counters[limit.counter].scope, call),
                 amount,
-                limit.max,
-                call.ts_us,
-                &mut reservation,
-            ) {
-                state.roll_back(reservation);
+                max: limit.max,
+            };
+            wants.push((want, rule));
+        }
+        let list: SmallVec<[Want<'_>; 4]> = wants.iter().map(|(w, _)| *w).collect();
+        let reservation = match state.reserve(&list, call.ts_us) {
+            Ok(r) => r,
+            Err(exhausted) => {
                 if let Some(a) = approval {
                     return Decision::refuse(Verdict::Approval, a.name.clone(), a.message.clone());
                 }
+                let rule = wants[exhausted.index].1;
                 return Decision {
                     verdict: Verdict::Throttle,
                     rule: Some(rule.name.clone()),
@@ -161,8 +156,23 @@ impl Policy {
                     reservation: Reservation::default(),
                 };
             }
+        };
+        if let Some((rule, path_text, problem)) = unreadable {
+            state.settle(reservation, Outcome::NotForwarded);
+            let message = format!(
+                "Rule \"{}\" cannot count this call: increment_from {path_text} {problem} (fail closed)",
+                rule.name
+            );
+            return refuse_with(
+                approval,
+                Verdict::Deny,
+                &Rule {
+                    message: Arc::from(message),
+                    ..rule.clone()
+                },
+            );
         }
-        state.maybe_sweep(call.ts_us);
+        state.sweep(call.ts_us);
         match approval {
             Some(a) => Decision {
                 verdict: Verdict::Approval,
@@ -210,15 +220,15 @@ fn increment_value(value: Option<&Value>) -> Result<i64, &'static str> {
     }
 }
 
-struct EvalCtx<'c, 'a> {
+struct EvalCtx<'c, 'a, S: ?Sized> {
     call: &'c Call<'a>,
     category: &'static str,
     risk: &'static str,
-    state: &'c mut PolicyState,
+    state: &'c mut S,
 }
 
-impl EvalCtx<'_, '_> {
-    fn holds(&self, c: &Condition) -> bool {
+impl<S: CounterStore + ?Sized> EvalCtx<'_, '_, S> {
+    fn holds(&mut self, c: &Condition) -> bool {
         match &c.path {
             PathRef::Args(segments) => c.test(resolve_args(self.call.args, segments)),
             PathRef::State(read) => {

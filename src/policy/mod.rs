@@ -22,4 +22,4 @@ pub use engine::{ApprovalMode, DEFAULT_DENY_RULE, HIDDEN_RULE};
 pub use error::{PolicyError, Problem};
 pub use load::parse_duration_us;
 pub use model::Policy;
-pub use state::{PolicyState, Reservation};
+pub use state::{CounterStore, Exhausted, PolicyState, Reservation, Want};

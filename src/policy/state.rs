@@ -7,10 +7,16 @@
 //! slot for rate limits), so "at most N in any (t - W, t]" holds exactly.
 //!
 //! Reservations are taken when a call is decided and returned as a
-//! [`Reservation`]; [`PolicyState::settle`] keeps them (success) or rolls them
-//! back (the upstream answered with a JSON-RPC error). Time is always an
-//! argument: nothing here reads a clock.
+//! [`Reservation`]; [`CounterStore::settle`] keeps them (the call ran) or
+//! rolls them back (the upstream answered with a JSON-RPC error). Time is
+//! always an argument: nothing here reads a clock.
+//!
+//! The decision core talks to counters only through the [`CounterStore`]
+//! trait: [`PolicyState`] is the in-memory home (replay, the fuzzer, a proxy
+//! without a shared store); a shared store implements the same four
+//! operations.
 
+use crate::policy::call::Outcome;
 use crate::policy::model::{CounterDef, Policy, Scope, Window, WindowMode};
 use hashbrown::hash_map::EntryRef;
 use smallvec::SmallVec;
@@ -105,11 +111,54 @@ struct LogEntry {
     id: u64,
 }
 
+/// One amount a decision wants to add to one counter instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Want<'a> {
+    /// Index into the policy's counter table.
+    pub counter: usize,
+    /// The scope value (session id, agent id, tool name, `""` for global).
+    pub scope: &'a str,
+    pub amount: i64,
+    /// `None`: no limit, the amount is always added.
+    pub max: Option<i64>,
+}
+
 /// Why a reservation could not be made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Exhausted {
+pub struct Exhausted {
+    /// The first [`Want`] (by index) that would pass its limit.
+    pub index: usize,
     /// Microseconds until the amount would fit, if it ever can.
     pub retry_after_us: Option<i64>,
+}
+
+/// Where the counters of one policy live. The decision core needs exactly
+/// these operations; every state home (in memory, warm-started from the
+/// audit log, a shared store) implements them with the same semantics.
+pub trait CounterStore {
+    /// The current total of one counter instance at `now_us` (what a
+    /// `state.x.y` condition reads).
+    fn read(&mut self, counter: usize, scope: &str, now_us: i64) -> i64;
+
+    /// Adds every wanted amount, or none: the first want that would take
+    /// its counter past `max` fails the whole call and nothing is kept.
+    fn reserve(&mut self, wants: &[Want<'_>], now_us: i64) -> Result<Reservation, Exhausted>;
+
+    /// Settles a decided call's reservation with its outcome: a JSON-RPC
+    /// error (the call never ran) or a call that was not forwarded gives the
+    /// amounts back; any other outcome keeps them.
+    fn settle(&mut self, reservation: Reservation, outcome: Outcome);
+
+    /// Housekeeping after a decision at `now_us` (amortised: cheap to call
+    /// every time); drops counter instances that can no longer matter.
+    fn sweep(&mut self, now_us: i64);
+
+    /// The state, in the same home, for the policy `new` that replaces
+    /// `old` (a reload): counters whose definition is unchanged (same
+    /// identity, window and scope) keep their counts, others start at zero.
+    /// `self` keeps serving settlements of reservations taken before the
+    /// reload, which then no longer affect the successor.
+    fn successor(&mut self, old: &Policy, new: &Policy) -> Box<dyn CounterStore + Send>;
 }
 
 /// The counters of one policy.
@@ -139,10 +188,11 @@ impl PolicyState {
     }
 
     /// State for a reloaded policy: counters whose definition is unchanged
-    /// (same identity, window and scope) keep their counts; others start at
-    /// zero. Reservations taken before the reload still settle against the
-    /// old state, which is dropped: their calls count in the carried-over
-    /// counters and a rollback of them is lost (conservative).
+    /// (same identity, window and scope) move to it with their counts;
+    /// others start at zero. Reservations taken before the reload still
+    /// settle against `self`, which no longer holds the moved counts: their
+    /// calls keep counting in the successor and a rollback of them is lost
+    /// (conservative), never applied to another counter.
     pub fn migrate(&mut self, old: &Policy, new: &Policy) -> PolicyState {
         let mut next = PolicyState::new(new);
         next.next_entry = self.next_entry;
@@ -158,17 +208,15 @@ impl PolicyState {
         next
     }
 
-    /// Keeps or rolls back a decided call's reservations.
-    pub fn settle(&mut self, reservation: Reservation, roll_back: bool) {
-        if roll_back {
-            self.roll_back(reservation);
-        }
-    }
-
-    /// Returns every amount the reservation took.
-    pub fn roll_back(&mut self, reservation: Reservation) {
+    /// Returns every amount the reservation took. A reservation from
+    /// another state (more counters than this one has) returns nothing.
+    fn roll_back(&mut self, reservation: Reservation) {
         for r in reservation.items {
-            let Some(slot) = self.slots[r.counter as usize].get_mut(&*r.scope) else {
+            let Some(slot) = self
+                .slots
+                .get_mut(r.counter as usize)
+                .and_then(|s| s.get_mut(&*r.scope))
+            else {
                 continue; // expired and swept: nothing left to return
             };
             match (slot, r.mark) {
@@ -187,7 +235,7 @@ impl PolicyState {
     }
 
     /// The current total of one counter instance (what `state.x.y` reads).
-    pub(crate) fn read(&self, counter: usize, scope: &str, now_us: i64) -> i64 {
+    fn total(&self, counter: usize, scope: &str, now_us: i64) -> i64 {
         let (window, _) = self.defs[counter];
         match self.slots[counter].get(scope) {
             None => 0,
@@ -209,8 +257,8 @@ impl PolicyState {
 
     /// Adds `amount` to a counter instance unless that would take its total
     /// past `max` (`None`: no limit, always adds). On success the amount is
-    /// recorded in `into`.
-    pub(crate) fn reserve(
+    /// recorded in `into`; on failure, the microseconds until it would fit.
+    fn reserve_one(
         &mut self,
         counter: usize,
         scope: &str,
@@ -218,7 +266,7 @@ impl PolicyState {
         max: Option<i64>,
         now_us: i64,
         into: &mut Reservation,
-    ) -> Result<(), Exhausted> {
+    ) -> Result<(), Option<i64>> {
         let (window, _) = self.defs[counter];
         let (scope_key, slot) = match self.slots[counter].entry_ref(scope) {
             EntryRef::Occupied(o) => (Arc::clone(o.key()), o.into_mut()),
@@ -251,9 +299,7 @@ impl PolicyState {
                     && (*total > max || total.saturating_add(amount) > max)
                 {
                     let window_end = *window_start + window.len_us;
-                    return Err(Exhausted {
-                        retry_after_us: Some((window_end - now_us).max(1)),
-                    });
+                    return Err(Some((window_end - now_us).max(1)));
                 }
                 *total += amount;
                 Mark::Window(*window_start)
@@ -263,16 +309,14 @@ impl PolicyState {
                 if let Some(max) = max {
                     let total = log.total;
                     if total > max || total.saturating_add(amount) > max {
-                        return Err(Exhausted {
-                            retry_after_us: sliding_retry_after(
-                                &log.entries,
-                                total,
-                                amount,
-                                max,
-                                window,
-                                now_us,
-                            ),
-                        });
+                        return Err(sliding_retry_after(
+                            &log.entries,
+                            total,
+                            amount,
+                            max,
+                            window,
+                            now_us,
+                        ));
                     }
                 }
                 let id = self.next_entry;
@@ -294,19 +338,9 @@ impl PolicyState {
         Ok(())
     }
 
-    /// Drops counter instances that can no longer affect any decision at or
-    /// after `now_us`, so memory follows live sessions, not history.
-    /// Amortized: cheap to call after every decision.
-    pub fn maybe_sweep(&mut self, now_us: i64) {
-        self.decisions_since_sweep += 1;
-        if self.decisions_since_sweep < self.live_slots.max(1024) {
-            return;
-        }
-        self.sweep(now_us);
-    }
-
-    /// Drops every counter instance that is empty as of `now_us`.
-    pub fn sweep(&mut self, now_us: i64) {
+    /// Drops every counter instance that is empty as of `now_us` (what
+    /// [`CounterStore::sweep`] does every so often).
+    pub fn sweep_now(&mut self, now_us: i64) {
         self.decisions_since_sweep = 0;
         let mut live = 0;
         for (slots, (window, _)) in self.slots.iter_mut().zip(&self.defs) {
@@ -328,6 +362,54 @@ impl PolicyState {
     /// Number of counter instances held (for tests and memory reports).
     pub fn slot_count(&self) -> usize {
         self.slots.iter().map(|s| s.len()).sum()
+    }
+}
+
+impl CounterStore for PolicyState {
+    fn read(&mut self, counter: usize, scope: &str, now_us: i64) -> i64 {
+        self.total(counter, scope, now_us)
+    }
+
+    fn reserve(&mut self, wants: &[Want<'_>], now_us: i64) -> Result<Reservation, Exhausted> {
+        let mut reservation = Reservation::default();
+        for (index, w) in wants.iter().enumerate() {
+            if let Err(retry_after_us) = self.reserve_one(
+                w.counter,
+                w.scope,
+                w.amount,
+                w.max,
+                now_us,
+                &mut reservation,
+            ) {
+                self.roll_back(reservation);
+                return Err(Exhausted {
+                    index,
+                    retry_after_us,
+                });
+            }
+        }
+        Ok(reservation)
+    }
+
+    fn settle(&mut self, reservation: Reservation, outcome: Outcome) {
+        if outcome.rolls_back() {
+            self.roll_back(reservation);
+        }
+    }
+
+    /// Drops counter instances that can no longer affect any decision at or
+    /// after `now_us`, so memory follows live sessions, not history; runs a
+    /// full pass once per as many decisions as there are live instances.
+    fn sweep(&mut self, now_us: i64) {
+        self.decisions_since_sweep += 1;
+        if self.decisions_since_sweep < self.live_slots.max(1024) {
+            return;
+        }
+        self.sweep_now(now_us);
+    }
+
+    fn successor(&mut self, old: &Policy, new: &Policy) -> Box<dyn CounterStore + Send> {
+        Box::new(self.migrate(old, new))
     }
 }
 
@@ -379,17 +461,20 @@ mod tests {
         let mut s = state(WindowMode::Fixed, 60 * SEC);
         let mut r = Reservation::default();
         let base = 120 * SEC; // a minute boundary
-        assert!(s.reserve(0, "a", 1, Some(2), base + SEC, &mut r).is_ok());
         assert!(
-            s.reserve(0, "a", 1, Some(2), base + 2 * SEC, &mut r)
+            s.reserve_one(0, "a", 1, Some(2), base + SEC, &mut r)
+                .is_ok()
+        );
+        assert!(
+            s.reserve_one(0, "a", 1, Some(2), base + 2 * SEC, &mut r)
                 .is_ok()
         );
         let err = s
-            .reserve(0, "a", 1, Some(2), base + 59 * SEC, &mut r)
+            .reserve_one(0, "a", 1, Some(2), base + 59 * SEC, &mut r)
             .unwrap_err();
-        assert_eq!(err.retry_after_us, Some(SEC));
+        assert_eq!(err, Some(SEC));
         assert!(
-            s.reserve(0, "a", 1, Some(2), base + 60 * SEC, &mut r)
+            s.reserve_one(0, "a", 1, Some(2), base + 60 * SEC, &mut r)
                 .is_ok()
         );
     }
@@ -398,35 +483,35 @@ mod tests {
     fn sliding_window_is_exact() {
         let mut s = state(WindowMode::Sliding, 10 * SEC);
         let mut r = Reservation::default();
-        assert!(s.reserve(0, "a", 1, Some(2), 0, &mut r).is_ok());
-        assert!(s.reserve(0, "a", 1, Some(2), 9 * SEC, &mut r).is_ok());
+        assert!(s.reserve_one(0, "a", 1, Some(2), 0, &mut r).is_ok());
+        assert!(s.reserve_one(0, "a", 1, Some(2), 9 * SEC, &mut r).is_ok());
         let err = s
-            .reserve(0, "a", 1, Some(2), 9 * SEC + 1, &mut r)
+            .reserve_one(0, "a", 1, Some(2), 9 * SEC + 1, &mut r)
             .unwrap_err();
-        assert_eq!(err.retry_after_us, Some(10 * SEC - (9 * SEC + 1)));
+        assert_eq!(err, Some(10 * SEC - (9 * SEC + 1)));
         // At exactly t = 10 s the entry at 0 is outside (t - W, t].
-        assert!(s.reserve(0, "a", 1, Some(2), 10 * SEC, &mut r).is_ok());
+        assert!(s.reserve_one(0, "a", 1, Some(2), 10 * SEC, &mut r).is_ok());
     }
 
     #[test]
     fn roll_back_returns_the_amount() {
         let mut s = state(WindowMode::Sliding, 10 * SEC);
         let mut r = Reservation::default();
-        assert!(s.reserve(0, "a", 1, Some(1), 0, &mut r).is_ok());
+        assert!(s.reserve_one(0, "a", 1, Some(1), 0, &mut r).is_ok());
         assert_eq!(s.read(0, "a", 0), 1);
-        s.settle(r, true);
+        s.settle(r, Outcome::RpcError);
         assert_eq!(s.read(0, "a", 0), 0);
         let mut r2 = Reservation::default();
-        assert!(s.reserve(0, "a", 1, Some(1), SEC, &mut r2).is_ok());
+        assert!(s.reserve_one(0, "a", 1, Some(1), SEC, &mut r2).is_ok());
     }
 
     #[test]
     fn scopes_are_independent() {
         let mut s = state(WindowMode::Fixed, 60 * SEC);
         let mut r = Reservation::default();
-        assert!(s.reserve(0, "a", 1, Some(1), 0, &mut r).is_ok());
-        assert!(s.reserve(0, "b", 1, Some(1), 0, &mut r).is_ok());
-        assert!(s.reserve(0, "a", 1, Some(1), 0, &mut r).is_err());
+        assert!(s.reserve_one(0, "a", 1, Some(1), 0, &mut r).is_ok());
+        assert!(s.reserve_one(0, "b", 1, Some(1), 0, &mut r).is_ok());
+        assert!(s.reserve_one(0, "a", 1, Some(1), 0, &mut r).is_err());
     }
 
     #[test]
@@ -434,13 +519,13 @@ mod tests {
         let mut s = state(WindowMode::Sliding, 10 * SEC);
         let mut r = Reservation::default();
         for i in 0..100 {
-            s.reserve(0, &format!("s{i}"), 1, Some(5), 0, &mut r)
+            s.reserve_one(0, &format!("s{i}"), 1, Some(5), 0, &mut r)
                 .unwrap();
         }
         assert_eq!(s.slot_count(), 100);
-        s.sweep(5 * SEC);
+        s.sweep_now(5 * SEC);
         assert_eq!(s.slot_count(), 100);
-        s.sweep(10 * SEC);
+        s.sweep_now(10 * SEC);
         assert_eq!(s.slot_count(), 0);
     }
 
@@ -467,7 +552,7 @@ mod tests {
         };
         for _ in 0..2 {
             let d = old.decide(&mut s, &call);
-            s.settle(d.reservation, false);
+            s.settle(d.reservation, Outcome::Ok);
         }
         let mut migrated = s.migrate(&old, &new);
         // Rule a kept its count (2 of 2 used); rule b's window changed: reset.

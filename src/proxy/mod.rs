@@ -1,11 +1,26 @@
 //! The live proxy: enforces a policy on MCP traffic and records every
-//! request. [`jsonrpc`] reads only the envelope of each frame (the rest is
-//! forwarded as raw bytes); [`stdio`] runs the stdio transport. The
-//! Streamable HTTP proxy and the stdio-to-HTTP bridge come next and will
-//! share the same decision and recording path.
+//! request.
+//!
+//! Data path, one module per part:
+//! - [`jsonrpc`] reads only the envelope of each frame (the rest is
+//!   forwarded as raw bytes);
+//! - [`gateway`] is what one proxy process shares: the enforced policy and
+//!   its counters (swapped as one unit on reload), shadow policies, the
+//!   audit recorder;
+//! - [`session`] is the per-session pipeline: it decides what happens to
+//!   each client frame (forward, answer, hold) and each server frame, and
+//!   writes the audit rows;
+//! - [`stdio`] is a transport: framing, the child process, threads and
+//!   signals around a session. It knows no policy.
+//!
+//! [`scan`] lists a server's tools for a starter policy.
 
+pub mod gateway;
 pub mod jsonrpc;
 pub mod scan;
+pub mod session;
 pub mod stdio;
 
-pub use stdio::{ProxyConfig, ProxyError, name_heuristic, run};
+pub use gateway::{Gateway, GatewayConfig};
+pub use session::{ClientAction, Session, Transport};
+pub use stdio::{ProxyConfig, ProxyError, run};

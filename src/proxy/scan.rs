@@ -4,7 +4,6 @@
 //! them; writes rate-limited per session; a commented global limit.
 
 use crate::policy::Category;
-use crate::proxy::name_heuristic;
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
@@ -124,18 +123,8 @@ pub fn scan(
             };
             let annotations = t.get("annotations").filter(|a| a.is_object());
             let (category, source) = match annotations {
-                Some(a) => {
-                    let flag = |k: &str| a.get(k).and_then(Value::as_bool) == Some(true);
-                    let c = if flag("readOnlyHint") {
-                        Category::Read
-                    } else if flag("destructiveHint") {
-                        Category::Destructive
-                    } else {
-                        Category::Write
-                    };
-                    (c, "annotations")
-                }
-                None => (name_heuristic(name), "name"),
+                Some(a) => (Category::from_annotations(a), "annotations"),
+                None => (Category::from_tool_name(name), "name"),
             };
             tools.push(ScannedTool {
                 name: name.to_string(),

@@ -10,7 +10,7 @@
 
 use crate::audit::AuditError;
 use crate::audit::read::resolve_inputs;
-use crate::policy::{ApprovalMode, Call, Outcome, Policy, PolicyState};
+use crate::policy::{ApprovalMode, Call, CounterStore, Outcome, Policy, PolicyState};
 use crate::replay::decisions::DecisionsWriter;
 use crate::replay::report::{Accumulator, CandidateReport, Report};
 use crate::replay::source::{EventFilter, Pending, Reorder, SourceStats, merge, recorded_events};
@@ -217,8 +217,14 @@ fn worker(
             let d = c.policy.decide_with(&mut state, &call, approvals);
             let verdict = d.verdict;
             let outcome = e.outcome();
-            // As live: only a JSON-RPC error proves the call never ran.
-            state.settle(d.reservation, outcome.rolls_back());
+            // As live, with the recorded outcome. A call the recording never
+            // forwarded has no outcome under this candidate: it counts, as
+            // if it ran (conservative).
+            let settled = match outcome {
+                Outcome::NotForwarded => Outcome::Ok,
+                o => o,
+            };
+            state.settle(d.reservation, settled);
             acc.add(
                 call.ts_us,
                 e.event_id(),

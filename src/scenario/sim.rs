@@ -5,7 +5,9 @@
 
 use crate::audit::args::{args_sha256, canonical_json};
 use crate::audit::schema::AuditRow;
-use crate::policy::{ApprovalMode, Call, Category, Decision, Policy, PolicyState, Verdict};
+use crate::policy::{
+    ApprovalMode, Call, Category, CounterStore, Decision, Policy, PolicyState, Verdict,
+};
 use crate::scenario::model::{Arrival, Reaction, Scenario};
 use serde_json::Value;
 use std::cmp::Reverse;
@@ -277,7 +279,7 @@ pub fn simulate(s: &Scenario, policy: Option<&Policy>, approvals: ApprovalMode) 
         let verdict = d.verdict;
         let retry_after = d.retry_after_ms;
         let reservation = d.reservation.clone();
-        state.settle(reservation, false);
+        state.settle(reservation, crate::policy::Outcome::Ok);
         out.push(SimEvent {
             ts_us: s.start_us + at,
             agent: p.agent.clone(),

@@ -1,0 +1,207 @@
+//! The process-wide half of the proxy: what every session shares.
+//!
+//! A [`Gateway`] owns the enforced policy together with its counter state
+//! (one [`Generation`], swapped as a unit on reload), the shadow policies,
+//! the audit recorder and the redaction rules. It knows no transport: stdio,
+//! HTTP and the bridge each open [`Session`]s on it and feed them frames.
+//!
+//! Reload is atomic with respect to decisions: a decision locks the current
+//! generation's counters and checks that the generation is still current
+//! before deciding, and a reload retires the old generation while holding
+//! the same lock. Every reservation is settled against the generation it
+//! was taken from; after a reload that is the retired one, whose counts
+//! have moved on, so a rollback of a call decided before the reload is
+//! dropped (its call keeps counting: conservative) and can never touch a
+//! counter of the new policy.
+
+use crate::audit::args::RedactPattern;
+use crate::audit::schema::AuditRow;
+use crate::audit::{AuditError, Recorder};
+use crate::policy::{CounterStore, Outcome, Policy, PolicyError, PolicyState, Reservation};
+use crate::proxy::session::{Session, Transport};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+
+/// Locks a mutex, ignoring poisoning: a panic on one session's thread must
+/// not stop the proxy from serving or recording the others.
+pub(crate) fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A policy and the counter state that belongs to it. Decisions and
+/// settlements always use the two together.
+pub struct Generation {
+    policy: Arc<Policy>,
+    state: Mutex<Box<dyn CounterStore + Send>>,
+    /// Set (under the state lock) when a reload replaced this generation.
+    retired: AtomicBool,
+}
+
+impl Generation {
+    fn new(policy: Policy, state: Box<dyn CounterStore + Send>) -> Arc<Generation> {
+        Arc::new(Generation {
+            policy: Arc::new(policy),
+            state: Mutex::new(state),
+            retired: AtomicBool::new(false),
+        })
+    }
+
+    pub fn policy(&self) -> &Arc<Policy> {
+        &self.policy
+    }
+
+    /// Locks the counters; decide and settle through the guard.
+    pub(crate) fn state(&self) -> MutexGuard<'_, Box<dyn CounterStore + Send>> {
+        lock(&self.state)
+    }
+
+    /// Settles a reservation taken from this generation.
+    pub(crate) fn settle(&self, reservation: Reservation, outcome: Outcome) {
+        if !reservation.is_empty() {
+            self.state().settle(reservation, outcome);
+        }
+    }
+}
+
+/// How a gateway is set up (the transport-independent part of the proxy's
+/// command line).
+#[derive(Debug, Clone, Default)]
+pub struct GatewayConfig {
+    pub policy_path: PathBuf,
+    pub shadow_paths: Vec<PathBuf>,
+    pub redact: Vec<RedactPattern>,
+    /// Agent id recorded for every call (default: the client's name).
+    pub agent: Option<String>,
+    /// Server name recorded for every call (default: learned from the
+    /// server's handshake, else the transport's guess).
+    pub server_name: Option<String>,
+}
+
+/// What every session of one proxy process shares.
+pub struct Gateway {
+    config: GatewayConfig,
+    current: RwLock<Arc<Generation>>,
+    shadows: Vec<Arc<Generation>>,
+    recorder: Option<Mutex<Recorder>>,
+}
+
+impl Gateway {
+    /// Loads the policy and the shadow policies; `recorder` is the audit
+    /// log, if any.
+    pub fn new(config: GatewayConfig, recorder: Option<Recorder>) -> Result<Gateway, PolicyError> {
+        let policy = Policy::load(&config.policy_path)?;
+        let mut shadows = Vec::new();
+        for p in &config.shadow_paths {
+            shadows.push(memory_generation(Policy::load(p)?));
+        }
+        Ok(Gateway {
+            current: RwLock::new(memory_generation(policy)),
+            shadows,
+            recorder: recorder.map(Mutex::new),
+            config,
+        })
+    }
+
+    pub fn config(&self) -> &GatewayConfig {
+        &self.config
+    }
+
+    pub fn policy_path(&self) -> &Path {
+        &self.config.policy_path
+    }
+
+    /// The generation decisions use now.
+    pub fn current(&self) -> Arc<Generation> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub(crate) fn shadows(&self) -> &[Arc<Generation>] {
+        &self.shadows
+    }
+
+    /// Runs `f` with the current generation's counters locked, retrying if
+    /// a reload retired the generation in between.
+    pub(crate) fn with_current<R>(
+        &self,
+        f: impl FnOnce(&Arc<Generation>, &mut (dyn CounterStore + Send)) -> R,
+    ) -> R {
+        loop {
+            let generation = self.current();
+            let mut state = generation.state();
+            if generation.retired.load(Ordering::Acquire) {
+                continue;
+            }
+            return f(&generation, &mut **state);
+        }
+    }
+
+    /// Reloads the policy file. Counters whose definition is unchanged keep
+    /// their counts; an invalid file leaves the current policy in force.
+    pub fn reload(&self) -> Result<(), PolicyError> {
+        let new = Policy::load(&self.config.policy_path)?;
+        let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
+        let next = {
+            let mut old_state = current.state();
+            let state = old_state.successor(&current.policy, &new);
+            current.retired.store(true, Ordering::Release);
+            Generation::new(new, state)
+        };
+        *current = next;
+        Ok(())
+    }
+
+    /// Opens a session on this gateway.
+    pub fn session(self: &Arc<Self>, transport: Transport, server_guess: String) -> Session {
+        Session::new(self.clone(), transport, server_guess)
+    }
+
+    pub(crate) fn recording(&self) -> bool {
+        self.recorder.is_some()
+    }
+
+    /// Records a finished row. A failing audit log is reported on stderr,
+    /// never silent.
+    pub(crate) fn record(&self, row: AuditRow) {
+        if let Some(r) = &self.recorder
+            && let Err(e) = lock(r).record(row)
+        {
+            eprintln!("flightrec: AUDIT LOG ERROR: {e}");
+        }
+    }
+
+    /// Journals a row before its call is forwarded.
+    pub(crate) fn begin(&self, row: AuditRow) -> Result<(), AuditError> {
+        match &self.recorder {
+            Some(r) => lock(r).begin(row),
+            None => Ok(()),
+        }
+    }
+
+    /// Completes a row journaled with [`Gateway::begin`].
+    pub(crate) fn complete(&self, row: AuditRow) {
+        if let Some(r) = &self.recorder
+            && let Err(e) = lock(r).complete(&row.event_id.clone(), move |x| *x = row)
+        {
+            eprintln!("flightrec: AUDIT LOG ERROR: {e}");
+        }
+    }
+
+    /// Seals the current audit file and forces the journal to disk.
+    pub fn close(&self) -> Result<(), AuditError> {
+        if let Some(r) = &self.recorder {
+            let mut r = lock(r);
+            r.rotate()?;
+            r.sync()?;
+        }
+        Ok(())
+    }
+}
+
+fn memory_generation(policy: Policy) -> Arc<Generation> {
+    let state = PolicyState::new(&policy);
+    Generation::new(policy, Box::new(state))
+}

@@ -1,0 +1,522 @@
+//! The per-session pipeline: one MCP client's conversation with one server,
+//! whatever carries it.
+//!
+//! A transport hands every frame it reads to a [`Session`] and does what
+//! the session answers:
+//! - a client frame ([`Session::on_client_frame`]) is forwarded to the
+//!   server, answered by the proxy itself (a refusal or an error), or held
+//!   (the hook for human approvals);
+//! - a server frame ([`Session::on_server_frame`]) gives the bytes to send
+//!   to the client, and, when it answers a request, a [`Completion`] to hand
+//!   back to [`Session::complete`] once those bytes are on their way (the
+//!   client is answered before the row is chained and journaled).
+//!
+//! Every client request gets one audit row. A forwarded request leaves a
+//! [`Ticket`] in the session, keyed by its JSON-RPC id: the row so far, its
+//! counter reservations (enforced and shadow policies, each with the
+//! generation it was taken from) and when it started. The server's answer,
+//! the server's exit or the transport's shutdown completes it. An allowed
+//! `tools/call` is journaled before it is forwarded, so a crash in between
+//! still leaves its row.
+
+use crate::audit::args::{args_sha256, canonical_json, redact};
+use crate::audit::schema::{AuditRow, ShadowDecision, new_uuid_v7};
+use crate::policy::{Call, Category, Outcome, Reservation, Verdict};
+use crate::proxy::gateway::{Gateway, Generation, lock};
+use crate::proxy::jsonrpc::{self, Envelope, ToolCallParams};
+use serde_json::value::RawValue;
+use serde_json::{Value, json};
+use smallvec::SmallVec;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+/// How the session reaches the client (the audit log's `transport` column).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Stdio,
+    Http,
+    Bridge,
+}
+
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Stdio => "stdio",
+            Transport::Http => "http",
+            Transport::Bridge => "bridge",
+        }
+    }
+}
+
+/// What to do with a frame from the client.
+#[derive(Debug)]
+pub enum ClientAction {
+    /// Send these bytes to the server (the client's own bytes, unchanged).
+    Forward(Vec<u8>),
+    /// Send these bytes to the client; nothing goes to the server.
+    Respond(Vec<u8>),
+    /// A call waiting for a human's answer: nothing goes anywhere yet.
+    Hold(Box<Held>),
+    /// Nothing to do (a blank line).
+    Ignore,
+}
+
+/// A `tools/call` held for approval, with everything needed to forward or
+/// refuse it later.
+#[derive(Debug)]
+pub struct Held {
+    pub frame: Vec<u8>,
+    pub ticket: Ticket,
+}
+
+/// What to do with a frame from the server.
+#[derive(Debug)]
+pub struct ServerAction {
+    /// Bytes for the client (the server's own bytes unless filtered).
+    pub send: Vec<u8>,
+    /// The request this frame answered, to complete after sending.
+    pub completion: Option<Completion>,
+}
+
+/// A forwarded request waiting for its answer.
+#[derive(Debug)]
+pub struct Ticket {
+    row: AuditRow,
+    started: Instant,
+    /// Counter reservations with the generation each was taken from:
+    /// the enforced policy's first (if the call was allowed), then the
+    /// shadow policies'.
+    reservations: SmallVec<[(Arc<Generation>, Reservation); 2]>,
+    /// Journaled with `Recorder::begin` (an allowed tool call).
+    begun: bool,
+    tools_list: bool,
+}
+
+impl std::fmt::Debug for Generation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Generation")
+            .field("policy", &self.policy().sha256)
+            .finish()
+    }
+}
+
+/// How a request ended, ready to be written into its row.
+#[derive(Debug)]
+pub struct Completion {
+    ticket: Ticket,
+    outcome: Outcome,
+    error_code: Option<i64>,
+    error_message: Option<String>,
+    response_bytes: usize,
+}
+
+#[derive(Debug, Default, Clone)]
+struct ClientInfo {
+    name: Option<String>,
+    version: Option<String>,
+}
+
+/// One client's session on a [`Gateway`].
+pub struct Session {
+    gateway: Arc<Gateway>,
+    id: String,
+    transport: Transport,
+    client: Mutex<ClientInfo>,
+    server: Mutex<String>,
+    categories: Mutex<HashMap<String, Category>>,
+    pending: Mutex<HashMap<String, Ticket>>,
+}
+
+impl Session {
+    pub(crate) fn new(gateway: Arc<Gateway>, transport: Transport, server_guess: String) -> Self {
+        let server = gateway.config().server_name.clone().unwrap_or(server_guess);
+        Session {
+            gateway,
+            id: new_uuid_v7(),
+            transport,
+            client: Mutex::new(ClientInfo::default()),
+            server: Mutex::new(server),
+            categories: Mutex::new(HashMap::new()),
+            pending: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn gateway(&self) -> &Arc<Gateway> {
+        &self.gateway
+    }
+
+    fn agent(&self) -> String {
+        if let Some(a) = &self.gateway.config().agent {
+            return a.clone();
+        }
+        lock(&self.client)
+            .name
+            .clone()
+            .unwrap_or_else(|| "unknown".into())
+    }
+
+    fn base_row(&self, method: &str, id: Option<String>, request_bytes: usize) -> AuditRow {
+        let client = lock(&self.client).clone();
+        AuditRow {
+            event_id: new_uuid_v7(),
+            ts_us: crate::time::now_us(),
+            session_id: self.id.clone(),
+            agent_id: self.agent(),
+            client_name: client.name,
+            client_version: client.version,
+            server: lock(&self.server).clone(),
+            transport: self.transport.as_str().into(),
+            method: method.into(),
+            jsonrpc_id: id,
+            policy_sha256: self.gateway.current().policy().sha256.clone(),
+            request_bytes: request_bytes as u64,
+            ..AuditRow::default()
+        }
+    }
+
+    /// A refused frame: records its row and returns the answer for the client.
+    fn refuse_frame(&self, mut row: AuditRow, rule: &str, reason: Option<String>) -> AuditRow {
+        row.decision = Verdict::Deny.as_str().into();
+        row.rule = Some(rule.into());
+        row.reason = reason;
+        row.outcome = Outcome::NotForwarded.as_str().into();
+        row
+    }
+
+    /// A client frame longer than the transport accepts (it was not kept):
+    /// recorded, and answered with a JSON-RPC error.
+    pub fn on_oversized_client_frame(&self, bytes: usize, max: usize) -> Vec<u8> {
+        let row = self.base_row("<invalid>", None, bytes);
+        self.gateway
+            .record(self.refuse_frame(row, "(message too large)", None));
+        jsonrpc::error_frame(
+            None,
+            -32600,
+            &format!("flightrec: message of {bytes} bytes exceeds --max-message-bytes ({max})"),
+        )
+    }
+
+    /// Decides what happens to one frame from the client.
+    pub fn on_client_frame(&self, frame: Vec<u8>) -> ClientAction {
+        if frame.iter().all(|b| b.is_ascii_whitespace()) {
+            return ClientAction::Ignore;
+        }
+        let env: Envelope = match serde_json::from_slice(&frame) {
+            Ok(e) => e,
+            Err(e) => {
+                let mut row = self.refuse_frame(
+                    self.base_row("<invalid>", None, frame.len()),
+                    "(parse error)",
+                    Some(e.to_string()),
+                );
+                row.error_code = Some(-32700);
+                self.gateway.record(row);
+                return ClientAction::Respond(jsonrpc::error_frame(
+                    None,
+                    -32700,
+                    &format!("Parse error: {e}"),
+                ));
+            }
+        };
+        if !env.is_request() {
+            return ClientAction::Forward(frame);
+        }
+        let method = env.method.clone().unwrap_or_default();
+        if let Some((name, version)) = jsonrpc::client_info(&method, env.params) {
+            *lock(&self.client) = ClientInfo {
+                name: Some(name),
+                version,
+            };
+        }
+        let id = env.id_text();
+        if method == "tools/call" {
+            return self.on_tool_call(&env, id, frame.len(), &frame);
+        }
+        if let Some(id) = id {
+            let row = self.base_row(&method, Some(id.clone()), frame.len());
+            lock(&self.pending).insert(
+                id,
+                Ticket {
+                    row,
+                    started: Instant::now(),
+                    reservations: SmallVec::new(),
+                    begun: false,
+                    tools_list: method == "tools/list",
+                },
+            );
+        }
+        ClientAction::Forward(frame)
+    }
+
+    fn on_tool_call(
+        &self,
+        env: &Envelope<'_>,
+        id: Option<String>,
+        bytes: usize,
+        frame: &[u8],
+    ) -> ClientAction {
+        let modern = jsonrpc::speaks_2026(env.params);
+        let params: Option<ToolCallParams> =
+            env.params.and_then(|p| serde_json::from_str(p.get()).ok());
+        let Some(params) = params else {
+            let row = self.base_row("tools/call", id, bytes);
+            self.gateway
+                .record(self.refuse_frame(row, "(invalid request)", None));
+            return ClientAction::Respond(jsonrpc::error_frame(
+                env.id,
+                -32602,
+                "flightrec: tools/call needs params with a tool `name`",
+            ));
+        };
+        let mut row = self.base_row("tools/call", id.clone(), bytes);
+        let known = lock(&self.categories).get(&params.name).copied();
+        let call = Call {
+            ts_us: row.ts_us,
+            session: &row.session_id,
+            agent: &row.agent_id,
+            server: &row.server,
+            tool: &params.name,
+            category: Some(known.unwrap_or_else(|| Category::from_tool_name(&params.name))),
+            risk: None,
+            args: &params.arguments,
+        };
+        // Policy and counters as one unit: the decision, its reservation and
+        // the policy hash in the row all come from the same generation.
+        let (generation, decision, category, risk) =
+            self.gateway.with_current(|generation, state| {
+                let policy = generation.policy();
+                let (category, risk) = policy.classify(&params.name, call.category, None);
+                let decision = policy.decide(state, &call);
+                (generation.clone(), decision, category, risk)
+            });
+        let mut reservations: SmallVec<[(Arc<Generation>, Reservation); 2]> = SmallVec::new();
+        let shadow: Vec<ShadowDecision> = self
+            .gateway
+            .shadows()
+            .iter()
+            .map(|g| {
+                let d = g.policy().decide(&mut **g.state(), &call);
+                if !d.reservation.is_empty() {
+                    reservations.push((g.clone(), d.reservation));
+                }
+                ShadowDecision {
+                    policy_sha256: g.policy().sha256.clone(),
+                    decision: d.verdict.as_str().into(),
+                    rule: d.rule.as_deref().map(str::to_string),
+                }
+            })
+            .collect();
+        let (redacted, _) = redact(&params.arguments, &self.gateway.config().redact);
+        row.policy_sha256 = generation.policy().sha256.clone();
+        row.tool = Some(params.name.clone());
+        row.category = Some(category.as_str().into());
+        row.risk = Some(risk.as_str().into());
+        row.args_json = Some(canonical_json(&redacted));
+        row.args_sha256 = Some(args_sha256(&params.arguments));
+        row.decision = decision.verdict.as_str().into();
+        row.rule = decision.rule.as_deref().map(str::to_string);
+        row.reason = decision.message.as_deref().map(str::to_string);
+        row.retry_after_ms = decision.retry_after_ms;
+        row.shadow = shadow;
+        if decision.verdict == Verdict::Allow {
+            // Journaled before forwarding: a crash from here on leaves a row.
+            if let Err(e) = self.gateway.begin(row.clone()) {
+                generation.settle(decision.reservation, Outcome::NotForwarded);
+                settle_all(reservations, Outcome::NotForwarded);
+                eprintln!("flightrec: AUDIT LOG ERROR, refusing the call (fail closed): {e}");
+                return ClientAction::Respond(jsonrpc::refusal_frame(
+                    env.id,
+                    "[flightrec] refused: the audit log cannot be written, so the call is not forwarded",
+                    json!({"decision": "deny", "rule": "(audit unavailable)"}),
+                    modern,
+                ));
+            }
+            reservations.insert(0, (generation, decision.reservation));
+            let ticket = Ticket {
+                row,
+                started: Instant::now(),
+                reservations,
+                begun: self.gateway.recording(),
+                tools_list: false,
+            };
+            if let Some(id) = id {
+                lock(&self.pending).insert(id, ticket);
+            }
+            return ClientAction::Forward(frame.to_vec());
+        }
+        // A shadow policy that allowed what the enforced one refused would
+        // have forwarded the call: it counts, as replay counts a recorded
+        // refusal that a candidate allows.
+        settle_all(reservations, Outcome::Ok);
+        let mut text = format!(
+            "[flightrec] {} by policy rule \"{}\": {}",
+            match decision.verdict {
+                Verdict::Deny => "denied",
+                Verdict::Throttle => "throttled",
+                Verdict::Approval => "requires approval",
+                Verdict::Allow => "allowed",
+            },
+            decision.rule.as_deref().unwrap_or(""),
+            decision.message.as_deref().unwrap_or("")
+        );
+        if let Some(ms) = decision.retry_after_ms {
+            text.push_str(&format!(" Retry after {ms} ms."));
+        }
+        if decision.verdict == Verdict::Approval {
+            text.push_str(" No approval channel is configured, so the call is refused.");
+        }
+        row.outcome = Outcome::NotForwarded.as_str().into();
+        self.gateway.record(row);
+        ClientAction::Respond(jsonrpc::refusal_frame(
+            env.id,
+            &text,
+            json!({"decision": decision.verdict.as_str(), "rule": decision.rule.as_deref(), "message": decision.message.as_deref(), "retry_after_ms": decision.retry_after_ms}),
+            modern,
+        ))
+    }
+
+    /// What to send the client for one frame from the server.
+    pub fn on_server_frame(&self, frame: Vec<u8>) -> ServerAction {
+        let Ok(env) = serde_json::from_slice::<Envelope>(&frame) else {
+            return ServerAction {
+                send: frame,
+                completion: None,
+            };
+        };
+        let ticket = match env.id_text() {
+            Some(id) if env.is_response() => lock(&self.pending).remove(&id),
+            _ => None,
+        };
+        let Some(ticket) = ticket else {
+            return ServerAction {
+                send: frame,
+                completion: None,
+            };
+        };
+        // What later requests depend on is learned before the client can
+        // send them: the server's name from a handshake result.
+        if self.gateway.config().server_name.is_none()
+            && matches!(ticket.row.method.as_str(), "initialize" | "server/discover")
+            && let Some(name) = env.result.and_then(jsonrpc::server_name)
+        {
+            *lock(&self.server) = name;
+        }
+        let (mut outcome, mut error_code, mut error_message) = (Outcome::Ok, None, None);
+        if let Some(err) = env.error {
+            let v: Value = serde_json::from_str(err.get()).unwrap_or(Value::Null);
+            outcome = Outcome::RpcError;
+            error_code = v.get("code").and_then(Value::as_i64);
+            error_message = v.get("message").and_then(Value::as_str).map(str::to_string);
+        } else if let Some(result) = env.result
+            && ticket.row.method == "tools/call"
+            && let Ok(r) = serde_json::from_str::<jsonrpc::ToolResultHead>(result.get())
+            && r.is_error == Some(true)
+        {
+            outcome = Outcome::ToolError;
+            error_message = r.first_text().map(|s| s.chars().take(500).collect());
+        }
+        let filtered = if ticket.tools_list {
+            self.filter_tools_list(&env)
+        } else {
+            None
+        };
+        let response_bytes = frame.len();
+        ServerAction {
+            send: filtered.unwrap_or(frame),
+            completion: Some(Completion {
+                ticket,
+                outcome,
+                error_code,
+                error_message,
+                response_bytes,
+            }),
+        }
+    }
+
+    /// Settles the request's reservations with its outcome and writes its row.
+    pub fn complete(&self, c: Completion) {
+        let mut t = c.ticket;
+        settle_all(std::mem::take(&mut t.reservations), c.outcome);
+        t.row.outcome = c.outcome.as_str().into();
+        t.row.error_code = c.error_code;
+        t.row.error_message = c.error_message;
+        t.row.response_bytes = c.response_bytes as u64;
+        self.finish(t);
+    }
+
+    fn finish(&self, mut t: Ticket) {
+        t.row.latency_us = Some(t.started.elapsed().as_micros() as u64);
+        if t.begun {
+            self.gateway.complete(t.row);
+        } else {
+            self.gateway.record(t.row);
+        }
+    }
+
+    /// Ends every request still waiting (the server is gone, or the proxy
+    /// is stopping) with `outcome`; returns the error frames for the client.
+    pub fn abandon_all(&self, outcome: Outcome, message: &str) -> Vec<Vec<u8>> {
+        let waiting: Vec<Ticket> = lock(&self.pending).drain().map(|(_, t)| t).collect();
+        let mut frames = Vec::with_capacity(waiting.len());
+        for mut t in waiting {
+            let id: Option<Box<RawValue>> = t
+                .row
+                .jsonrpc_id
+                .as_deref()
+                .and_then(|text| RawValue::from_string(text.to_string()).ok());
+            frames.push(jsonrpc::error_frame(id.as_deref(), -32603, message));
+            settle_all(std::mem::take(&mut t.reservations), outcome);
+            t.row.outcome = outcome.as_str().into();
+            self.finish(t);
+        }
+        frames
+    }
+
+    /// Learns categories from annotations and removes tools the policy
+    /// always refuses. `None` when nothing changes (the original bytes go
+    /// out).
+    fn filter_tools_list(&self, env: &Envelope<'_>) -> Option<Vec<u8>> {
+        let mut v: Value = serde_json::from_str(env.result?.get()).ok()?;
+        let policy = self.gateway.current().policy().clone();
+        let tools = v.get_mut("tools")?.as_array_mut()?;
+        {
+            let mut cats = lock(&self.categories);
+            for t in tools.iter() {
+                let Some(name) = t.get("name").and_then(Value::as_str) else {
+                    continue;
+                };
+                if let Some(a) = t.get("annotations").filter(|a| a.is_object()) {
+                    cats.insert(name.to_string(), Category::from_annotations(a));
+                }
+            }
+        }
+        let before = tools.len();
+        tools.retain(|t| {
+            t.get("name")
+                .and_then(Value::as_str)
+                .is_none_or(|n| !policy.always_refuses(n))
+        });
+        if tools.len() == before {
+            return None;
+        }
+        let id: Value = env
+            .id
+            .and_then(|r| serde_json::from_str(r.get()).ok())
+            .unwrap_or(Value::Null);
+        let mut out = serde_json::to_vec(&json!({"jsonrpc": "2.0", "id": id, "result": v})).ok()?;
+        out.push(b'\n');
+        Some(out)
+    }
+}
+
+/// Settles each reservation against the generation it was taken from.
+fn settle_all(reservations: SmallVec<[(Arc<Generation>, Reservation); 2]>, outcome: Outcome) {
+    for (g, r) in reservations {
+        g.settle(r, outcome);
+    }
+}
