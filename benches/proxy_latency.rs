@@ -2,8 +2,8 @@
 //! Rust test server directly and through `flightrec proxy` (policy with
 //! per-session and global limits that allow everything, audit log on),
 //! N sequential `tools/call` round trips each, in one run. Calls alternate
-//! between the two paths so both see the same machine conditions. Prints
-//! p50 and p99 both ways and the difference.
+//! between the paths, in a random order each round, so all see the same
+//! machine conditions. Prints p50 and p99 both ways and the difference.
 //!
 //! Run: `cargo bench --bench proxy_latency` (builds the release binary and
 //! the test server first).
@@ -20,6 +20,15 @@ use std::time::Instant;
 
 const CALLS: usize = 5_000;
 const WARMUP: usize = 500;
+/// The six orders of direct (0), baseline (1) and this proxy (2).
+const ORDERS: [[u8; 3]; 6] = [
+    [0, 1, 2],
+    [0, 2, 1],
+    [1, 0, 2],
+    [1, 2, 0],
+    [2, 0, 1],
+    [2, 1, 0],
+];
 
 fn target_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release")
@@ -114,14 +123,25 @@ fn main() {
         .map(|b| proxy(b, "audit-baseline"));
     let (mut d, mut p) = (Vec::with_capacity(CALLS), Vec::with_capacity(CALLS));
     let mut b = Vec::with_capacity(CALLS);
+    let mut rng: u64 = 0x9E37_79B9_7F4A_7C15;
     for i in 0..(WARMUP + CALLS) {
         let req = format!(
             r#"{{"jsonrpc":"2.0","id":{},"method":"tools/call","params":{{"name":"copy_image_set","arguments":{{"datastoreId":"ds-01","sourceImageSetId":"set-{i}"}}}}}}"#,
             i + 1
         );
-        let td = direct.round_trip(&req);
-        let tb = baseline.as_mut().map(|peer| peer.round_trip(&req));
-        let tp = proxied.round_trip(&req);
+        // The paths go in a random order each round, so that none always
+        // follows another (whose threads may still be spinning).
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let (mut td, mut tb, mut tp) = (0.0, None, 0.0);
+        for path in ORDERS[(rng % 6) as usize] {
+            match path {
+                0 => td = direct.round_trip(&req),
+                1 => tb = baseline.as_mut().map(|peer| peer.round_trip(&req)),
+                _ => tp = proxied.round_trip(&req),
+            }
+        }
         assert!(
             proxied.line.contains("copy_image_set ok"),
             "unexpected answer: {}",

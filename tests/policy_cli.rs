@@ -23,7 +23,12 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// The corpus is PolicyLayer Intercept's own policy files, kept beside the
+/// repository on CI (not part of it): `.ci/run` runs this test with
+/// `--ignored` when `../shared/compat/intercept-policies` exists and says
+/// so when it does not.
 #[test]
+#[ignore = "needs ../shared/compat/intercept-policies beside the clone; .ci/run runs it when present"]
 fn every_intercept_compat_policy_passes_check() {
     let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/compat/intercept-policies");
     let mut files: Vec<String> = std::fs::read_dir(&corpus)

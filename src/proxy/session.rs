@@ -160,7 +160,20 @@ impl Session {
             .unwrap_or_else(|| "unknown".into())
     }
 
+    /// A row for a request received now, under the current policy.
     fn base_row(&self, method: &str, id: Option<String>, request_bytes: usize) -> AuditRow {
+        let sha = self.gateway.current().policy().sha256.clone();
+        self.row_under(sha, method, id, request_bytes)
+    }
+
+    /// A row for a request received now, decided under the policy `sha`.
+    fn row_under(
+        &self,
+        policy_sha256: String,
+        method: &str,
+        id: Option<String>,
+        request_bytes: usize,
+    ) -> AuditRow {
         let client = lock(&self.client).clone();
         AuditRow {
             event_id: new_uuid_v7(),
@@ -173,7 +186,7 @@ impl Session {
             transport: self.transport.as_str().into(),
             method: method.into(),
             jsonrpc_id: id,
-            policy_sha256: self.gateway.current().policy().sha256.clone(),
+            policy_sha256,
             request_bytes: request_bytes as u64,
             ..AuditRow::default()
         }
@@ -206,7 +219,16 @@ impl Session {
         if frame.iter().all(|b| b.is_ascii_whitespace()) {
             return ClientAction::Ignore;
         }
-        let env: Envelope = match serde_json::from_slice(&frame) {
+        // The frame moves on unchanged unless the proxy answers it: no copy.
+        match self.route(&frame) {
+            None => ClientAction::Forward(frame),
+            Some(answer) => ClientAction::Respond(answer),
+        }
+    }
+
+    /// `None`: forward the frame; `Some`: answer the client with these bytes.
+    fn route(&self, frame: &[u8]) -> Option<Vec<u8>> {
+        let env: Envelope = match serde_json::from_slice(frame) {
             Ok(e) => e,
             Err(e) => {
                 let mut row = self.refuse_frame(
@@ -216,7 +238,7 @@ impl Session {
                 );
                 row.error_code = Some(-32700);
                 self.gateway.record(row);
-                return ClientAction::Respond(jsonrpc::error_frame(
+                return Some(jsonrpc::error_frame(
                     None,
                     -32700,
                     &format!("Parse error: {e}"),
@@ -224,10 +246,10 @@ impl Session {
             }
         };
         if !env.is_request() {
-            return ClientAction::Forward(frame);
+            return None;
         }
-        let method = env.method.clone().unwrap_or_default();
-        if let Some((name, version)) = jsonrpc::client_info(&method, env.params) {
+        let method = env.method.as_deref().unwrap_or_default();
+        if let Some((name, version)) = jsonrpc::client_info(method, env.params) {
             *lock(&self.client) = ClientInfo {
                 name: Some(name),
                 version,
@@ -235,10 +257,10 @@ impl Session {
         }
         let id = env.id_text();
         if method == "tools/call" {
-            return self.on_tool_call(&env, id, frame.len(), &frame);
+            return self.on_tool_call(&env, id, frame.len());
         }
         if let Some(id) = id {
-            let row = self.base_row(&method, Some(id.clone()), frame.len());
+            let row = self.base_row(method, Some(id.clone()), frame.len());
             lock(&self.pending).insert(
                 id,
                 Ticket {
@@ -250,16 +272,16 @@ impl Session {
                 },
             );
         }
-        ClientAction::Forward(frame)
+        None
     }
 
+    /// Decides a `tools/call`: `None` to forward it, else the answer.
     fn on_tool_call(
         &self,
         env: &Envelope<'_>,
         id: Option<String>,
         bytes: usize,
-        frame: &[u8],
-    ) -> ClientAction {
+    ) -> Option<Vec<u8>> {
         let modern = jsonrpc::speaks_2026(env.params);
         let params: Option<ToolCallParams> =
             env.params.and_then(|p| serde_json::from_str(p.get()).ok());
@@ -267,13 +289,14 @@ impl Session {
             let row = self.base_row("tools/call", id, bytes);
             self.gateway
                 .record(self.refuse_frame(row, "(invalid request)", None));
-            return ClientAction::Respond(jsonrpc::error_frame(
+            return Some(jsonrpc::error_frame(
                 env.id,
                 -32602,
                 "flightrec: tools/call needs params with a tool `name`",
             ));
         };
-        let mut row = self.base_row("tools/call", id.clone(), bytes);
+        // The policy hash is the deciding generation's, filled in below.
+        let mut row = self.row_under(String::new(), "tools/call", id.clone(), bytes);
         let known = lock(&self.categories).get(&params.name).copied();
         let call = Call {
             ts_us: row.ts_us,
@@ -329,7 +352,7 @@ impl Session {
                 generation.settle(decision.reservation, Outcome::NotForwarded);
                 settle_all(reservations, Outcome::NotForwarded);
                 eprintln!("flightrec: AUDIT LOG ERROR, refusing the call (fail closed): {e}");
-                return ClientAction::Respond(jsonrpc::refusal_frame(
+                return Some(jsonrpc::refusal_frame(
                     env.id,
                     "[flightrec] refused: the audit log cannot be written, so the call is not forwarded",
                     json!({"decision": "deny", "rule": "(audit unavailable)"}),
@@ -347,7 +370,7 @@ impl Session {
             if let Some(id) = id {
                 lock(&self.pending).insert(id, ticket);
             }
-            return ClientAction::Forward(frame.to_vec());
+            return None;
         }
         // A shadow policy that allowed what the enforced one refused would
         // have forwarded the call: it counts, as replay counts a recorded
@@ -372,7 +395,7 @@ impl Session {
         }
         row.outcome = Outcome::NotForwarded.as_str().into();
         self.gateway.record(row);
-        ClientAction::Respond(jsonrpc::refusal_frame(
+        Some(jsonrpc::refusal_frame(
             env.id,
             &text,
             json!({"decision": decision.verdict.as_str(), "rule": decision.rule.as_deref(), "message": decision.message.as_deref(), "retry_after_ms": decision.retry_after_ms}),
