@@ -37,16 +37,16 @@ fn row(i: u64) -> AuditRow {
             ][(i % 4) as usize]
                 .into(),
         ),
-        category: Some("write".into()),
-        risk: Some("medium".into()),
+        category: Some("write".parse().unwrap()),
+        risk: Some("medium".parse().unwrap()),
         args_json: Some(format!(
             "{{\"datastoreId\":\"ds-0123456789\",\"sourceImageSetId\":\"set-{i}\"}}"
         )),
         args_sha256: Some(format!("{:064x}", i.wrapping_mul(0x9E37_79B9_7F4A_7C15))),
         decision: if i.is_multiple_of(10) {
-            "throttle".into()
+            "throttle".parse().unwrap()
         } else {
-            "allow".into()
+            "allow".parse().unwrap()
         },
         rule: i
             .is_multiple_of(10)

@@ -52,13 +52,13 @@ pub fn log(n: u64) -> PathBuf {
             agent_id: format!("agent-{}", i % 50),
             server: "awslabs.healthimaging-mcp-server".into(),
             tool: Some(tools[(i % 8) as usize].into()),
-            category: Some("write".into()),
+            category: Some("write".parse().unwrap()),
             args_json: Some(format!("{{\"imageSetId\":\"set-{i}\"}}")),
             policy_sha256: "ab".repeat(32),
             outcome: if i % 50 == 0 {
-                "rpc_error".into()
+                "rpc_error".parse().unwrap()
             } else {
-                "ok".into()
+                "ok".parse().unwrap()
             },
             ..AuditRow::default()
         });

@@ -38,9 +38,9 @@ fn row(i: u64, tool: &str, decision: &str) -> AuditRow {
         },
         server: "awslabs.healthimaging-mcp-server".into(),
         tool: Some(tool.into()),
-        category: Some("write".into()),
+        category: Some("write".parse().unwrap()),
         args_json: Some(format!("{{\"source_image_set_id\":\"set-{i}\"}}")),
-        decision: decision.into(),
+        decision: decision.parse().unwrap(),
         policy_sha256: "ab".repeat(32),
         request_bytes: 100 + i,
         ..AuditRow::default()
@@ -212,7 +212,7 @@ fn kill_9_loses_no_acknowledged_row() {
             .iter()
             .find(|r| &r.event_id == id)
             .unwrap_or_else(|| panic!("begun call {id} lost"));
-        assert!(r.outcome == "interrupted", "{id}: {}", r.outcome);
+        assert!(r.outcome.as_str() == "interrupted", "{id}: {}", r.outcome);
     }
     assert!(
         acked.len() > 500,
@@ -305,7 +305,7 @@ fn verify_detects_every_kind_of_tampering() {
             "value changed",
             |f| {
                 let mut rows = read_rows(&f[1]);
-                rows[5].decision = "allow".into();
+                rows[5].decision = "allow".parse().unwrap();
                 rows[5].tool = Some("list_image_sets".into());
                 rewrite(&f[1], &rows);
             },
@@ -568,14 +568,14 @@ fn intercept_events_import_into_the_audit_schema() {
     assert_eq!(rows.len(), 2);
     assert_eq!(rows[0].agent_id, "intercept:a1b2c3d4");
     assert_eq!(rows[0].server, "server-github");
-    assert_eq!(rows[0].decision, "allow");
+    assert_eq!(rows[0].decision.as_str(), "allow");
     assert_eq!(rows[0].args_sha256.as_deref(), Some("00ff"));
     assert_eq!(
         rows[0].ts_us,
         flightrec::time::parse_rfc3339_us("2026-03-04T10:00:01.5Z").unwrap()
     );
-    assert_eq!(rows[1].decision, "deny");
-    assert_eq!(rows[1].outcome, "not_forwarded");
+    assert_eq!(rows[1].decision.as_str(), "deny");
+    assert_eq!(rows[1].outcome.as_str(), "not_forwarded");
     assert_eq!(rows[1].rule.as_deref(), Some("block repo deletion"));
     assert!(rows[0].args_json.is_none());
     // Importing again gives identical rows (deterministic ids and chain).

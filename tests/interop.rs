@@ -39,15 +39,15 @@ fn duckdb_and_pyarrow_read_the_log_unchanged() {
             agent_id: "a".into(),
             tool: Some("copy_image_set".into()),
             decision: if i % 3 == 0 {
-                "throttle".into()
+                "throttle".parse().unwrap()
             } else {
-                "allow".into()
+                "allow".parse().unwrap()
             },
             retry_after_ms: (i % 3 == 0).then_some(1000),
             shadow: if i % 2 == 0 {
                 vec![ShadowDecision {
                     policy_sha256: "p".into(),
-                    decision: "deny".into(),
+                    decision: "deny".parse().unwrap(),
                     rule: Some("r".into()),
                 }]
             } else {

@@ -241,20 +241,20 @@ fn sdk_through_the_proxy_in_both_lifecycles() {
         );
         assert!(!first_copy.args_json.as_deref().unwrap().contains("hunter2"));
         assert!(first_copy.latency_us.is_some());
-        assert_eq!(first_copy.category.as_deref(), Some("write"));
+        assert_eq!(first_copy.category.map(|c| c.as_str()), Some("write"));
         let third = call("copy_image_set", 2);
         assert_eq!(
             (third.decision.as_str(), third.outcome.as_str()),
             ("throttle", "not_forwarded")
         );
         assert_eq!(third.rule.as_deref(), Some("two copies per session"));
-        assert_eq!(call("delete_image_set", 0).decision, "deny");
-        assert_eq!(call("slow_tool", 0).decision, "approval");
-        assert_eq!(call("failing_tool", 0).outcome, "rpc_error");
+        assert_eq!(call("delete_image_set", 0).decision.as_str(), "deny");
+        assert_eq!(call("slow_tool", 0).decision.as_str(), "approval");
+        assert_eq!(call("failing_tool", 0).outcome.as_str(), "rpc_error");
         assert_eq!(call("failing_tool", 0).error_code, Some(-32000));
-        assert_eq!(call("erroring_tool", 0).outcome, "tool_error");
+        assert_eq!(call("erroring_tool", 0).outcome.as_str(), "tool_error");
         assert_eq!(
-            call("list_image_sets", 0).category.as_deref(),
+            call("list_image_sets", 0).category.map(|c| c.as_str()),
             Some("read"),
             "from readOnlyHint"
         );
@@ -333,7 +333,7 @@ fn sdk_with_server_everything() {
     );
     assert!(
         rows.iter()
-            .any(|r| r.method == "initialize" && r.outcome == "ok")
+            .any(|r| r.method == "initialize" && r.outcome.as_str() == "ok")
     );
     let echo: Vec<&AuditRow> = rows
         .iter()
@@ -344,13 +344,13 @@ fn sdk_with_server_everything() {
         (echo[0].decision.as_str(), echo[0].outcome.as_str()),
         ("allow", "ok")
     );
-    assert_eq!(echo[1].decision, "deny");
+    assert_eq!(echo[1].decision.as_str(), "deny");
     assert_eq!(
         echo[0].server, "mcp-servers/everything",
         "serverInfo.name from initialize"
     );
     assert_eq!(
-        echo[0].category.as_deref(),
+        echo[0].category.map(|c| c.as_str()),
         Some("read"),
         "annotations: readOnlyHint"
     );
@@ -410,7 +410,7 @@ fn sdk_with_the_healthimaging_server() {
     );
     assert_eq!(copies[0].server, "awslabs.healthimaging-mcp-server");
     assert_eq!(
-        copies[0].category.as_deref(),
+        copies[0].category.map(|c| c.as_str()),
         Some("write"),
         "no annotations: the name heuristic"
     );
@@ -514,7 +514,7 @@ fn child_exit_fails_in_flight_calls_and_exits_with_its_status() {
     assert_eq!(status.code(), Some(3), "the server's exit status");
     let rows = rows(&audit);
     assert_eq!(rows.len(), 1);
-    assert_eq!(rows[0].outcome, "upstream_gone");
+    assert_eq!(rows[0].outcome.as_str(), "upstream_gone");
 }
 
 #[test]
@@ -545,10 +545,10 @@ fn kill_9_of_the_proxy_mid_call_leaves_an_interrupted_row() {
         .iter()
         .find(|r| r.tool.as_deref() == Some("slow_tool"))
         .expect("the forwarded call left a row");
-    assert_eq!(slow.outcome, "interrupted");
+    assert_eq!(slow.outcome.as_str(), "interrupted");
     assert!(
         rows.iter()
-            .any(|r| r.tool.as_deref() == Some("list_image_sets") && r.outcome == "ok")
+            .any(|r| r.tool.as_deref() == Some("list_image_sets") && r.outcome.as_str() == "ok")
     );
 }
 
@@ -676,7 +676,7 @@ fn sigterm_is_forwarded_and_in_flight_calls_are_recorded() {
         .iter()
         .find(|r| r.tool.as_deref() == Some("slow_tool"))
         .expect("a row for the call in flight");
-    assert_eq!(slow.outcome, "upstream_gone");
+    assert_eq!(slow.outcome.as_str(), "upstream_gone");
     assert!(
         Command::new(flightrec())
             .args(["audit", "verify", audit.to_str().unwrap()])

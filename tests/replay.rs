@@ -122,14 +122,14 @@ fn record_decided(dir: &Path, calls: &[Value], decisions: &[Value], first_id: us
                 server: "srv".into(),
                 tool: Some(c["tool"].as_str().unwrap().into()),
                 args_json: Some(c["args"].to_string()),
-                decision: d["decision"].as_str().unwrap().into(),
+                decision: d["decision"].as_str().unwrap().parse().unwrap(),
                 rule: d["rule"].as_str().map(str::to_string),
                 reason: d["message"].as_str().map(str::to_string),
                 retry_after_ms: d["retry_after_ms"].as_u64(),
                 outcome: if allowed {
-                    c["outcome"].as_str().unwrap().into()
+                    c["outcome"].as_str().unwrap().parse().unwrap()
                 } else {
-                    "not_forwarded".into()
+                    "not_forwarded".parse().unwrap()
                 },
                 ..AuditRow::default()
             },
@@ -140,7 +140,7 @@ fn record_decided(dir: &Path, calls: &[Value], decisions: &[Value], first_id: us
         event_id: format!("init-{first_id}"),
         ts_us: T0,
         method: "initialize".into(),
-        decision: "allow".into(),
+        decision: "allow".parse().unwrap(),
         ..AuditRow::default()
     })
     .unwrap();

@@ -98,7 +98,7 @@ fn generation_is_deterministic_per_seed() {
     assert_eq!(ra, rb, "same seed, same events");
     assert!(
         ra.iter()
-            .all(|r| r.decision == "unrecorded" && r.transport == "generated")
+            .all(|r| r.decision.as_str() == "unrecorded" && r.transport.as_str() == "generated")
     );
     assert!(
         ra.windows(2).all(|w| w[0].ts_us <= w[1].ts_us),
@@ -154,11 +154,11 @@ fn closed_loop_generation_records_decisions_and_reactions() {
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let rs = rows(&out);
-    assert!(rs.iter().any(|r| r.decision == "throttle"));
+    assert!(rs.iter().any(|r| r.decision.as_str() == "throttle"));
     // Each throttled call is retried exactly when it was told to.
     let policy = Policy::load(&root().join("policies/seed-copy-limit.yaml")).unwrap();
     assert_eq!(rs[0].policy_sha256, policy.sha256);
-    for r in rs.iter().filter(|r| r.decision == "throttle") {
+    for r in rs.iter().filter(|r| r.decision.as_str() == "throttle") {
         let retry_at = r.ts_us + r.retry_after_ms.unwrap() as i64 * 1000;
         let end = flightrec::time::parse_rfc3339_us("2026-11-20T11:15:00Z").unwrap();
         if retry_at < end {

@@ -13,7 +13,7 @@
 //! This is deliberately simple to recompute outside flightrec (a dozen lines
 //! of Python); docs/audit-schema.md shows how.
 
-use crate::audit::schema::{AuditRow, ShadowDecision};
+use crate::audit::schema::{AuditRow, ColumnValue, ShadowDecision};
 use sha2::{Digest, Sha256};
 
 /// The canonical byte encoding of a row (all columns but `hash`).
@@ -80,15 +80,15 @@ fn walk_canonical(row: &AuditRow, sink: &mut dyn FnMut(&[u8])) {
     text(row.client_name.as_deref());
     text(row.client_version.as_deref());
     text(Some(&row.server));
-    text(Some(&row.transport));
+    text(Some(row.transport.as_str()));
     text(Some(&row.method));
     text(row.jsonrpc_id.as_deref());
     text(row.tool.as_deref());
-    text(row.category.as_deref());
-    text(row.risk.as_deref());
+    text(row.category.map(ColumnValue::as_str));
+    text(row.risk.map(ColumnValue::as_str));
     text(row.args_json.as_deref());
     text(row.args_sha256.as_deref());
-    text(Some(&row.decision));
+    text(Some(row.decision.as_str()));
     text(row.rule.as_deref());
     text(row.reason.as_deref());
     text(row.retry_after_ms.map(|v| n1.u(v)));
@@ -98,7 +98,7 @@ fn walk_canonical(row: &AuditRow, sink: &mut dyn FnMut(&[u8])) {
     } else {
         text(Some(&shadow_json(&row.shadow)));
     }
-    text(Some(&row.outcome));
+    text(Some(row.outcome.as_str()));
     text(row.error_code.map(|v| n2.i(v)));
     text(row.error_message.as_deref());
     text(row.latency_us.map(|v| n1.u(v)));

@@ -9,7 +9,7 @@
 //! `prev_hash` and `hash` are not stored: recovery recomputes them by
 //! re-linking the chain, which is deterministic.
 
-use crate::audit::schema::{AuditRow, ShadowDecision};
+use crate::audit::schema::{AuditRow, ColumnValue, ShadowDecision};
 
 const NULL: u8 = 0;
 const SAME: u8 = 1;
@@ -30,15 +30,19 @@ pub fn encode(row: &AuditRow, prev: Option<&AuditRow>, out: &mut Vec<u8>) {
         p.client_version.as_deref()
     });
     e.text(Some(&row.server), |p| Some(&p.server));
-    e.text(Some(&row.transport), |p| Some(&p.transport));
+    e.text(Some(row.transport.as_str()), |p| Some(p.transport.as_str()));
     e.text(Some(&row.method), |p| Some(&p.method));
     e.text(row.jsonrpc_id.as_deref(), |p| p.jsonrpc_id.as_deref());
     e.text(row.tool.as_deref(), |p| p.tool.as_deref());
-    e.text(row.category.as_deref(), |p| p.category.as_deref());
-    e.text(row.risk.as_deref(), |p| p.risk.as_deref());
+    e.text(row.category.map(ColumnValue::as_str), |p| {
+        p.category.map(ColumnValue::as_str)
+    });
+    e.text(row.risk.map(ColumnValue::as_str), |p| {
+        p.risk.map(ColumnValue::as_str)
+    });
     e.text(row.args_json.as_deref(), |p| p.args_json.as_deref());
     e.text(row.args_sha256.as_deref(), |p| p.args_sha256.as_deref());
-    e.text(Some(&row.decision), |p| Some(&p.decision));
+    e.text(Some(row.decision.as_str()), |p| Some(p.decision.as_str()));
     e.text(row.rule.as_deref(), |p| p.rule.as_deref());
     e.text(row.reason.as_deref(), |p| p.reason.as_deref());
     e.opt_u64(row.retry_after_ms);
@@ -46,10 +50,10 @@ pub fn encode(row: &AuditRow, prev: Option<&AuditRow>, out: &mut Vec<u8>) {
     e.out_varint(row.shadow.len() as u64);
     for s in &row.shadow {
         e.literal(Some(&s.policy_sha256));
-        e.literal(Some(&s.decision));
+        e.literal(Some(s.decision.as_str()));
         e.literal(s.rule.as_deref());
     }
-    e.text(Some(&row.outcome), |p| Some(&p.outcome));
+    e.text(Some(row.outcome.as_str()), |p| Some(p.outcome.as_str()));
     match row.error_code {
         None => e.out.push(NULL),
         Some(c) => {
@@ -76,15 +80,15 @@ pub fn decode(bytes: &[u8], prev: Option<&AuditRow>) -> Result<AuditRow, String>
         client_name: d.text(|p| p.client_name.as_deref())?,
         client_version: d.text(|p| p.client_version.as_deref())?,
         server: d.req(|p| Some(&p.server))?,
-        transport: d.req(|p| Some(&p.transport))?,
+        transport: d.value(|p| Some(p.transport.as_str()))?,
         method: d.req(|p| Some(&p.method))?,
         jsonrpc_id: d.text(|p| p.jsonrpc_id.as_deref())?,
         tool: d.text(|p| p.tool.as_deref())?,
-        category: d.text(|p| p.category.as_deref())?,
-        risk: d.text(|p| p.risk.as_deref())?,
+        category: d.opt_value(|p| p.category.map(ColumnValue::as_str))?,
+        risk: d.opt_value(|p| p.risk.map(ColumnValue::as_str))?,
         args_json: d.text(|p| p.args_json.as_deref())?,
         args_sha256: d.text(|p| p.args_sha256.as_deref())?,
-        decision: d.req(|p| Some(&p.decision))?,
+        decision: d.value(|p| Some(p.decision.as_str()))?,
         rule: d.text(|p| p.rule.as_deref())?,
         reason: d.text(|p| p.reason.as_deref())?,
         retry_after_ms: d.opt_u64()?,
@@ -98,13 +102,13 @@ pub fn decode(bytes: &[u8], prev: Option<&AuditRow>) -> Result<AuditRow, String>
             for _ in 0..n {
                 v.push(ShadowDecision {
                     policy_sha256: d.text(|_| None)?.unwrap_or_default(),
-                    decision: d.text(|_| None)?.unwrap_or_default(),
+                    decision: d.value(|_| None)?,
                     rule: d.text(|_| None)?,
                 });
             }
             v
         },
-        outcome: d.req(|p| Some(&p.outcome))?,
+        outcome: d.value(|p| Some(p.outcome.as_str()))?,
         error_code: match d.byte()? {
             NULL => None,
             LITERAL => Some(unzigzag(d.varint()?)),
@@ -259,6 +263,21 @@ impl Decoder<'_, '_> {
         self.text(field)?
             .ok_or_else(|| "a required column is null".to_string())
     }
+
+    fn opt_value<T: ColumnValue>(
+        &mut self,
+        field: impl Fn(&AuditRow) -> Option<&str>,
+    ) -> Result<Option<T>, String> {
+        self.text(field)?.map(|t| T::parse_value(&t)).transpose()
+    }
+
+    fn value<T: ColumnValue>(
+        &mut self,
+        field: impl Fn(&AuditRow) -> Option<&str>,
+    ) -> Result<T, String> {
+        self.opt_value(field)?
+            .ok_or_else(|| "a required column is null".to_string())
+    }
 }
 
 #[cfg(test)]
@@ -280,7 +299,7 @@ mod tests {
             policy_sha256: "AB".repeat(32),
             shadow: vec![ShadowDecision {
                 policy_sha256: "ab".repeat(32),
-                decision: "deny".into(),
+                decision: crate::policy::Verdict::Deny,
                 rule: None,
             }],
             error_code: Some(-32601),

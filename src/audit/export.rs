@@ -5,7 +5,8 @@
 
 use crate::audit::error::AuditError;
 use crate::audit::read::{ScanOptions, scan};
-use crate::audit::schema::{self, AuditRow, BatchView, col};
+use crate::audit::schema::{self, AuditRow, BatchView, RecordedDecision, col};
+use crate::policy::{Category, Outcome};
 use arrow::array::{BooleanArray, RecordBatch};
 use globset::GlobMatcher;
 use parquet::arrow::ArrowWriter;
@@ -16,27 +17,17 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What `flightrec export` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ExportFormat {
+    /// The audit schema, unchanged
     Parquet,
+    /// One header line, then one line per row
     Csv,
+    /// One JSON object per row
     Jsonl,
+    /// OCSF 1.1 API Activity, one JSON object per line
     Ocsf,
-}
-
-impl std::str::FromStr for ExportFormat {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "parquet" => Ok(ExportFormat::Parquet),
-            "csv" => Ok(ExportFormat::Csv),
-            "jsonl" => Ok(ExportFormat::Jsonl),
-            "ocsf" => Ok(ExportFormat::Ocsf),
-            other => Err(format!(
-                "unknown format `{other}` (expected parquet, csv, jsonl or ocsf)"
-            )),
-        }
-    }
 }
 
 /// Which rows to keep. Tool and agent take globs.
@@ -46,7 +37,7 @@ pub struct ExportFilter {
     pub to_us: Option<i64>,
     pub agent: Option<GlobMatcher>,
     pub tool: Option<GlobMatcher>,
-    pub decision: Option<String>,
+    pub decision: Option<RecordedDecision>,
     pub session: Option<String>,
 }
 
@@ -59,7 +50,7 @@ impl ExportFilter {
                 .tool
                 .as_ref()
                 .is_none_or(|g| row.tool.as_deref().is_some_and(|t| g.is_match(t)))
-            && self.decision.as_ref().is_none_or(|d| &row.decision == d)
+            && self.decision.is_none_or(|d| row.decision == d)
             && self.session.as_ref().is_none_or(|s| &row.session_id == s)
     }
 }
@@ -218,8 +209,7 @@ fn filter_batch(
                     .is_none_or(|g| get(&tool, i).is_some_and(|t| g.is_match(t)))
                 && filter
                     .decision
-                    .as_deref()
-                    .is_none_or(|d| get(&decision, i) == Some(d))
+                    .is_none_or(|d| get(&decision, i) == Some(d.as_str()))
                 && filter
                     .session
                     .as_deref()
@@ -283,21 +273,24 @@ fn csv_fields(r: &AuditRow) -> Vec<String> {
         opt(&r.client_name),
         opt(&r.client_version),
         r.server.clone(),
-        r.transport.clone(),
+        r.transport.as_str().to_string(),
         r.method.clone(),
         opt(&r.jsonrpc_id),
         opt(&r.tool),
-        opt(&r.category),
-        opt(&r.risk),
+        r.category
+            .map(|c| c.as_str())
+            .unwrap_or_default()
+            .to_string(),
+        r.risk.map(|c| c.as_str()).unwrap_or_default().to_string(),
         opt(&r.args_json),
         opt(&r.args_sha256),
-        r.decision.clone(),
+        r.decision.as_str().to_string(),
         opt(&r.rule),
         opt(&r.reason),
         num(r.retry_after_ms),
         r.policy_sha256.clone(),
         serde_json::to_string(&r.shadow).unwrap_or_default(),
-        r.outcome.clone(),
+        r.outcome.as_str().to_string(),
         num(r.error_code),
         opt(&r.error_message),
         num(r.latency_us),
@@ -347,32 +340,30 @@ pub fn row_json(r: &AuditRow) -> Value {
 
 /// OCSF 1.1 API Activity (class 6003). docs/audit-schema.md has the mapping.
 pub fn ocsf_event(r: &AuditRow) -> Value {
-    let (activity_id, activity_name) = match r.category.as_deref() {
-        Some("read") => (2, "Read"),
-        Some("write") => (3, "Update"),
-        Some("destructive") => (4, "Delete"),
-        Some("execute") => (99, "Other"),
-        _ => (0, "Unknown"),
+    let (activity_id, activity_name) = match r.category {
+        Some(Category::Read) => (2, "Read"),
+        Some(Category::Write) => (3, "Update"),
+        Some(Category::Destructive) => (4, "Delete"),
+        Some(Category::Execute) => (99, "Other"),
+        Some(Category::Unknown) | None => (0, "Unknown"),
     };
-    let allowed = r.decision == "allow";
-    let succeeded = allowed && matches!(r.outcome.as_str(), "ok");
+    let succeeded = r.decision == RecordedDecision::Allow && r.outcome == Outcome::Ok;
     let (status_id, status) = if succeeded {
         (1, "Success")
     } else {
         (2, "Failure")
     };
-    let (action_id, action, disposition_id, disposition) = match r.decision.as_str() {
-        "allow" => (1, "Allowed", 1, "Allowed"),
-        "deny" => (2, "Denied", 2, "Blocked"),
-        "throttle" => (2, "Denied", 2, "Blocked"),
-        "approval" => (2, "Denied", 20, "Approval Required"),
-        _ => (0, "Unknown", 0, "Unknown"),
+    let (action_id, action, disposition_id, disposition) = match r.decision {
+        RecordedDecision::Allow => (1, "Allowed", 1, "Allowed"),
+        RecordedDecision::Deny | RecordedDecision::Throttle => (2, "Denied", 2, "Blocked"),
+        RecordedDecision::Approval => (2, "Denied", 20, "Approval Required"),
+        RecordedDecision::Unrecorded => (0, "Unknown", 0, "Unknown"),
     };
-    let severity_id = match r.decision.as_str() {
-        "allow" => 1,
-        "throttle" | "approval" => 2,
-        "deny" => 3,
-        _ => 0,
+    let severity_id = match r.decision {
+        RecordedDecision::Allow => 1,
+        RecordedDecision::Throttle | RecordedDecision::Approval => 2,
+        RecordedDecision::Deny => 3,
+        RecordedDecision::Unrecorded => 0,
     };
     json!({
         "class_uid": 6003,

@@ -12,7 +12,8 @@
 
 use crate::audit::error::AuditError;
 use crate::audit::file_writer::AuditFileWriter;
-use crate::audit::schema::AuditRow;
+use crate::audit::schema::{AuditRow, RecordedDecision, Transport};
+use crate::policy::Outcome;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
 use std::io::BufRead;
@@ -90,8 +91,8 @@ fn event_row(
     let ts_us = crate::time::parse_rfc3339_us(&ts).map_err(Skip::Bad)?;
     let tool = text("tool").ok_or_else(|| Skip::Bad("tool_call without \"tool\"".into()))?;
     let (decision, outcome) = match text("result").as_deref() {
-        Some("allowed") => ("allow", "ok"),
-        Some("denied") => ("deny", "not_forwarded"),
+        Some("allowed") => (RecordedDecision::Allow, Outcome::Ok),
+        Some("denied") => (RecordedDecision::Deny, Outcome::NotForwarded),
         other => {
             return Err(Skip::Bad(format!(
                 "result must be allowed or denied, got {other:?}"
@@ -112,14 +113,14 @@ fn event_row(
         session_id: who.clone(),
         agent_id: who,
         server: servers.get(&instance).cloned().unwrap_or_default(),
-        transport: "unknown".into(),
+        transport: Transport::Unknown,
         method: "tools/call".into(),
         tool: Some(tool),
         args_sha256: text("args_hash").map(|h| h.trim_start_matches("sha256:").to_string()),
-        decision: decision.into(),
+        decision,
         rule: text("rule"),
         reason: text("message"),
-        outcome: outcome.into(),
+        outcome,
         ..AuditRow::default()
     }))
 }

@@ -46,6 +46,28 @@ impl Kind {
     }
 }
 
+/// `--fsync` / `--sync`: when the audit journal is forced to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Fsync {
+    /// At most every 100 ms: a process crash loses nothing, power loss at most 100 ms
+    #[default]
+    Interval,
+    /// After every write: survives power loss, slower
+    Always,
+    /// Never forced; the OS writes back when it likes
+    Never,
+}
+
+impl From<Fsync> for SyncMode {
+    fn from(f: Fsync) -> SyncMode {
+        match f {
+            Fsync::Interval => SyncMode::Interval(Duration::from_millis(100)),
+            Fsync::Always => SyncMode::Always,
+            Fsync::Never => SyncMode::Never,
+        }
+    }
+}
+
 /// When appended frames are forced to stable storage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SyncMode {

@@ -3,7 +3,7 @@
 //! Readers never load a whole log: they yield record batches file by file,
 //! row group by row group, reading only the columns asked for and skipping
 //! row groups whose `ts` statistics fall outside the requested range. They
-//! accept any Parquet file with the §3 column names and types, whoever wrote
+//! accept any Parquet file with the audit schema's column names and types, whoever wrote
 //! it; flightrec's own footer metadata is not required.
 
 use crate::audit::error::AuditError;

@@ -271,7 +271,7 @@ impl Recorder {
             if finished.contains(&row.event_id) || !seen.insert(row.event_id.clone()) {
                 continue;
             }
-            row.outcome = "interrupted".to_string();
+            row.outcome = crate::policy::Outcome::Interrupted;
             // Through the journal like any finished row, so that a crash
             // during recovery cannot finish the same call twice.
             self.record(row)?;
@@ -577,7 +577,7 @@ impl Recorder {
     /// Clean shutdown: calls still pending are recorded as `interrupted`,
     /// the data file is closed into place and the journal retired.
     pub fn close(mut self) -> Result<(), AuditError> {
-        self.complete_all(|row| row.outcome = "interrupted".to_string())?;
+        self.complete_all(|row| row.outcome = crate::policy::Outcome::Interrupted)?;
         self.rotate()?;
         let path = self.journal.path().to_path_buf();
         std::fs::remove_file(&path).map_err(|e| AuditError::io("remove", &path, e))
@@ -712,7 +712,8 @@ mod tests {
         rec.record(row(0)).unwrap();
         rec.begin(row(1)).unwrap();
         rec.begin(row(2)).unwrap();
-        rec.complete("e0002", |r| r.outcome = "ok".into()).unwrap();
+        rec.complete("e0002", |r| r.outcome = crate::policy::Outcome::Ok)
+            .unwrap();
         // A crash: nothing is closed or rotated (the kill -9 integration test
         // does this with a real process).
         drop(rec);

@@ -1,10 +1,11 @@
-//! Audit log schema v1 (§3): the one definition of the Parquet columns, the
+//! Audit log schema v1: the one definition of the Parquet columns, the
 //! Rust row type, and conversions between rows and Arrow record batches.
 //!
 //! The schema is a public contract read by DuckDB, pyarrow, Athena, Spark and
 //! by replay. Minor versions only add columns (at the end); a reader that
 //! knows 1.0 reads any 1.x file. docs/audit-schema.md documents each column.
 
+use crate::policy::{Category, Outcome, Risk, Verdict};
 use arrow::array::{
     Array, ArrayRef, AsArray, Int64Builder, ListBuilder, RecordBatch, StringBuilder, StructBuilder,
     TimestampMicrosecondBuilder, UInt64Builder,
@@ -14,6 +15,7 @@ use arrow::datatypes::{
     UInt64Type,
 };
 use serde::{Deserialize, Serialize};
+use std::str::FromStr;
 use std::sync::{Arc, LazyLock};
 
 /// The value of the `schema_version` column written by this build.
@@ -116,11 +118,181 @@ pub fn schema() -> SchemaRef {
     SCHEMA.clone()
 }
 
+/// How a recorded request reached the proxy (the `transport` column).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Transport {
+    Stdio,
+    Http,
+    Bridge,
+    /// Imported from another tool's log that does not say.
+    Unknown,
+    /// A scenario's simulated call.
+    Generated,
+}
+
+/// The `decision` column: a verdict, or `unrecorded` for generated events
+/// no policy decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordedDecision {
+    Allow,
+    Deny,
+    Throttle,
+    Approval,
+    Unrecorded,
+}
+
+impl RecordedDecision {
+    /// The verdict, `None` for `unrecorded`.
+    pub fn verdict(self) -> Option<Verdict> {
+        match self {
+            RecordedDecision::Allow => Some(Verdict::Allow),
+            RecordedDecision::Deny => Some(Verdict::Deny),
+            RecordedDecision::Throttle => Some(Verdict::Throttle),
+            RecordedDecision::Approval => Some(Verdict::Approval),
+            RecordedDecision::Unrecorded => None,
+        }
+    }
+}
+
+impl From<Verdict> for RecordedDecision {
+    fn from(v: Verdict) -> Self {
+        match v {
+            Verdict::Allow => RecordedDecision::Allow,
+            Verdict::Deny => RecordedDecision::Deny,
+            Verdict::Throttle => RecordedDecision::Throttle,
+            Verdict::Approval => RecordedDecision::Approval,
+        }
+    }
+}
+
+/// The enum-valued columns: typed in Rust, their snake_case names in
+/// Parquet, JSON, CSV and the hash chain. This is the only place they
+/// become text and back.
+pub trait ColumnValue: Copy + 'static {
+    const VALUES: &'static [Self];
+    fn as_str(self) -> &'static str;
+
+    /// Parses a column value; the error names the accepted values.
+    fn parse_value(text: &str) -> Result<Self, String> {
+        Self::VALUES
+            .iter()
+            .copied()
+            .find(|v| v.as_str() == text)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Self::VALUES.iter().map(|v| v.as_str()).collect();
+                format!("unknown value `{text}` (expected {})", names.join(", "))
+            })
+    }
+}
+
+impl ColumnValue for Transport {
+    const VALUES: &'static [Self] = &[
+        Transport::Stdio,
+        Transport::Http,
+        Transport::Bridge,
+        Transport::Unknown,
+        Transport::Generated,
+    ];
+    fn as_str(self) -> &'static str {
+        Transport::as_str(self)
+    }
+}
+
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Stdio => "stdio",
+            Transport::Http => "http",
+            Transport::Bridge => "bridge",
+            Transport::Unknown => "unknown",
+            Transport::Generated => "generated",
+        }
+    }
+}
+
+impl ColumnValue for RecordedDecision {
+    const VALUES: &'static [Self] = &[
+        RecordedDecision::Allow,
+        RecordedDecision::Deny,
+        RecordedDecision::Throttle,
+        RecordedDecision::Approval,
+        RecordedDecision::Unrecorded,
+    ];
+    fn as_str(self) -> &'static str {
+        RecordedDecision::as_str(self)
+    }
+}
+
+impl RecordedDecision {
+    pub fn as_str(self) -> &'static str {
+        match self.verdict() {
+            Some(v) => v.as_str(),
+            None => "unrecorded",
+        }
+    }
+}
+
+impl ColumnValue for Verdict {
+    const VALUES: &'static [Self] = &Verdict::ALL;
+    fn as_str(self) -> &'static str {
+        Verdict::as_str(self)
+    }
+}
+
+impl ColumnValue for Outcome {
+    const VALUES: &'static [Self] = &Outcome::ALL;
+    fn as_str(self) -> &'static str {
+        Outcome::as_str(self)
+    }
+}
+
+impl ColumnValue for Category {
+    const VALUES: &'static [Self] = &Category::ALL;
+    fn as_str(self) -> &'static str {
+        Category::as_str(self)
+    }
+}
+
+impl ColumnValue for Risk {
+    const VALUES: &'static [Self] = &Risk::ALL;
+    fn as_str(self) -> &'static str {
+        Risk::as_str(self)
+    }
+}
+
+impl std::fmt::Display for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::fmt::Display for RecordedDecision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for RecordedDecision {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::parse_value(s)
+    }
+}
+
+impl FromStr for Transport {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::parse_value(s)
+    }
+}
+
 /// A candidate policy's verdict recorded in shadow mode.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShadowDecision {
     pub policy_sha256: String,
-    pub decision: String,
+    pub decision: Verdict,
     pub rule: Option<String>,
 }
 
@@ -137,21 +309,21 @@ pub struct AuditRow {
     pub client_name: Option<String>,
     pub client_version: Option<String>,
     pub server: String,
-    pub transport: String,
+    pub transport: Transport,
     pub method: String,
     pub jsonrpc_id: Option<String>,
     pub tool: Option<String>,
-    pub category: Option<String>,
-    pub risk: Option<String>,
+    pub category: Option<Category>,
+    pub risk: Option<Risk>,
     pub args_json: Option<String>,
     pub args_sha256: Option<String>,
-    pub decision: String,
+    pub decision: RecordedDecision,
     pub rule: Option<String>,
     pub reason: Option<String>,
     pub retry_after_ms: Option<u64>,
     pub policy_sha256: String,
     pub shadow: Vec<ShadowDecision>,
-    pub outcome: String,
+    pub outcome: Outcome,
     pub error_code: Option<i64>,
     pub error_message: Option<String>,
     pub latency_us: Option<u64>,
@@ -173,7 +345,7 @@ impl Default for AuditRow {
             client_name: None,
             client_version: None,
             server: String::new(),
-            transport: "stdio".to_string(),
+            transport: Transport::Stdio,
             method: "tools/call".to_string(),
             jsonrpc_id: None,
             tool: None,
@@ -181,13 +353,13 @@ impl Default for AuditRow {
             risk: None,
             args_json: None,
             args_sha256: None,
-            decision: "allow".to_string(),
+            decision: RecordedDecision::Allow,
             rule: None,
             reason: None,
             retry_after_ms: None,
             policy_sha256: String::new(),
             shadow: Vec::new(),
-            outcome: "ok".to_string(),
+            outcome: Outcome::Ok,
             error_code: None,
             error_message: None,
             latency_us: None,
@@ -249,7 +421,7 @@ pub fn rows_to_batch(rows: &[AuditRow]) -> RecordBatch {
                 .append_value(&s.policy_sha256);
             sb.field_builder::<StringBuilder>(1)
                 .expect("decision")
-                .append_value(&s.decision);
+                .append_value(s.decision.as_str());
             sb.field_builder::<StringBuilder>(2)
                 .expect("rule")
                 .append_option(s.rule.as_deref());
@@ -267,21 +439,21 @@ pub fn rows_to_batch(rows: &[AuditRow]) -> RecordBatch {
         opt_strings(&|r| r.client_name.as_deref()),
         opt_strings(&|r| r.client_version.as_deref()),
         strings(&|r| &r.server),
-        strings(&|r| &r.transport),
+        strings(&|r| r.transport.as_str()),
         strings(&|r| &r.method),
         opt_strings(&|r| r.jsonrpc_id.as_deref()),
         opt_strings(&|r| r.tool.as_deref()),
-        opt_strings(&|r| r.category.as_deref()),
-        opt_strings(&|r| r.risk.as_deref()),
+        opt_strings(&|r| r.category.map(Category::as_str)),
+        opt_strings(&|r| r.risk.map(Risk::as_str)),
         opt_strings(&|r| r.args_json.as_deref()),
         opt_strings(&|r| r.args_sha256.as_deref()),
-        strings(&|r| &r.decision),
+        strings(&|r| r.decision.as_str()),
         opt_strings(&|r| r.rule.as_deref()),
         opt_strings(&|r| r.reason.as_deref()),
         u64s(&|r| r.retry_after_ms),
         strings(&|r| &r.policy_sha256),
         Arc::new(shadow.finish()),
-        strings(&|r| &r.outcome),
+        strings(&|r| r.outcome.as_str()),
         Arc::new(error_code.finish()),
         opt_strings(&|r| r.error_message.as_deref()),
         u64s(&|r| r.latency_us),
@@ -450,6 +622,25 @@ impl<'b> BatchView<'b> {
             c.as_ref().and_then(|c| c.get(i)).map(str::to_string)
         };
         let text = |c: &Option<StrColumn<'b>>, i: usize| opt(c, i).unwrap_or_default();
+        fn typed<T: ColumnValue>(
+            c: &Option<StrColumn<'_>>,
+            name: &str,
+            i: usize,
+        ) -> Result<Option<T>, ColumnError> {
+            match c.as_ref().and_then(|c| c.get(i)) {
+                None => Ok(None),
+                Some(text) => T::parse_value(text)
+                    .map(Some)
+                    .map_err(|problem| ColumnError {
+                        column: name.into(),
+                        problem: format!("row {i}: {problem}"),
+                    }),
+            }
+        }
+        let required = |name: &str, i: usize| ColumnError {
+            column: name.into(),
+            problem: format!("row {i}: null in a required column"),
+        };
         let num = |c: Option<&arrow::array::PrimitiveArray<UInt64Type>>, i: usize| {
             c.and_then(|c| if c.is_null(i) { None } else { Some(c.value(i)) })
         };
@@ -469,21 +660,24 @@ impl<'b> BatchView<'b> {
                 client_name: opt(&client_name, i),
                 client_version: opt(&client_version, i),
                 server: text(&server, i),
-                transport: text(&transport, i),
+                transport: typed(&transport, col::TRANSPORT, i)?
+                    .ok_or_else(|| required(col::TRANSPORT, i))?,
                 method: text(&method, i),
                 jsonrpc_id: opt(&jsonrpc_id, i),
                 tool: opt(&tool, i),
-                category: opt(&category, i),
-                risk: opt(&risk, i),
+                category: typed(&category, col::CATEGORY, i)?,
+                risk: typed(&risk, col::RISK, i)?,
                 args_json: opt(&args_json, i),
                 args_sha256: opt(&args_sha256, i),
-                decision: text(&decision, i),
+                decision: typed(&decision, col::DECISION, i)?
+                    .ok_or_else(|| required(col::DECISION, i))?,
                 rule: opt(&rule, i),
                 reason: opt(&reason, i),
                 retry_after_ms: num(retry, i),
                 policy_sha256: text(&policy_sha, i),
                 shadow,
-                outcome: text(&outcome, i),
+                outcome: typed(&outcome, col::OUTCOME, i)?
+                    .ok_or_else(|| required(col::OUTCOME, i))?,
                 error_code: error_code
                     .and_then(|c| if c.is_null(i) { None } else { Some(c.value(i)) }),
                 error_message: opt(&error_message, i),
@@ -518,13 +712,16 @@ fn read_shadow(items: &ArrayRef) -> Result<Vec<ShadowDecision>, ColumnError> {
         }
     };
     let (p, d, r) = (field("policy_sha256")?, field("decision")?, field("rule")?);
-    Ok((0..s.len())
-        .map(|i| ShadowDecision {
-            policy_sha256: p.get(i).unwrap_or_default().to_string(),
-            decision: d.get(i).unwrap_or_default().to_string(),
-            rule: r.get(i).map(str::to_string),
+    (0..s.len())
+        .map(|i| {
+            Ok(ShadowDecision {
+                policy_sha256: p.get(i).unwrap_or_default().to_string(),
+                decision: Verdict::parse_value(d.get(i).unwrap_or_default())
+                    .map_err(|e| bad(&format!("decision: {e}")))?,
+                rule: r.get(i).map(str::to_string),
+            })
         })
-        .collect())
+        .collect()
 }
 
 /// A string column in any of Arrow's string layouts.
@@ -567,7 +764,7 @@ mod tests {
             retry_after_ms: i.is_multiple_of(2).then_some(5),
             shadow: vec![ShadowDecision {
                 policy_sha256: "p".into(),
-                decision: "deny".into(),
+                decision: crate::policy::Verdict::Deny,
                 rule: None,
             }],
             error_code: Some(-32601),

@@ -73,12 +73,20 @@ pub fn verify_dir(dir: &Path) -> Result<Result<Verified, Finding>, AuditError> {
         let mut first_hash = None;
         for batch in FileScan::open(file, &ScanOptions::default())? {
             let batch = batch?;
-            let rows = BatchView::new(&batch)
-                .rows()
-                .map_err(|e| AuditError::Schema {
-                    path: file.clone(),
-                    detail: e.to_string(),
-                })?;
+            // A value outside the schema's vocabulary (an unknown decision,
+            // say) is an altered file, like a hash that does not match.
+            let rows = match BatchView::new(&batch).rows() {
+                Ok(rows) => rows,
+                Err(e) => {
+                    return Ok(Err(finding(
+                        None,
+                        None,
+                        format!(
+                            "unreadable row: {e} (the file was altered or is not a flightrec audit file)"
+                        ),
+                    )));
+                }
+            };
             for row in rows {
                 if row.prev_hash != prev_hash {
                     let problem = if index == 0 {

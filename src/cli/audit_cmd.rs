@@ -4,10 +4,10 @@ use super::{EXIT_FINDING, EXIT_INPUT, ExportArgs};
 use crate::audit::export::{ExportFilter, ExportFormat};
 use crate::audit::journal::SyncMode;
 use crate::audit::{AuditRow, Recorder, RecorderConfig, export, import, read, verify};
+use clap::ValueEnum;
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
 
 fn input_error(e: impl std::fmt::Display) -> ExitCode {
     eprintln!("error: {e}");
@@ -44,22 +44,19 @@ pub fn report_recovery(rec: &Recorder) {
 #[derive(serde::Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 enum AppendOp {
-    Record { row: AuditRow },
-    Begin { row: AuditRow },
-    Complete { event_id: String, outcome: String },
+    Record {
+        row: AuditRow,
+    },
+    Begin {
+        row: AuditRow,
+    },
+    Complete {
+        event_id: String,
+        outcome: crate::policy::Outcome,
+    },
 }
 
-pub fn append(dir: &Path, rotate_bytes: Option<u64>, sync: &str) -> ExitCode {
-    let sync = match sync {
-        "always" => SyncMode::Always,
-        "interval" => SyncMode::Interval(Duration::from_millis(100)),
-        "never" => SyncMode::Never,
-        other => {
-            return input_error(format!(
-                "--sync must be always, interval or never, got {other}"
-            ));
-        }
-    };
+pub fn append(dir: &Path, rotate_bytes: Option<u64>, sync: SyncMode) -> ExitCode {
     let mut config = RecorderConfig {
         sync,
         ..RecorderConfig::default()
@@ -113,24 +110,14 @@ pub fn append(dir: &Path, rotate_bytes: Option<u64>, sync: &str) -> ExitCode {
 }
 
 pub fn export(args: &ExportArgs) -> ExitCode {
-    let format: ExportFormat = match args.format.parse() {
-        Ok(f) => f,
-        Err(e) => return input_error(format!("--format: {e}")),
-    };
-    if let Some(d) = &args.decision
-        && !["allow", "deny", "throttle", "approval", "unrecorded"].contains(&d.as_str())
-    {
-        return input_error(format!(
-            "--decision must be allow, deny, throttle, approval or unrecorded, got {d}"
-        ));
-    }
+    let format: ExportFormat = args.format;
     let filter = match args.filter.parse() {
         Ok(f) => ExportFilter {
             from_us: f.from_us,
             to_us: f.to_us,
             agent: f.agent,
             tool: f.tool,
-            decision: args.decision.clone(),
+            decision: args.decision,
             session: f.session,
         },
         Err(code) => return code,
@@ -146,7 +133,10 @@ pub fn export(args: &ExportArgs) -> ExitCode {
                 s.rows_written,
                 s.rows_read,
                 args.output.display(),
-                args.format
+                format
+                    .to_possible_value()
+                    .map(|v| v.get_name().to_string())
+                    .unwrap_or_default()
             );
             ExitCode::SUCCESS
         }

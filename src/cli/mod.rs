@@ -1,5 +1,5 @@
-//! The command line (§1): argument parsing, dispatch, and turning library
-//! errors into reports on stderr with the exit codes of the spec:
+//! The command line: argument parsing, dispatch, and turning library
+//! errors into reports on stderr with one exit-code mapping:
 //! 0 success, 1 a finding, 2 a usage or input error.
 
 mod audit_cmd;
@@ -112,11 +112,9 @@ pub struct ProxyArgs {
     /// How long the server gets to exit after the client leaves or a signal
     #[arg(long, default_value = "5s")]
     pub grace: String,
-    /// When the audit journal is forced to disk: `interval` (every 100 ms;
-    /// a process crash loses nothing, power loss at most 100 ms), `always`
-    /// (every write; survives power loss, slower) or `never`
-    #[arg(long, default_value = "interval")]
-    pub fsync: String,
+    /// When the audit journal is forced to disk
+    #[arg(long, value_enum, default_value_t)]
+    pub fsync: crate::audit::journal::Fsync,
     /// Listen address for the Streamable HTTP proxy (e.g. 127.0.0.1:8080)
     #[arg(long)]
     pub listen: Option<String>,
@@ -146,9 +144,9 @@ pub struct ReplayArgs {
     /// Candidate policies (repeatable); each gets its own fresh state
     #[arg(long = "policy", required = true)]
     pub policies: Vec<PathBuf>,
-    /// Report format: table, json, markdown or html
-    #[arg(long, default_value = "table")]
-    pub format: String,
+    /// Report format
+    #[arg(long, value_enum, default_value_t)]
+    pub format: crate::replay::report::ReportFormat,
     /// Write the report here instead of standard output
     #[arg(short, long)]
     pub output: Option<PathBuf>,
@@ -157,10 +155,9 @@ pub struct ReplayArgs {
     pub decisions_out: Option<PathBuf>,
     #[command(flatten)]
     pub filter: FilterArgs,
-    /// What approval verdicts do to counters: deny (reserve nothing, as live
-    /// while nobody answered) or grant (count them as allowed)
-    #[arg(long, default_value = "deny")]
-    pub approvals: String,
+    /// What approval verdicts do to counters
+    #[arg(long, value_enum, default_value_t)]
+    pub approvals: crate::policy::ApprovalMode,
     /// Exit 1 when any candidate decides any recorded call differently
     #[arg(long)]
     pub fail_on_change: bool,
@@ -228,9 +225,9 @@ pub enum AuditCommand {
         /// Rotate data files at about this many bytes
         #[arg(long)]
         rotate_bytes: Option<u64>,
-        /// Journal sync: always, interval or never
-        #[arg(long, default_value = "interval")]
-        sync: String,
+        /// When the journal is forced to disk
+        #[arg(long, value_enum, default_value_t)]
+        sync: crate::audit::journal::Fsync,
     },
 }
 
@@ -239,17 +236,17 @@ pub struct ExportArgs {
     /// Audit directory, files or globs
     #[arg(required = true)]
     pub inputs: Vec<PathBuf>,
-    /// Output format: parquet, csv, jsonl or ocsf (OCSF API Activity, one JSON object per line)
-    #[arg(long)]
-    pub format: String,
+    /// Output format
+    #[arg(long, value_enum)]
+    pub format: crate::audit::export::ExportFormat,
     /// Output file
     #[arg(short, long)]
     pub output: PathBuf,
     #[command(flatten)]
     pub filter: FilterArgs,
-    /// Keep rows with this decision (allow, deny, throttle, approval, unrecorded)
-    #[arg(long)]
-    pub decision: Option<String>,
+    /// Keep rows with this decision
+    #[arg(long, value_enum)]
+    pub decision: Option<crate::audit::schema::RecordedDecision>,
 }
 
 /// The row filters `export` and `replay` share.
@@ -344,7 +341,7 @@ pub fn run(cli: Cli) -> ExitCode {
             dir,
             rotate_bytes,
             sync,
-        }) => audit_cmd::append(&dir, rotate_bytes, &sync),
+        }) => audit_cmd::append(&dir, rotate_bytes, sync.into()),
         Command::Export(args) => audit_cmd::export(&args),
         Command::Import(ImportCommand::Intercept { events, output }) => {
             audit_cmd::import_intercept(&events, &output)
@@ -407,19 +404,8 @@ fn proxy_cmd(args: &ProxyArgs) -> ExitCode {
             return ExitCode::from(EXIT_INPUT);
         }
     };
-    let sync = match args.fsync.as_str() {
-        "always" => crate::audit::journal::SyncMode::Always,
-        "interval" => {
-            crate::audit::journal::SyncMode::Interval(std::time::Duration::from_millis(100))
-        }
-        "never" => crate::audit::journal::SyncMode::Never,
-        other => {
-            eprintln!("error: --fsync must be always, interval or never, got {other}");
-            return ExitCode::from(EXIT_INPUT);
-        }
-    };
     let config = crate::proxy::ProxyConfig {
-        sync,
+        sync: args.fsync.into(),
         gateway: crate::proxy::GatewayConfig {
             policy_path: args.policy.clone(),
             agent: args.agent.clone(),

@@ -3,7 +3,7 @@
 use super::{EXIT_FINDING, EXIT_INPUT, ReplayArgs};
 use crate::policy::ApprovalMode;
 use crate::replay::source::EventFilter;
-use crate::replay::{Candidate, ReplayConfig, Report, replay as run_replay};
+use crate::replay::{Candidate, ReplayConfig, replay as run_replay};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -44,27 +44,8 @@ pub(crate) fn candidates(paths: &[PathBuf]) -> Result<Vec<Candidate>, ExitCode> 
     Ok(out)
 }
 
-fn render(report: &Report, format: &str) -> String {
-    match format {
-        "json" => report.to_json() + "\n",
-        "markdown" => report.to_markdown(),
-        "html" => report.to_html(),
-        _ => report.to_table(),
-    }
-}
-
 pub fn replay(args: &ReplayArgs) -> ExitCode {
-    if !["table", "json", "markdown", "html"].contains(&args.format.as_str()) {
-        return input_error(format!(
-            "--format must be table, json, markdown or html, got {}",
-            args.format
-        ));
-    }
-    let approvals = match args.approvals.as_str() {
-        "deny" => ApprovalMode::Deny,
-        "grant" => ApprovalMode::Grant,
-        other => return input_error(format!("--approvals must be grant or deny, got {other}")),
-    };
+    let approvals = args.approvals;
     let reorder_window_us = match crate::policy::parse_duration_us(&args.reorder_window) {
         Ok(us) => us,
         Err(e) => return input_error(format!("--reorder-window {e}")),
@@ -144,7 +125,7 @@ pub fn replay(args: &ReplayArgs) -> ExitCode {
             Err(e) => return input_error(e),
         }
     };
-    let text = render(&report, &args.format);
+    let text = report.render(args.format);
     match &args.output {
         Some(path) => {
             if let Err(e) = std::fs::write(path, text) {

@@ -25,7 +25,7 @@ pub struct Call<'a> {
     pub args: &'a serde_json::Value,
 }
 
-/// The four verdicts of §2.
+/// The four verdicts a policy gives a call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Verdict {
@@ -300,5 +300,23 @@ impl FromStr for Risk {
             .into_iter()
             .find(|v| v.as_str() == s)
             .ok_or_else(|| format!("unknown risk `{s}` (expected low, medium or high)"))
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Display for Category {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Display for Risk {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }

@@ -22,13 +22,13 @@ use serde_json::Value;
 use smallvec::SmallVec;
 use std::sync::Arc;
 
-/// What an `approval` verdict does to counters (§4 `--approvals`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// What an `approval` verdict does to counters (replay's `--approvals`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum ApprovalMode {
-    /// Nobody has said yes: the call reserves nothing (as live, while waiting).
+    /// Nobody said yes: the call reserves nothing (as live, while waiting)
     #[default]
     Deny,
-    /// Treat approval calls as allowed for counting; the verdict stays `approval`.
+    /// Count approval calls as allowed; the verdict stays `approval`
     Grant,
 }
 

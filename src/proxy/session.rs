@@ -20,6 +20,7 @@
 //! still leaves its row.
 
 use crate::audit::args::{args_sha256, canonical_json, redact};
+pub use crate::audit::schema::Transport;
 use crate::audit::schema::{AuditRow, ShadowDecision, new_uuid_v7};
 use crate::policy::{Call, Category, Outcome, Reservation, Verdict};
 use crate::proxy::gateway::{Gateway, Generation, lock};
@@ -30,24 +31,6 @@ use smallvec::SmallVec;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
-
-/// How the session reaches the client (the audit log's `transport` column).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transport {
-    Stdio,
-    Http,
-    Bridge,
-}
-
-impl Transport {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Transport::Stdio => "stdio",
-            Transport::Http => "http",
-            Transport::Bridge => "bridge",
-        }
-    }
-}
 
 /// What to do with a frame from the client.
 #[derive(Debug)]
@@ -183,7 +166,7 @@ impl Session {
             client_name: client.name,
             client_version: client.version,
             server: lock(&self.server).clone(),
-            transport: self.transport.as_str().into(),
+            transport: self.transport,
             method: method.into(),
             jsonrpc_id: id,
             policy_sha256,
@@ -194,10 +177,10 @@ impl Session {
 
     /// A refused frame: records its row and returns the answer for the client.
     fn refuse_frame(&self, mut row: AuditRow, rule: &str, reason: Option<String>) -> AuditRow {
-        row.decision = Verdict::Deny.as_str().into();
+        row.decision = Verdict::Deny.into();
         row.rule = Some(rule.into());
         row.reason = reason;
-        row.outcome = Outcome::NotForwarded.as_str().into();
+        row.outcome = Outcome::NotForwarded;
         row
     }
 
@@ -329,7 +312,7 @@ impl Session {
                 }
                 ShadowDecision {
                     policy_sha256: g.policy().sha256.clone(),
-                    decision: d.verdict.as_str().into(),
+                    decision: d.verdict,
                     rule: d.rule.as_deref().map(str::to_string),
                 }
             })
@@ -337,11 +320,11 @@ impl Session {
         let (redacted, _) = redact(&params.arguments, &self.gateway.config().redact);
         row.policy_sha256 = generation.policy().sha256.clone();
         row.tool = Some(params.name.clone());
-        row.category = Some(category.as_str().into());
-        row.risk = Some(risk.as_str().into());
+        row.category = Some(category);
+        row.risk = Some(risk);
         row.args_json = Some(canonical_json(&redacted));
         row.args_sha256 = Some(args_sha256(&params.arguments));
-        row.decision = decision.verdict.as_str().into();
+        row.decision = decision.verdict.into();
         row.rule = decision.rule.as_deref().map(str::to_string);
         row.reason = decision.message.as_deref().map(str::to_string);
         row.retry_after_ms = decision.retry_after_ms;
@@ -393,7 +376,7 @@ impl Session {
         if decision.verdict == Verdict::Approval {
             text.push_str(" No approval channel is configured, so the call is refused.");
         }
-        row.outcome = Outcome::NotForwarded.as_str().into();
+        row.outcome = Outcome::NotForwarded;
         self.gateway.record(row);
         Some(jsonrpc::refusal_frame(
             env.id,
@@ -465,7 +448,7 @@ impl Session {
     pub fn complete(&self, c: Completion) {
         let mut t = c.ticket;
         settle_all(std::mem::take(&mut t.reservations), c.outcome);
-        t.row.outcome = c.outcome.as_str().into();
+        t.row.outcome = c.outcome;
         t.row.error_code = c.error_code;
         t.row.error_message = c.error_message;
         t.row.response_bytes = c.response_bytes as u64;
@@ -494,7 +477,7 @@ impl Session {
                 .and_then(|text| RawValue::from_string(text.to_string()).ok());
             frames.push(jsonrpc::error_frame(id.as_deref(), -32603, message));
             settle_all(std::mem::take(&mut t.reservations), outcome);
-            t.row.outcome = outcome.as_str().into();
+            t.row.outcome = outcome;
             self.finish(t);
         }
         frames

@@ -2,7 +2,7 @@
 //! policy, each deciding on its own thread with its own fresh state on the
 //! events' virtual clock.
 //!
-//! Semantics (§4): events in `ts` order (stable for ties); decided by the
+//! Semantics (docs/replay.md): events in `ts` order (stable for ties); decided by the
 //! same core as the live proxy; a recorded JSON-RPC error (`rpc_error`) rolls
 //! the call's counters back exactly as live; a call that was never forwarded
 //! but that a candidate allows is assumed to succeed (and counted); approval

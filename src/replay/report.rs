@@ -337,7 +337,30 @@ pub struct Report {
     pub candidates: Vec<CandidateReport>,
 }
 
+/// How `flightrec replay` prints its report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum ReportFormat {
+    /// A plain-text table for the terminal
+    #[default]
+    Table,
+    /// The report's JSON structure (docs/replay.md)
+    Json,
+    Markdown,
+    /// A self-contained page with a timeline
+    Html,
+}
+
 impl Report {
+    /// The report in `format`.
+    pub fn render(&self, format: ReportFormat) -> String {
+        match format {
+            ReportFormat::Json => self.to_json() + "\n",
+            ReportFormat::Markdown => self.to_markdown(),
+            ReportFormat::Html => self.to_html(),
+            ReportFormat::Table => self.to_table(),
+        }
+    }
+
     /// True when any candidate decides any recorded event differently.
     pub fn has_changes(&self) -> bool {
         self.candidates.iter().any(|c| {

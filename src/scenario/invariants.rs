@@ -1,4 +1,4 @@
-//! Invariants (§5): properties a policy must guarantee whatever the agents
+//! Invariants: properties a policy must guarantee whatever the agents
 //! do, checked on decided calls.
 //!
 //! ```yaml
@@ -33,6 +33,9 @@ pub struct Invariant {
     pub name: String,
     pub kind: Kind,
     matcher: Policy,
+    /// `match.agent`, in the policy's glob dialect (globset: `*`, `?`,
+    /// `[…]`, `{a,b}`), as tool keys are.
+    agent: Option<globset::GlobMatcher>,
     /// The glob of `match.tool`, for choosing tools to fuzz with.
     pub tool_glob: Option<String>,
 }
@@ -67,6 +70,9 @@ pub struct Violation {
 
 impl Invariant {
     fn matches(&self, e: &SimEvent) -> bool {
+        if self.agent.as_ref().is_some_and(|g| !g.is_match(&e.agent)) {
+            return false;
+        }
         let call = Call {
             ts_us: e.ts_us,
             session: &e.session,
@@ -297,10 +303,11 @@ pub fn from_yaml(text: &str, source: &str) -> Result<Vec<Invariant>, PolicyError
             continue;
         };
         match compile_matcher(match_node, &what) {
-            Ok((matcher, tool_glob)) => out.push(Invariant {
+            Ok((matcher, agent, tool_glob)) => out.push(Invariant {
                 name,
                 kind,
                 matcher,
+                agent,
                 tool_glob,
             }),
             Err(mut p) => {
@@ -321,8 +328,13 @@ pub fn from_yaml(text: &str, source: &str) -> Result<Vec<Invariant>, PolicyError
     }
 }
 
-/// `match` → a one-rule policy that denies exactly the matching calls.
-fn compile_matcher(node: &Node, what: &str) -> Result<(Policy, Option<String>), Vec<Problem>> {
+/// What `match` compiles to: a one-rule policy that denies exactly the
+/// matching calls (tool key, category, conditions), the agent glob, and the
+/// tool glob's text.
+type Matcher = (Policy, Option<globset::GlobMatcher>, Option<String>);
+
+/// `match` → a [`Matcher`].
+fn compile_matcher(node: &Node, what: &str) -> Result<Matcher, Vec<Problem>> {
     let bad = |pos: Pos, message: String| {
         vec![Problem {
             file: String::new(),
@@ -336,6 +348,7 @@ fn compile_matcher(node: &Node, what: &str) -> Result<(Policy, Option<String>), 
     };
     let mut when: Vec<serde_json::Value> = Vec::new();
     let mut tool = None;
+    let mut agent = None;
     for (k, v) in m {
         match k.scalar_text().unwrap_or_default() {
             "tool" => tool = v.scalar_text().map(str::to_string),
@@ -344,10 +357,9 @@ fn compile_matcher(node: &Node, what: &str) -> Result<(Policy, Option<String>), 
             ),
             "agent" => {
                 let glob = v.scalar_text().unwrap_or_default();
-                globset::Glob::new(glob)
+                let g = globset::Glob::new(glob)
                     .map_err(|e| bad(v.pos, format!("{what}.match.agent: {e}")))?;
-                let re = glob_regex(glob);
-                when.push(serde_json::json!({"path": "call.agent", "op": "regex", "value": re}));
+                agent = Some(g.compile_matcher());
             }
             "conditions" => match v.to_json() {
                 serde_json::Value::Array(items) => when.extend(items),
@@ -376,7 +388,7 @@ fn compile_matcher(node: &Node, what: &str) -> Result<(Policy, Option<String>), 
     };
     let doc = serde_json::json!({"version": "1", "tools": {key: {"rules": [rule]}}});
     match Policy::from_yaml(&doc.to_string(), what) {
-        Ok((p, _)) => Ok((p, tool)),
+        Ok((p, _)) => Ok((p, agent, tool)),
         Err(e) => Err(e
             .problems()
             .iter()
@@ -390,37 +402,41 @@ fn compile_matcher(node: &Node, what: &str) -> Result<(Policy, Option<String>), 
     }
 }
 
-/// A glob (`*`, `?`, `[…]`) as an anchored regex for a `call.agent` condition.
-fn glob_regex(glob: &str) -> String {
-    let mut re = String::from("^");
-    let mut in_class = false;
-    for c in glob.chars() {
-        match c {
-            '[' if !in_class => {
-                in_class = true;
-                re.push('[');
-            }
-            ']' if in_class => {
-                in_class = false;
-                re.push(']');
-            }
-            _ if in_class => re.push(c),
-            '*' => re.push_str(".*"),
-            '?' => re.push('.'),
-            other => re.push_str(&regex::escape(&other.to_string())),
-        }
-    }
-    re.push('$');
-    re
-}
-
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    fn event(agent: &str) -> SimEvent {
+        SimEvent {
+            ts_us: 0,
+            agent: agent.into(),
+            session: "s".into(),
+            tool: "copy_image_set".into(),
+            category: None,
+            args: serde_json::Value::Null,
+            decision: None,
+            attempt: 0,
+        }
+    }
+
+    fn load_text(text: &str) -> Invariant {
+        from_yaml(text, "inv.yaml").unwrap().remove(0)
+    }
+
     #[test]
-    fn globs_become_anchored_regexes() {
-        let re = regex::Regex::new(&super::glob_regex("agent-*.x?[ab]")).unwrap();
-        assert!(re.is_match("agent-7.xya"));
-        assert!(!re.is_match("my-agent-7.xya"));
-        assert!(!re.is_match("agent-7.xyc"));
+    fn agent_globs_use_the_policy_dialect() {
+        let inv = load_text(
+            "invariants:\n  - name: x\n    never_allowed:\n      match: {tool: copy_image_set, agent: \"{alpha,beta}-*\"}\n",
+        );
+        assert!(inv.matches(&event("alpha-1")));
+        assert!(inv.matches(&event("beta-2")));
+        assert!(!inv.matches(&event("gamma-1")));
+        assert!(!inv.matches(&event("{alpha,beta}-1")));
+        let inv = load_text(
+            "invariants:\n  - name: x\n    never_allowed:\n      match: {agent: \"agent-*.x?[ab]\"}\n",
+        );
+        assert!(inv.matches(&event("agent-7.xya")));
+        assert!(!inv.matches(&event("my-agent-7.xya")));
+        assert!(!inv.matches(&event("agent-7.xyc")));
     }
 }

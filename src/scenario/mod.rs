@@ -1,4 +1,4 @@
-//! Scenarios and fuzzing (§5): generated agent traffic, closed-loop
+//! Scenarios and fuzzing: generated agent traffic, closed-loop
 //! simulation against a policy, invariants, and the invariant fuzzer.
 //!
 //! Data path: [`model`] loads a scenario file; [`sim`] plans its calls

@@ -4,9 +4,9 @@
 //! session) against a policy — decided by the same core as the live proxy.
 
 use crate::audit::args::{args_sha256, canonical_json};
-use crate::audit::schema::AuditRow;
+use crate::audit::schema::{AuditRow, RecordedDecision, Transport};
 use crate::policy::{
-    ApprovalMode, Call, Category, CounterStore, Decision, Policy, PolicyState, Verdict,
+    ApprovalMode, Call, Category, CounterStore, Decision, Outcome, Policy, PolicyState, Verdict,
 };
 use crate::scenario::model::{Arrival, Reaction, Scenario};
 use serde_json::Value;
@@ -279,7 +279,7 @@ pub fn simulate(s: &Scenario, policy: Option<&Policy>, approvals: ApprovalMode) 
         let verdict = d.verdict;
         let retry_after = d.retry_after_ms;
         let reservation = d.reservation.clone();
-        state.settle(reservation, crate::policy::Outcome::Ok);
+        state.settle(reservation, Outcome::Ok);
         out.push(SimEvent {
             ts_us: s.start_us + at,
             agent: p.agent.clone(),
@@ -342,16 +342,16 @@ pub fn to_rows(s: &Scenario, events: &[SimEvent], policy: Option<&Policy>) -> Ve
             .to_string();
             let args = canonical_json(&e.args);
             let (decision, rule, reason, retry, outcome) = match &e.decision {
-                None => ("unrecorded".to_string(), None, None, None, "ok"),
+                None => (RecordedDecision::Unrecorded, None, None, None, Outcome::Ok),
                 Some(d) => (
-                    d.verdict.as_str().to_string(),
+                    d.verdict.into(),
                     d.rule.as_deref().map(str::to_string),
                     d.message.as_deref().map(str::to_string),
                     d.retry_after_ms,
                     if d.verdict == Verdict::Allow {
-                        "ok"
+                        Outcome::Ok
                     } else {
-                        "not_forwarded"
+                        Outcome::NotForwarded
                     },
                 ),
             };
@@ -361,10 +361,10 @@ pub fn to_rows(s: &Scenario, events: &[SimEvent], policy: Option<&Policy>) -> Ve
                 session_id: e.session.clone(),
                 agent_id: e.agent.clone(),
                 server: s.server.clone(),
-                transport: "generated".into(),
+                transport: Transport::Generated,
                 method: "tools/call".into(),
                 tool: Some(e.tool.clone()),
-                category: e.category.map(|c| c.as_str().to_string()),
+                category: e.category,
                 args_sha256: Some(args_sha256(&e.args)),
                 request_bytes: args.len() as u64,
                 args_json: Some(args),
@@ -373,7 +373,7 @@ pub fn to_rows(s: &Scenario, events: &[SimEvent], policy: Option<&Policy>) -> Ve
                 reason,
                 retry_after_ms: retry,
                 policy_sha256: policy.map(|p| p.sha256.clone()).unwrap_or_default(),
-                outcome: outcome.into(),
+                outcome,
                 ..AuditRow::default()
             }
         })
