@@ -1,28 +1,19 @@
 //! The audit log through the real binary: crash safety under kill -9,
 //! tamper detection by `audit verify`, export formats and Intercept import.
 
-use flightrec::audit::schema::{AuditRow, BatchView, rows_to_batch};
+mod common;
+
+use common::{Rng, bin, dir_rows, file_rows, run, stderr};
+use flightrec::audit::schema::{AuditRow, rows_to_batch};
 use flightrec::audit::{Recorder, RecorderConfig, layout};
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
-
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_flightrec"))
-}
-
-fn run(args: &[&str]) -> Output {
-    bin().args(args).output().expect("run flightrec")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
 
 const T0: i64 = 1_795_564_800_000_000;
 
@@ -44,38 +35,6 @@ fn row(i: u64, tool: &str, decision: &str) -> AuditRow {
         policy_sha256: "ab".repeat(32),
         request_bytes: 100 + i,
         ..AuditRow::default()
-    }
-}
-
-fn read_rows(file: &Path) -> Vec<AuditRow> {
-    let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(file).unwrap())
-        .unwrap()
-        .build()
-        .unwrap();
-    reader
-        .flat_map(|b| BatchView::new(&b.unwrap()).rows().unwrap())
-        .collect()
-}
-
-fn all_rows(dir: &Path) -> Vec<AuditRow> {
-    layout::data_files(dir)
-        .unwrap()
-        .iter()
-        .flat_map(|f| read_rows(f))
-        .collect()
-}
-
-/// A small deterministic generator (xorshift) so failures reproduce.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
     }
 }
 
@@ -193,7 +152,7 @@ fn kill_9_loses_no_acknowledged_row() {
         let _ = reader.join();
     }
 
-    let rows = all_rows(&audit);
+    let rows = dir_rows(&audit);
     let mut count: HashMap<&str, usize> = HashMap::new();
     for r in &rows {
         *count.entry(r.event_id.as_str()).or_default() += 1;
@@ -304,7 +263,7 @@ fn verify_detects_every_kind_of_tampering() {
         (
             "value changed",
             |f| {
-                let mut rows = read_rows(&f[1]);
+                let mut rows = file_rows(&f[1]);
                 rows[5].decision = "allow".parse().unwrap();
                 rows[5].tool = Some("list_image_sets".into());
                 rewrite(&f[1], &rows);
@@ -315,7 +274,7 @@ fn verify_detects_every_kind_of_tampering() {
         (
             "row deleted",
             |f| {
-                let mut rows = read_rows(&f[1]);
+                let mut rows = file_rows(&f[1]);
                 rows.remove(7);
                 rewrite(&f[1], &rows);
             },
@@ -325,7 +284,7 @@ fn verify_detects_every_kind_of_tampering() {
         (
             "row inserted",
             |f| {
-                let mut rows = read_rows(&f[0]);
+                let mut rows = file_rows(&f[0]);
                 let copy = rows[3].clone();
                 rows.insert(4, copy);
                 rewrite(&f[0], &rows);
@@ -446,7 +405,7 @@ fn export_formats_filters_and_ocsf() {
         &pq,
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let rows = read_rows(Path::new(&pq));
+    let rows = file_rows(Path::new(&pq));
     assert_eq!(rows.len(), 10, "odd rows in [10, 30)");
     assert!(
         rows.iter()
@@ -564,7 +523,7 @@ fn intercept_events_import_into_the_audit_schema() {
         err.contains("skipped other events: 1 heartbeat, 1 startup"),
         "{err}"
     );
-    let rows = read_rows(&out_file);
+    let rows = file_rows(&out_file);
     assert_eq!(rows.len(), 2);
     assert_eq!(rows[0].agent_id, "intercept:a1b2c3d4");
     assert_eq!(rows[0].server, "server-github");
@@ -587,7 +546,7 @@ fn intercept_events_import_into_the_audit_schema() {
         "-o",
         again.to_str().unwrap(),
     ]);
-    assert_eq!(read_rows(&again), rows);
+    assert_eq!(file_rows(&again), rows);
 }
 
 #[test]
@@ -640,6 +599,6 @@ fn torn_journal_tail_is_cut_and_reported() {
     let err = stderr(&out);
     assert!(err.contains("recovered 5 journaled row(s)"), "{err}");
     assert!(err.contains("torn tail"), "{err}");
-    assert_eq!(all_rows(&dir).len(), 5);
+    assert_eq!(dir_rows(&dir).len(), 5);
     assert!(verify(&dir).status.success());
 }

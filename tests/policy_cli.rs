@@ -1,27 +1,12 @@
 //! `flightrec policy check` and `flightrec policy eval`, driven through the
 //! real binary.
 
+mod common;
+
+use common::{bin, run, stderr, write_file};
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_flightrec"))
-}
-
-fn run(args: &[&str]) -> Output {
-    bin().args(args).output().expect("run flightrec")
-}
-
-fn write_policy(dir: &Path, name: &str, text: &str) -> PathBuf {
-    let path = dir.join(name);
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+use std::path::Path;
+use std::process::{Output, Stdio};
 
 /// The corpus is PolicyLayer Intercept's own policy files, kept beside the
 /// repository on CI (not part of it): `.ci/run` runs this test with
@@ -119,7 +104,7 @@ fn bad_policies_are_reported_with_positions() {
         ),
     ];
     for (name, text, expected) in cases {
-        let path = write_policy(dir.path(), name, text);
+        let path = write_file(dir.path(), name, text);
         let out = run(&["policy", "check", path.to_str().unwrap()]);
         assert_eq!(out.status.code(), Some(2), "{name} should be invalid");
         let err = stderr(&out);
@@ -135,7 +120,7 @@ fn bad_policies_are_reported_with_positions() {
 #[test]
 fn check_reports_every_problem_and_a_missing_file() {
     let dir = tempfile::tempdir().unwrap();
-    let path = write_policy(
+    let path = write_file(
         dir.path(),
         "many.yaml",
         "version: \"1\"\ndefault: maybe\nhide: [x, x]\ntools:\n  t:\n    rules:\n      - action: deny\n",
@@ -187,7 +172,7 @@ fn decisions(out: &Output) -> Vec<serde_json::Value> {
 #[test]
 fn eval_decides_in_order_with_rollback() {
     let dir = tempfile::tempdir().unwrap();
-    let policy = write_policy(
+    let policy = write_file(
         dir.path(),
         "p.yaml",
         "version: \"1\"\ntools:\n  copy:\n    rules:\n      - name: two\n        rate_limit: {max: 2, window: 60s, per: session}\n",
@@ -214,7 +199,7 @@ fn eval_decides_in_order_with_rollback() {
 #[test]
 fn eval_stops_on_a_bad_line_naming_it_unless_keep_going() {
     let dir = tempfile::tempdir().unwrap();
-    let policy = write_policy(dir.path(), "p.yaml", "version: \"1\"\ntools: {}\n");
+    let policy = write_file(dir.path(), "p.yaml", "version: \"1\"\ntools: {}\n");
     let input = "{\"ts\":1,\"tool\":\"a\"}\nnot json\n{\"ts\":\"yesterday\",\"tool\":\"a\"}\n{\"ts\":2,\"tool\":\"b\"}\n";
     let out = eval_with_stdin(&policy, input, &[]);
     assert_eq!(out.status.code(), Some(2));

@@ -4,53 +4,15 @@
 //! `awslabs.healthimaging-mcp-server` (PyPI). `.ci/run` installs them into
 //! `.venv-sdk`, `.test-deps` and `.venv-hi`.
 
-use flightrec::audit::layout;
-use flightrec::audit::schema::{AuditRow, BatchView};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+mod common;
+
+use common::{dir_rows, flightrec, need, root, test_server};
+use flightrec::audit::schema::AuditRow;
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
-
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn flightrec() -> &'static str {
-    env!("CARGO_BIN_EXE_flightrec")
-}
-
-/// The Rust test server (examples/test_mcp_server.rs), built on demand.
-fn test_server() -> PathBuf {
-    static BUILD: std::sync::Once = std::sync::Once::new();
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap();
-    let p = dir.join("examples/test_mcp_server");
-    BUILD.call_once(|| {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "--quiet", "--example", "test_mcp_server"])
-            .current_dir(root())
-            .status()
-            .expect("run cargo build");
-        assert!(status.success(), "building the test server failed");
-    });
-    assert!(
-        p.exists(),
-        "{} missing after `cargo build --example test_mcp_server`",
-        p.display()
-    );
-    p
-}
-
-fn need(path: PathBuf) -> PathBuf {
-    assert!(
-        path.exists(),
-        "{} is missing: run `bash .ci/run`, which installs the test peers",
-        path.display()
-    );
-    path
-}
 
 fn sdk_python() -> PathBuf {
     need(root().join(".venv-sdk/bin/python"))
@@ -60,19 +22,7 @@ fn sdk_python() -> PathBuf {
 /// and a refused call is recorded at once while the answer to the previous
 /// one may still be completing, so tests compare by the request time.
 fn rows(dir: &Path) -> Vec<AuditRow> {
-    let mut rows: Vec<AuditRow> = layout::data_files(dir)
-        .unwrap()
-        .iter()
-        .flat_map(|f| {
-            let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(f).unwrap())
-                .unwrap()
-                .build()
-                .unwrap();
-            reader
-                .flat_map(|b| BatchView::new(&b.unwrap()).rows().unwrap())
-                .collect::<Vec<_>>()
-        })
-        .collect();
+    let mut rows = dir_rows(dir);
     rows.sort_by_key(|r| r.ts_us);
     rows
 }
@@ -658,6 +608,9 @@ fn sigterm_is_forwarded_and_in_flight_calls_are_recorded() {
     let audit = dir.path().join("audit");
     let mut p = Raw::start(&policy, &audit, &["--grace", "2s"]);
     p.send(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"slow_tool","arguments":{"ms":10000}}}"#);
+    // Keep the proxy's stdin open through `wait` (which would close it): a
+    // client that is still there, so the stop is the signal's alone.
+    let _stdin = p.child.stdin.take();
     std::thread::sleep(Duration::from_millis(300));
     // SAFETY: kill(2) on the proxy child this test started.
     unsafe {
@@ -669,8 +622,13 @@ fn sigterm_is_forwarded_and_in_flight_calls_are_recorded() {
         started.elapsed() < Duration::from_secs(5),
         "the server stopped within the grace period"
     );
+    let mut err = String::new();
+    if let Some(mut e) = p.child.stderr.take() {
+        use std::io::Read;
+        let _ = e.read_to_string(&mut err);
+    }
     // The test server dies of the forwarded SIGTERM: 128 + 15.
-    assert_eq!(status.code(), Some(143));
+    assert_eq!(status.code(), Some(143), "proxy stderr:\n{err}");
     let rows = rows(&audit);
     let slow = rows
         .iter()
@@ -683,5 +641,50 @@ fn sigterm_is_forwarded_and_in_flight_calls_are_recorded() {
             .status()
             .unwrap()
             .success()
+    );
+}
+
+/// The client closes its end and the operator sends SIGTERM at about the
+/// same moment: whichever the proxy notices first, the server gets the
+/// signal and the proxy does not wait out the grace period.
+#[test]
+fn sigterm_after_the_client_left_still_reaches_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = write_policy(dir.path(), "version: \"1\"\ntools: {}\n");
+    let audit = dir.path().join("audit");
+    let mut p = Raw::start(&policy, &audit, &["--grace", "60s"]);
+    // The proxy is up (its signal handling in place) once it answers.
+    p.send(r#"{"jsonrpc":"2.0","id":0,"method":"tools/list"}"#);
+    assert!(p.recv()["result"]["tools"].is_array());
+    p.send(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"slow_tool","arguments":{"ms":60000}}}"#);
+    drop(p.child.stdin.take());
+    // The hard order: the proxy has seen the client leave (it says so)
+    // before the signal arrives.
+    let mut err = BufReader::new(p.child.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("the client closed its input") {
+        line.clear();
+        assert!(err.read_line(&mut line).unwrap() > 0, "stderr ended");
+    }
+    // SAFETY: kill(2) on the proxy child this test started.
+    unsafe {
+        libc::kill(p.child.id() as i32, libc::SIGTERM);
+    }
+    let started = std::time::Instant::now();
+    let status = p.child.wait().unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "the proxy waited out its 60 s grace period instead of forwarding SIGTERM"
+    );
+    assert_eq!(status.code(), Some(143));
+    let rows = rows(&audit);
+    let slow = rows
+        .iter()
+        .find(|r| r.tool.as_deref() == Some("slow_tool"))
+        .expect("a row for the call in flight");
+    assert!(
+        matches!(slow.outcome.as_str(), "interrupted" | "upstream_gone"),
+        "{}",
+        slow.outcome
     );
 }

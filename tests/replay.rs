@@ -2,25 +2,16 @@
 //! policy that recorded it reproduces every decision; `--decisions-out`
 //! agrees with `policy eval`; filters; merging inputs; report formats.
 
+mod common;
+
+use common::{bin, run, stderr};
 use flightrec::audit::schema::AuditRow;
 use flightrec::audit::{Recorder, RecorderConfig};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde_json::{Value, json};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_flightrec"))
-}
-
-fn run(args: &[&str]) -> Output {
-    bin().args(args).output().expect("run flightrec")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+use std::process::Stdio;
 
 const T0: i64 = 1_795_600_000_000_000;
 

@@ -1,39 +1,13 @@
 //! Scenarios, generation, closed-loop reactions and the invariant fuzzer,
 //! through the real binary.
 
-use flightrec::audit::schema::{AuditRow, BatchView};
+mod common;
+
+use common::{file_rows, root, run, stderr};
 use flightrec::policy::{ApprovalMode, Policy, Verdict};
 use flightrec::scenario::Scenario;
 use flightrec::scenario::sim::simulate;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use std::path::Path;
-use std::process::{Command, Output};
-
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_flightrec"))
-}
-
-fn run(args: &[&str]) -> Output {
-    bin().args(args).output().expect("run flightrec")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn rows(path: &Path) -> Vec<AuditRow> {
-    let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(path).unwrap())
-        .unwrap()
-        .build()
-        .unwrap();
-    reader
-        .flat_map(|b| BatchView::new(&b.unwrap()).rows().unwrap())
-        .collect()
-}
 
 fn write(dir: &Path, name: &str, text: &str) -> String {
     let p = dir.join(name);
@@ -93,7 +67,7 @@ fn generation_is_deterministic_per_seed() {
         ]);
         assert!(o.status.success(), "{}", stderr(&o));
     }
-    let (ra, rb) = (rows(&a), rows(&b));
+    let (ra, rb) = (file_rows(&a), file_rows(&b));
     assert!(ra.len() > 500);
     assert_eq!(ra, rb, "same seed, same events");
     assert!(
@@ -116,7 +90,7 @@ fn generation_is_deterministic_per_seed() {
             .success()
     );
     assert_ne!(
-        rows(&c).iter().map(|r| r.ts_us).collect::<Vec<_>>(),
+        file_rows(&c).iter().map(|r| r.ts_us).collect::<Vec<_>>(),
         ra.iter().map(|r| r.ts_us).collect::<Vec<_>>()
     );
     // The generated log is a valid audit file replay can read.
@@ -153,7 +127,7 @@ fn closed_loop_generation_records_decisions_and_reactions() {
         out.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let rs = rows(&out);
+    let rs = file_rows(&out);
     assert!(rs.iter().any(|r| r.decision.as_str() == "throttle"));
     // Each throttled call is retried exactly when it was told to.
     let policy = Policy::load(&root().join("policies/seed-copy-limit.yaml")).unwrap();

@@ -4,11 +4,11 @@
 //! into place when complete.
 
 use crate::audit::error::AuditError;
+use crate::audit::filter::RowFilter;
 use crate::audit::read::{ScanOptions, scan};
 use crate::audit::schema::{self, AuditRow, BatchView, RecordedDecision, col};
 use crate::policy::{Category, Outcome};
 use arrow::array::{BooleanArray, RecordBatch};
-use globset::GlobMatcher;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
@@ -30,31 +30,6 @@ pub enum ExportFormat {
     Ocsf,
 }
 
-/// Which rows to keep. Tool and agent take globs.
-#[derive(Debug, Clone, Default)]
-pub struct ExportFilter {
-    pub from_us: Option<i64>,
-    pub to_us: Option<i64>,
-    pub agent: Option<GlobMatcher>,
-    pub tool: Option<GlobMatcher>,
-    pub decision: Option<RecordedDecision>,
-    pub session: Option<String>,
-}
-
-impl ExportFilter {
-    fn keeps(&self, row: &AuditRow) -> bool {
-        self.agent
-            .as_ref()
-            .is_none_or(|g| g.is_match(&row.agent_id))
-            && self
-                .tool
-                .as_ref()
-                .is_none_or(|g| row.tool.as_deref().is_some_and(|t| g.is_match(t)))
-            && self.decision.is_none_or(|d| row.decision == d)
-            && self.session.as_ref().is_none_or(|s| &row.session_id == s)
-    }
-}
-
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ExportSummary {
     pub rows_read: u64,
@@ -64,7 +39,7 @@ pub struct ExportSummary {
 /// Exports `files` to `out`.
 pub fn export(
     files: Vec<PathBuf>,
-    filter: &ExportFilter,
+    filter: &RowFilter,
     format: ExportFormat,
     out: &Path,
 ) -> Result<ExportSummary, AuditError> {
@@ -89,7 +64,7 @@ pub fn export(
 
 fn export_to(
     files: Vec<PathBuf>,
-    filter: &ExportFilter,
+    filter: &RowFilter,
     format: ExportFormat,
     tmp: &Path,
 ) -> Result<ExportSummary, AuditError> {
@@ -155,7 +130,7 @@ fn export_to(
 fn for_each_row(
     files: Vec<PathBuf>,
     options: ScanOptions,
-    filter: &ExportFilter,
+    filter: &RowFilter,
     summary: &mut ExportSummary,
     tmp: &Path,
     mut write: impl FnMut(&AuditRow) -> Result<(), AuditError>,
@@ -170,7 +145,12 @@ fn for_each_row(
             })?;
         for row in rows {
             summary.rows_read += 1;
-            if filter.keeps(&row) {
+            if filter.keeps_fields(
+                Some(&row.agent_id),
+                row.tool.as_deref(),
+                Some(&row.session_id),
+                Some(row.decision.as_str()),
+            ) {
                 summary.rows_written += 1;
                 write(&row)?;
             }
@@ -181,7 +161,7 @@ fn for_each_row(
 
 fn filter_batch(
     batch: &RecordBatch,
-    filter: &ExportFilter,
+    filter: &RowFilter,
     path: &Path,
 ) -> Result<(RecordBatch, u64), AuditError> {
     let view = BatchView::new(batch);
@@ -199,21 +179,12 @@ fn filter_batch(
     let mut kept = 0u64;
     let mask: BooleanArray = (0..batch.num_rows())
         .map(|i| {
-            let keep = filter
-                .agent
-                .as_ref()
-                .is_none_or(|g| get(&agent, i).is_some_and(|a| g.is_match(a)))
-                && filter
-                    .tool
-                    .as_ref()
-                    .is_none_or(|g| get(&tool, i).is_some_and(|t| g.is_match(t)))
-                && filter
-                    .decision
-                    .is_none_or(|d| get(&decision, i) == Some(d.as_str()))
-                && filter
-                    .session
-                    .as_deref()
-                    .is_none_or(|s| get(&session, i) == Some(s));
+            let keep = filter.keeps_fields(
+                get(&agent, i),
+                get(&tool, i),
+                get(&session, i),
+                get(&decision, i),
+            );
             kept += u64::from(keep);
             Some(keep)
         })

@@ -4,7 +4,8 @@
 //! Data path: the proxy hands [`AuditRow`]s to a [`Recorder`], which journals
 //! them ([`journal`]), chains them ([`chain`]) and writes Parquet files laid
 //! out as in [`layout`]. [`read`] streams them back (for replay and export);
-//! [`verify`] checks the chain; [`export`] and [`import`] convert formats.
+//! [`verify`] checks the chain; [`export`] and [`import`] convert formats;
+//! [`filter`] is the row filter export and replay share.
 
 pub mod args;
 pub mod chain;
@@ -12,6 +13,7 @@ pub mod codec;
 pub mod error;
 pub mod export;
 pub mod file_writer;
+pub mod filter;
 pub mod import;
 pub mod journal;
 pub mod layout;

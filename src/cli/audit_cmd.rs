@@ -1,7 +1,8 @@
 //! `audit verify`, `audit append` (hidden), `export` and `import intercept`.
 
 use super::{EXIT_FINDING, EXIT_INPUT, ExportArgs};
-use crate::audit::export::{ExportFilter, ExportFormat};
+use crate::audit::export::ExportFormat;
+use crate::audit::filter::RowFilter;
 use crate::audit::journal::SyncMode;
 use crate::audit::{AuditRow, Recorder, RecorderConfig, export, import, read, verify};
 use clap::ValueEnum;
@@ -112,13 +113,9 @@ pub fn append(dir: &Path, rotate_bytes: Option<u64>, sync: SyncMode) -> ExitCode
 pub fn export(args: &ExportArgs) -> ExitCode {
     let format: ExportFormat = args.format;
     let filter = match args.filter.parse() {
-        Ok(f) => ExportFilter {
-            from_us: f.from_us,
-            to_us: f.to_us,
-            agent: f.agent,
-            tool: f.tool,
+        Ok(f) => RowFilter {
             decision: args.decision,
-            session: f.session,
+            ..f
         },
         Err(code) => return code,
     };

@@ -269,24 +269,16 @@ pub struct FilterArgs {
     pub session: Option<String>,
 }
 
-/// [`FilterArgs`] checked and parsed.
-pub(crate) struct Filter {
-    pub from_us: Option<i64>,
-    pub to_us: Option<i64>,
-    pub agent: Option<globset::GlobMatcher>,
-    pub tool: Option<globset::GlobMatcher>,
-    pub session: Option<String>,
-}
-
 impl FilterArgs {
     /// Parses the filters; a bad value is reported and becomes exit 2.
-    pub(crate) fn parse(&self) -> Result<Filter, ExitCode> {
-        Ok(Filter {
+    pub(crate) fn parse(&self) -> Result<crate::audit::filter::RowFilter, ExitCode> {
+        Ok(crate::audit::filter::RowFilter {
             from_us: time_arg(&self.from, "from")?,
             to_us: time_arg(&self.to, "to")?,
             agent: glob_arg(&self.agent, "agent")?,
             tool: glob_arg(&self.tool, "tool")?,
             session: self.session.clone(),
+            decision: None,
         })
     }
 }
@@ -397,7 +389,7 @@ fn proxy_cmd(args: &ProxyArgs) -> ExitCode {
             }
         }
     }
-    let grace = match crate::policy::parse_duration_us(&args.grace) {
+    let grace = match crate::time::parse_duration_us(&args.grace) {
         Ok(us) => std::time::Duration::from_micros(us as u64),
         Err(e) => {
             eprintln!("error: --grace {e}");

@@ -1,8 +1,8 @@
 //! `flightrec replay` and `flightrec demo`.
 
 use super::{EXIT_FINDING, EXIT_INPUT, ReplayArgs};
+use crate::audit::filter::RowFilter;
 use crate::policy::ApprovalMode;
-use crate::replay::source::EventFilter;
 use crate::replay::{Candidate, ReplayConfig, replay as run_replay};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -46,21 +46,12 @@ pub(crate) fn candidates(paths: &[PathBuf]) -> Result<Vec<Candidate>, ExitCode> 
 
 pub fn replay(args: &ReplayArgs) -> ExitCode {
     let approvals = args.approvals;
-    let reorder_window_us = match crate::policy::parse_duration_us(&args.reorder_window) {
+    let reorder_window_us = match crate::time::parse_duration_us(&args.reorder_window) {
         Ok(us) => us,
         Err(e) => return input_error(format!("--reorder-window {e}")),
     };
-    let built = (|| -> Result<(Vec<Candidate>, EventFilter), ExitCode> {
-        Ok((candidates(&args.policies)?, {
-            let f = args.filter.parse()?;
-            EventFilter {
-                from_us: f.from_us,
-                to_us: f.to_us,
-                agent: f.agent,
-                tool: f.tool,
-                session: f.session,
-            }
-        }))
+    let built = (|| -> Result<(Vec<Candidate>, RowFilter), ExitCode> {
+        Ok((candidates(&args.policies)?, args.filter.parse()?))
     })();
     let (candidates, filter) = match built {
         Ok(b) => b,

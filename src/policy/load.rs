@@ -15,6 +15,7 @@ use crate::policy::model::{
     Action, Amount, CategoryOverride, CounterDef, KeyKind, Limit, Policy, Rule, Scope, ToolEntry,
     ToolSet, Window, WindowMode,
 };
+use crate::policy::yaml::get;
 use crate::policy::yaml::{self, Node, NodeKind, Pos, Scalar};
 use globset::{Glob, GlobMatcher};
 use sha2::{Digest, Sha256};
@@ -46,9 +47,7 @@ const STATE_KEYS: &[&str] = &["counter", "window", "increment", "increment_from"
 const RATE_KEYS: &[&str] = &["max", "window", "per", "mode"];
 const CATEGORY_KEYS: &[&str] = &["category", "risk"];
 
-pub(crate) const MINUTE_US: i64 = 60_000_000;
-pub(crate) const HOUR_US: i64 = 60 * MINUTE_US;
-pub(crate) const DAY_US: i64 = 24 * HOUR_US;
+use crate::time::{DAY_US, HOUR_US, MINUTE_US};
 
 impl Policy {
     /// Loads and validates a policy file.
@@ -754,7 +753,7 @@ impl<'s> Loader<'s> {
             }
             Some(w) => {
                 let text = self.text(w, "window").unwrap_or_default();
-                match parse_duration_us(&text) {
+                match crate::time::parse_duration_us(&text) {
                     Ok(us) => Some((us, text)),
                     Err(msg) => {
                         self.error_hint(
@@ -1252,13 +1251,6 @@ impl StateResolver<'_> {
     }
 }
 
-fn get<'n>(entries: &'n [(Node, Node)], key: &str) -> Option<&'n Node> {
-    entries
-        .iter()
-        .find(|(k, _)| k.scalar_text() == Some(key))
-        .map(|(_, v)| v)
-}
-
 fn is_glob(name: &str) -> bool {
     name.contains(['*', '?', '[', '{'])
 }
@@ -1299,43 +1291,4 @@ fn parse_shorthand(text: &str) -> Result<(i64, &str, i64), String> {
         }
     };
     Ok((count, window, len))
-}
-
-/// Parses a window length: `60` (seconds), `500ms`, `60s`, `5m`, `1h`, `1d`,
-/// or the words minute, hour and day. Must be positive.
-pub fn parse_duration_us(text: &str) -> Result<i64, String> {
-    let t = text.trim();
-    match t {
-        "minute" => return Ok(MINUTE_US),
-        "hour" => return Ok(HOUR_US),
-        "day" => return Ok(DAY_US),
-        _ => {}
-    }
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-' || c == '+'))
-        .unwrap_or(t.len());
-    let (number, unit) = t.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("\"{text}\" is not a duration"))?;
-    let unit_us = match unit.trim() {
-        "" | "s" => 1_000_000.0,
-        "ms" => 1_000.0,
-        "m" => MINUTE_US as f64,
-        "h" => HOUR_US as f64,
-        "d" => DAY_US as f64,
-        other => {
-            return Err(format!(
-                "\"{text}\" has an unknown unit \"{other}\" (use ms, s, m, h or d)"
-            ));
-        }
-    };
-    let us = value * unit_us;
-    if !us.is_finite() || us < 1.0 {
-        return Err(format!("must be positive, got \"{text}\""));
-    }
-    if us > (100 * 365) as f64 * DAY_US as f64 {
-        return Err(format!("\"{text}\" is longer than a century"));
-    }
-    Ok(us.round() as i64)
 }

@@ -20,6 +20,5 @@ pub mod yaml;
 pub use call::{Call, Category, Decision, Outcome, Risk, Verdict};
 pub use engine::{ApprovalMode, DEFAULT_DENY_RULE, HIDDEN_RULE};
 pub use error::{PolicyError, Problem};
-pub use load::parse_duration_us;
 pub use model::Policy;
 pub use state::{CounterStore, Exhausted, PolicyState, Reservation, Want};

@@ -118,6 +118,15 @@ pub struct SyntaxError {
     pub message: String,
 }
 
+/// The value under `key` in a mapping's entries (the helper every loader
+/// of a positioned YAML file uses).
+pub fn get<'n>(entries: &'n [(Node, Node)], key: &str) -> Option<&'n Node> {
+    entries
+        .iter()
+        .find(|(k, _)| k.scalar_text() == Some(key))
+        .map(|(_, v)| v)
+}
+
 /// Parses one YAML document. An empty document yields a null node.
 pub fn parse(text: &str) -> Result<Node, SyntaxError> {
     let mut builder = Builder {

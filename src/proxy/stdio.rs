@@ -197,6 +197,10 @@ pub fn run(config: ProxyConfig) -> Result<i32, ProxyError> {
             Ok(Event::ClientGone) => {
                 // The server sees EOF on its stdin; it gets the grace period.
                 client_gone = true;
+                eprintln!(
+                    "flightrec: the client closed its input; the server has {:?} to exit",
+                    config.grace
+                );
                 break wait_or_kill(&inbox, pid, None, config.grace)?;
             }
             Ok(Event::Signal(libc::SIGHUP)) => reload(&gateway),
@@ -224,7 +228,8 @@ pub fn run(config: ProxyConfig) -> Result<i32, ProxyError> {
 }
 
 /// Waits for the child to exit after the client left or a signal arrived
-/// (forwarded to it), killing it after the grace period.
+/// (forwarded to it, as is any stop signal that arrives meanwhile), killing
+/// it after the grace period.
 fn wait_or_kill(
     inbox: &mpsc::Receiver<Event>,
     pid: u32,
@@ -242,6 +247,14 @@ fn wait_or_kill(
         let left = deadline.saturating_duration_since(Instant::now());
         match inbox.recv_timeout(left) {
             Ok(Event::ChildExited(s)) => return s,
+            // A stop signal during the grace period (the client left and
+            // the operator stops the proxy) goes to the server too.
+            Ok(Event::Signal(s)) if s != libc::SIGHUP => {
+                // SAFETY: as above.
+                unsafe {
+                    libc::kill(pid as i32, s);
+                }
+            }
             Ok(_) => continue,
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 // SAFETY: as above.

@@ -9,11 +9,12 @@
 //! verdicts reserve counters only with `--approvals grant`.
 
 use crate::audit::AuditError;
+use crate::audit::filter::RowFilter;
 use crate::audit::read::resolve_inputs;
 use crate::policy::{ApprovalMode, Call, CounterStore, Outcome, Policy, PolicyState};
 use crate::replay::decisions::DecisionsWriter;
 use crate::replay::report::{Accumulator, CandidateReport, Report};
-use crate::replay::source::{EventFilter, Pending, Reorder, SourceStats, merge, recorded_events};
+use crate::replay::source::{Pending, Reorder, SourceStats, merge, recorded_events};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, sync_channel};
@@ -30,7 +31,7 @@ pub struct Candidate {
 #[derive(Debug, Clone)]
 pub struct ReplayConfig {
     pub approvals: ApprovalMode,
-    pub filter: EventFilter,
+    pub filter: RowFilter,
     /// How far (in event time) rows may arrive out of order and still be
     /// sorted into place.
     pub reorder_window_us: i64,
@@ -43,7 +44,7 @@ impl Default for ReplayConfig {
     fn default() -> Self {
         ReplayConfig {
             approvals: ApprovalMode::Deny,
-            filter: EventFilter::default(),
+            filter: RowFilter::default(),
             reorder_window_us: 60_000_000,
             decisions_out: None,
             progress: true,

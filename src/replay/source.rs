@@ -10,12 +10,12 @@
 //! by input order and then arrival order (stable).
 
 use crate::audit::AuditError;
+use crate::audit::filter::RowFilter;
 use crate::audit::read::{ScanOptions, scan};
 use crate::audit::schema::{BatchView, col};
 use crate::policy::{Category, Outcome, Risk};
 use arrow::array::{Array, AsArray, PrimitiveArray, StringArray};
 use arrow::datatypes::TimestampMicrosecondType;
-use globset::GlobMatcher;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::path::PathBuf;
@@ -109,16 +109,6 @@ impl<'b> EventRef<'b> {
 /// An event waiting in the pipeline: its batch and row.
 pub type Pending = (Arc<EventBatch>, u32);
 
-/// Row filters applied while reading.
-#[derive(Debug, Clone, Default)]
-pub struct EventFilter {
-    pub from_us: Option<i64>,
-    pub to_us: Option<i64>,
-    pub agent: Option<GlobMatcher>,
-    pub tool: Option<GlobMatcher>,
-    pub session: Option<String>,
-}
-
 /// Counts of what reading saw besides the events it yields.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SourceStats {
@@ -150,7 +140,7 @@ pub const REPLAY_COLUMNS: [&str; 11] = [
 pub fn recorded_events(
     files: Vec<PathBuf>,
     input: usize,
-    filter: EventFilter,
+    filter: RowFilter,
     with_args: bool,
     stats: Arc<std::sync::Mutex<SourceStats>>,
 ) -> impl Iterator<Item = Result<Pending, AuditError>> {
@@ -203,7 +193,7 @@ fn utf8(
 fn decode_batch(
     batch: &arrow::array::RecordBatch,
     input: usize,
-    filter: &EventFilter,
+    filter: &RowFilter,
     with_args: bool,
 ) -> Result<(EventBatch, u64, u64), AuditError> {
     let schema_err = |detail: String| AuditError::Schema {
@@ -245,23 +235,19 @@ fn decode_batch(
     }
     let mut rows = Vec::with_capacity(n);
     let (mut non_calls, mut filtered) = (0u64, 0u64);
+    let field_filters = filter.has_field_filters();
     for i in 0..n {
         if tool.is_null(i) || get(&method, i).is_some_and(|m| m != "tools/call") {
             non_calls += 1;
             continue;
         }
-        if filter
-            .agent
-            .as_ref()
-            .is_some_and(|g| !g.is_match(agent.value(i)))
-            || filter
-                .tool
-                .as_ref()
-                .is_some_and(|g| !g.is_match(tool.value(i)))
-            || filter
-                .session
-                .as_deref()
-                .is_some_and(|s| s != session.value(i))
+        if field_filters
+            && !filter.keeps_fields(
+                Some(agent.value(i)),
+                Some(tool.value(i)),
+                Some(session.value(i)),
+                get(&decision, i),
+            )
         {
             filtered += 1;
             continue;
@@ -484,7 +470,7 @@ mod tests {
             })
             .collect();
         let (batch, _, _) =
-            decode_batch(&rows_to_batch(&rows), input, &EventFilter::default(), false).unwrap();
+            decode_batch(&rows_to_batch(&rows), input, &RowFilter::default(), false).unwrap();
         let batch = Arc::new(batch);
         (0..items.len() as u32)
             .map(|r| Ok((batch.clone(), r)))

@@ -22,9 +22,10 @@
 //!   (t − window, t], per session, agent, tool or globally.
 
 use crate::policy::error::{PolicyError, Problem};
-use crate::policy::yaml::{self, Node, NodeKind, Pos, Scalar};
-use crate::policy::{Call, Policy, PolicyState, Verdict, parse_duration_us};
+use crate::policy::yaml::{self, Node, NodeKind, Pos, Scalar, get};
+use crate::policy::{Call, Policy, PolicyState, Verdict};
 use crate::scenario::sim::SimEvent;
+use crate::time::parse_duration_us;
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 
@@ -166,12 +167,6 @@ pub fn load(path: &Path) -> Result<Vec<Invariant>, PolicyError> {
         source,
     })?;
     from_yaml(&text, &path.display().to_string())
-}
-
-fn get<'n>(m: &'n [(Node, Node)], key: &str) -> Option<&'n Node> {
-    m.iter()
-        .find(|(k, _)| k.scalar_text() == Some(key))
-        .map(|(_, v)| v)
 }
 
 pub fn from_yaml(text: &str, source: &str) -> Result<Vec<Invariant>, PolicyError> {

@@ -3,8 +3,8 @@
 
 use crate::policy::Category;
 use crate::policy::error::{PolicyError, Problem};
-use crate::policy::parse_duration_us;
-use crate::policy::yaml::{self, Node, NodeKind, Pos, Scalar};
+use crate::policy::yaml::{self, Node, NodeKind, Pos, Scalar, get};
+use crate::time::parse_duration_us;
 use std::path::Path;
 
 /// A loaded scenario.
@@ -150,12 +150,6 @@ impl Scenario {
 struct L<'s> {
     file: &'s str,
     problems: Vec<Problem>,
-}
-
-fn get<'n>(m: &'n [(Node, Node)], key: &str) -> Option<&'n Node> {
-    m.iter()
-        .find(|(k, _)| k.scalar_text() == Some(key))
-        .map(|(_, v)| v)
 }
 
 impl L<'_> {

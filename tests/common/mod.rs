@@ -1,0 +1,110 @@
+//! Helpers shared by the integration tests: the binary under test, files,
+//! audit rows read back from Parquet, the Rust test MCP server, test peers
+//! installed by `.ci/run`, and a small deterministic random generator.
+//!
+//! Each test crate uses a part of this module.
+#![allow(dead_code)]
+
+use flightrec::audit::layout;
+use flightrec::audit::schema::{AuditRow, BatchView};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The repository root.
+pub fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The `flightrec` binary built for these tests.
+pub fn flightrec() -> &'static str {
+    env!("CARGO_BIN_EXE_flightrec")
+}
+
+pub fn bin() -> Command {
+    Command::new(flightrec())
+}
+
+/// Runs `flightrec ARGS…` to completion.
+pub fn run(args: &[&str]) -> Output {
+    bin().args(args).output().expect("run flightrec")
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Writes `text` to `dir/name` and returns the path.
+pub fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// Every row of one Parquet file in the audit schema, in file order.
+pub fn file_rows(file: &Path) -> Vec<AuditRow> {
+    let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(file).unwrap())
+        .unwrap()
+        .build()
+        .unwrap();
+    reader
+        .flat_map(|b| BatchView::new(&b.unwrap()).rows().unwrap())
+        .collect()
+}
+
+/// Every row of an audit directory, file by file in chain order.
+pub fn dir_rows(dir: &Path) -> Vec<AuditRow> {
+    layout::data_files(dir)
+        .unwrap()
+        .iter()
+        .flat_map(|f| file_rows(f))
+        .collect()
+}
+
+/// A path that `.ci/run` installs; a clear failure when it is missing.
+pub fn need(path: PathBuf) -> PathBuf {
+    assert!(
+        path.exists(),
+        "{} is missing: run `bash .ci/run`, which installs the test peers",
+        path.display()
+    );
+    path
+}
+
+/// The Rust test server (examples/test_mcp_server.rs), built on demand.
+pub fn test_server() -> PathBuf {
+    static BUILD: std::sync::Once = std::sync::Once::new();
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap();
+    let p = dir.join("examples/test_mcp_server");
+    BUILD.call_once(|| {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--quiet", "--example", "test_mcp_server"])
+            .current_dir(root())
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "building the test server failed");
+    });
+    assert!(
+        p.exists(),
+        "{} missing after `cargo build --example test_mcp_server`",
+        p.display()
+    );
+    p
+}
+
+/// A small deterministic generator (xorshift) so failures reproduce.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
