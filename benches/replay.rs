@@ -11,7 +11,7 @@ use flightrec::audit::read::{ScanOptions, scan};
 use flightrec::audit::schema::AuditRow;
 use flightrec::audit::{Recorder, RecorderConfig, layout};
 use flightrec::policy::Policy;
-use flightrec::replay::source::REPLAY_COLUMNS;
+use flightrec::replay::REPLAY_COLUMNS;
 use flightrec::replay::{Candidate, ReplayConfig, replay};
 use std::path::{Path, PathBuf};
 

@@ -1,18 +1,31 @@
 //! flightrec: a policy proxy, flight recorder and simulator for MCP tool calls.
 //!
-//! The crate is laid out along the data's path:
+//! The crate is laid out along the data's path, one module per stage:
+//! - [`time`]: the one unit of time (µs since the Unix epoch, UTC);
 //! - [`policy`]: the policy format and the pure decision core (one core, two
-//!   clocks: the live proxy passes wall time, replay passes recorded time);
-//! - [`eval`]: decisions for JSONL call streams (`flightrec policy eval`);
-//! - [`cli`]: the command line, which turns library errors into reports.
+//!   clocks: the live proxy passes wall time, replay passes recorded time),
+//!   with counters behind [`policy::CounterStore`];
+//! - [`audit`]: the Parquet audit log (schema, hash chain, crash-safe
+//!   recorder, readers, verification, export and import);
+//! - [`proxy`]: the live proxy (a transport-independent gateway and session
+//!   pipeline, and the stdio transport);
+//! - [`replay`]: what-if replay of recorded and generated sessions against
+//!   candidate policies;
+//! - [`scenario`]: scenarios, invariants and the fuzzer;
+//! - `cli` (private): the command line, the only place errors become exit
+//!   codes; the binary calls [`main`].
 //!
-//! The audit log, the proxy, replay and scenarios arrive as their own modules.
+//! The public API is what the binary, the integration tests and the
+//! benchmarks use; everything else is crate-private, so the compiler reports
+//! code nothing uses. docs/architecture.md states the dependency rules.
 
 pub mod audit;
-pub mod cli;
-pub mod eval;
+mod cli;
+mod eval;
 pub mod policy;
 pub mod proxy;
 pub mod replay;
 pub mod scenario;
 pub mod time;
+
+pub use cli::main;

@@ -7,5 +7,5 @@
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
-    flightrec::cli::main()
+    flightrec::main()
 }

@@ -16,13 +16,6 @@
 use crate::audit::schema::{AuditRow, ColumnValue, ShadowDecision};
 use sha2::{Digest, Sha256};
 
-/// The canonical byte encoding of a row (all columns but `hash`).
-pub fn canonical_bytes(row: &AuditRow) -> Vec<u8> {
-    let mut out = Vec::with_capacity(512);
-    walk_canonical(row, &mut |bytes| out.extend_from_slice(bytes));
-    out
-}
-
 /// The row's hash as lowercase hex.
 pub fn row_hash(row: &AuditRow) -> String {
     thread_local! {

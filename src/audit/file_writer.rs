@@ -78,10 +78,6 @@ impl AuditFileWriter {
         Ok(())
     }
 
-    pub fn rows(&self) -> u64 {
-        self.next_seq
-    }
-
     /// Writes the footer and moves the file into place.
     pub fn finish(mut self) -> Result<u64, AuditError> {
         self.flush()?;

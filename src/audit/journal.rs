@@ -113,10 +113,6 @@ impl Journal {
         &self.path
     }
 
-    pub fn bytes(&self) -> u64 {
-        self.bytes
-    }
-
     /// Appends frames with one `write(2)`; returns once they are durable by
     /// the segment's [`SyncMode`].
     pub fn append<'r>(

@@ -7,20 +7,20 @@
 //! [`verify`] checks the chain; [`export`] and [`import`] convert formats;
 //! [`filter`] is the row filter export and replay share.
 
-pub mod args;
-pub mod chain;
-pub mod codec;
-pub mod error;
-pub mod export;
-pub mod file_writer;
-pub mod filter;
-pub mod import;
-pub mod journal;
+pub(crate) mod args;
+pub(crate) mod chain;
+pub(crate) mod codec;
+pub(crate) mod error;
+pub(crate) mod export;
+pub(crate) mod file_writer;
+pub(crate) mod filter;
+pub(crate) mod import;
+pub(crate) mod journal;
 pub mod layout;
 pub mod read;
-pub mod recorder;
+pub(crate) mod recorder;
 pub mod schema;
-pub mod verify;
+pub(crate) mod verify;
 
 pub use error::AuditError;
 pub use recorder::{Recorder, RecorderConfig, Recovery};

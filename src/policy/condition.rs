@@ -150,11 +150,6 @@ impl Condition {
             Op::Contains(expected) => expected.as_str().is_some_and(|e| actual.contains(e)),
         }
     }
-
-    /// True when this condition reads a counter rather than the call.
-    pub fn is_state(&self) -> bool {
-        matches!(self.path, PathRef::State(_))
-    }
 }
 
 /// Resolves `args.a.b` style segments through JSON objects only (as

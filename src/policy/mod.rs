@@ -8,14 +8,14 @@
 //! and replay both pass the call's time in, so one implementation of every
 //! rule serves both.
 
-pub mod call;
-pub mod condition;
-pub mod engine;
-pub mod error;
-pub mod load;
-pub mod model;
-pub mod state;
-pub mod yaml;
+pub(crate) mod call;
+pub(crate) mod condition;
+pub(crate) mod engine;
+pub(crate) mod error;
+pub(crate) mod load;
+pub(crate) mod model;
+pub(crate) mod state;
+pub(crate) mod yaml;
 
 pub use call::{Call, Category, Decision, Outcome, Risk, Verdict};
 pub use engine::{ApprovalMode, DEFAULT_DENY_RULE, HIDDEN_RULE};

@@ -47,8 +47,6 @@ pub struct ToolCallParams {
     pub name: String,
     #[serde(default)]
     pub arguments: Value,
-    #[serde(default, rename = "_meta")]
-    pub meta: Option<Value>,
 }
 
 /// What the proxy reads of a `tools/call` result: whether it is an error,

@@ -15,11 +15,11 @@
 //!
 //! [`scan`] lists a server's tools for a starter policy.
 
-pub mod gateway;
-pub mod jsonrpc;
-pub mod scan;
-pub mod session;
-pub mod stdio;
+pub(crate) mod gateway;
+pub(crate) mod jsonrpc;
+pub(crate) mod scan;
+pub(crate) mod session;
+pub(crate) mod stdio;
 
 pub use gateway::{Gateway, GatewayConfig};
 pub use session::{ClientAction, Session, Transport};

@@ -8,11 +8,12 @@
 //! would have done and how it differs from the recording, and [`decisions`]
 //! writes the per-event decisions when asked.
 
-pub mod decisions;
-pub mod engine;
-pub mod report;
-pub mod scenario;
-pub mod source;
+pub(crate) mod decisions;
+pub(crate) mod engine;
+pub(crate) mod report;
+pub(crate) mod scenario;
+pub(crate) mod source;
 
 pub use engine::{Candidate, ReplayConfig, ReplayError, replay, run_events};
-pub use report::Report;
+pub use report::{Report, ReportFormat};
+pub use source::REPLAY_COLUMNS;

@@ -9,7 +9,7 @@
 
 pub mod fuzz;
 pub mod invariants;
-pub mod model;
+pub(crate) mod model;
 pub mod sim;
 
 pub use model::Scenario;
