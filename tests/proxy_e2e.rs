@@ -371,6 +371,8 @@ fn sdk_with_the_healthimaging_server() {
 struct Raw {
     child: std::process::Child,
     lines: std::sync::mpsc::Receiver<String>,
+    /// The proxy's stderr, line by line.
+    errs: std::sync::mpsc::Receiver<String>,
 }
 
 impl Raw {
@@ -401,7 +403,51 @@ impl Raw {
                 }
             }
         });
-        Raw { child, lines: rx }
+        let stderr = child.stderr.take().unwrap();
+        let (etx, errs) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for l in BufReader::new(stderr).lines() {
+                let Ok(l) = l else { break };
+                if etx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        Raw {
+            child,
+            lines: rx,
+            errs,
+        }
+    }
+
+    /// Waits (at most 20 s) for a stderr line containing `text`; returns
+    /// every line read up to and including it.
+    fn stderr_until(&self, text: &str) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let mut seen = String::new();
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.errs.recv_timeout(left) {
+                Ok(l) => {
+                    seen.push_str(&l);
+                    seen.push('\n');
+                    if l.contains(text) {
+                        return seen;
+                    }
+                }
+                Err(e) => panic!("no stderr line with {text:?} ({e:?}); saw:\n{seen}"),
+            }
+        }
+    }
+
+    /// Every stderr line left once the proxy has exited.
+    fn stderr_rest(&self) -> String {
+        let mut seen = String::new();
+        while let Ok(l) = self.errs.recv_timeout(Duration::from_secs(5)) {
+            seen.push_str(&l);
+            seen.push('\n');
+        }
+        seen
     }
 
     fn send(&mut self, line: &str) {
@@ -574,7 +620,7 @@ fn policy_reloads_on_change_and_keeps_the_old_one_when_invalid() {
     )
     .unwrap();
     std::fs::rename(&tmp, &policy).unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
+    p.stderr_until("reloaded");
     p.send(&call(2));
     assert_eq!(
         p.recv()["result"]["_meta"]["io.flightrec/decision"]["rule"],
@@ -586,19 +632,14 @@ fn policy_reloads_on_change_and_keeps_the_old_one_when_invalid() {
         "version: \"1\"\ntools:\n  copy_image_set:\n    rules: [{name: x, action: explode}]\n",
     )
     .unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
+    p.stderr_until("reload failed, keeping the previous policy");
     p.send(&call(3));
     assert_eq!(
         p.recv()["result"]["_meta"]["io.flightrec/decision"]["rule"],
         "frozen"
     );
     drop(p.child.stdin.take());
-    let out = p.child.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("reloaded") && err.contains("reload failed, keeping the previous policy"),
-        "{err}"
-    );
+    assert!(p.child.wait().unwrap().success());
 }
 
 #[test]
@@ -622,11 +663,7 @@ fn sigterm_is_forwarded_and_in_flight_calls_are_recorded() {
         started.elapsed() < Duration::from_secs(5),
         "the server stopped within the grace period"
     );
-    let mut err = String::new();
-    if let Some(mut e) = p.child.stderr.take() {
-        use std::io::Read;
-        let _ = e.read_to_string(&mut err);
-    }
+    let err = p.stderr_rest();
     // The test server dies of the forwarded SIGTERM: 128 + 15.
     assert_eq!(status.code(), Some(143), "proxy stderr:\n{err}");
     let rows = rows(&audit);
@@ -660,12 +697,7 @@ fn sigterm_after_the_client_left_still_reaches_the_server() {
     drop(p.child.stdin.take());
     // The hard order: the proxy has seen the client leave (it says so)
     // before the signal arrives.
-    let mut err = BufReader::new(p.child.stderr.take().unwrap());
-    let mut line = String::new();
-    while !line.contains("the client closed its input") {
-        line.clear();
-        assert!(err.read_line(&mut line).unwrap() > 0, "stderr ended");
-    }
+    p.stderr_until("the client closed its input");
     // SAFETY: kill(2) on the proxy child this test started.
     unsafe {
         libc::kill(p.child.id() as i32, libc::SIGTERM);

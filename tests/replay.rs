@@ -518,3 +518,65 @@ fn demo_runs_on_the_bundled_data() {
     let cols: Vec<&str> = lenient.split_whitespace().collect();
     assert_eq!(&cols[5..], ["0", "0", "0"], "{lenient}");
 }
+
+/// Recorded logs and a scenario in one run share one clock and one set of
+/// counters per candidate: a fleet-wide budget the recorded traffic uses is
+/// not there for the scenario's runaway agent, so the run refuses more than
+/// the two inputs replayed apart.
+#[test]
+fn logs_and_scenarios_replay_together_on_shared_counters() {
+    let f = fixture();
+    let policy = common::write_file(
+        &f.root,
+        "fleet.yaml",
+        "version: \"1\"\ntools:\n  copy_image_set:\n    rules:\n      - name: fleet copy budget\n        rate_limit: {max: 20, window: 60s, per: tool}\n",
+    );
+    let scenario = common::write_file(
+        &f.root,
+        "runaway.yaml",
+        &format!(
+            "version: 1\nname: runaway\nseed: 1\nstart: {}\nduration: 2m\nserver: awslabs.healthimaging-mcp-server\nagents:\n  - name: loop-bot\n    sessions: 1\n    mix:\n      - {{tool: copy_image_set, weight: 1, args: {{datastoreId: ds-01}}}}\n    arrival: {{kind: constant, every: 1s}}\n    on_refusal: give_up\n",
+            flightrec::time::format_us(T0)
+        ),
+    );
+    let (log, policy, scenario) = (
+        f.root.join("log"),
+        policy.to_str().unwrap().to_string(),
+        scenario.to_str().unwrap().to_string(),
+    );
+    let log = log.to_str().unwrap();
+    let alone_log = replay_json(&[log, "--policy", &policy]);
+    let alone_scenario = replay_json(&[&scenario, "--policy", &policy]);
+    let together = replay_json(&[log, &scenario, "--policy", &policy]);
+    let totals = |r: &Value, k: &str| r["candidates"][0]["totals"][k].as_u64().unwrap();
+    let all = |r: &Value| {
+        ["allow", "deny", "throttle", "approval"]
+            .iter()
+            .map(|k| totals(r, k))
+            .sum::<u64>()
+    };
+    assert!(all(&alone_log) > 0 && all(&alone_scenario) > 0);
+    // Every call of both inputs is decided once (the scenario agent gives
+    // up on a refusal, so its calls do not depend on the decisions).
+    assert_eq!(all(&together), all(&alone_log) + all(&alone_scenario));
+    assert_eq!(
+        together["events"].as_u64().unwrap(),
+        alone_log["events"].as_u64().unwrap() + alone_scenario["events"].as_u64().unwrap()
+    );
+    assert!(
+        totals(&together, "throttle")
+            > totals(&alone_log, "throttle") + totals(&alone_scenario, "throttle"),
+        "shared budget: together {} vs apart {} + {}",
+        totals(&together, "throttle"),
+        totals(&alone_log, "throttle"),
+        totals(&alone_scenario, "throttle")
+    );
+    // The recorded calls are still compared with the recording.
+    assert_eq!(
+        together["candidates"][0]["diff"]["compared"],
+        alone_log["candidates"][0]["diff"]["compared"]
+    );
+    let inputs = together["inputs"].as_array().unwrap();
+    assert_eq!(inputs.len(), 2);
+    assert!(inputs[1].as_str().unwrap().ends_with("runaway.yaml"));
+}

@@ -2,7 +2,7 @@
 
 use super::{EXIT_FINDING, EXIT_INPUT, ReplayArgs};
 use crate::audit::filter::RowFilter;
-use crate::policy::ApprovalMode;
+use crate::replay::scenario::{ScenarioInput, replay_mixed};
 use crate::replay::{Candidate, ReplayConfig, replay as run_replay};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -58,23 +58,32 @@ pub fn replay(args: &ReplayArgs) -> ExitCode {
         Err(code) => return code,
     };
     let is_scenario = |p: &PathBuf| p.extension().is_some_and(|x| x == "yaml" || x == "yml");
-    let scenarios = args.inputs.iter().filter(|p| is_scenario(p)).count();
+    let (scenario_paths, recorded): (Vec<PathBuf>, Vec<PathBuf>) =
+        args.inputs.iter().cloned().partition(is_scenario);
+    let config = ReplayConfig {
+        approvals,
+        filter,
+        reorder_window_us,
+        decisions_out: args.decisions_out.clone(),
+        progress: true,
+    };
     let mut violations = Vec::new();
-    let report = if scenarios > 0 {
-        if scenarios != 1 || args.inputs.len() != 1 {
-            return input_error(
-                "replay one scenario file at a time (its agents react to each candidate's decisions); recorded logs go in a separate run",
-            );
-        }
+    let report = if !scenario_paths.is_empty() {
         if args.decisions_out.is_some() {
             return input_error(
-                "--decisions-out applies to recorded logs; use `flightrec generate --policy` for a scenario",
+                "--decisions-out applies to runs of recorded logs only; use `flightrec generate --policy` for a scenario's decided calls",
             );
         }
-        let scenario = match super::scenario_cmd::load_scenario(&args.inputs[0]) {
-            Ok(s) => s,
-            Err(c) => return c,
-        };
+        let mut scenarios = Vec::new();
+        for path in &scenario_paths {
+            match super::scenario_cmd::load_scenario(path) {
+                Ok(scenario) => scenarios.push(ScenarioInput {
+                    name: path.display().to_string(),
+                    scenario,
+                }),
+                Err(c) => return c,
+            }
+        }
         let invariants = match &args.invariants {
             Some(p) => match super::scenario_cmd::load_invariants(p) {
                 Ok(i) => i,
@@ -82,13 +91,11 @@ pub fn replay(args: &ReplayArgs) -> ExitCode {
             },
             None => Vec::new(),
         };
-        let (report, events) = crate::replay::scenario::replay_scenario(
-            &scenario,
-            &args.inputs[0].display().to_string(),
-            &candidates,
-            approvals,
-        );
-        for (c, ev) in candidates.iter().zip(&events) {
+        let mixed = match replay_mixed(&scenarios, &recorded, &candidates, &config) {
+            Ok(m) => m,
+            Err(e) => return input_error(e),
+        };
+        for (c, ev) in candidates.iter().zip(&mixed.scenario_events) {
             if let Some(v) = crate::scenario::invariants::check(&invariants, ev) {
                 violations.push(format!(
                     "{}: invariant \"{}\" broken at call {}: {}",
@@ -99,18 +106,11 @@ pub fn replay(args: &ReplayArgs) -> ExitCode {
                 ));
             }
         }
-        report
+        mixed.report
     } else {
         if args.invariants.is_some() {
             return input_error("--invariants applies to scenario inputs");
         }
-        let config = ReplayConfig {
-            approvals,
-            filter,
-            reorder_window_us,
-            decisions_out: args.decisions_out.clone(),
-            progress: true,
-        };
         match run_replay(&args.inputs, candidates, &config) {
             Ok(r) => r,
             Err(e) => return input_error(e),
@@ -220,13 +220,21 @@ pub fn demo() -> ExitCode {
             Ok(s) => s,
             Err(c) => return c,
         };
-        let (report, events) = crate::replay::scenario::replay_scenario(
-            &scenario,
-            &path.display().to_string(),
+        let input = ScenarioInput {
+            name: path.display().to_string(),
+            scenario,
+        };
+        let mixed = match replay_mixed(
+            std::slice::from_ref(&input),
+            &[],
             &scenario_candidates,
-            ApprovalMode::Deny,
-        );
-        for (c, ev) in report.candidates.iter().zip(&events) {
+            &ReplayConfig::default(),
+        ) {
+            Ok(m) => m,
+            Err(e) => return input_error(e),
+        };
+        let scenario = input.scenario;
+        for (c, ev) in mixed.report.candidates.iter().zip(&mixed.scenario_events) {
             let calls: u64 = c.agents_made.iter().map(|a| a.calls).sum();
             let through: u64 = c.agents_made.iter().map(|a| a.allowed).sum();
             let retries: u64 = c.agents_made.iter().map(|a| a.retries).sum();

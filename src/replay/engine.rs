@@ -11,10 +11,10 @@
 use crate::audit::AuditError;
 use crate::audit::filter::RowFilter;
 use crate::audit::read::resolve_inputs;
-use crate::policy::{ApprovalMode, Call, CounterStore, Outcome, Policy, PolicyState};
+use crate::policy::{ApprovalMode, Call, CounterStore, Decision, Outcome, Policy, PolicyState};
 use crate::replay::decisions::DecisionsWriter;
 use crate::replay::report::{Accumulator, CandidateReport, Report};
-use crate::replay::source::{Pending, Reorder, SourceStats, merge, recorded_events};
+use crate::replay::source::{EventRef, Pending, Reorder, SourceStats, merge, recorded_events};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, sync_channel};
@@ -71,6 +71,19 @@ pub fn replay(
 ) -> Result<Report, ReplayError> {
     let stats = Arc::new(Mutex::new(SourceStats::default()));
     let with_args = candidates.iter().any(|c| c.policy.reads_args());
+    let events = recorded_stream(inputs, config, with_args, stats.clone())?;
+    let input_names = inputs.iter().map(|p| p.display().to_string()).collect();
+    run_events(events, input_names, candidates, config, stats)
+}
+
+/// The recorded inputs as one stream of `tools/call` events in time order
+/// (each input sorted within the reorder window, then merged).
+pub(crate) fn recorded_stream(
+    inputs: &[PathBuf],
+    config: &ReplayConfig,
+    with_args: bool,
+    stats: Arc<Mutex<SourceStats>>,
+) -> Result<impl Iterator<Item = Result<Pending, AuditError>> + use<>, AuditError> {
     let mut streams = Vec::new();
     for (i, input) in inputs.iter().enumerate() {
         let files = resolve_inputs(std::slice::from_ref(input))?;
@@ -81,9 +94,7 @@ pub fn replay(
             stats.clone(),
         ));
     }
-    let events = merge(streams);
-    let input_names = inputs.iter().map(|p| p.display().to_string()).collect();
-    run_events(events, input_names, candidates, config, stats)
+    Ok(merge(streams))
 }
 
 /// Replays an already-ordered event stream (recorded or generated).
@@ -188,6 +199,49 @@ pub fn run_events(
     })
 }
 
+/// Decides one recorded call against a candidate and counts it in the
+/// report: the one place replay turns a recorded row into a decision.
+pub(crate) fn decide_recorded(
+    policy: &Policy,
+    state: &mut PolicyState,
+    e: &EventRef<'_>,
+    approvals: ApprovalMode,
+    acc: &mut Accumulator,
+) -> Decision {
+    let call = Call {
+        ts_us: e.ts_us(),
+        session: e.session_id(),
+        agent: e.agent_id(),
+        server: e.server(),
+        tool: e.tool(),
+        category: e.category(),
+        risk: e.risk(),
+        args: e.args(),
+    };
+    let mut d = policy.decide_with(state, &call, approvals);
+    let outcome = e.outcome();
+    // As live, with the recorded outcome. A call the recording never
+    // forwarded has no outcome under this candidate: it counts, as if it
+    // ran (conservative).
+    let settled = match outcome {
+        Outcome::NotForwarded => Outcome::Ok,
+        o => o,
+    };
+    state.settle(std::mem::take(&mut d.reservation), settled);
+    acc.add(
+        call.ts_us,
+        e.event_id(),
+        call.tool,
+        call.agent,
+        call.session,
+        d.verdict,
+        d.rule.as_deref(),
+        e.recorded(),
+        outcome == Outcome::NotForwarded,
+    );
+    d
+}
+
 type WorkerResult = Result<(CandidateReport, Option<PathBuf>), AuditError>;
 
 fn worker(
@@ -205,43 +259,12 @@ fn worker(
     for chunk in rx {
         for (batch, row) in chunk.iter() {
             let e = batch.event(*row);
-            let call = Call {
-                ts_us: e.ts_us(),
-                session: e.session_id(),
-                agent: e.agent_id(),
-                server: e.server(),
-                tool: e.tool(),
-                category: e.category(),
-                risk: e.risk(),
-                args: e.args(),
-            };
-            let d = c.policy.decide_with(&mut state, &call, approvals);
-            let verdict = d.verdict;
-            let outcome = e.outcome();
-            // As live, with the recorded outcome. A call the recording never
-            // forwarded has no outcome under this candidate: it counts, as
-            // if it ran (conservative).
-            let settled = match outcome {
-                Outcome::NotForwarded => Outcome::Ok,
-                o => o,
-            };
-            state.settle(d.reservation, settled);
-            acc.add(
-                call.ts_us,
-                e.event_id(),
-                call.tool,
-                call.agent,
-                call.session,
-                verdict,
-                d.rule.as_deref(),
-                e.recorded(),
-                outcome == Outcome::NotForwarded,
-            );
+            let d = decide_recorded(&c.policy, &mut state, &e, approvals, &mut acc);
             if let Some(w) = &mut out {
                 w.push(
                     &e,
                     &c.name,
-                    verdict,
+                    d.verdict,
                     d.rule.as_deref(),
                     d.message.as_deref(),
                     d.retry_after_ms,

@@ -1,75 +1,188 @@
-//! Replay of a scenario: closed-loop simulation per candidate policy,
-//! because how an agent reacts depends on what the policy told it.
+//! Replay with scenarios: a closed-loop simulation per candidate policy,
+//! because how an agent reacts depends on what the policy told it. Recorded
+//! logs given in the same run are replayed on the same clock against the
+//! same counters, interleaved in time order with the scenarios' agents: what
+//! the candidate would do to today's traffic plus a runaway on top of it.
 
-use crate::policy::ApprovalMode;
-use crate::replay::engine::Candidate;
+use crate::audit::AuditError;
+use crate::policy::{ApprovalMode, Policy, PolicyState, Verdict};
+use crate::replay::engine::{
+    Candidate, ReplayConfig, ReplayError, decide_recorded, recorded_stream,
+};
 use crate::replay::report::{Accumulator, AgentCalls, Report};
+use crate::replay::source::{Pending, SourceStats};
 use crate::scenario::Scenario;
-use crate::scenario::sim::{SimEvent, plan, simulate};
+use crate::scenario::sim::{Background, SimEvent, plan, simulate_with};
 use std::collections::BTreeMap;
+use std::iter::Peekable;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
-/// Simulates the scenario against each candidate; returns the report and
-/// each candidate's decided events (for invariant checks).
-pub fn replay_scenario(
-    s: &Scenario,
-    input: &str,
-    candidates: &[Candidate],
-    approvals: ApprovalMode,
-) -> (Report, Vec<Vec<SimEvent>>) {
-    let planned = plan(s);
-    let mut reports = Vec::new();
-    let mut all_events = Vec::new();
-    for c in candidates {
-        let events = simulate(s, Some(&c.policy), approvals);
-        let mut acc = Accumulator::new(&c.name, &c.file, &c.policy.sha256);
-        let mut per_agent: BTreeMap<&str, AgentCalls> = BTreeMap::new();
-        for (i, e) in events.iter().enumerate() {
-            let d = e.decision.as_ref().expect("simulated with a policy");
-            let id = format!("{}#{}", s.name, i + 1);
-            acc.add(
-                e.ts_us,
-                &id,
-                &e.tool,
-                &e.agent,
-                &e.session,
-                d.verdict,
-                d.rule.as_deref(),
-                None,
-                false,
-            );
-            let a = per_agent.entry(&e.agent).or_insert_with(|| AgentCalls {
+/// A scenario input: its name in the report and the loaded scenario.
+pub struct ScenarioInput {
+    pub name: String,
+    pub scenario: Scenario,
+}
+
+/// What a mixed replay produced.
+pub struct MixedReplay {
+    pub report: Report,
+    /// Per candidate, the scenarios' decided calls (for invariant checks).
+    pub scenario_events: Vec<Vec<SimEvent>>,
+}
+
+/// The recorded calls of a mixed run, decided as the simulation's clock
+/// reaches them.
+struct Recorded<'a, I: Iterator<Item = Result<Pending, AuditError>>> {
+    events: Peekable<I>,
+    acc: &'a mut Accumulator,
+    per_agent: &'a mut BTreeMap<String, AgentCalls>,
+    count: u64,
+    first_ts: Option<i64>,
+    last_ts: Option<i64>,
+    error: Option<AuditError>,
+    /// Scenario names (the event ids of their calls are `name#n`).
+    names: &'a [String],
+    /// Calls seen so far per scenario.
+    seq: Vec<usize>,
+}
+
+impl<I: Iterator<Item = Result<Pending, AuditError>>> Recorded<'_, I> {
+    fn seen(&mut self, ts: i64) {
+        self.first_ts = Some(self.first_ts.map_or(ts, |f| f.min(ts)));
+        self.last_ts = Some(self.last_ts.map_or(ts, |l| l.max(ts)));
+    }
+}
+
+impl<I: Iterator<Item = Result<Pending, AuditError>>> Background for Recorded<'_, I> {
+    fn run_until(
+        &mut self,
+        until: Option<i64>,
+        policy: &Policy,
+        state: &mut PolicyState,
+        approvals: ApprovalMode,
+    ) {
+        while self.error.is_none() {
+            let due = match self.events.peek() {
+                None => return,
+                Some(Err(_)) => true,
+                Some(Ok((batch, row))) => until.is_none_or(|t| batch.ts(*row) <= t),
+            };
+            if !due {
+                return;
+            }
+            match self.events.next() {
+                Some(Ok((batch, row))) => {
+                    let e = batch.event(row);
+                    decide_recorded(policy, state, &e, approvals, self.acc);
+                    self.count += 1;
+                    self.seen(e.ts_us());
+                }
+                Some(Err(err)) => self.error = Some(err),
+                None => return,
+            }
+        }
+    }
+
+    fn scenario_call(&mut self, scenario: usize, e: &SimEvent) {
+        let d = e.decision.as_ref().expect("simulated with a policy");
+        self.seq[scenario] += 1;
+        let id = format!("{}#{}", self.names[scenario], self.seq[scenario]);
+        self.acc.add(
+            e.ts_us,
+            &id,
+            &e.tool,
+            &e.agent,
+            &e.session,
+            d.verdict,
+            d.rule.as_deref(),
+            None,
+            false,
+        );
+        let a = self
+            .per_agent
+            .entry(e.agent.clone())
+            .or_insert_with(|| AgentCalls {
                 agent: e.agent.clone(),
                 calls: 0,
                 allowed: 0,
                 retries: 0,
             });
-            a.calls += 1;
-            a.allowed += u64::from(d.verdict == crate::policy::Verdict::Allow);
-            a.retries += u64::from(e.attempt > 0);
+        a.calls += 1;
+        a.allowed += u64::from(d.verdict == Verdict::Allow);
+        a.retries += u64::from(e.attempt > 0);
+        self.seen(e.ts_us);
+    }
+}
+
+/// Replays `scenarios` (closed loop) and `recorded` inputs together against
+/// each candidate. With no recorded input this is a plain scenario replay.
+pub fn replay_mixed(
+    scenarios: &[ScenarioInput],
+    recorded: &[PathBuf],
+    candidates: &[Candidate],
+    config: &ReplayConfig,
+) -> Result<MixedReplay, ReplayError> {
+    let planned: u64 = scenarios
+        .iter()
+        .map(|s| plan(&s.scenario).len() as u64)
+        .sum();
+    let with_args = candidates.iter().any(|c| c.policy.reads_args());
+    let refs: Vec<&Scenario> = scenarios.iter().map(|s| &s.scenario).collect();
+    let names: Vec<String> = scenarios.iter().map(|s| s.scenario.name.clone()).collect();
+    let mut reports = Vec::new();
+    let mut all_events = Vec::new();
+    let mut stats = SourceStats::default();
+    let (mut recorded_count, mut first_ts, mut last_ts) = (0, None, None);
+    for c in candidates {
+        // Each candidate reads the logs again: the simulation decides them
+        // in step with its agents, on the candidate's own counters.
+        let run_stats = Arc::new(Mutex::new(SourceStats::default()));
+        let events = recorded_stream(recorded, config, with_args, run_stats.clone())?;
+        let mut acc = Accumulator::new(&c.name, &c.file, &c.policy.sha256);
+        let mut per_agent = BTreeMap::new();
+        let mut background = Recorded {
+            events: events.peekable(),
+            acc: &mut acc,
+            per_agent: &mut per_agent,
+            count: 0,
+            first_ts: None,
+            last_ts: None,
+            error: None,
+            names: &names,
+            seq: vec![0; scenarios.len()],
+        };
+        let decided = simulate_with(&refs, &c.policy, config.approvals, &mut background);
+        if let Some(e) = background.error.take() {
+            return Err(e.into());
         }
+        recorded_count = background.count;
+        first_ts = background.first_ts;
+        last_ts = background.last_ts;
         let mut report = acc.finish();
         report.agents_made = per_agent.into_values().collect();
         reports.push(report);
-        all_events.push(events);
+        all_events.push(decided.into_iter().map(|(_, e)| e).collect());
+        stats = run_stats.lock().expect("stats lock").clone();
     }
-    let report = Report {
-        flightrec_replay_report: 1,
-        inputs: vec![input.to_string()],
-        events: planned.len() as u64,
-        skipped_non_calls: 0,
-        filtered_out: 0,
-        late_events: 0,
-        first_ts: planned
-            .first()
-            .map(|p| crate::time::format_us(s.start_us + p.at_us)),
-        last_ts: planned
-            .last()
-            .map(|p| crate::time::format_us(s.start_us + p.at_us)),
-        approvals: match approvals {
-            ApprovalMode::Deny => "deny".into(),
-            ApprovalMode::Grant => "grant".into(),
+    let mut inputs: Vec<String> = recorded.iter().map(|p| p.display().to_string()).collect();
+    inputs.extend(scenarios.iter().map(|s| s.name.clone()));
+    Ok(MixedReplay {
+        report: Report {
+            flightrec_replay_report: 1,
+            inputs,
+            events: recorded_count + planned,
+            skipped_non_calls: stats.non_calls,
+            filtered_out: stats.filtered,
+            late_events: stats.late,
+            first_ts: first_ts.map(crate::time::format_us),
+            last_ts: last_ts.map(crate::time::format_us),
+            approvals: match config.approvals {
+                ApprovalMode::Deny => "deny".into(),
+                ApprovalMode::Grant => "grant".into(),
+            },
+            candidates: reports,
         },
-        candidates: reports,
-    };
-    (report, all_events)
+        scenario_events: all_events,
+    })
 }

@@ -226,13 +226,37 @@ pub fn plan(s: &Scenario) -> Vec<PlannedCall> {
     out
 }
 
+/// Calls from outside the scenarios that share their clock and counters:
+/// the recorded logs of a replay that mixes logs and scenarios. Before each
+/// scenario call at `until`, the simulation lets them decide every call
+/// earlier than that (`None`: all that are left).
+pub trait Background {
+    fn run_until(
+        &mut self,
+        until: Option<i64>,
+        policy: &Policy,
+        state: &mut PolicyState,
+        approvals: ApprovalMode,
+    );
+
+    /// Told of each scenario call right after it was decided (in time order
+    /// with the background's own calls).
+    fn scenario_call(&mut self, _scenario: usize, _e: &SimEvent) {}
+}
+
+/// No calls besides the scenario's.
+pub struct Alone;
+
+impl Background for Alone {
+    fn run_until(&mut self, _: Option<i64>, _: &Policy, _: &mut PolicyState, _: ApprovalMode) {}
+}
+
 /// Runs the scenario. With a policy, each call is decided when it happens
 /// and refusals trigger the agent's reaction; without one, the plan is
 /// returned undecided.
 pub fn simulate(s: &Scenario, policy: Option<&Policy>, approvals: ApprovalMode) -> Vec<SimEvent> {
-    let planned = plan(s);
     let Some(policy) = policy else {
-        return planned
+        return plan(s)
             .into_iter()
             .map(|p| SimEvent {
                 ts_us: s.start_us + p.at_us,
@@ -246,27 +270,48 @@ pub fn simulate(s: &Scenario, policy: Option<&Policy>, approvals: ApprovalMode) 
             })
             .collect();
     };
+    simulate_with(&[s], policy, approvals, &mut Alone)
+        .into_iter()
+        .map(|(_, e)| e)
+        .collect()
+}
+
+/// Runs several scenarios together against one policy (one clock, one set
+/// of counters), with `background` calls interleaved in time order.
+/// Returns each decided call with the index of its scenario, in time order.
+pub fn simulate_with(
+    scenarios: &[&Scenario],
+    policy: &Policy,
+    approvals: ApprovalMode,
+    background: &mut dyn Background,
+) -> Vec<(usize, SimEvent)> {
     let mut state = PolicyState::new(policy);
-    // (time, order) → index into `calls`; retries are appended.
-    let mut calls: Vec<(PlannedCall, u32)> = planned.into_iter().map(|p| (p, 0)).collect();
+    // (absolute time, order) → index into `calls`; retries are appended.
+    let mut calls: Vec<(usize, PlannedCall, u32)> = Vec::new();
+    for (k, s) in scenarios.iter().enumerate() {
+        calls.extend(plan(s).into_iter().map(|p| (k, p, 0)));
+    }
     let mut queue: BinaryHeap<Reverse<(i64, u64, usize)>> = calls
         .iter()
         .enumerate()
-        .map(|(i, (p, _))| Reverse((p.at_us, i as u64, i)))
+        .map(|(i, (k, p, _))| Reverse((scenarios[*k].start_us + p.at_us, i as u64, i)))
         .collect();
     let mut order = calls.len() as u64;
     // An agent's session slot → its current session id (new_session changes it).
     let mut sessions: HashMap<String, String> = HashMap::new();
     let mut session_counter: HashMap<String, u32> = HashMap::new();
     let mut out = Vec::new();
-    while let Some(Reverse((at, _, i))) = queue.pop() {
-        let (p, attempt) = calls[i].clone();
+    while let Some(Reverse((ts, _, i))) = queue.pop() {
+        background.run_until(Some(ts), policy, &mut state, approvals);
+        let (k, p, attempt) = calls[i].clone();
+        let s = scenarios[k];
+        let at = ts - s.start_us;
         let session = sessions
             .get(&p.slot)
             .cloned()
             .unwrap_or_else(|| p.slot.clone());
         let call = Call {
-            ts_us: s.start_us + at,
+            ts_us: ts,
             session: &session,
             agent: &p.agent,
             server: &s.server,
@@ -280,8 +325,8 @@ pub fn simulate(s: &Scenario, policy: Option<&Policy>, approvals: ApprovalMode) 
         let retry_after = d.retry_after_ms;
         let reservation = d.reservation.clone();
         state.settle(reservation, Outcome::Ok);
-        out.push(SimEvent {
-            ts_us: s.start_us + at,
+        let event = SimEvent {
+            ts_us: ts,
             agent: p.agent.clone(),
             session: session.clone(),
             tool: p.tool.clone(),
@@ -292,11 +337,13 @@ pub fn simulate(s: &Scenario, policy: Option<&Policy>, approvals: ApprovalMode) 
                 ..d
             }),
             attempt,
-        });
+        };
+        background.scenario_call(k, &event);
+        out.push((k, event));
         if verdict == Verdict::Allow {
             continue;
         }
-        let Some(spec) = p.spec.map(|k| &s.agents[k]) else {
+        let Some(spec) = p.spec.map(|j| &s.agents[j]) else {
             continue;
         };
         if attempt >= spec.max_retries {
@@ -316,11 +363,12 @@ pub fn simulate(s: &Scenario, policy: Option<&Policy>, approvals: ApprovalMode) 
             }
         };
         if let Some(t) = next_at.filter(|t| *t < s.duration_us) {
-            calls.push((p, attempt + 1));
-            queue.push(Reverse((t, order, calls.len() - 1)));
+            calls.push((k, p, attempt + 1));
+            queue.push(Reverse((s.start_us + t, order, calls.len() - 1)));
             order += 1;
         }
     }
+    background.run_until(None, policy, &mut state, approvals);
     out
 }
 
