@@ -9,9 +9,18 @@
 //! - `erroring_tool` (answers with an `isError` result).
 //!
 //! `exit_now` makes the process exit at once with status 3 (upstream gone).
+//! `slow_tool` with `"fail": true` sleeps, then answers with a JSON-RPC
+//! error; `slow_tool` calls run on their own threads, so answers can come
+//! back out of order.
+//!
+//! Like some real servers, it is lenient: it executes `tools/call` frames
+//! that arrive in a JSON-RPC batch, with `"id": null` or without an id (a
+//! notification). With `TEST_SERVER_LOG=FILE` it appends the name of every
+//! tool it runs to FILE, so a test can see what reached the server.
 
 use serde_json::{Value, json};
 use std::io::{BufRead, Write};
+use std::sync::{Arc, Mutex};
 
 fn tools() -> Value {
     json!([
@@ -30,85 +39,133 @@ fn tools() -> Value {
 
 fn main() {
     let stdin = std::io::stdin();
-    let mut out = std::io::stdout().lock();
+    let out = Arc::new(Mutex::new(std::io::stdout()));
+    let send = |out: &Mutex<std::io::Stdout>, v: &Value| {
+        let mut o = out.lock().unwrap();
+        writeln!(o, "{v}").and_then(|_| o.flush()).is_ok()
+    };
+    // In-flight slow calls finish (and answer) before the server exits on
+    // end of input, as a server that completes its work would.
+    let mut running = Vec::new();
     for line in stdin.lock().lines() {
         let Ok(line) = line else { break };
         let Ok(msg) = serde_json::from_str::<Value>(&line) else {
             continue;
         };
-        let Some(id) = msg.get("id").cloned() else {
-            continue;
-        }; // notifications
-        let method = msg
-            .get("method")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        let params = msg.get("params").cloned().unwrap_or(Value::Null);
-        let modern = params
-            .get("_meta")
-            .and_then(|m| m.get("io.modelcontextprotocol/protocolVersion"))
-            .is_some();
-        let server_meta = json!({"io.modelcontextprotocol/serverInfo": {"name": "flightrec-test-server", "version": "1"}});
-        let mut result = match method {
-            "initialize" => Ok(json!({
-                "protocolVersion": params.get("protocolVersion").cloned().unwrap_or(json!("2025-11-25")),
-                "capabilities": {"tools": {"listChanged": false}},
-                "serverInfo": {"name": "flightrec-test-server", "version": "1"}
-            })),
-            "server/discover" => Ok(json!({
-                "capabilities": {"tools": {"listChanged": false}},
-                "supportedVersions": ["2026-07-28"],
-                "ttlMs": 0,
-                "cacheScope": "private",
-                "_meta": server_meta.clone(),
-            })),
-            "ping" => Ok(json!({})),
-            "tools/list" => Ok(json!({"tools": tools()})),
-            "tools/call" => {
-                let name = params
-                    .get("name")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default();
-                let args = params.get("arguments").cloned().unwrap_or(json!({}));
-                match name {
-                    "slow_tool" => {
-                        let ms = args.get("ms").and_then(Value::as_u64).unwrap_or(200);
-                        std::thread::sleep(std::time::Duration::from_millis(ms));
-                        Ok(json!({"content": [{"type": "text", "text": format!("slept {ms} ms")}]}))
-                    }
-                    "failing_tool" => Err((-32000, "the tool failed before running")),
-                    "erroring_tool" => Ok(
-                        json!({"content": [{"type": "text", "text": "Error executing tool erroring_tool"}], "isError": true}),
-                    ),
-                    "exit_now" => std::process::exit(3),
-                    "copy_image_set" | "list_image_sets" | "delete_image_set" => Ok(
-                        json!({"content": [{"type": "text", "text": format!("{name} ok: {args}")}]}),
-                    ),
-                    _ => Ok(
-                        json!({"content": [{"type": "text", "text": format!("unknown tool {name}")}], "isError": true}),
-                    ),
+        match msg {
+            Value::Array(items) => {
+                let replies: Vec<Value> = items.iter().filter_map(handle).collect();
+                if !replies.is_empty() && !send(&out, &Value::Array(replies)) {
+                    break;
                 }
             }
-            _ => Err((-32601, "Method not found")),
-        };
-        if modern && let Ok(r) = &mut result {
-            r["resultType"] = json!("complete");
-            r["_meta"] = server_meta.clone();
-            if method == "tools/list" {
-                // 2026-07-28 list results carry caching hints.
-                r["cacheScope"] = json!("private");
-                r["ttlMs"] = json!(0);
+            msg if msg["method"] == "tools/call" && msg["params"]["name"] == "slow_tool" => {
+                let out = out.clone();
+                running.push(std::thread::spawn(move || {
+                    if let Some(reply) = handle(&msg) {
+                        send(&out, &reply);
+                    }
+                }));
             }
-        }
-        // Like server-everything: keys in an unusual order (jsonrpc last).
-        let reply = match result {
-            Ok(r) => json!({"result": r, "id": id, "jsonrpc": "2.0"}),
-            Err((code, message)) => {
-                json!({"error": {"code": code, "message": message}, "id": id, "jsonrpc": "2.0"})
+            msg => {
+                if let Some(reply) = handle(&msg)
+                    && !send(&out, &reply)
+                {
+                    break;
+                }
             }
-        };
-        if writeln!(out, "{reply}").and_then(|_| out.flush()).is_err() {
-            break;
         }
     }
+    for t in running {
+        let _ = t.join();
+    }
+}
+
+/// Runs one message; the reply for a request (`None` for a notification).
+fn handle(msg: &Value) -> Option<Value> {
+    let id = msg.get("id").cloned();
+    let method = msg
+        .get("method")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let params = msg.get("params").cloned().unwrap_or(Value::Null);
+    if id.is_none() && method != "tools/call" {
+        return None; // notifications
+    }
+    let modern = params
+        .get("_meta")
+        .and_then(|m| m.get("io.modelcontextprotocol/protocolVersion"))
+        .is_some();
+    let server_meta = json!({"io.modelcontextprotocol/serverInfo": {"name": "flightrec-test-server", "version": "1"}});
+    let mut result = match method {
+        "initialize" => Ok(json!({
+            "protocolVersion": params.get("protocolVersion").cloned().unwrap_or(json!("2025-11-25")),
+            "capabilities": {"tools": {"listChanged": false}},
+            "serverInfo": {"name": "flightrec-test-server", "version": "1"}
+        })),
+        "server/discover" => Ok(json!({
+            "capabilities": {"tools": {"listChanged": false}},
+            "supportedVersions": ["2026-07-28"],
+            "ttlMs": 0,
+            "cacheScope": "private",
+            "_meta": server_meta.clone(),
+        })),
+        "ping" => Ok(json!({})),
+        "tools/list" => Ok(json!({"tools": tools()})),
+        "tools/call" => {
+            let name = params
+                .get("name")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            if let Ok(log) = std::env::var("TEST_SERVER_LOG") {
+                let mut f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(log)
+                    .expect("TEST_SERVER_LOG opens");
+                let _ = writeln!(f, "{name}");
+            }
+            let args = params.get("arguments").cloned().unwrap_or(json!({}));
+            match name {
+                "slow_tool" => {
+                    let ms = args.get("ms").and_then(Value::as_u64).unwrap_or(200);
+                    std::thread::sleep(std::time::Duration::from_millis(ms));
+                    if args.get("fail") == Some(&json!(true)) {
+                        Err((-32000, "the slow tool failed"))
+                    } else {
+                        Ok(json!({"content": [{"type": "text", "text": format!("slept {ms} ms")}]}))
+                    }
+                }
+                "failing_tool" => Err((-32000, "the tool failed before running")),
+                "erroring_tool" => Ok(
+                    json!({"content": [{"type": "text", "text": "Error executing tool erroring_tool"}], "isError": true}),
+                ),
+                "exit_now" => std::process::exit(3),
+                "copy_image_set" | "list_image_sets" | "delete_image_set" => {
+                    Ok(json!({"content": [{"type": "text", "text": format!("{name} ok: {args}")}]}))
+                }
+                _ => Ok(
+                    json!({"content": [{"type": "text", "text": format!("unknown tool {name}")}], "isError": true}),
+                ),
+            }
+        }
+        _ => Err((-32601, "Method not found")),
+    };
+    let id = id?;
+    if modern && let Ok(r) = &mut result {
+        r["resultType"] = json!("complete");
+        r["_meta"] = server_meta.clone();
+        if method == "tools/list" {
+            // 2026-07-28 list results carry caching hints.
+            r["cacheScope"] = json!("private");
+            r["ttlMs"] = json!(0);
+        }
+    }
+    // Like server-everything: keys in an unusual order (jsonrpc last).
+    Some(match result {
+        Ok(r) => json!({"result": r, "id": id, "jsonrpc": "2.0"}),
+        Err((code, message)) => {
+            json!({"error": {"code": code, "message": message}, "id": id, "jsonrpc": "2.0"})
+        }
+    })
 }

@@ -377,6 +377,12 @@ struct Raw {
 
 impl Raw {
     fn start(policy: &Path, audit: &Path, extra: &[&str]) -> Raw {
+        Raw::start_with(policy, audit, extra, &[])
+    }
+
+    /// As [`Raw::start`], with environment variables for the proxy and so
+    /// for the test server it spawns.
+    fn start_with(policy: &Path, audit: &Path, extra: &[&str], env: &[(&str, &Path)]) -> Raw {
         let mut child = Command::new(flightrec())
             .args([
                 "proxy",
@@ -388,6 +394,7 @@ impl Raw {
             .args(extra)
             .arg("--")
             .arg(test_server())
+            .envs(env.iter().map(|(k, v)| (*k, *v)))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -718,5 +725,121 @@ fn sigterm_after_the_client_left_still_reaches_the_server() {
         matches!(slow.outcome.as_str(), "interrupted" | "upstream_gone"),
         "{}",
         slow.outcome
+    );
+}
+
+/// Every frame shape a server might execute is decided and recorded, or
+/// refused and recorded: nothing reaches the server unexamined. The test
+/// server executes tools/call in batches, with a null id and as a
+/// notification, and logs every tool it runs.
+#[test]
+fn no_frame_shape_bypasses_the_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = write_policy(
+        dir.path(),
+        "version: \"1\"\ntools:\n  delete_image_set:\n    rules: [{name: no deletes, action: deny}]\n  copy_image_set:\n    rules:\n      - name: small copies\n        conditions: [{path: args.count, op: lte, value: 100}]\n",
+    );
+    let audit = dir.path().join("audit");
+    let ran = dir.path().join("ran.log");
+    let mut p = Raw::start_with(&policy, &audit, &[], &[("TEST_SERVER_LOG", &ran)]);
+    let del = r#""method":"tools/call","params":{"name":"delete_image_set","arguments":{}}"#;
+    // (frame, the error code or refusal the client gets; None: no answer)
+    let frames: Vec<(String, Option<&str>)> = vec![
+        (format!(r#"[{{"jsonrpc":"2.0","id":1,{del}}}]"#), Some("error")),
+        (
+            format!(r#"[{{"jsonrpc":"2.0","id":2,{del}}},{{"jsonrpc":"2.0","id":3,"method":"ping"}}]"#),
+            Some("error"),
+        ),
+        (format!(r#"{{"jsonrpc":"2.0","id":null,{del}}}"#), Some("error")),
+        (format!(r#"{{"jsonrpc":"2.0",{del}}}"#), None),
+        (
+            r#"{"jsonrpc":"2.0","id":5,"method":"tools/list","method":"tools/call","params":{"name":"delete_image_set"}}"#.into(),
+            Some("error"),
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":6,"method":"tools\/call","params":{"name":"delete_image_set"}}"#.into(),
+            Some("refused"),
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"delete\u005fimage_set"}}"#.into(),
+            Some("refused"),
+        ),
+        (format!(r#"{{"jsonrpc":"2.0","id":{{"a":1}},{del}}}"#), Some("error")),
+        (format!(r#"{{"jsonrpc":"2.0","id":[8],{del}}}"#), Some("error")),
+        (format!(r#"{{"jsonrpc":"2.0","id":true,{del}}}"#), Some("error")),
+        (format!(r#"{{"jsonrpc":"2.0","id":9.5,{del}}}"#), Some("error")),
+        (
+            r#"{"jsonrpc":"2.0","id":10,"method":"tools/call","params":["delete_image_set"]}"#.into(),
+            Some("error"),
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":11,"method":"tools/call","params":{"name":"copy_image_set","name":"delete_image_set"}}"#.into(),
+            Some("error"),
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":12,"method":"tools/call","params":{"name":"copy_image_set","arguments":{"count":1,"count":1000}}}"#.into(),
+            Some("error"),
+        ),
+    ];
+    for (frame, answer) in &frames {
+        p.send(frame);
+        if let Some(kind) = answer {
+            let v = p.recv();
+            match *kind {
+                "error" => assert!(v["error"]["code"].is_i64(), "{frame} → {v}"),
+                _ => assert_eq!(v["result"]["isError"], true, "{frame} → {v}"),
+            }
+        }
+    }
+    // Still serving, and what is allowed runs.
+    p.send(r#"{"jsonrpc":"2.0","id":13,"method":"tools/call","params":{"name":"copy_image_set","arguments":{"count":1}}}"#);
+    assert_eq!(p.recv()["id"], 13);
+    drop(p.child.stdin.take());
+    assert!(p.child.wait().unwrap().success());
+    let ran = std::fs::read_to_string(&ran).unwrap_or_default();
+    assert_eq!(ran, "copy_image_set\n", "what the server ran");
+    // One row per frame, every refused one a deny that was not forwarded.
+    let rows = rows(&audit);
+    assert_eq!(rows.len(), frames.len() + 1, "{rows:#?}");
+    let refused = rows
+        .iter()
+        .filter(|r| r.decision.as_str() == "deny" && r.outcome.as_str() == "not_forwarded")
+        .count();
+    assert_eq!(refused, frames.len());
+}
+
+/// A second request reusing the id of one still in flight is refused (its
+/// answer could not be told apart); both get a row, the first its answer.
+#[test]
+fn a_reused_id_in_flight_is_refused_and_both_are_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = write_policy(dir.path(), "version: \"1\"\ntools: {}\n");
+    let audit = dir.path().join("audit");
+    let ran = dir.path().join("ran.log");
+    let mut p = Raw::start_with(&policy, &audit, &[], &[("TEST_SERVER_LOG", &ran)]);
+    p.send(r#"{"jsonrpc":"2.0","id":20,"method":"tools/call","params":{"name":"slow_tool","arguments":{"ms":1000}}}"#);
+    p.send(r#"{"jsonrpc":"2.0","id":20,"method":"tools/call","params":{"name":"copy_image_set","arguments":{}}}"#);
+    let first = p.recv();
+    assert_eq!(first["id"], 20);
+    assert_eq!(first["error"]["code"], -32600, "{first}");
+    let second = p.recv();
+    assert_eq!(second["result"]["content"][0]["text"], "slept 1000 ms");
+    drop(p.child.stdin.take());
+    assert!(p.child.wait().unwrap().success());
+    assert_eq!(std::fs::read_to_string(&ran).unwrap(), "slow_tool\n");
+    let rows = rows(&audit);
+    let tools: Vec<(&str, &str, &str)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r.tool.as_deref().unwrap_or(""),
+                r.decision.as_str(),
+                r.outcome.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        tools,
+        vec![("slow_tool", "allow", "ok"), ("", "deny", "not_forwarded")]
     );
 }

@@ -9,7 +9,8 @@ use serde_json::{Value, json};
 /// The parts of a frame the proxy looks at. Everything else stays raw.
 #[derive(Debug, Deserialize)]
 pub struct Envelope<'a> {
-    #[serde(borrow, default)]
+    /// `Some("null")` for `"id": null`, `None` when there is no `id`.
+    #[serde(borrow, default, deserialize_with = "present")]
     pub id: Option<&'a RawValue>,
     #[serde(default)]
     pub method: Option<String>,
@@ -21,10 +22,39 @@ pub struct Envelope<'a> {
     pub error: Option<&'a RawValue>,
 }
 
+/// A member that is present, `null` included (serde's `Option` would read
+/// `null` as absent).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
+}
+
+/// What a frame's `id` is, as far as forwarding it safely goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdKind {
+    /// No `id` member: a notification.
+    Missing,
+    /// `"id": null` (MCP forbids it for requests).
+    Null,
+    /// A string or an integer, as canonical JSON text (the key pending
+    /// requests are kept by).
+    Valid(String),
+    /// Anything else: a fraction, a boolean, an object, an array.
+    Invalid,
+}
+
 impl Envelope<'_> {
-    /// A request carries a method and an id; a notification has no id.
-    pub fn is_request(&self) -> bool {
-        self.method.is_some() && self.id.is_some_and(|id| id.get() != "null")
+    /// Classifies the id: only strings and integers are ids MCP allows and
+    /// the proxy can match a response to.
+    pub fn id_kind(&self) -> IdKind {
+        let Some(raw) = self.id else {
+            return IdKind::Missing;
+        };
+        match serde_json::from_str::<Value>(raw.get()) {
+            Ok(Value::Null) => IdKind::Null,
+            Ok(v @ Value::String(_)) => IdKind::Valid(v.to_string()),
+            Ok(Value::Number(n)) if n.is_i64() || n.is_u64() => IdKind::Valid(n.to_string()),
+            _ => IdKind::Invalid,
+        }
     }
 
     pub fn is_response(&self) -> bool {
@@ -39,6 +69,63 @@ impl Envelope<'_> {
                 .unwrap_or_else(|_| r.get().to_string())
         })
     }
+}
+
+/// Whether any JSON object in `text` has the same key twice. Parsers
+/// disagree on which one wins, so a proxy that reads one value while the
+/// server reads the other could be shown another call than the one that
+/// runs. `None` when `text` is not JSON.
+pub fn has_duplicate_keys(text: &str) -> Option<bool> {
+    use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+    struct Check;
+    impl<'de> DeserializeSeed<'de> for Check {
+        type Value = bool;
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+            d.deserialize_any(Check)
+        }
+    }
+    impl<'de> Visitor<'de> for Check {
+        type Value = bool;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("JSON")
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<bool, E> {
+            Ok(false)
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<bool, E> {
+            Ok(false)
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<bool, E> {
+            Ok(false)
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<bool, E> {
+            Ok(false)
+        }
+        fn visit_str<E>(self, _: &str) -> Result<bool, E> {
+            Ok(false)
+        }
+        fn visit_unit<E>(self) -> Result<bool, E> {
+            Ok(false)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<bool, A::Error> {
+            let mut dup = false;
+            while let Some(d) = seq.next_element_seed(Check)? {
+                dup |= d;
+            }
+            Ok(dup)
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
+            let mut keys = std::collections::HashSet::new();
+            let mut dup = false;
+            while let Some(k) = map.next_key::<String>()? {
+                dup |= !keys.insert(k);
+                dup |= map.next_value_seed(Check)?;
+            }
+            Ok(dup)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_str(text);
+    Check.deserialize(&mut de).ok()
 }
 
 /// `params` of a `tools/call`.
@@ -156,16 +243,44 @@ mod tests {
             r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"x"}}"#,
         )
         .unwrap();
-        assert!(req.is_request() && !req.is_response());
+        assert!(req.method.is_some() && !req.is_response());
         assert_eq!(req.id_text().as_deref(), Some("7"));
         let note: Envelope =
             serde_json::from_str(r#"{"method":"notifications/initialized","jsonrpc":"2.0"}"#)
                 .unwrap();
-        assert!(!note.is_request() && !note.is_response());
+        assert!(note.id_kind() == IdKind::Missing && !note.is_response());
         let resp: Envelope =
             serde_json::from_str(r#"{"result":{},"jsonrpc":"2.0","id":"a"}"#).unwrap();
         assert!(resp.is_response());
         assert_eq!(resp.id_text().as_deref(), Some("\"a\""));
+    }
+
+    #[test]
+    fn ids_and_duplicate_keys() {
+        let kind = |t: &str| serde_json::from_str::<Envelope>(t).unwrap().id_kind();
+        assert_eq!(kind(r#"{"id":7}"#), IdKind::Valid("7".into()));
+        assert_eq!(kind(r#"{"id":"a"}"#), IdKind::Valid("\"a\"".into()));
+        assert_eq!(kind(r#"{"id":null}"#), IdKind::Null);
+        assert_eq!(kind(r#"{"method":"x"}"#), IdKind::Missing);
+        for bad in [
+            r#"{"id":1.5}"#,
+            r#"{"id":true}"#,
+            r#"{"id":[1]}"#,
+            r#"{"id":{}}"#,
+        ] {
+            assert_eq!(kind(bad), IdKind::Invalid, "{bad}");
+        }
+        assert_eq!(
+            has_duplicate_keys(r#"{"a":{"b":1,"c":[{"d":1}]}}"#),
+            Some(false)
+        );
+        assert_eq!(has_duplicate_keys(r#"{"a":{"b":1,"b":2}}"#), Some(true));
+        assert_eq!(
+            has_duplicate_keys(r#"[{"x":1},{"y":[{"z":1,"z":1}]}]"#),
+            Some(true)
+        );
+        assert_eq!(has_duplicate_keys(r#"{"a\u0062":1,"ab":2}"#), Some(true));
+        assert_eq!(has_duplicate_keys("{"), None);
     }
 
     #[test]

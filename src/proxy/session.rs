@@ -24,7 +24,7 @@ pub use crate::audit::schema::Transport;
 use crate::audit::schema::{AuditRow, ShadowDecision, new_uuid_v7};
 use crate::policy::{Call, Category, Outcome, Reservation, Verdict};
 use crate::proxy::gateway::{Gateway, Generation, lock};
-use crate::proxy::jsonrpc::{self, Envelope, ToolCallParams};
+use crate::proxy::jsonrpc::{self, Envelope, IdKind, ToolCallParams};
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use smallvec::SmallVec;
@@ -51,6 +51,20 @@ pub enum ClientAction {
 pub struct Held {
     pub frame: Vec<u8>,
     pub ticket: Ticket,
+}
+
+/// What [`Session::route`] decided for a client frame.
+enum Route {
+    Forward,
+    Answer(Vec<u8>),
+    /// Refused and recorded, with nothing to answer (a notification).
+    Drop,
+}
+
+impl Route {
+    fn refused(answer: Option<Vec<u8>>) -> Route {
+        answer.map_or(Route::Drop, Route::Answer)
+    }
 }
 
 /// What to do with a frame from the server.
@@ -204,13 +218,26 @@ impl Session {
         }
         // The frame moves on unchanged unless the proxy answers it: no copy.
         match self.route(&frame) {
-            None => ClientAction::Forward(frame),
-            Some(answer) => ClientAction::Respond(answer),
+            Route::Forward => ClientAction::Forward(frame),
+            Route::Answer(answer) => ClientAction::Respond(answer),
+            Route::Drop => ClientAction::Ignore,
         }
     }
 
     /// `None`: forward the frame; `Some`: answer the client with these bytes.
-    fn route(&self, frame: &[u8]) -> Option<Vec<u8>> {
+    fn route(&self, frame: &[u8]) -> Route {
+        // A JSON-RPC batch: MCP has had none since 2025-06-18, and a server
+        // that still runs them would run what the proxy did not decide.
+        if frame.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+            return Route::refused(self.refuse(
+                "<batch>",
+                None,
+                frame.len(),
+                "(batch refused)",
+                -32600,
+                "flightrec: JSON-RPC batches are not forwarded (MCP has no batches); send each message on its own",
+            ));
+        }
         let env: Envelope = match serde_json::from_slice(frame) {
             Ok(e) => e,
             Err(e) => {
@@ -221,41 +248,104 @@ impl Session {
                 );
                 row.error_code = Some(-32700);
                 self.gateway.record(row);
-                return Some(jsonrpc::error_frame(
+                return Route::Answer(jsonrpc::error_frame(
                     None,
                     -32700,
                     &format!("Parse error: {e}"),
                 ));
             }
         };
-        if !env.is_request() {
-            return None;
+        let Some(method) = env.method.as_deref() else {
+            return Route::Forward; // a response to a server request, or junk the server rejects
+        };
+        let id = match env.id_kind() {
+            IdKind::Valid(id) => id,
+            IdKind::Missing if method != "tools/call" => return Route::Forward, // a notification
+            IdKind::Missing => {
+                // A tools/call the client expects no answer to: the server
+                // might still run it. Refused and recorded; nothing to answer.
+                self.refuse(
+                    method,
+                    None,
+                    frame.len(),
+                    "(tools/call without id)",
+                    -32600,
+                    "",
+                );
+                return Route::Drop;
+            }
+            IdKind::Null | IdKind::Invalid => {
+                return Route::refused(self.refuse(
+                    method,
+                    None,
+                    frame.len(),
+                    "(invalid id)",
+                    -32600,
+                    "flightrec: a request id must be a string or an integer",
+                ));
+            }
+        };
+        if lock(&self.pending).contains_key(&id) {
+            // Its answer could not be told from the first one's: one of the
+            // two calls would go unrecorded.
+            let message = format!("flightrec: request id {id} is already in flight");
+            return Route::refused(self.refuse(
+                method,
+                Some(id),
+                frame.len(),
+                "(id in flight)",
+                -32600,
+                &message,
+            ));
         }
-        let method = env.method.as_deref().unwrap_or_default();
         if let Some((name, version)) = jsonrpc::client_info(method, env.params) {
             *lock(&self.client) = ClientInfo {
                 name: Some(name),
                 version,
             };
         }
-        let id = env.id_text();
         if method == "tools/call" {
-            return self.on_tool_call(&env, id, frame.len());
+            return match self.on_tool_call(&env, Some(id), frame.len()) {
+                None => Route::Forward,
+                Some(answer) => Route::Answer(answer),
+            };
         }
-        if let Some(id) = id {
-            let row = self.base_row(method, Some(id.clone()), frame.len());
-            lock(&self.pending).insert(
-                id,
-                Ticket {
-                    row,
-                    started: Instant::now(),
-                    reservations: SmallVec::new(),
-                    begun: false,
-                    tools_list: method == "tools/list",
-                },
-            );
-        }
-        None
+        let row = self.base_row(method, Some(id.clone()), frame.len());
+        lock(&self.pending).insert(
+            id,
+            Ticket {
+                row,
+                started: Instant::now(),
+                reservations: SmallVec::new(),
+                begun: false,
+                tools_list: method == "tools/list",
+            },
+        );
+        Route::Forward
+    }
+
+    /// Refuses a frame: records its row and returns the JSON-RPC error for
+    /// the client (with the frame's id when it has a usable one).
+    fn refuse(
+        &self,
+        method: &str,
+        id: Option<String>,
+        bytes: usize,
+        rule: &str,
+        code: i64,
+        message: &str,
+    ) -> Option<Vec<u8>> {
+        let raw = id
+            .as_deref()
+            .and_then(|t| RawValue::from_string(t.to_string()).ok());
+        let mut row = self.refuse_frame(
+            self.base_row(method, id, bytes),
+            rule,
+            (!message.is_empty()).then(|| message.to_string()),
+        );
+        row.error_code = Some(code);
+        self.gateway.record(row);
+        Some(jsonrpc::error_frame(raw.as_deref(), code, message))
     }
 
     /// Decides a `tools/call`: `None` to forward it, else the answer.
@@ -266,8 +356,25 @@ impl Session {
         bytes: usize,
     ) -> Option<Vec<u8>> {
         let modern = jsonrpc::speaks_2026(env.params);
-        let params: Option<ToolCallParams> =
-            env.params.and_then(|p| serde_json::from_str(p.get()).ok());
+        if env
+            .params
+            .is_some_and(|p| jsonrpc::has_duplicate_keys(p.get()) != Some(false))
+        {
+            return self.refuse(
+                "tools/call",
+                id,
+                bytes,
+                "(duplicate keys)",
+                -32600,
+                "flightrec: a tools/call whose params repeat a key is not forwarded (parsers disagree on which value wins)",
+            );
+        }
+        // Only an object: serde would also read `["name", {args}]` as the
+        // same params, and a server may read an array otherwise.
+        let params: Option<ToolCallParams> = env
+            .params
+            .filter(|p| p.get().trim_start().starts_with('{'))
+            .and_then(|p| serde_json::from_str(p.get()).ok());
         let Some(params) = params else {
             let row = self.base_row("tools/call", id, bytes);
             self.gateway
