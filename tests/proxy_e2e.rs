@@ -843,3 +843,84 @@ fn a_reused_id_in_flight_is_refused_and_both_are_recorded() {
         vec![("slow_tool", "allow", "ok"), ("", "deny", "not_forwarded")]
     );
 }
+
+/// A server that does not answer in time: the client gets an error, the row
+/// says `timeout`, and the server's late answer is not delivered as a
+/// second one.
+#[test]
+fn upstream_timeout_answers_records_and_drops_the_late_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = write_policy(dir.path(), "version: \"1\"\ntools: {}\n");
+    let audit = dir.path().join("audit");
+    let mut p = Raw::start(&policy, &audit, &["--upstream-timeout", "300ms"]);
+    let started = std::time::Instant::now();
+    p.send(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"slow_tool","arguments":{"ms":1500}}}"#);
+    let v = p.recv();
+    assert_eq!(v["id"], 1);
+    assert_eq!(v["error"]["code"], -32001, "{v}");
+    assert!(started.elapsed() < Duration::from_millis(1500));
+    // The next answer the client sees is its next call's, which comes after
+    // the first call's late answer would have.
+    p.send(r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"slow_tool","arguments":{"ms":250}}}"#);
+    let v = p.recv();
+    assert_eq!(v["id"], 2, "{v}");
+    assert_eq!(v["result"]["content"][0]["text"], "slept 250 ms");
+    drop(p.child.stdin.take());
+    assert!(p.child.wait().unwrap().success());
+    let rows = rows(&audit);
+    let outcomes: Vec<&str> = rows.iter().map(|r| r.outcome.as_str()).collect();
+    assert_eq!(outcomes, ["timeout", "ok"]);
+    assert_eq!(rows[0].error_code, Some(-32001));
+}
+
+/// `notifications/cancelled` from the client is forwarded and completes the
+/// request's row as `cancelled`; the server's answer to it is not delivered.
+#[test]
+fn a_cancelled_request_is_recorded_as_cancelled() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = write_policy(dir.path(), "version: \"1\"\ntools: {}\n");
+    let audit = dir.path().join("audit");
+    let mut p = Raw::start(&policy, &audit, &[]);
+    p.send(r#"{"jsonrpc":"2.0","id":31,"method":"tools/call","params":{"name":"slow_tool","arguments":{"ms":500}}}"#);
+    p.send(r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":31,"reason":"user pressed stop"}}"#);
+    p.send(r#"{"jsonrpc":"2.0","id":32,"method":"tools/call","params":{"name":"slow_tool","arguments":{"ms":900}}}"#);
+    let v = p.recv();
+    assert_eq!(
+        v["id"], 32,
+        "the cancelled request's answer was delivered: {v}"
+    );
+    drop(p.child.stdin.take());
+    assert!(p.child.wait().unwrap().success());
+    let rows = rows(&audit);
+    let outcomes: Vec<(&str, &str)> = rows
+        .iter()
+        .map(|r| (r.jsonrpc_id.as_deref().unwrap_or(""), r.outcome.as_str()))
+        .collect();
+    assert_eq!(outcomes, [("31", "cancelled"), ("32", "ok")]);
+}
+
+/// A server answer over `--max-response-bytes` is not delivered: the request
+/// gets an error and its row, and the proxy keeps serving.
+#[test]
+fn an_oversized_answer_fails_its_request_and_is_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = write_policy(dir.path(), "version: \"1\"\ntools: {}\n");
+    let audit = dir.path().join("audit");
+    let mut p = Raw::start(&policy, &audit, &["--max-response-bytes", "2000"]);
+    // The test server echoes the arguments: a 5,000-byte answer.
+    p.send(&format!(
+        r#"{{"jsonrpc":"2.0","id":"big","method":"tools/call","params":{{"name":"copy_image_set","arguments":{{"x":"{}"}}}}}}"#,
+        "y".repeat(5000)
+    ));
+    let v = p.recv();
+    assert_eq!(v["id"], "big");
+    assert_eq!(v["error"]["code"], -32603, "{v}");
+    p.send(r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"copy_image_set","arguments":{}}}"#);
+    assert_eq!(p.recv()["id"], 2);
+    drop(p.child.stdin.take());
+    assert!(p.child.wait().unwrap().success());
+    let rows = rows(&audit);
+    assert_eq!(rows[0].outcome.as_str(), "response_too_large");
+    assert!(rows[0].response_bytes > 5000);
+    assert_eq!(rows[1].outcome.as_str(), "ok");
+}

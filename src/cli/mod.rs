@@ -109,6 +109,15 @@ pub struct ProxyArgs {
     /// Refuse client messages longer than this
     #[arg(long, default_value_t = 16 * 1024 * 1024)]
     pub max_message_bytes: usize,
+    /// Server answers longer than this are not delivered: the request gets
+    /// a JSON-RPC error and its row outcome `response_too_large`
+    #[arg(long, default_value_t = 64 * 1024 * 1024)]
+    pub max_response_bytes: usize,
+    /// Answer a request the server has not answered after this long with
+    /// an error (row outcome `timeout`) and send the server a cancellation;
+    /// `off` waits forever
+    #[arg(long, default_value = "5m")]
+    pub upstream_timeout: String,
     /// How long the server gets to exit after the client leaves or a signal
     #[arg(long, default_value = "5s")]
     pub grace: String,
@@ -396,6 +405,16 @@ fn proxy_cmd(args: &ProxyArgs) -> ExitCode {
             return ExitCode::from(EXIT_INPUT);
         }
     };
+    let upstream_timeout = match args.upstream_timeout.as_str() {
+        "off" => None,
+        t => match crate::time::parse_duration_us(t) {
+            Ok(us) => Some(std::time::Duration::from_micros(us as u64)),
+            Err(e) => {
+                eprintln!("error: --upstream-timeout {e} (or `off`)");
+                return ExitCode::from(EXIT_INPUT);
+            }
+        },
+    };
     let config = crate::proxy::ProxyConfig {
         sync: args.fsync.into(),
         gateway: crate::proxy::GatewayConfig {
@@ -404,8 +423,10 @@ fn proxy_cmd(args: &ProxyArgs) -> ExitCode {
             server_name: args.server_name.clone(),
             shadow_paths: args.shadow_policies.clone(),
             redact,
+            upstream_timeout,
         },
         audit_dir: args.audit_dir.clone(),
+        max_response_bytes: args.max_response_bytes,
         max_message_bytes: args.max_message_bytes,
         grace,
         command: args.command.clone(),

@@ -128,10 +128,14 @@ pub enum Outcome {
     Timeout,
     UpstreamGone,
     Interrupted,
+    /// The client cancelled the request (`notifications/cancelled`).
+    Cancelled,
+    /// The server answered with more bytes than the proxy delivers.
+    ResponseTooLarge,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 7] = [
+    pub const ALL: [Outcome; 9] = [
         Outcome::Ok,
         Outcome::ToolError,
         Outcome::RpcError,
@@ -139,6 +143,8 @@ impl Outcome {
         Outcome::Timeout,
         Outcome::UpstreamGone,
         Outcome::Interrupted,
+        Outcome::Cancelled,
+        Outcome::ResponseTooLarge,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -150,6 +156,8 @@ impl Outcome {
             Outcome::Timeout => "timeout",
             Outcome::UpstreamGone => "upstream_gone",
             Outcome::Interrupted => "interrupted",
+            Outcome::Cancelled => "cancelled",
+            Outcome::ResponseTooLarge => "response_too_large",
         }
     }
 
@@ -174,11 +182,13 @@ impl FromStr for Outcome {
             "timeout" => Ok(Outcome::Timeout),
             "upstream_gone" => Ok(Outcome::UpstreamGone),
             "interrupted" => Ok(Outcome::Interrupted),
+            "cancelled" => Ok(Outcome::Cancelled),
+            "response_too_large" => Ok(Outcome::ResponseTooLarge),
             _ => Err(()),
         }
         .map_err(|()| {
                 format!(
-                    "unknown outcome `{s}` (expected ok, tool_error, rpc_error, not_forwarded, timeout, upstream_gone or interrupted)"
+                    "unknown outcome `{s}` (expected ok, tool_error, rpc_error, not_forwarded, timeout, upstream_gone, interrupted, cancelled or response_too_large)"
                 )
             })
     }

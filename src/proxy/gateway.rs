@@ -76,6 +76,9 @@ pub struct GatewayConfig {
     /// Server name recorded for every call (default: learned from the
     /// server's handshake, else the transport's guess).
     pub server_name: Option<String>,
+    /// A request the server has not answered after this long is answered
+    /// by the proxy with an error and recorded as `timeout`.
+    pub upstream_timeout: Option<std::time::Duration>,
 }
 
 /// What every session of one proxy process shares.

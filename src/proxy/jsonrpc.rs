@@ -128,6 +128,69 @@ pub fn has_duplicate_keys(text: &str) -> Option<bool> {
     Check.deserialize(&mut de).ok()
 }
 
+/// The id of a frame from its first bytes (the rest was too long to keep):
+/// the value of a top-level `"id"` member that is a string or an integer,
+/// as canonical JSON text.
+pub fn top_level_id(head: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(head);
+    let bytes = text.as_bytes();
+    let (mut depth, mut i) = (0usize, 0usize);
+    while i < bytes.len() {
+        match bytes[i] {
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            b'"' => {
+                // A string: find its end, skipping escapes.
+                let start = i;
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'"' {
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
+                let key = bytes.get(start..=i)?;
+                let rest = text.get(i + 1..)?.trim_start();
+                if depth == 1
+                    && serde_json::from_slice::<String>(key).ok().as_deref() == Some("id")
+                    && let Some(value) = rest.strip_prefix(':')
+                {
+                    let mut de = serde_json::Deserializer::from_str(value).into_iter::<Value>();
+                    return match de.next()?.ok()? {
+                        v @ Value::String(_) => Some(v.to_string()),
+                        Value::Number(n) if n.is_i64() || n.is_u64() => Some(n.to_string()),
+                        _ => None,
+                    };
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+/// A `notifications/cancelled` frame for the server.
+pub fn cancelled_frame(request_id: &str, reason: &str) -> Vec<u8> {
+    let id: Value = serde_json::from_str(request_id).unwrap_or(Value::Null);
+    let mut out = serde_json::to_vec(&json!({
+        "jsonrpc": "2.0",
+        "method": "notifications/cancelled",
+        "params": {"requestId": id, "reason": reason},
+    }))
+    .expect("serializes");
+    out.push(b'\n');
+    out
+}
+
+/// The `requestId` a client's `notifications/cancelled` names, as canonical
+/// JSON text.
+pub fn cancelled_request(params: Option<&RawValue>) -> Option<String> {
+    let v: Value = serde_json::from_str(params?.get()).ok()?;
+    match v.get("requestId")? {
+        s @ Value::String(_) => Some(s.to_string()),
+        Value::Number(n) if n.is_i64() || n.is_u64() => Some(n.to_string()),
+        _ => None,
+    }
+}
+
 /// `params` of a `tools/call`.
 #[derive(Debug, Deserialize)]
 pub struct ToolCallParams {
@@ -281,6 +344,16 @@ mod tests {
         );
         assert_eq!(has_duplicate_keys(r#"{"a\u0062":1,"ab":2}"#), Some(true));
         assert_eq!(has_duplicate_keys("{"), None);
+    }
+
+    #[test]
+    fn ids_from_the_head_of_a_long_frame() {
+        let head = br#"{"jsonrpc":"2.0","id":42,"result":{"content":[{"type":"text","text":"xxxx"#;
+        assert_eq!(top_level_id(head).as_deref(), Some("42"));
+        let head = br#"{"result":{"id":1,"content":[{"text":""id":3"}]},"id":"a-7","jsonrpc""#;
+        assert_eq!(top_level_id(head).as_deref(), Some("\"a-7\""));
+        let head = br#"{"result":{"content":[{"type":"text","text":"aaaaaaaaaaaa"#;
+        assert_eq!(top_level_id(head), None);
     }
 
     #[test]

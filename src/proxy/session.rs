@@ -67,11 +67,19 @@ impl Route {
     }
 }
 
+/// Frames a transport sends because time passed (timeouts).
+#[derive(Debug, Default)]
+pub struct Outbound {
+    pub to_client: Vec<Vec<u8>>,
+    pub to_server: Vec<Vec<u8>>,
+}
+
 /// What to do with a frame from the server.
 #[derive(Debug)]
 pub struct ServerAction {
-    /// Bytes for the client (the server's own bytes unless filtered).
-    pub send: Vec<u8>,
+    /// Bytes for the client (the server's own bytes unless filtered);
+    /// `None`: nothing (a late answer to a request already answered).
+    pub send: Option<Vec<u8>>,
     /// The request this frame answered, to complete after sending.
     pub completion: Option<Completion>,
 }
@@ -123,6 +131,9 @@ pub struct Session {
     server: Mutex<String>,
     categories: Mutex<HashMap<String, Category>>,
     pending: Mutex<HashMap<String, Ticket>>,
+    /// Ids the client already got an answer for from the proxy (timed out
+    /// or cancelled): a late answer from the server is dropped.
+    abandoned: Mutex<std::collections::HashSet<String>>,
 }
 
 impl Session {
@@ -136,6 +147,7 @@ impl Session {
             server: Mutex::new(server),
             categories: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
+            abandoned: Mutex::new(std::collections::HashSet::new()),
         }
     }
 
@@ -260,6 +272,19 @@ impl Session {
         };
         let id = match env.id_kind() {
             IdKind::Valid(id) => id,
+            IdKind::Missing if method == "notifications/cancelled" => {
+                // Forwarded, and the request's row completes as cancelled.
+                if let Some(request) = jsonrpc::cancelled_request(env.params) {
+                    let ticket = lock(&self.pending).remove(&request);
+                    if let Some(mut t) = ticket {
+                        self.abandon(request);
+                        settle_all(std::mem::take(&mut t.reservations), Outcome::Cancelled);
+                        t.row.outcome = Outcome::Cancelled;
+                        self.finish(t);
+                    }
+                }
+                return Route::Forward;
+            }
             IdKind::Missing if method != "tools/call" => return Route::Forward, // a notification
             IdKind::Missing => {
                 // A tools/call the client expects no answer to: the server
@@ -493,21 +518,108 @@ impl Session {
         ))
     }
 
+    /// Remembers an id the proxy answered itself, so that the server's late
+    /// answer is not delivered as a second one.
+    fn abandon(&self, id: String) {
+        let mut set = lock(&self.abandoned);
+        if set.len() >= 100_000 {
+            set.clear(); // bounded: a server that never answers them all
+        }
+        set.insert(id);
+    }
+
+    /// Answers and records every request the server has kept waiting past
+    /// `--upstream-timeout` as of `now`, and tells the server they are
+    /// cancelled.
+    pub fn expire(&self, now: Instant) -> Outbound {
+        let mut out = Outbound::default();
+        let Some(timeout) = self.gateway.config().upstream_timeout else {
+            return out;
+        };
+        let expired: Vec<(String, Ticket)> = {
+            let mut pending = lock(&self.pending);
+            let ids: Vec<String> = pending
+                .iter()
+                .filter(|(_, t)| now.saturating_duration_since(t.started) >= timeout)
+                .map(|(id, _)| id.clone())
+                .collect();
+            ids.into_iter()
+                .filter_map(|id| pending.remove(&id).map(|t| (id, t)))
+                .collect()
+        };
+        for (id, mut t) in expired {
+            let raw = RawValue::from_string(id.clone()).ok();
+            let message = format!(
+                "flightrec: the MCP server did not answer within {timeout:?} (--upstream-timeout)"
+            );
+            out.to_client
+                .push(jsonrpc::error_frame(raw.as_deref(), -32001, &message));
+            out.to_server
+                .push(jsonrpc::cancelled_frame(&id, "flightrec: upstream timeout"));
+            self.abandon(id);
+            settle_all(std::mem::take(&mut t.reservations), Outcome::Timeout);
+            t.row.outcome = Outcome::Timeout;
+            t.row.error_code = Some(-32001);
+            t.row.error_message = Some(message);
+            self.finish(t);
+        }
+        out
+    }
+
+    /// A server frame over the size limit (only its first bytes were
+    /// kept): the request it answers gets an error and its row.
+    pub fn on_oversized_server_frame(&self, head: &[u8], len: usize, limit: usize) -> ServerAction {
+        let request = jsonrpc::top_level_id(head);
+        let ticket = request
+            .as_ref()
+            .and_then(|id| lock(&self.pending).remove(id));
+        let Some(ticket) = ticket else {
+            eprintln!(
+                "flightrec: dropped a {len}-byte frame from the server (over the {limit}-byte limit; it answers no request in flight)"
+            );
+            return ServerAction {
+                send: None,
+                completion: None,
+            };
+        };
+        let message = format!(
+            "flightrec: the MCP server's answer ({len} bytes) exceeds --max-response-bytes ({limit}) and was not delivered"
+        );
+        let raw = request.and_then(|id| RawValue::from_string(id).ok());
+        ServerAction {
+            send: Some(jsonrpc::error_frame(raw.as_deref(), -32603, &message)),
+            completion: Some(Completion {
+                ticket,
+                outcome: Outcome::ResponseTooLarge,
+                error_code: Some(-32603),
+                error_message: Some(message),
+                response_bytes: len,
+            }),
+        }
+    }
+
     /// What to send the client for one frame from the server.
     pub fn on_server_frame(&self, frame: Vec<u8>) -> ServerAction {
         let Ok(env) = serde_json::from_slice::<Envelope>(&frame) else {
             return ServerAction {
-                send: frame,
+                send: Some(frame),
                 completion: None,
             };
         };
-        let ticket = match env.id_text() {
-            Some(id) if env.is_response() => lock(&self.pending).remove(&id),
-            _ => None,
-        };
+        let id = env.id_text().filter(|_| env.is_response());
+        let ticket = id.as_ref().and_then(|id| lock(&self.pending).remove(id));
         let Some(ticket) = ticket else {
+            if let Some(id) = id
+                && lock(&self.abandoned).remove(&id)
+            {
+                // The client already got the proxy's answer for it.
+                return ServerAction {
+                    send: None,
+                    completion: None,
+                };
+            }
             return ServerAction {
-                send: frame,
+                send: Some(frame),
                 completion: None,
             };
         };
@@ -540,7 +652,7 @@ impl Session {
         };
         let response_bytes = frame.len();
         ServerAction {
-            send: filtered.unwrap_or(frame),
+            send: Some(filtered.unwrap_or(frame)),
             completion: Some(Completion {
                 ticket,
                 outcome,

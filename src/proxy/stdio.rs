@@ -27,6 +27,9 @@ pub struct ProxyConfig {
     pub gateway: GatewayConfig,
     pub audit_dir: Option<PathBuf>,
     pub max_message_bytes: usize,
+    /// Server frames longer than this are not delivered; the request they
+    /// answer gets an error.
+    pub max_response_bytes: usize,
     pub grace: Duration,
     /// When the audit journal is forced to disk.
     pub sync: crate::audit::journal::SyncMode,
@@ -47,6 +50,29 @@ pub enum ProxyError {
     },
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
+}
+
+/// The server's stdin: the client thread's frames and the timer's
+/// cancellations, one at a time.
+/// `None` once closed (the client left: the server sees end of input).
+struct ServerIn(Mutex<Option<ChildStdin>>);
+
+impl ServerIn {
+    fn send(&self, frame: &[u8]) -> std::io::Result<()> {
+        let mut guard = crate::proxy::gateway::lock(&self.0);
+        let Some(input) = guard.as_mut() else {
+            return Err(std::io::ErrorKind::BrokenPipe.into());
+        };
+        input.write_all(frame)?;
+        if frame.last() != Some(&b'\n') {
+            input.write_all(b"\n")?;
+        }
+        input.flush()
+    }
+
+    fn close(&self) {
+        crate::proxy::gateway::lock(&self.0).take();
+    }
 }
 
 /// The client's stdout: forwarded and synthesized frames, one at a time.
@@ -114,7 +140,9 @@ pub fn run(config: ProxyConfig) -> Result<i32, ProxyError> {
         command: config.command.join(" "),
         source,
     })?;
-    let child_stdin = child.stdin.take().expect("piped");
+    let child_stdin = Arc::new(ServerIn(Mutex::new(Some(
+        child.stdin.take().expect("piped"),
+    ))));
     let child_stdout = child.stdout.take().expect("piped");
     let pid = child.id();
     let server_guess = std::path::Path::new(program)
@@ -126,12 +154,37 @@ pub fn run(config: ProxyConfig) -> Result<i32, ProxyError> {
 
     let (events, inbox) = mpsc::channel::<Event>();
     let max = config.max_message_bytes;
+    let max_response = config.max_response_bytes;
     let from_server = {
         let (session, out) = (session.clone(), out.clone());
         std::thread::spawn(move || {
-            server_loop(&session, &out, SpinReader::new(child_stdout, SPIN), max)
+            server_loop(
+                &session,
+                &out,
+                SpinReader::new(child_stdout, SPIN),
+                max_response,
+            )
         })
     };
+    // Requests the server keeps waiting past --upstream-timeout.
+    if let Some(timeout) = config.gateway.upstream_timeout {
+        let tick = (timeout / 20).clamp(Duration::from_millis(10), Duration::from_millis(500));
+        let (session, out, to_server) = (session.clone(), out.clone(), child_stdin.clone());
+        std::thread::spawn(move || {
+            loop {
+                std::thread::sleep(tick);
+                let o = session.expire(Instant::now());
+                for f in &o.to_client {
+                    out.send(f);
+                }
+                for f in &o.to_server {
+                    if to_server.send(f).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+    }
     {
         let (session, out) = (session.clone(), out.clone());
         let events = events.clone();
@@ -324,7 +377,9 @@ fn reload(gateway: &Gateway) {
 
 enum Frame {
     Line(Vec<u8>),
-    TooLong(usize),
+    /// A frame over the limit: its length and its first [`HEAD`] bytes
+    /// (enough to find its id); the rest was skipped, never buffered.
+    TooLong(usize, Vec<u8>),
     Eof,
 }
 
@@ -400,9 +455,13 @@ impl<R: std::io::Read + std::os::fd::AsRawFd> BufRead for SpinReader<R> {
     }
 }
 
+/// How much of an oversized frame is kept.
+const HEAD: usize = 4096;
+
 fn read_frame<R: BufRead>(r: &mut R, max: usize) -> std::io::Result<Frame> {
     let mut line = Vec::new();
     let mut too_long = 0usize;
+    let mut head = Vec::new();
     loop {
         let buf = match r.fill_buf() {
             Ok(b) => b,
@@ -411,7 +470,7 @@ fn read_frame<R: BufRead>(r: &mut R, max: usize) -> std::io::Result<Frame> {
         };
         if buf.is_empty() {
             return Ok(if too_long > 0 {
-                Frame::TooLong(too_long)
+                Frame::TooLong(too_long, head)
             } else if line.is_empty() {
                 Frame::Eof
             } else {
@@ -424,6 +483,11 @@ fn read_frame<R: BufRead>(r: &mut R, max: usize) -> std::io::Result<Frame> {
         };
         let n = chunk.len();
         if too_long > 0 || line.len() + n > max + 1 {
+            if head.len() < HEAD {
+                head.extend_from_slice(&line);
+                head.extend_from_slice(chunk);
+                head.truncate(HEAD);
+            }
             too_long += line.len() + n;
             line.clear();
         } else {
@@ -432,7 +496,7 @@ fn read_frame<R: BufRead>(r: &mut R, max: usize) -> std::io::Result<Frame> {
         r.consume(n);
         if done {
             return Ok(if too_long > 0 {
-                Frame::TooLong(too_long)
+                Frame::TooLong(too_long, head)
             } else {
                 Frame::Line(line)
             });
@@ -444,11 +508,24 @@ fn client_loop<R: BufRead>(
     session: &Session,
     out: &ClientOut,
     mut input: R,
-    mut to_server: ChildStdin,
+    to_server: Arc<ServerIn>,
+    max: usize,
+) {
+    client_frames(session, out, &mut input, &to_server, max);
+    // The client is gone (or the server stopped reading): the server sees
+    // the end of its input.
+    to_server.close();
+}
+
+fn client_frames<R: BufRead>(
+    session: &Session,
+    out: &ClientOut,
+    input: &mut R,
+    to_server: &ServerIn,
     max: usize,
 ) {
     loop {
-        let frame = match read_frame(&mut input, max) {
+        let frame = match read_frame(input, max) {
             Ok(f) => f,
             Err(e) => {
                 eprintln!("flightrec: reading from the client failed: {e}");
@@ -457,19 +534,14 @@ fn client_loop<R: BufRead>(
         };
         let action = match frame {
             Frame::Eof => return,
-            Frame::TooLong(n) => ClientAction::Respond(session.on_oversized_client_frame(n, max)),
+            Frame::TooLong(n, _) => {
+                ClientAction::Respond(session.on_oversized_client_frame(n, max))
+            }
             Frame::Line(line) => session.on_client_frame(line),
         };
         match action {
-            ClientAction::Forward(mut line) => {
-                if line.last() != Some(&b'\n') {
-                    line.push(b'\n');
-                }
-                if to_server
-                    .write_all(&line)
-                    .and_then(|_| to_server.flush())
-                    .is_err()
-                {
+            ClientAction::Forward(line) => {
+                if to_server.send(&line).is_err() {
                     return;
                 }
             }
@@ -481,19 +553,17 @@ fn client_loop<R: BufRead>(
 
 fn server_loop<R: BufRead>(session: &Session, out: &ClientOut, mut input: R, max: usize) {
     loop {
-        let line = match read_frame(&mut input, max.max(64 * 1024 * 1024)) {
-            Ok(Frame::Line(l)) => l,
-            Ok(Frame::TooLong(n)) => {
-                eprintln!("flightrec: dropped a {n}-byte frame from the server (too large)");
-                continue;
-            }
+        let action = match read_frame(&mut input, max) {
+            Ok(Frame::Line(l)) => session.on_server_frame(l),
+            Ok(Frame::TooLong(n, head)) => session.on_oversized_server_frame(&head, n, max),
             Ok(Frame::Eof) | Err(_) => return,
         };
         // The client gets its answer first; the row is completed (chained
         // and journaled) right after. A call was journaled before it was
         // forwarded, so a crash in between still leaves its row.
-        let action = session.on_server_frame(line);
-        out.send(&action.send);
+        if let Some(bytes) = &action.send {
+            out.send(bytes);
+        }
         if let Some(c) = action.completion {
             session.complete(c);
         }
