@@ -924,3 +924,58 @@ fn an_oversized_answer_fails_its_request_and_is_recorded() {
     assert!(rows[0].response_bytes > 5000);
     assert_eq!(rows[1].outcome.as_str(), "ok");
 }
+
+/// A reload to a policy with fewer counters while a call is in flight, which
+/// then fails with a JSON-RPC error (its reservation rolls back): the
+/// rollback goes to the counters it was taken from, the proxy does not
+/// crash, and the new policy's counters are untouched.
+#[test]
+fn reload_with_a_call_in_flight_never_crashes_or_corrupts_counters() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = write_policy(
+        dir.path(),
+        "version: \"1\"\ntools:\n  slow_tool:\n    rules:\n      - {name: per session, rate_limit: {max: 100, window: 60s, per: session}}\n      - {name: fleet, rate_limit: 100/minute}\n",
+    );
+    let audit = dir.path().join("audit");
+    let mut p = Raw::start(&policy, &audit, &[]);
+    // The proxy has loaded the first policy once it answers.
+    p.send(r#"{"jsonrpc":"2.0","id":0,"method":"tools/list"}"#);
+    assert!(p.recv()["result"]["tools"].is_array());
+    p.send(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"slow_tool","arguments":{"ms":3000,"fail":true}}}"#);
+    // The new policy has one counter, with a budget of one call.
+    let tmp = dir.path().join("next.yaml");
+    std::fs::write(
+        &tmp,
+        "version: \"1\"\ntools:\n  copy_image_set:\n    rules:\n      - {name: one copy, rate_limit: {max: 1, window: 60s, per: session}}\n",
+    )
+    .unwrap();
+    std::fs::rename(&tmp, &policy).unwrap();
+    p.stderr_until("reloaded");
+    let v = p.recv();
+    assert_eq!(v["id"], 1);
+    assert_eq!(
+        v["error"]["code"], -32000,
+        "the server's error arrives: {v}"
+    );
+    // The rollback did not give the new counter a negative count: one copy
+    // is allowed, the second is throttled.
+    let copy = |id: u32| {
+        format!(
+            r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"copy_image_set","arguments":{{}}}}}}"#
+        )
+    };
+    p.send(&copy(2));
+    assert!(p.recv()["result"]["isError"].is_null());
+    p.send(&copy(3));
+    assert_eq!(
+        p.recv()["result"]["_meta"]["io.flightrec/decision"]["decision"],
+        "throttle"
+    );
+    drop(p.child.stdin.take());
+    assert!(p.child.wait().unwrap().success());
+    let outcomes: Vec<String> = rows(&audit)
+        .iter()
+        .map(|r| r.outcome.as_str().to_string())
+        .collect();
+    assert_eq!(outcomes, ["ok", "rpc_error", "ok", "not_forwarded"]);
+}

@@ -81,9 +81,23 @@ pub struct GatewayConfig {
     pub upstream_timeout: Option<std::time::Duration>,
 }
 
+/// What a policy file looked like (modification time and size): how the
+/// watcher sees that it changed, editors that save by rename included.
+pub type FileStamp = Option<(Option<std::time::SystemTime>, u64)>;
+
+/// The stamp of `path` now.
+pub fn file_stamp(path: &Path) -> FileStamp {
+    std::fs::metadata(path)
+        .ok()
+        .map(|m| (m.modified().ok(), m.len()))
+}
+
 /// What every session of one proxy process shares.
 pub struct Gateway {
     config: GatewayConfig,
+    /// The policy file's stamp when it was last read (before reading it, so
+    /// a change made while loading is seen as a change).
+    loaded: Mutex<FileStamp>,
     current: RwLock<Arc<Generation>>,
     shadows: Vec<Arc<Generation>>,
     recorder: Option<Mutex<Recorder>>,
@@ -93,17 +107,25 @@ impl Gateway {
     /// Loads the policy and the shadow policies; `recorder` is the audit
     /// log, if any.
     pub fn new(config: GatewayConfig, recorder: Option<Recorder>) -> Result<Gateway, PolicyError> {
+        let stamp = file_stamp(&config.policy_path);
         let policy = Policy::load(&config.policy_path)?;
         let mut shadows = Vec::new();
         for p in &config.shadow_paths {
             shadows.push(memory_generation(Policy::load(p)?));
         }
         Ok(Gateway {
+            loaded: Mutex::new(stamp),
             current: RwLock::new(memory_generation(policy)),
             shadows,
             recorder: recorder.map(Mutex::new),
             config,
         })
+    }
+
+    /// Whether the policy file changed since it was last read (or tried).
+    pub fn policy_file_changed(&self) -> bool {
+        let now = file_stamp(&self.config.policy_path);
+        now.is_some() && now != *lock(&self.loaded)
     }
 
     pub fn config(&self) -> &GatewayConfig {
@@ -145,6 +167,7 @@ impl Gateway {
     /// Reloads the policy file. Counters whose definition is unchanged keep
     /// their counts; an invalid file leaves the current policy in force.
     pub fn reload(&self) -> Result<(), PolicyError> {
+        *lock(&self.loaded) = file_stamp(&self.config.policy_path);
         let new = Policy::load(&self.config.policy_path)?;
         let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
         let next = {

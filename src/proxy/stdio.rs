@@ -226,17 +226,9 @@ pub fn run(config: ProxyConfig) -> Result<i32, ProxyError> {
     {
         let gateway = gateway.clone();
         std::thread::spawn(move || {
-            let stamp = |p: &std::path::Path| {
-                std::fs::metadata(p)
-                    .ok()
-                    .map(|m| (m.modified().ok(), m.len()))
-            };
-            let mut last = stamp(gateway.policy_path());
             loop {
                 std::thread::sleep(Duration::from_millis(500));
-                let now = stamp(gateway.policy_path());
-                if now.is_some() && now != last {
-                    last = now;
+                if gateway.policy_file_changed() {
                     reload(&gateway);
                 }
             }
