@@ -979,3 +979,81 @@ fn reload_with_a_call_in_flight_never_crashes_or_corrupts_counters() {
         .collect();
     assert_eq!(outcomes, ["ok", "rpc_error", "ok", "not_forwarded"]);
 }
+
+/// Shadow rows agree with replay: the `shadow` verdicts the proxy recorded
+/// for a candidate are exactly what replaying the log against that
+/// candidate decides, JSON-RPC errors (which give counts back) included.
+#[test]
+fn shadow_rows_agree_with_replay_of_the_same_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let enforced = write_policy(dir.path(), "version: \"1\"\ntools: {}\n");
+    let shadow = common::write_file(
+        dir.path(),
+        "shadow.yaml",
+        "version: \"1\"\ntools:\n  failing_tool:\n    rules:\n      - {name: two failures, rate_limit: {max: 2, window: 60s, per: session}}\n  copy_image_set:\n    rules:\n      - {name: three copies, rate_limit: {max: 3, window: 60s, per: session}}\n",
+    );
+    let audit = dir.path().join("audit");
+    let mut p = Raw::start(
+        &enforced,
+        &audit,
+        &["--shadow-policy", shadow.to_str().unwrap()],
+    );
+    let tools = [
+        "failing_tool",
+        "copy_image_set",
+        "failing_tool",
+        "failing_tool",
+        "copy_image_set",
+        "failing_tool",
+        "copy_image_set",
+        "copy_image_set",
+        "copy_image_set",
+    ];
+    for (i, tool) in tools.iter().enumerate() {
+        p.send(&format!(
+            r#"{{"jsonrpc":"2.0","id":{i},"method":"tools/call","params":{{"name":"{tool}","arguments":{{}}}}}}"#
+        ));
+        assert_eq!(p.recv()["id"], i);
+    }
+    drop(p.child.stdin.take());
+    assert!(p.child.wait().unwrap().success());
+    let rows = rows(&audit);
+    assert_eq!(rows.len(), tools.len());
+    let decisions = dir.path().join("decisions.parquet");
+    let out = Command::new(flightrec())
+        .args([
+            "replay",
+            audit.to_str().unwrap(),
+            "--policy",
+            shadow.to_str().unwrap(),
+            "--decisions-out",
+            decisions.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let replayed: std::collections::HashMap<String, String> = common::read_decisions(&decisions)
+        .into_iter()
+        .map(|d| (d.0, d.2))
+        .collect();
+    assert_eq!(replayed.len(), tools.len());
+    let mut shadow_allowed = 0;
+    for r in &rows {
+        let live = r.shadow[0].decision.as_str();
+        assert_eq!(
+            Some(&live.to_string()),
+            replayed.get(&r.event_id),
+            "{:?} {:?}",
+            r.tool,
+            r.outcome
+        );
+        shadow_allowed += usize::from(live == "allow");
+    }
+    // Every failing call ran into a JSON-RPC error, so the shadow's budget of
+    // two never filled; the fourth and fifth copies are over its budget.
+    assert_eq!(shadow_allowed, 4 + 3);
+}

@@ -4,10 +4,9 @@
 
 mod common;
 
-use common::{bin, run, stderr};
+use common::{bin, read_decisions, run, stderr};
 use flightrec::audit::schema::AuditRow;
 use flightrec::audit::{Recorder, RecorderConfig};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde_json::{Value, json};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -146,46 +145,6 @@ fn replay_json(args: &[&str]) -> Value {
     let out = run(&full);
     assert!(out.status.success(), "{}", stderr(&out));
     serde_json::from_slice(&out.stdout).expect("the JSON report parses")
-}
-
-/// (event_id, policy, decision, rule, retry_after_ms, recorded_decision)
-type DecisionRow = (String, String, String, Option<String>, Option<u64>, String);
-
-fn read_decisions(path: &Path) -> Vec<DecisionRow> {
-    use arrow::array::{Array, AsArray};
-    use arrow::datatypes::UInt64Type;
-    let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(path).unwrap())
-        .unwrap()
-        .build()
-        .unwrap();
-    let mut out = Vec::new();
-    for b in reader {
-        let b = b.unwrap();
-        let s = |n: &str| b.column_by_name(n).unwrap().as_string::<i32>().clone();
-        let (id, policy, decision, rule, recorded) = (
-            s("event_id"),
-            s("policy"),
-            s("decision"),
-            s("rule"),
-            s("recorded_decision"),
-        );
-        let retry = b
-            .column_by_name("retry_after_ms")
-            .unwrap()
-            .as_primitive::<UInt64Type>()
-            .clone();
-        for i in 0..b.num_rows() {
-            out.push((
-                id.value(i).to_string(),
-                policy.value(i).to_string(),
-                decision.value(i).to_string(),
-                (!rule.is_null(i)).then(|| rule.value(i).to_string()),
-                (!retry.is_null(i)).then(|| retry.value(i)),
-                recorded.value(i).to_string(),
-            ));
-        }
-    }
-    out
 }
 
 struct Fixture {

@@ -108,3 +108,44 @@ impl Rng {
         self.next() % n
     }
 }
+
+/// The rows of a `replay --decisions-out` file:
+/// (event_id, policy, decision, rule, retry_after_ms, recorded_decision)
+pub type DecisionRow = (String, String, String, Option<String>, Option<u64>, String);
+
+pub fn read_decisions(path: &Path) -> Vec<DecisionRow> {
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::UInt64Type;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(path).unwrap())
+        .unwrap()
+        .build()
+        .unwrap();
+    let mut out = Vec::new();
+    for b in reader {
+        let b = b.unwrap();
+        let s = |n: &str| b.column_by_name(n).unwrap().as_string::<i32>().clone();
+        let (id, policy, decision, rule, recorded) = (
+            s("event_id"),
+            s("policy"),
+            s("decision"),
+            s("rule"),
+            s("recorded_decision"),
+        );
+        let retry = b
+            .column_by_name("retry_after_ms")
+            .unwrap()
+            .as_primitive::<UInt64Type>()
+            .clone();
+        for i in 0..b.num_rows() {
+            out.push((
+                id.value(i).to_string(),
+                policy.value(i).to_string(),
+                decision.value(i).to_string(),
+                (!rule.is_null(i)).then(|| rule.value(i).to_string()),
+                (!retry.is_null(i)).then(|| retry.value(i)),
+                recorded.value(i).to_string(),
+            ));
+        }
+    }
+    out
+}
