@@ -1,0 +1,308 @@
+//! The counters against a reference model: calls decided while earlier ones
+//! are still in flight, answers settled out of order (some with JSON-RPC
+//! errors that give counts back), several sessions and agents, windows that
+//! roll over between a decision and its rollback, sequences longer than the
+//! sweep threshold, and policy reloads in between with calls in flight.
+//!
+//! The model is deliberately naive: a list of every counted call, summed
+//! over the window on each decision. The decision core must agree with it
+//! on every verdict.
+
+use flightrec::policy::{Call, CounterStore, Outcome, Policy, PolicyState, Reservation, Verdict};
+use proptest::prelude::*;
+use serde_json::json;
+
+const SEC: i64 = 1_000_000;
+const T0: i64 = 1_795_564_800 * SEC;
+const SESSIONS: [&str; 3] = ["s0", "s1", "s2"];
+const AGENTS: [&str; 2] = ["a0", "a1"];
+const TOOLS: [&str; 3] = ["t0", "t1", "t2"];
+
+#[derive(Debug, Clone, PartialEq)]
+struct RuleSpec {
+    /// A tool name or `*`.
+    key: &'static str,
+    name: &'static str,
+    max: i64,
+    window_s: i64,
+    sliding: bool,
+    per: &'static str,
+}
+
+impl RuleSpec {
+    /// What the engine's reload compares: key, rule, window and scope.
+    fn identity(&self) -> (&str, &str, i64, bool, &str) {
+        (self.key, self.name, self.window_s, self.sliding, self.per)
+    }
+}
+
+fn rule() -> impl Strategy<Value = RuleSpec> {
+    (
+        prop::sample::select(vec!["t0", "t1", "*"]),
+        prop::sample::select(vec!["a", "b"]),
+        1i64..4,
+        prop::sample::select(vec![1i64, 2, 5]),
+        any::<bool>(),
+        prop::sample::select(vec!["session", "agent", "tool", "global"]),
+    )
+        .prop_map(|(key, name, max, window_s, sliding, per)| RuleSpec {
+            key,
+            name,
+            max,
+            window_s,
+            sliding,
+            per,
+        })
+}
+
+/// Rules with unique (key, name), as a policy file requires.
+fn rules() -> impl Strategy<Value = Vec<RuleSpec>> {
+    prop::collection::vec(rule(), 0..5).prop_map(|mut v| {
+        let mut seen = std::collections::HashSet::new();
+        v.retain(|r| seen.insert((r.key, r.name)));
+        v
+    })
+}
+
+fn policy_yaml(rules: &[RuleSpec]) -> String {
+    let mut y = String::from("version: \"1\"\ntools:\n");
+    for key in ["t0", "t1", "*"] {
+        let mine: Vec<&RuleSpec> = rules.iter().filter(|r| r.key == key).collect();
+        if mine.is_empty() {
+            continue;
+        }
+        y.push_str(&format!("  \"{key}\":\n    rules:\n"));
+        for r in mine {
+            y.push_str(&format!(
+                "      - {{name: {}, rate_limit: {{max: {}, window: {}s, per: {}, mode: {}}}}}\n",
+                r.name,
+                r.max,
+                r.window_s,
+                r.per,
+                if r.sliding { "sliding" } else { "fixed" }
+            ));
+        }
+    }
+    y
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    /// A call after `dt` half-seconds.
+    Call {
+        dt: i64,
+        session: usize,
+        agent: usize,
+        tool: usize,
+    },
+    /// The answer to the `k`-th call still in flight (modulo their number).
+    Answer { k: usize, rpc_error: bool },
+    /// Swap to the other policy.
+    Reload,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        5 => (0i64..4, 0usize..3, 0usize..2, 0usize..3).prop_map(|(dt, session, agent, tool)| Op::Call {
+            dt,
+            session,
+            agent,
+            tool
+        }),
+        4 => (any::<usize>(), prop::bool::weighted(0.4)).prop_map(|(k, rpc_error)| Op::Answer { k, rpc_error }),
+        1 => Just(Op::Reload),
+    ]
+}
+
+/// One counted call in the model.
+#[derive(Debug, Clone)]
+struct Entry {
+    rule: RuleSpec,
+    scope: String,
+    ts: i64,
+    alive: bool,
+}
+
+#[derive(Default)]
+struct Model {
+    entries: Vec<Entry>,
+}
+
+impl Model {
+    fn in_window(r: &RuleSpec, entry_ts: i64, now: i64) -> bool {
+        let len = r.window_s * SEC;
+        if r.sliding {
+            entry_ts > now - len
+        } else {
+            entry_ts - entry_ts.rem_euclid(len) == now - now.rem_euclid(len)
+        }
+    }
+
+    fn scope(r: &RuleSpec, session: &str, agent: &str, tool: &str) -> String {
+        match r.per {
+            "session" => session.into(),
+            "agent" => agent.into(),
+            "tool" => tool.into(),
+            _ => String::new(),
+        }
+    }
+
+    /// Decides a call: the verdict and the entries it counted.
+    fn decide(
+        &mut self,
+        rules: &[RuleSpec],
+        now: i64,
+        session: &str,
+        agent: &str,
+        tool: &str,
+    ) -> (Verdict, Vec<usize>) {
+        let own: Vec<&RuleSpec> = rules.iter().filter(|r| r.key == tool).collect();
+        let star = rules.iter().filter(|r| r.key == "*");
+        let applicable: Vec<&RuleSpec> = own.into_iter().chain(star).collect();
+        for r in &applicable {
+            let scope = Model::scope(r, session, agent, tool);
+            let total = self
+                .entries
+                .iter()
+                .filter(|e| {
+                    e.alive
+                        && e.rule.identity() == r.identity()
+                        && e.scope == scope
+                        && Model::in_window(r, e.ts, now)
+                })
+                .count() as i64;
+            if total + 1 > r.max {
+                return (Verdict::Throttle, Vec::new());
+            }
+        }
+        let mut ids = Vec::new();
+        for r in applicable {
+            ids.push(self.entries.len());
+            self.entries.push(Entry {
+                rule: r.clone(),
+                scope: Model::scope(r, session, agent, tool),
+                ts: now,
+                alive: true,
+            });
+        }
+        (Verdict::Allow, ids)
+    }
+
+    /// A reload keeps the counts of rules whose identity is unchanged.
+    fn reload(&mut self, new: &[RuleSpec]) {
+        for e in &mut self.entries {
+            if !new.iter().any(|r| r.identity() == e.rule.identity()) {
+                e.alive = false;
+            }
+        }
+    }
+}
+
+struct InFlight {
+    generation: usize,
+    reservation: Reservation,
+    model: Vec<usize>,
+}
+
+fn check(a: &[RuleSpec], b: &[RuleSpec], ops: &[Op]) -> Result<(), TestCaseError> {
+    let specs = [a, b];
+    let policies = [
+        Policy::from_yaml(&policy_yaml(a), "a.yaml").unwrap().0,
+        Policy::from_yaml(&policy_yaml(b), "b.yaml").unwrap().0,
+    ];
+    // Every generation's state is kept: a call settles against the state
+    // it was decided in, as the proxy's generations do.
+    let mut states = vec![PolicyState::new(&policies[0])];
+    let mut current = 0usize; // index into `policies`
+    let mut model = Model::default();
+    let mut flying: Vec<InFlight> = Vec::new();
+    let mut now = T0;
+    let args = json!({});
+    for (i, op) in ops.iter().enumerate() {
+        match *op {
+            Op::Call {
+                dt,
+                session,
+                agent,
+                tool,
+            } => {
+                now += dt * SEC / 2;
+                let call = Call {
+                    ts_us: now,
+                    session: SESSIONS[session],
+                    agent: AGENTS[agent],
+                    server: "x",
+                    tool: TOOLS[tool],
+                    category: None,
+                    risk: None,
+                    args: &args,
+                };
+                let generation = states.len() - 1;
+                let d = policies[current].decide(&mut states[generation], &call);
+                let (expected, ids) = model.decide(
+                    specs[current],
+                    now,
+                    SESSIONS[session],
+                    AGENTS[agent],
+                    TOOLS[tool],
+                );
+                prop_assert_eq!(d.verdict, expected, "op {} {:?}", i, op);
+                if d.verdict == Verdict::Allow {
+                    flying.push(InFlight {
+                        generation,
+                        reservation: d.reservation,
+                        model: ids,
+                    });
+                }
+            }
+            Op::Answer { k, rpc_error } => {
+                if flying.is_empty() {
+                    continue;
+                }
+                let f = flying.remove(k % flying.len());
+                let outcome = if rpc_error {
+                    Outcome::RpcError
+                } else {
+                    Outcome::Ok
+                };
+                states[f.generation].settle(f.reservation, outcome);
+                // A rollback of a call decided before a reload is dropped.
+                if rpc_error && f.generation == states.len() - 1 {
+                    for id in f.model {
+                        model.entries[id].alive = false;
+                    }
+                }
+            }
+            Op::Reload => {
+                let next = 1 - current;
+                let last = states.len() - 1;
+                let migrated = states[last].migrate(&policies[current], &policies[next]);
+                states.push(migrated);
+                model.reload(specs[next]);
+                current = next;
+            }
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1024))]
+
+    /// Short sequences: many shapes of policy, reloads and interleavings.
+    #[test]
+    fn counters_match_the_model(a in rules(), b in rules(), ops in prop::collection::vec(op(), 0..200)) {
+        check(&a, &b, &ops)?;
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(8))]
+
+    /// Longer than the sweep threshold (1,024 decisions), so expired
+    /// counter instances are swept while others are in flight.
+    #[test]
+    fn counters_match_the_model_past_the_sweep(a in rules(), b in rules(), ops in prop::collection::vec(op(), 2500..3000)) {
+        check(&a, &b, &ops)?;
+    }
+}
