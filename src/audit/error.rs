@@ -19,8 +19,6 @@ pub enum AuditError {
     },
     #[error("{}: {detail}", path.display())]
     Schema { path: PathBuf, detail: String },
-    #[error("audit directory {} is in use by another writer (lock {} is held); give each proxy its own --audit-dir", dir.display(), lock.display())]
-    Locked { dir: PathBuf, lock: PathBuf },
     #[error("{}: {detail}", path.display())]
     Corrupt { path: PathBuf, detail: String },
     #[error("event {event_id} was never begun (or was already completed)")]

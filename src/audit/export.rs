@@ -83,15 +83,36 @@ fn export_to(
                 .build();
             let mut writer = ArrowWriter::try_new(file, schema::schema(), Some(props))
                 .map_err(|e| AuditError::parquet(tmp, e))?;
-            for batch in scan(files, options) {
-                let batch = batch?;
-                let (kept, n) = filter_batch(&batch, filter, tmp)?;
-                summary.rows_read += batch.num_rows() as u64;
-                summary.rows_written += n;
-                if n > 0 {
-                    let kept = align_to_schema(&kept, tmp)?;
+            if crate::audit::layout::files_by_writer(&files).len() <= 1 {
+                // One chain: its batches go out as read (no row rebuilding).
+                for batch in scan(files, options) {
+                    let batch = batch?;
+                    let (kept, n) = filter_batch(&batch, filter, tmp)?;
+                    summary.rows_read += batch.num_rows() as u64;
+                    summary.rows_written += n;
+                    if n > 0 {
+                        let kept = align_to_schema(&kept, tmp)?;
+                        writer
+                            .write(&kept)
+                            .map_err(|e| AuditError::parquet(tmp, e))?;
+                    }
+                }
+            } else {
+                // Several writers' chains, merged by time.
+                let mut chunk: Vec<AuditRow> = Vec::with_capacity(8192);
+                for_each_row(files, options, filter, &mut summary, tmp, |row| {
+                    chunk.push(row.clone());
+                    if chunk.len() == 8192 {
+                        writer
+                            .write(&schema::rows_to_batch(&chunk))
+                            .map_err(|e| AuditError::parquet(tmp, e))?;
+                        chunk.clear();
+                    }
+                    Ok(())
+                })?;
+                if !chunk.is_empty() {
                     writer
-                        .write(&kept)
+                        .write(&schema::rows_to_batch(&chunk))
                         .map_err(|e| AuditError::parquet(tmp, e))?;
                 }
             }
@@ -127,6 +148,56 @@ fn export_to(
     Ok(summary)
 }
 
+/// A stream of rows read from audit files.
+type RowStream = Box<dyn Iterator<Item = Result<AuditRow, AuditError>>>;
+
+/// Every row of `files`, the chains of several writers merged by time
+/// (each chain is read in its own order; the next row out is the earliest
+/// of the chains' next rows). Streams: one batch per chain in memory.
+fn merged_rows(
+    files: Vec<PathBuf>,
+    options: ScanOptions,
+    tmp: &Path,
+) -> impl Iterator<Item = Result<AuditRow, AuditError>> {
+    let tmp = tmp.to_path_buf();
+    let mut chains: Vec<std::iter::Peekable<RowStream>> =
+        crate::audit::layout::files_by_writer(&files)
+            .into_iter()
+            .map(|(_, group)| {
+                let tmp = tmp.clone();
+                let rows: Box<dyn Iterator<Item = Result<AuditRow, AuditError>>> =
+                    Box::new(scan(group, options.clone()).flat_map(move |batch| {
+                        let rows = batch.and_then(|b| {
+                            BatchView::new(&b).rows().map_err(|e| AuditError::Schema {
+                                path: tmp.clone(),
+                                detail: e.to_string(),
+                            })
+                        });
+                        match rows {
+                            Ok(rows) => rows.into_iter().map(Ok).collect::<Vec<_>>(),
+                            Err(e) => vec![Err(e)],
+                        }
+                    }));
+                rows.peekable()
+            })
+            .collect();
+    std::iter::from_fn(move || {
+        // An error comes out first; else the chain whose next row is earliest.
+        let mut best: Option<(usize, i64)> = None;
+        for (i, c) in chains.iter_mut().enumerate() {
+            match c.peek() {
+                None => {}
+                Some(Err(_)) => return c.next(),
+                Some(Ok(r)) if best.is_none_or(|(_, ts)| r.ts_us < ts) => {
+                    best = Some((i, r.ts_us));
+                }
+                Some(Ok(_)) => {}
+            }
+        }
+        best.and_then(|(i, _)| chains[i].next())
+    })
+}
+
 fn for_each_row(
     files: Vec<PathBuf>,
     options: ScanOptions,
@@ -135,25 +206,17 @@ fn for_each_row(
     tmp: &Path,
     mut write: impl FnMut(&AuditRow) -> Result<(), AuditError>,
 ) -> Result<(), AuditError> {
-    for batch in scan(files, options) {
-        let batch = batch?;
-        let rows = BatchView::new(&batch)
-            .rows()
-            .map_err(|e| AuditError::Schema {
-                path: tmp.to_path_buf(),
-                detail: e.to_string(),
-            })?;
-        for row in rows {
-            summary.rows_read += 1;
-            if filter.keeps_fields(
-                Some(&row.agent_id),
-                row.tool.as_deref(),
-                Some(&row.session_id),
-                Some(row.decision.as_str()),
-            ) {
-                summary.rows_written += 1;
-                write(&row)?;
-            }
+    for row in merged_rows(files, options, tmp) {
+        let row = row?;
+        summary.rows_read += 1;
+        if filter.keeps_fields(
+            Some(&row.agent_id),
+            row.tool.as_deref(),
+            Some(&row.session_id),
+            Some(row.decision.as_str()),
+        ) {
+            summary.rows_written += 1;
+            write(&row)?;
         }
     }
     Ok(())

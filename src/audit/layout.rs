@@ -1,17 +1,28 @@
 //! Where things live in an audit directory, and how Parquet files are written
 //! and listed.
 //!
+//! Several writers (proxies started by several MCP clients at once) share
+//! one directory; each has its own files and its own hash chain:
+//!
 //! ```text
-//! D/date=2026-11-25/<uuidv7>.parquet   data files (readers look here)
-//! D/date=2026-11-25/.<uuidv7>.partial  a file being written (never matched by *.parquet)
-//! D/_flightrec/lock                    held by the one writer of D
-//! D/_flightrec/tip.json                last sequence number and hash written
-//! D/_flightrec/journal/<uuidv7>.wal    write-ahead journal segments
+//! D/date=2026-11-25/<uuidv7>.<writer>.parquet  data files (readers look here)
+//! D/date=2026-11-25/.<uuidv7>.<writer>.partial a file being written (never matched by *.parquet)
+//! D/_flightrec/writers/<writer>/lock           held by the process writing as <writer>
+//! D/_flightrec/writers/<writer>/tip.json       that chain's last sequence number and hash
+//! D/_flightrec/writers/<writer>/journal/*.wal  that writer's write-ahead journal segments
 //! ```
 //!
-//! File names are UUIDv7s, kept strictly increasing by the writer (even if
-//! the clock steps back), so name order is write order: `audit verify` relies
-//! on it to notice files that were removed or reordered.
+//! A writer id is 8 lowercase hex digits. A process opening the directory
+//! takes over the first writer whose lock is free (continuing its chain and
+//! recovering its journal), else starts a new one. Directories written
+//! before writers existed hold one chain with the empty writer id: files
+//! `<uuidv7>.parquet` and state directly in `D/_flightrec/` (lock, tip.json,
+//! journal/); it is taken over like any other.
+//!
+//! File names start with UUIDv7s, kept strictly increasing by each writer
+//! (even if the clock steps back), so within a writer name order is write
+//! order: `audit verify` relies on it to notice files that were removed or
+//! reordered.
 
 use crate::audit::error::AuditError;
 use parquet::file::reader::{FileReader, SerializedFileReader};
@@ -22,6 +33,7 @@ pub const STATE_DIR: &str = "_flightrec";
 pub const JOURNAL_DIR: &str = "journal";
 pub const TIP_FILE: &str = "tip.json";
 pub const LOCK_FILE: &str = "lock";
+pub const WRITERS_DIR: &str = "writers";
 
 /// Key-value metadata keys written in every data file's footer.
 pub mod meta {
@@ -32,14 +44,81 @@ pub mod meta {
     pub const LAST_HASH: &str = "flightrec.last_hash";
     pub const ROWS: &str = "flightrec.rows";
     pub const WRITER: &str = "flightrec.writer";
+    /// The writer id of the chain the file belongs to (absent: the
+    /// original single chain).
+    pub const WRITER_ID: &str = "flightrec.writer_id";
 }
 
 pub fn state_dir(dir: &Path) -> PathBuf {
     dir.join(STATE_DIR)
 }
 
-pub fn journal_dir(dir: &Path) -> PathBuf {
-    state_dir(dir).join(JOURNAL_DIR)
+/// A writer's own state directory (lock, tip, journal); the original single
+/// writer (empty id) keeps its state in `D/_flightrec/` itself.
+pub fn writer_dir(dir: &Path, writer: &str) -> PathBuf {
+    if writer.is_empty() {
+        state_dir(dir)
+    } else {
+        state_dir(dir).join(WRITERS_DIR).join(writer)
+    }
+}
+
+/// The writer ids with a state directory in `dir` (not the original one).
+pub fn writer_ids(dir: &Path) -> Result<Vec<String>, AuditError> {
+    let wdir = state_dir(dir).join(WRITERS_DIR);
+    let mut out = Vec::new();
+    match std::fs::read_dir(&wdir) {
+        Ok(entries) => {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if is_writer_id(&name) {
+                    out.push(name);
+                }
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(AuditError::io("list", &wdir, e)),
+    }
+    out.sort();
+    Ok(out)
+}
+
+pub fn is_writer_id(s: &str) -> bool {
+    s.len() == 8
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// A data file's name for a writer.
+pub fn data_file_name(uuid: &uuid::Uuid, writer: &str) -> String {
+    if writer.is_empty() {
+        format!("{uuid}.parquet")
+    } else {
+        format!("{uuid}.{writer}.parquet")
+    }
+}
+
+/// The writer id in a data file's name (`""` for the original chain).
+pub fn file_writer(path: &Path) -> String {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    let stem = name.strip_suffix(".parquet").unwrap_or(&name);
+    match stem.split_once('.') {
+        Some((_, w)) if is_writer_id(w) => w.to_string(),
+        _ => String::new(),
+    }
+}
+
+/// Data files grouped by writer (each group in name order), writers in
+/// id order.
+pub fn files_by_writer(files: &[PathBuf]) -> Vec<(String, Vec<PathBuf>)> {
+    let mut groups: std::collections::BTreeMap<String, Vec<PathBuf>> = Default::default();
+    for f in files {
+        groups.entry(file_writer(f)).or_default().push(f.clone());
+    }
+    groups.into_iter().collect()
 }
 
 /// `D/date=YYYY-MM-DD` for a timestamp (UTC).
@@ -137,9 +216,10 @@ pub fn next_file_uuid(after: Option<&uuid::Uuid>) -> uuid::Uuid {
     }
 }
 
-/// The UUID in a data file's name, if it has one.
+/// The UUID a data file's name starts with, if it has one.
 pub fn file_uuid(path: &Path) -> Option<uuid::Uuid> {
-    path.file_stem()
+    path.file_name()
         .and_then(|s| s.to_str())
+        .and_then(|s| s.split('.').next())
         .and_then(|s| uuid::Uuid::parse_str(s).ok())
 }

@@ -136,10 +136,11 @@ struct OpenFile {
     rows: u64,
 }
 
-/// Writes one audit directory. One recorder per directory at a time (a lock
-/// file enforces it).
+/// Writes one chain of an audit directory. Each recorder holds its
+/// writer's lock; other processes write other chains of the same directory.
 pub struct Recorder {
     dir: PathBuf,
+    writer: String,
     config: RecorderConfig,
     _lock: File,
     journal: Journal,
@@ -154,36 +155,60 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    /// Opens (creating if needed) an audit directory for writing, recovering
-    /// anything a previous writer left behind.
+    /// Opens (creating if needed) an audit directory for writing, as the
+    /// first writer whose lock is free (recovering anything it left behind)
+    /// or as a new writer when every existing one is in use.
     pub fn open(dir: &Path, config: RecorderConfig) -> Result<Recorder, AuditError> {
-        let jdir = layout::journal_dir(dir);
-        std::fs::create_dir_all(&jdir).map_err(|e| AuditError::io("create", &jdir, e))?;
-        let lock_path = layout::state_dir(dir).join(layout::LOCK_FILE);
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|e| AuditError::io("create", &lock_path, e))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(AuditError::Locked {
-                    dir: dir.to_path_buf(),
-                    lock: lock_path,
-                });
-            }
-            Err(std::fs::TryLockError::Error(e)) => {
-                return Err(AuditError::io("lock", &lock_path, e));
+        let state = layout::state_dir(dir);
+        std::fs::create_dir_all(&state).map_err(|e| AuditError::io("create", &state, e))?;
+        let files = layout::data_files(dir)?;
+        let mut candidates = Vec::new();
+        if has_original_chain(dir, &files) {
+            candidates.push(String::new());
+        }
+        candidates.extend(layout::writer_ids(dir)?);
+        for writer in candidates {
+            if let Some(lock) = try_lock(&layout::writer_dir(dir, &writer))? {
+                return Recorder::open_as(dir, writer, lock, &files, config);
             }
         }
+        loop {
+            // The random part of a UUIDv7: fresh writers do not collide.
+            let id = uuid::Uuid::now_v7().simple().to_string()[24..].to_string();
+            let wdir = layout::writer_dir(dir, &id);
+            if let Some(parent) = wdir.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| AuditError::io("create", parent, e))?;
+            }
+            match std::fs::create_dir(&wdir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(AuditError::io("create", &wdir, e)),
+            }
+            if let Some(lock) = try_lock(&wdir)? {
+                return Recorder::open_as(dir, id, lock, &files, config);
+            }
+        }
+    }
 
+    fn open_as(
+        dir: &Path,
+        writer: String,
+        lock: File,
+        all_files: &[PathBuf],
+        config: RecorderConfig,
+    ) -> Result<Recorder, AuditError> {
+        let wdir = layout::writer_dir(dir, &writer);
+        let jdir = wdir.join(layout::JOURNAL_DIR);
+        std::fs::create_dir_all(&jdir).map_err(|e| AuditError::io("create", &jdir, e))?;
         let mut recovery = Recovery::default();
-        let files = layout::data_files(dir)?;
-        recovery.partial_files_removed = remove_partials(dir)?;
+        let files: Vec<PathBuf> = all_files
+            .iter()
+            .filter(|f| layout::file_writer(f) == writer)
+            .cloned()
+            .collect();
+        recovery.partial_files_removed = remove_partials(dir, &writer)?;
         let last_uuid = files.iter().filter_map(|f| layout::file_uuid(f)).max();
-        let tip = find_tip(dir, &files)?;
+        let tip = find_tip(&wdir, &files)?;
 
         let mut segments: Vec<PathBuf> = std::fs::read_dir(&jdir)
             .map_err(|e| AuditError::io("list", &jdir, e))?
@@ -197,6 +222,7 @@ impl Recorder {
             .map_err(|e| AuditError::io("create", &journal_path, e))?;
         let mut rec = Recorder {
             dir: dir.to_path_buf(),
+            writer,
             config,
             _lock: lock,
             journal,
@@ -211,6 +237,11 @@ impl Recorder {
         rec.recover(&segments, &mut recovery)?;
         rec.recovery = recovery;
         Ok(rec)
+    }
+
+    /// This recorder's writer id (`""`: the original single chain).
+    pub fn writer(&self) -> &str {
+        &self.writer
     }
 
     /// What opening the directory recovered.
@@ -251,7 +282,7 @@ impl Recorder {
             }
             if row.seq != self.tip.next_seq {
                 return Err(AuditError::Corrupt {
-                    path: layout::journal_dir(&self.dir),
+                    path: layout::writer_dir(&self.dir, &self.writer).join(layout::JOURNAL_DIR),
                     detail: format!(
                         "journal row seq {} does not continue the chain at seq {}; the journal and the data files disagree",
                         row.seq, self.tip.next_seq
@@ -455,8 +486,12 @@ impl Recorder {
             let part_dir = layout::partition_dir(&self.dir, first.ts_us);
             std::fs::create_dir_all(&part_dir)
                 .map_err(|e| AuditError::io("create", &part_dir, e))?;
-            let partial = part_dir.join(format!(".{uuid}.partial"));
-            let final_path = part_dir.join(format!("{uuid}.parquet"));
+            let name = layout::data_file_name(&uuid, &self.writer);
+            let partial = part_dir.join(format!(
+                ".{}.partial",
+                name.strip_suffix(".parquet").unwrap_or(&name)
+            ));
+            let final_path = part_dir.join(name);
             let out = File::create(&partial).map_err(|e| AuditError::io("create", &partial, e))?;
             let writer =
                 ArrowWriter::try_new(out, schema::schema(), Some(self.writer_properties()))
@@ -509,6 +544,7 @@ impl Recorder {
                 meta::WRITER,
                 format!("flightrec {}", env!("CARGO_PKG_VERSION")),
             ),
+            (meta::WRITER_ID, self.writer.clone()),
         ] {
             f.writer
                 .append_key_value_metadata(parquet::file::metadata::KeyValue::new(
@@ -535,7 +571,7 @@ impl Recorder {
     }
 
     fn write_tip(&self) -> Result<(), AuditError> {
-        let path = layout::state_dir(&self.dir).join(layout::TIP_FILE);
+        let path = layout::writer_dir(&self.dir, &self.writer).join(layout::TIP_FILE);
         let tmp = path.with_extension("json.tmp");
         let text = serde_json::to_string(&self.tip).expect("tip serializes");
         std::fs::write(&tmp, text).map_err(|e| AuditError::io("write", &tmp, e))?;
@@ -546,7 +582,7 @@ impl Recorder {
     /// then deletes the old segments (everything else in them is now in data
     /// files).
     fn retire_journal(&mut self) -> Result<(), AuditError> {
-        let jdir = layout::journal_dir(&self.dir);
+        let jdir = layout::writer_dir(&self.dir, &self.writer).join(layout::JOURNAL_DIR);
         let path = jdir.join(format!("{}.wal", uuid::Uuid::now_v7()));
         let mut fresh = Journal::create(&path, self.config.sync)
             .map_err(|e| AuditError::io("create", &path, e))?;
@@ -584,7 +620,35 @@ impl Recorder {
     }
 }
 
-fn remove_partials(dir: &Path) -> Result<u64, AuditError> {
+/// Whether `dir` holds the original single chain (state directly in
+/// `_flightrec/`, or data files without a writer id).
+fn has_original_chain(dir: &Path, files: &[PathBuf]) -> bool {
+    let state = layout::state_dir(dir);
+    state.join(layout::TIP_FILE).exists()
+        || std::fs::read_dir(state.join(layout::JOURNAL_DIR)).is_ok_and(|mut d| d.next().is_some())
+        || files.iter().any(|f| layout::file_writer(f).is_empty())
+}
+
+/// Takes `wdir/lock` if no other process holds it.
+fn try_lock(wdir: &Path) -> Result<Option<File>, AuditError> {
+    std::fs::create_dir_all(wdir).map_err(|e| AuditError::io("create", wdir, e))?;
+    let lock_path = wdir.join(layout::LOCK_FILE);
+    let lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| AuditError::io("create", &lock_path, e))?;
+    match lock.try_lock() {
+        Ok(()) => Ok(Some(lock)),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+        Err(std::fs::TryLockError::Error(e)) => Err(AuditError::io("lock", &lock_path, e)),
+    }
+}
+
+/// Removes the half-written data files of `writer` (whose lock we hold:
+/// its previous process is gone). Other writers' files are theirs.
+fn remove_partials(dir: &Path, writer: &str) -> Result<u64, AuditError> {
     let mut removed = 0;
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
@@ -599,7 +663,14 @@ fn remove_partials(dir: &Path) -> Result<u64, AuditError> {
             {
                 let name = inner.file_name();
                 let name = name.to_string_lossy();
-                if name.starts_with('.') && name.ends_with(".partial") {
+                let Some(stem) = name
+                    .strip_prefix('.')
+                    .and_then(|n| n.strip_suffix(".partial"))
+                else {
+                    continue;
+                };
+                let owner = stem.split_once('.').map_or("", |(_, w)| w);
+                if owner == writer {
                     std::fs::remove_file(inner.path())
                         .map_err(|e| AuditError::io("remove", &inner.path(), e))?;
                     removed += 1;
@@ -610,13 +681,14 @@ fn remove_partials(dir: &Path) -> Result<u64, AuditError> {
     Ok(removed)
 }
 
-/// The chain's tip: the later of `tip.json` and the newest data file.
-fn find_tip(dir: &Path, files: &[PathBuf]) -> Result<Tip, AuditError> {
+/// A writer's chain tip: its tip file, or its newest data file if that is
+/// further along (`wdir` is the writer's state directory).
+fn find_tip(wdir: &Path, files: &[PathBuf]) -> Result<Tip, AuditError> {
     let mut tip = Tip {
         next_seq: 0,
         last_hash: GENESIS_HASH.to_string(),
     };
-    let tip_path = layout::state_dir(dir).join(layout::TIP_FILE);
+    let tip_path = wdir.join(layout::TIP_FILE);
     if let Ok(text) = std::fs::read_to_string(&tip_path) {
         tip = serde_json::from_str(&text).map_err(|e| AuditError::Corrupt {
             path: tip_path.clone(),
@@ -696,13 +768,37 @@ mod tests {
     }
 
     #[test]
-    fn a_second_writer_is_refused() {
+    fn a_second_writer_gets_its_own_chain_and_a_free_one_is_taken_over() {
         let dir = tempfile::tempdir().unwrap();
-        let _rec = Recorder::open(dir.path(), RecorderConfig::default()).unwrap();
-        let err = Recorder::open(dir.path(), RecorderConfig::default())
-            .err()
-            .unwrap();
-        assert!(matches!(err, AuditError::Locked { .. }), "{err}");
+        let mut a = Recorder::open(dir.path(), RecorderConfig::default()).unwrap();
+        let mut b = Recorder::open(dir.path(), RecorderConfig::default()).unwrap();
+        assert_ne!(a.writer(), b.writer());
+        assert!(layout::is_writer_id(a.writer()) && layout::is_writer_id(b.writer()));
+        a.record(row(0)).unwrap();
+        b.record(row(1)).unwrap();
+        let (wa, wb) = (a.writer().to_string(), b.writer().to_string());
+        a.close().unwrap();
+        b.close().unwrap();
+        let files = layout::data_files(dir.path()).unwrap();
+        let writers: Vec<String> = files.iter().map(|f| layout::file_writer(f)).collect();
+        assert_eq!(writers.len(), 2);
+        assert!(writers.contains(&wa) && writers.contains(&wb));
+        // Both chains start at the genesis hash.
+        for r in read_all(dir.path()) {
+            assert_eq!(r.seq, 0);
+            assert_eq!(r.prev_hash, GENESIS_HASH);
+        }
+        // A new process takes over a free writer and continues its chain.
+        let mut c = Recorder::open(dir.path(), RecorderConfig::default()).unwrap();
+        assert!(c.writer() == wa || c.writer() == wb);
+        c.record(row(2)).unwrap();
+        c.close().unwrap();
+        let next: Vec<u64> = read_all(dir.path())
+            .iter()
+            .filter(|r| r.event_id == "e0002")
+            .map(|r| r.seq)
+            .collect();
+        assert_eq!(next, [1]);
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! `audit verify`: proves an audit directory is whole and unaltered.
 //!
-//! Files are read in name order (the writer's order). Every row's hash is
+//! A directory holds one hash chain per writer (see [`layout`]); each is
+//! verified on its own. Within a chain, files are read in name order (the
+//! writer's order). Every row's hash is
 //! recomputed; every `prev_hash` must equal the previous row's hash and every
 //! `seq` must follow the previous one, across file boundaries; each file's
 //! footer metadata must agree with its rows; and the directory's recorded
@@ -18,6 +20,17 @@ use std::path::{Path, PathBuf};
 /// What an intact directory holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verified {
+    pub files: usize,
+    pub rows: u64,
+    /// Every writer's chain, in writer id order.
+    pub chains: Vec<Chain>,
+}
+
+/// One writer's intact chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chain {
+    /// The writer id (`""`: the original single chain).
+    pub writer: String,
     pub files: usize,
     pub rows: u64,
     pub last_hash: String,
@@ -57,11 +70,46 @@ pub fn verify_dir(dir: &Path) -> Result<Result<Verified, Finding>, AuditError> {
         ));
     }
     let files = layout::data_files(dir)?;
+    let mut groups = layout::files_by_writer(&files);
+    // Writers whose state says they wrote rows must have their files here.
+    let mut writers: Vec<String> = layout::writer_ids(dir)?;
+    if layout::state_dir(dir).join(layout::TIP_FILE).exists() {
+        writers.push(String::new());
+    }
+    for w in writers {
+        if !groups.iter().any(|(g, _)| *g == w) {
+            groups.push((w, Vec::new()));
+        }
+    }
+    groups.sort();
+    let mut verified = Verified {
+        files: files.len(),
+        rows: 0,
+        chains: Vec::new(),
+    };
+    for (writer, files) in groups {
+        match verify_chain(dir, &writer, &files)? {
+            Ok(chain) => {
+                verified.rows += chain.rows;
+                verified.chains.push(chain);
+            }
+            Err(finding) => return Ok(Err(finding)),
+        }
+    }
+    Ok(Ok(verified))
+}
+
+/// Verifies one writer's chain: its files in name order, then its tip.
+fn verify_chain(
+    dir: &Path,
+    writer: &str,
+    files: &[PathBuf],
+) -> Result<Result<Chain, Finding>, AuditError> {
     let mut prev_hash = GENESIS_HASH.to_string();
     let mut next_seq = 0u64;
     let mut rows_total = 0u64;
     let mut prev_file: Option<PathBuf> = None;
-    for file in &files {
+    for file in files {
         let meta = layout::read_meta(file)?;
         let finding = |row: Option<u64>, seq: Option<u64>, problem: String| Finding {
             file: file.clone(),
@@ -167,7 +215,7 @@ pub fn verify_dir(dir: &Path) -> Result<Result<Verified, Finding>, AuditError> {
         prev_file = Some(file.clone());
     }
     // The writer's tip: rows missing at the end show here.
-    let tip_path = layout::state_dir(dir).join(layout::TIP_FILE);
+    let tip_path = layout::writer_dir(dir, writer).join(layout::TIP_FILE);
     if let Ok(text) = std::fs::read_to_string(&tip_path) {
         let tip: serde_json::Value =
             serde_json::from_str(&text).map_err(|e| AuditError::Corrupt {
@@ -189,7 +237,8 @@ pub fn verify_dir(dir: &Path) -> Result<Result<Verified, Finding>, AuditError> {
             }));
         }
     }
-    Ok(Ok(Verified {
+    Ok(Ok(Chain {
+        writer: writer.to_string(),
         files: files.len(),
         rows: rows_total,
         last_hash: prev_hash,

@@ -23,13 +23,35 @@ pub fn verify(dir: &Path) -> ExitCode {
             ExitCode::from(EXIT_FINDING)
         }
         Ok(Ok(v)) => {
-            println!(
-                "ok: {} — {} rows in {} files, chain intact, last hash {}",
-                dir.display(),
-                v.rows,
-                v.files,
-                v.last_hash
-            );
+            match v.chains.as_slice() {
+                [one] => println!(
+                    "ok: {} — {} rows in {} files, chain intact, last hash {}",
+                    dir.display(),
+                    v.rows,
+                    v.files,
+                    one.last_hash
+                ),
+                chains => {
+                    println!(
+                        "ok: {} — {} rows in {} files, {} chains intact",
+                        dir.display(),
+                        v.rows,
+                        v.files,
+                        chains.len()
+                    );
+                    for c in chains {
+                        let name = if c.writer.is_empty() {
+                            "(original)"
+                        } else {
+                            &c.writer
+                        };
+                        println!(
+                            "  writer {name}: {} rows in {} files, last hash {}",
+                            c.rows, c.files, c.last_hash
+                        );
+                    }
+                }
+            }
             ExitCode::SUCCESS
         }
     }

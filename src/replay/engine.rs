@@ -77,7 +77,8 @@ pub fn replay(
 }
 
 /// The recorded inputs as one stream of `tools/call` events in time order
-/// (each input sorted within the reorder window, then merged).
+/// (each writer's chain of each input sorted within the reorder window,
+/// then all merged).
 pub(crate) fn recorded_stream(
     inputs: &[PathBuf],
     config: &ReplayConfig,
@@ -87,12 +88,16 @@ pub(crate) fn recorded_stream(
     let mut streams = Vec::new();
     for (i, input) in inputs.iter().enumerate() {
         let files = resolve_inputs(std::slice::from_ref(input))?;
-        let events = recorded_events(files, i, config.filter.clone(), with_args, stats.clone());
-        streams.push(Reorder::new(
-            events,
-            config.reorder_window_us,
-            stats.clone(),
-        ));
+        // Each writer's chain is one stream (nearly in time order); the
+        // writers of a directory are merged by time like separate inputs.
+        for (_, files) in crate::audit::layout::files_by_writer(&files) {
+            let events = recorded_events(files, i, config.filter.clone(), with_args, stats.clone());
+            streams.push(Reorder::new(
+                events,
+                config.reorder_window_us,
+                stats.clone(),
+            ));
+        }
     }
     Ok(merge(streams))
 }
