@@ -1057,3 +1057,36 @@ fn shadow_rows_agree_with_replay_of_the_same_log() {
     // two never filled; the fourth and fifth copies are over its budget.
     assert_eq!(shadow_allowed, 4 + 3);
 }
+
+/// Two proxies started with the same `--audit-dir` (a client opening two
+/// windows): both serve, both record, and the directory verifies.
+#[test]
+fn two_proxies_share_one_audit_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = write_policy(dir.path(), "version: \"1\"\ntools: {}\n");
+    let audit = dir.path().join("audit");
+    let mut a = Raw::start(&policy, &audit, &[]);
+    let mut b = Raw::start(&policy, &audit, &[]);
+    for i in 0..4 {
+        let p = if i % 2 == 0 { &mut a } else { &mut b };
+        p.send(&format!(
+            r#"{{"jsonrpc":"2.0","id":{i},"method":"tools/call","params":{{"name":"copy_image_set","arguments":{{"n":{i}}}}}}}"#
+        ));
+        assert_eq!(p.recv()["id"], i);
+    }
+    for mut p in [a, b] {
+        drop(p.child.stdin.take());
+        assert!(p.child.wait().unwrap().success());
+    }
+    assert_eq!(rows(&audit).len(), 4);
+    let out = Command::new(flightrec())
+        .args(["audit", "verify", audit.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("2 chains intact"));
+}
