@@ -1,6 +1,9 @@
 //! The audit log read by the real DuckDB and pyarrow (installed by .ci/run
 //! into .venv): row counts, column types and the Hive partition column.
 
+mod common;
+
+use common::Timed;
 use flightrec::audit::schema::{AuditRow, ShadowDecision};
 use flightrec::audit::{Recorder, RecorderConfig};
 use std::path::{Path, PathBuf};
@@ -64,7 +67,7 @@ fn duckdb_and_pyarrow_read_the_log_unchanged() {
     let out = Command::new(python())
         .arg(&script)
         .arg(dir.path())
-        .output()
+        .output_timed()
         .unwrap();
     assert!(
         out.status.success(),

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{dir_rows, flightrec, need, root, test_server};
+use common::{Timed, dir_rows, flightrec, need, root, test_server};
 use flightrec::audit::schema::AuditRow;
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader, Write};
@@ -50,7 +50,7 @@ fn sdk(
         audit.to_str().unwrap(),
     ]);
     cmd.args(extra).arg("--").args(server);
-    let out = cmd.output().unwrap();
+    let out = common::output_within(cmd.stdin(Stdio::null()), Duration::from_secs(180));
     assert!(
         out.status.success(),
         "client failed:\n{}",
@@ -210,7 +210,7 @@ fn sdk_through_the_proxy_in_both_lifecycles() {
         );
         let v = Command::new(flightrec())
             .args(["audit", "verify", audit.to_str().unwrap()])
-            .output()
+            .output_timed()
             .unwrap();
         assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
 
@@ -224,7 +224,7 @@ fn sdk_through_the_proxy_in_both_lifecycles() {
                 "--format",
                 "json",
             ])
-            .output()
+            .output_timed()
             .unwrap();
         let report: Value = serde_json::from_slice(&r.stdout).unwrap();
         let d = &report["candidates"][0]["diff"];
@@ -492,7 +492,7 @@ fn bad_frames_get_errors_and_rows_and_the_proxy_keeps_serving() {
     p.send(r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"list_image_sets","arguments":{}}}"#);
     assert_eq!(p.recv()["id"], 3, "still serving");
     drop(p.child.stdin.take());
-    let status = p.child.wait().unwrap();
+    let status = common::wait_within(&mut p.child, Duration::from_secs(120));
     assert!(status.success());
     let rows = rows(&audit);
     let methods: Vec<&str> = rows.iter().map(|r| r.method.as_str()).collect();
@@ -513,7 +513,7 @@ fn child_exit_fails_in_flight_calls_and_exits_with_its_status() {
     p.send(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"exit_now","arguments":{}}}"#);
     let answer = p.recv();
     assert_eq!(answer["error"]["code"], -32603, "{answer}");
-    let status = p.child.wait().unwrap();
+    let status = common::wait_within(&mut p.child, Duration::from_secs(120));
     assert_eq!(status.code(), Some(3), "the server's exit status");
     let rows = rows(&audit);
     assert_eq!(rows.len(), 1);
@@ -525,18 +525,20 @@ fn kill_9_of_the_proxy_mid_call_leaves_an_interrupted_row() {
     let dir = tempfile::tempdir().unwrap();
     let policy = write_policy(dir.path(), "version: \"1\"\ntools: {}\n");
     let audit = dir.path().join("audit");
-    let mut p = Raw::start(&policy, &audit, &[]);
+    let ran = dir.path().join("ran.log");
+    let mut p = Raw::start_with(&policy, &audit, &[], &[("TEST_SERVER_LOG", &ran)]);
     p.send(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"list_image_sets","arguments":{}}}"#);
     assert_eq!(p.recv()["id"], 1);
     p.send(r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"slow_tool","arguments":{"ms":5000}}}"#);
-    std::thread::sleep(Duration::from_millis(300));
+    // The call reached the server (so the proxy journaled and forwarded it).
+    common::wait_for_line(&ran, "slow_tool");
     p.child.kill().unwrap(); // SIGKILL
-    p.child.wait().unwrap();
+    common::wait_within(&mut p.child, Duration::from_secs(120));
     // Opening the directory again recovers both calls from the journal.
     let out = Command::new(flightrec())
         .args(["audit", "append", audit.to_str().unwrap()])
         .stdin(Stdio::null())
-        .output()
+        .output_timed()
         .unwrap();
     assert!(
         out.status.success(),
@@ -573,7 +575,10 @@ fn scan_writes_a_starter_policy_that_checks_and_enforces() {
         let out_path = dir.path().join(format!("{name}.yaml"));
         let mut args = vec!["scan", "-o", out_path.to_str().unwrap(), "--"];
         args.extend(cmd.iter().copied());
-        let o = Command::new(flightrec()).args(&args).output().unwrap();
+        let o = Command::new(flightrec())
+            .args(&args)
+            .output_timed()
+            .unwrap();
         assert!(
             o.status.success(),
             "{name}: {}",
@@ -581,7 +586,7 @@ fn scan_writes_a_starter_policy_that_checks_and_enforces() {
         );
         let check = Command::new(flightrec())
             .args(["policy", "check", out_path.to_str().unwrap()])
-            .output()
+            .output_timed()
             .unwrap();
         assert!(
             check.status.success(),
@@ -646,7 +651,7 @@ fn policy_reloads_on_change_and_keeps_the_old_one_when_invalid() {
         "frozen"
     );
     drop(p.child.stdin.take());
-    assert!(p.child.wait().unwrap().success());
+    assert!(common::wait_within(&mut p.child, Duration::from_secs(120)).success());
 }
 
 #[test]
@@ -654,18 +659,24 @@ fn sigterm_is_forwarded_and_in_flight_calls_are_recorded() {
     let dir = tempfile::tempdir().unwrap();
     let policy = write_policy(dir.path(), "version: \"1\"\ntools: {}\n");
     let audit = dir.path().join("audit");
-    let mut p = Raw::start(&policy, &audit, &["--grace", "2s"]);
+    let ran = dir.path().join("ran.log");
+    let mut p = Raw::start_with(
+        &policy,
+        &audit,
+        &["--grace", "2s"],
+        &[("TEST_SERVER_LOG", &ran)],
+    );
     p.send(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"slow_tool","arguments":{"ms":10000}}}"#);
     // Keep the proxy's stdin open through `wait` (which would close it): a
     // client that is still there, so the stop is the signal's alone.
     let _stdin = p.child.stdin.take();
-    std::thread::sleep(Duration::from_millis(300));
+    common::wait_for_line(&ran, "slow_tool");
     // SAFETY: kill(2) on the proxy child this test started.
     unsafe {
         libc::kill(p.child.id() as i32, libc::SIGTERM);
     }
     let started = std::time::Instant::now();
-    let status = p.child.wait().unwrap();
+    let status = common::wait_within(&mut p.child, Duration::from_secs(120));
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "the server stopped within the grace period"
@@ -682,7 +693,7 @@ fn sigterm_is_forwarded_and_in_flight_calls_are_recorded() {
     assert!(
         Command::new(flightrec())
             .args(["audit", "verify", audit.to_str().unwrap()])
-            .status()
+            .status_timed()
             .unwrap()
             .success()
     );
@@ -710,7 +721,7 @@ fn sigterm_after_the_client_left_still_reaches_the_server() {
         libc::kill(p.child.id() as i32, libc::SIGTERM);
     }
     let started = std::time::Instant::now();
-    let status = p.child.wait().unwrap();
+    let status = common::wait_within(&mut p.child, Duration::from_secs(120));
     assert!(
         started.elapsed() < Duration::from_secs(30),
         "the proxy waited out its 60 s grace period instead of forwarding SIGTERM"
@@ -795,7 +806,7 @@ fn no_frame_shape_bypasses_the_policy() {
     p.send(r#"{"jsonrpc":"2.0","id":13,"method":"tools/call","params":{"name":"copy_image_set","arguments":{"count":1}}}"#);
     assert_eq!(p.recv()["id"], 13);
     drop(p.child.stdin.take());
-    assert!(p.child.wait().unwrap().success());
+    assert!(common::wait_within(&mut p.child, Duration::from_secs(120)).success());
     let ran = std::fs::read_to_string(&ran).unwrap_or_default();
     assert_eq!(ran, "copy_image_set\n", "what the server ran");
     // One row per frame, every refused one a deny that was not forwarded.
@@ -825,7 +836,7 @@ fn a_reused_id_in_flight_is_refused_and_both_are_recorded() {
     let second = p.recv();
     assert_eq!(second["result"]["content"][0]["text"], "slept 1000 ms");
     drop(p.child.stdin.take());
-    assert!(p.child.wait().unwrap().success());
+    assert!(common::wait_within(&mut p.child, Duration::from_secs(120)).success());
     assert_eq!(std::fs::read_to_string(&ran).unwrap(), "slow_tool\n");
     let rows = rows(&audit);
     let tools: Vec<(&str, &str, &str)> = rows
@@ -866,7 +877,7 @@ fn upstream_timeout_answers_records_and_drops_the_late_answer() {
     assert_eq!(v["id"], 2, "{v}");
     assert_eq!(v["result"]["content"][0]["text"], "slept 250 ms");
     drop(p.child.stdin.take());
-    assert!(p.child.wait().unwrap().success());
+    assert!(common::wait_within(&mut p.child, Duration::from_secs(120)).success());
     let rows = rows(&audit);
     let outcomes: Vec<&str> = rows.iter().map(|r| r.outcome.as_str()).collect();
     assert_eq!(outcomes, ["timeout", "ok"]);
@@ -890,7 +901,7 @@ fn a_cancelled_request_is_recorded_as_cancelled() {
         "the cancelled request's answer was delivered: {v}"
     );
     drop(p.child.stdin.take());
-    assert!(p.child.wait().unwrap().success());
+    assert!(common::wait_within(&mut p.child, Duration::from_secs(120)).success());
     let rows = rows(&audit);
     let outcomes: Vec<(&str, &str)> = rows
         .iter()
@@ -918,7 +929,7 @@ fn an_oversized_answer_fails_its_request_and_is_recorded() {
     p.send(r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"copy_image_set","arguments":{}}}"#);
     assert_eq!(p.recv()["id"], 2);
     drop(p.child.stdin.take());
-    assert!(p.child.wait().unwrap().success());
+    assert!(common::wait_within(&mut p.child, Duration::from_secs(120)).success());
     let rows = rows(&audit);
     assert_eq!(rows[0].outcome.as_str(), "response_too_large");
     assert!(rows[0].response_bytes > 5000);
@@ -972,7 +983,7 @@ fn reload_with_a_call_in_flight_never_crashes_or_corrupts_counters() {
         "throttle"
     );
     drop(p.child.stdin.take());
-    assert!(p.child.wait().unwrap().success());
+    assert!(common::wait_within(&mut p.child, Duration::from_secs(120)).success());
     let outcomes: Vec<String> = rows(&audit)
         .iter()
         .map(|r| r.outcome.as_str().to_string())
@@ -1016,7 +1027,7 @@ fn shadow_rows_agree_with_replay_of_the_same_log() {
         assert_eq!(p.recv()["id"], i);
     }
     drop(p.child.stdin.take());
-    assert!(p.child.wait().unwrap().success());
+    assert!(common::wait_within(&mut p.child, Duration::from_secs(120)).success());
     let rows = rows(&audit);
     assert_eq!(rows.len(), tools.len());
     let decisions = dir.path().join("decisions.parquet");
@@ -1029,7 +1040,7 @@ fn shadow_rows_agree_with_replay_of_the_same_log() {
             "--decisions-out",
             decisions.to_str().unwrap(),
         ])
-        .output()
+        .output_timed()
         .unwrap();
     assert!(
         out.status.success(),
@@ -1076,12 +1087,12 @@ fn two_proxies_share_one_audit_directory() {
     }
     for mut p in [a, b] {
         drop(p.child.stdin.take());
-        assert!(p.child.wait().unwrap().success());
+        assert!(common::wait_within(&mut p.child, Duration::from_secs(120)).success());
     }
     assert_eq!(rows(&audit).len(), 4);
     let out = Command::new(flightrec())
         .args(["audit", "verify", audit.to_str().unwrap()])
-        .output()
+        .output_timed()
         .unwrap();
     assert!(
         out.status.success(),

@@ -25,9 +25,12 @@ pub fn bin() -> Command {
     Command::new(flightrec())
 }
 
-/// Runs `flightrec ARGS…` to completion.
+/// Runs `flightrec ARGS…` to completion (at most 5 minutes).
 pub fn run(args: &[&str]) -> Output {
-    bin().args(args).output().expect("run flightrec")
+    output_within(
+        bin().args(args).stdin(std::process::Stdio::null()),
+        std::time::Duration::from_secs(300),
+    )
 }
 
 pub fn stderr(o: &Output) -> String {
@@ -148,4 +151,90 @@ pub fn read_decisions(path: &Path) -> Vec<DecisionRow> {
         }
     }
     out
+}
+
+/// Waits for a child with a deadline: a hung peer fails the test instead of
+/// hanging the run (the child is killed first).
+pub fn wait_within(
+    child: &mut std::process::Child,
+    limit: std::time::Duration,
+) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("child {} did not exit within {limit:?}", child.id());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+/// Runs a command to completion within `limit` (killed and failed after),
+/// capturing its output.
+pub fn output_within(cmd: &mut Command, limit: std::time::Duration) -> Output {
+    use std::io::Read;
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = out.read_to_end(&mut buf);
+        buf
+    });
+    let ereader = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = err.read_to_end(&mut buf);
+        buf
+    });
+    let status = wait_within(&mut child, limit);
+    Output {
+        status,
+        stdout: reader.join().unwrap(),
+        stderr: ereader.join().unwrap(),
+    }
+}
+
+/// Waits (at most 20 s) until the file at `path` has a line equal to `line`.
+pub fn wait_for_line(path: &Path, line: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        if std::fs::read_to_string(path).is_ok_and(|t| t.lines().any(|l| l == line)) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} never got the line {line:?}",
+            path.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+/// `output()` and `status()` with a deadline (5 minutes): a hung process
+/// fails its test instead of hanging the run.
+pub trait Timed {
+    fn output_timed(&mut self) -> std::io::Result<Output>;
+    fn status_timed(&mut self) -> std::io::Result<std::process::ExitStatus>;
+}
+
+impl Timed for Command {
+    fn output_timed(&mut self) -> std::io::Result<Output> {
+        Ok(output_within(
+            self.stdin(std::process::Stdio::null()),
+            std::time::Duration::from_secs(300),
+        ))
+    }
+
+    fn status_timed(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        self.output_timed().map(|o| o.status)
+    }
 }
