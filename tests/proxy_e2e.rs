@@ -226,8 +226,12 @@ fn sdk_through_the_proxy_in_both_lifecycles() {
             ])
             .output_timed()
             .unwrap();
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
         let report: Value = serde_json::from_slice(&r.stdout).unwrap();
         let d = &report["candidates"][0]["diff"];
+        let calls = rows.iter().filter(|r| r.method == "tools/call").count();
+        assert!(calls > 0);
+        assert_eq!(d["compared"], calls, "{mode}: every recorded call compared");
         assert_eq!(d["compared"], d["unchanged"], "{mode}: {d}");
     }
 }
@@ -1100,4 +1104,64 @@ fn two_proxies_share_one_audit_directory() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("2 chains intact"));
+}
+
+/// Pipelined calls answered out of order, one failing with a JSON-RPC error
+/// whose rollback comes after later calls were decided: replaying the live
+/// log with the same policy reproduces every decision (replay gives the
+/// counts back when the answer arrived, not at once).
+#[test]
+fn pipelined_calls_replay_to_the_same_decisions() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = write_policy(
+        dir.path(),
+        "version: \"1\"\ntools:\n  slow_tool:\n    rules:\n      - {name: three at a time, rate_limit: {max: 3, window: 60s, per: session}}\n",
+    );
+    let audit = dir.path().join("audit");
+    let mut p = Raw::start(&policy, &audit, &[]);
+    let slow = |id: u32, ms: u32, fail: bool| {
+        format!(
+            r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"slow_tool","arguments":{{"ms":{ms},"fail":{fail}}}}}}}"#
+        )
+    };
+    p.send(&slow(1, 800, true));
+    p.send(&slow(2, 100, false));
+    p.send(&slow(3, 300, false));
+    p.send(&slow(4, 10, false)); // a fourth while three are in flight
+    let order: Vec<i64> = (0..4).map(|_| p.recv()["id"].as_i64().unwrap()).collect();
+    assert_eq!(order, [4, 2, 3, 1], "answers out of order");
+    // Call 1 failed: its count came back, so one more fits, then no more.
+    p.send(&slow(5, 10, false));
+    assert!(p.recv()["result"]["isError"].is_null());
+    p.send(&slow(6, 10, false));
+    assert_eq!(
+        p.recv()["result"]["_meta"]["io.flightrec/decision"]["decision"],
+        "throttle"
+    );
+    drop(p.child.stdin.take());
+    assert!(common::wait_within(&mut p.child, Duration::from_secs(60)).success());
+    let decisions: Vec<String> = rows(&audit)
+        .iter()
+        .map(|r| r.decision.as_str().to_string())
+        .collect();
+    assert_eq!(
+        decisions,
+        ["allow", "allow", "allow", "throttle", "allow", "throttle"]
+    );
+    let r = Command::new(flightrec())
+        .args([
+            "replay",
+            audit.to_str().unwrap(),
+            "--policy",
+            policy.to_str().unwrap(),
+            "--format",
+            "json",
+        ])
+        .output_timed()
+        .unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let report: Value = serde_json::from_slice(&r.stdout).unwrap();
+    let d = &report["candidates"][0]["diff"];
+    assert_eq!(d["compared"], 6);
+    assert_eq!(d["unchanged"], 6, "{d}");
 }

@@ -11,10 +11,14 @@
 use crate::audit::AuditError;
 use crate::audit::filter::RowFilter;
 use crate::audit::read::resolve_inputs;
-use crate::policy::{ApprovalMode, Call, CounterStore, Decision, Outcome, Policy, PolicyState};
+use crate::policy::{
+    ApprovalMode, Call, CounterStore, Decision, Outcome, Policy, PolicyState, Reservation,
+};
 use crate::replay::decisions::DecisionsWriter;
 use crate::replay::report::{Accumulator, CandidateReport, Report};
 use crate::replay::source::{EventRef, Pending, Reorder, SourceStats, merge, recorded_events};
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, sync_channel};
@@ -204,47 +208,112 @@ pub fn run_events(
     })
 }
 
-/// Decides one recorded call against a candidate and counts it in the
-/// report: the one place replay turns a recorded row into a decision.
-pub(crate) fn decide_recorded(
-    policy: &Policy,
-    state: &mut PolicyState,
-    e: &EventRef<'_>,
-    approvals: ApprovalMode,
-    acc: &mut Accumulator,
-) -> Decision {
-    let call = Call {
-        ts_us: e.ts_us(),
-        session: e.session_id(),
-        agent: e.agent_id(),
-        server: e.server(),
-        tool: e.tool(),
-        category: e.category(),
-        risk: e.risk(),
-        args: e.args(),
-    };
-    let mut d = policy.decide_with(state, &call, approvals);
-    let outcome = e.outcome();
-    // As live, with the recorded outcome. A call the recording never
-    // forwarded has no outcome under this candidate: it counts, as if it
-    // ran (conservative).
-    let settled = match outcome {
-        Outcome::NotForwarded => Outcome::Ok,
-        o => o,
-    };
-    state.settle(std::mem::take(&mut d.reservation), settled);
-    acc.add(
-        call.ts_us,
-        e.event_id(),
-        call.tool,
-        call.agent,
-        call.session,
-        d.verdict,
-        d.rule.as_deref(),
-        e.recorded(),
-        outcome == Outcome::NotForwarded,
-    );
-    d
+/// Decides recorded calls against one candidate, in time order, and counts
+/// them in its report: the one place replay turns a recorded row into a
+/// decision.
+///
+/// A call that ended in a JSON-RPC error gives its counts back when its
+/// answer arrived, as live: at `ts + latency_us`, not at once. Calls decided
+/// in between (pipelined calls, other sessions) see the counts still taken,
+/// exactly as the proxy did. Without a recorded latency the rollback is
+/// immediate.
+#[derive(Default)]
+pub(crate) struct RecordedDecider {
+    deferred: BinaryHeap<Reverse<Deferred>>,
+    seq: u64,
+}
+
+/// A rollback waiting for the recorded time of its answer.
+struct Deferred {
+    at: i64,
+    seq: u64,
+    reservation: Reservation,
+}
+
+impl PartialEq for Deferred {
+    fn eq(&self, o: &Self) -> bool {
+        (self.at, self.seq) == (o.at, o.seq)
+    }
+}
+impl Eq for Deferred {}
+impl PartialOrd for Deferred {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Deferred {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        (self.at, self.seq).cmp(&(o.at, o.seq))
+    }
+}
+
+impl RecordedDecider {
+    /// Applies every rollback whose answer arrived at or before `t`.
+    pub(crate) fn settle_until(&mut self, state: &mut PolicyState, t: i64) {
+        while self.deferred.peek().is_some_and(|Reverse(d)| d.at <= t) {
+            let Reverse(d) = self.deferred.pop().expect("peeked");
+            state.settle(d.reservation, Outcome::RpcError);
+        }
+    }
+
+    /// Applies the rollbacks still waiting (the end of the input).
+    pub(crate) fn finish(&mut self, state: &mut PolicyState) {
+        self.settle_until(state, i64::MAX);
+    }
+
+    pub(crate) fn decide(
+        &mut self,
+        policy: &Policy,
+        state: &mut PolicyState,
+        e: &EventRef<'_>,
+        approvals: ApprovalMode,
+        acc: &mut Accumulator,
+    ) -> Decision {
+        let call = Call {
+            ts_us: e.ts_us(),
+            session: e.session_id(),
+            agent: e.agent_id(),
+            server: e.server(),
+            tool: e.tool(),
+            category: e.category(),
+            risk: e.risk(),
+            args: e.args(),
+        };
+        self.settle_until(state, call.ts_us);
+        let mut d = policy.decide_with(state, &call, approvals);
+        let outcome = e.outcome();
+        // As live, with the recorded outcome. A call the recording never
+        // forwarded has no outcome under this candidate: it counts, as if it
+        // ran (conservative).
+        let settled = match outcome {
+            Outcome::NotForwarded => Outcome::Ok,
+            o => o,
+        };
+        let reservation = std::mem::take(&mut d.reservation);
+        match e.latency_us() {
+            Some(latency) if settled.rolls_back() && !reservation.is_empty() => {
+                self.seq += 1;
+                self.deferred.push(Reverse(Deferred {
+                    at: call.ts_us.saturating_add(latency as i64),
+                    seq: self.seq,
+                    reservation,
+                }));
+            }
+            _ => state.settle(reservation, settled),
+        }
+        acc.add(
+            call.ts_us,
+            e.event_id(),
+            call.tool,
+            call.agent,
+            call.session,
+            d.verdict,
+            d.rule.as_deref(),
+            e.recorded(),
+            outcome == Outcome::NotForwarded,
+        );
+        d
+    }
 }
 
 type WorkerResult = Result<(CandidateReport, Option<PathBuf>), AuditError>;
@@ -256,6 +325,7 @@ fn worker(
     part: Option<PathBuf>,
 ) -> WorkerResult {
     let mut state = PolicyState::new(&c.policy);
+    let mut decider = RecordedDecider::default();
     let mut acc = Accumulator::new(&c.name, &c.file, &c.policy.sha256);
     let mut out = match &part {
         Some(p) => Some(DecisionsWriter::create(p)?),
@@ -264,7 +334,7 @@ fn worker(
     for chunk in rx {
         for (batch, row) in chunk.iter() {
             let e = batch.event(*row);
-            let d = decide_recorded(&c.policy, &mut state, &e, approvals, &mut acc);
+            let d = decider.decide(&c.policy, &mut state, &e, approvals, &mut acc);
             if let Some(w) = &mut out {
                 w.push(
                     &e,

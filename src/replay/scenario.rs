@@ -7,7 +7,7 @@
 use crate::audit::AuditError;
 use crate::policy::{ApprovalMode, Policy, PolicyState, Verdict};
 use crate::replay::engine::{
-    Candidate, ReplayConfig, ReplayError, decide_recorded, recorded_stream,
+    Candidate, RecordedDecider, ReplayConfig, ReplayError, recorded_stream,
 };
 use crate::replay::report::{Accumulator, AgentCalls, Report};
 use crate::replay::source::{Pending, SourceStats};
@@ -35,6 +35,7 @@ pub struct MixedReplay {
 /// reaches them.
 struct Recorded<'a, I: Iterator<Item = Result<Pending, AuditError>>> {
     events: Peekable<I>,
+    decider: RecordedDecider,
     acc: &'a mut Accumulator,
     per_agent: &'a mut BTreeMap<String, AgentCalls>,
     count: u64,
@@ -62,25 +63,34 @@ impl<I: Iterator<Item = Result<Pending, AuditError>>> Background for Recorded<'_
         state: &mut PolicyState,
         approvals: ApprovalMode,
     ) {
-        while self.error.is_none() {
+        loop {
+            if self.error.is_some() {
+                return;
+            }
             let due = match self.events.peek() {
-                None => return,
+                None => break,
                 Some(Err(_)) => true,
                 Some(Ok((batch, row))) => until.is_none_or(|t| batch.ts(*row) <= t),
             };
             if !due {
-                return;
+                break;
             }
             match self.events.next() {
                 Some(Ok((batch, row))) => {
                     let e = batch.event(row);
-                    decide_recorded(policy, state, &e, approvals, self.acc);
+                    self.decider.decide(policy, state, &e, approvals, self.acc);
                     self.count += 1;
                     self.seen(e.ts_us());
                 }
                 Some(Err(err)) => self.error = Some(err),
-                None => return,
+                None => break,
             }
+        }
+        // Rollbacks whose answers arrived by then apply before the
+        // scenario's call.
+        match until {
+            Some(t) => self.decider.settle_until(state, t),
+            None => self.decider.finish(state),
         }
     }
 
@@ -143,6 +153,7 @@ pub fn replay_mixed(
         let mut per_agent = BTreeMap::new();
         let mut background = Recorded {
             events: events.peekable(),
+            decider: RecordedDecider::default(),
             acc: &mut acc,
             per_agent: &mut per_agent,
             count: 0,

@@ -15,7 +15,7 @@ use crate::audit::read::{ScanOptions, scan};
 use crate::audit::schema::{BatchView, col};
 use crate::policy::{Category, Outcome, Risk};
 use arrow::array::{Array, AsArray, PrimitiveArray, StringArray};
-use arrow::datatypes::TimestampMicrosecondType;
+use arrow::datatypes::{TimestampMicrosecondType, UInt64Type};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::path::PathBuf;
@@ -36,6 +36,8 @@ pub struct EventBatch {
     risk: Vec<Option<Risk>>,
     recorded: Vec<Option<crate::policy::Verdict>>,
     outcome: Vec<Outcome>,
+    /// `latency_us`, when the input has it.
+    latency: Option<PrimitiveArray<UInt64Type>>,
     args: Vec<Arc<serde_json::Value>>,
     /// Rows that are calls and pass the filters.
     pub rows: Vec<u32>,
@@ -101,6 +103,14 @@ impl<'b> EventRef<'b> {
     pub fn outcome(&self) -> Outcome {
         self.batch.outcome[self.row]
     }
+    /// How long the call took to complete, when recorded.
+    pub fn latency_us(&self) -> Option<u64> {
+        self.batch
+            .latency
+            .as_ref()
+            .filter(|l| !l.is_null(self.row))
+            .map(|l| l.value(self.row))
+    }
     pub fn args(&self) -> &'b serde_json::Value {
         self.batch.args.get(self.row).map_or(&NULL_ARGS, |a| a)
     }
@@ -122,7 +132,7 @@ pub struct SourceStats {
 
 /// The columns replay reads (plus `args_json` when a candidate looks at
 /// arguments).
-pub const REPLAY_COLUMNS: [&str; 11] = [
+pub const REPLAY_COLUMNS: [&str; 12] = [
     col::EVENT_ID,
     col::TS,
     col::SESSION_ID,
@@ -134,6 +144,7 @@ pub const REPLAY_COLUMNS: [&str; 11] = [
     col::RISK,
     col::DECISION,
     col::OUTCOME,
+    col::LATENCY_US,
 ];
 
 /// Reads a recorded input's `tools/call` rows as events, batch by batch.
@@ -224,6 +235,8 @@ fn decode_batch(
     let risk = optional(col::RISK)?;
     let decision = optional(col::DECISION)?;
     let outcome = optional(col::OUTCOME)?;
+    // Only used to time rollbacks: a foreign file's other type is ignored.
+    let latency = v.u64s(col::LATENCY_US).ok().flatten().cloned();
     let args = if with_args {
         optional(col::ARGS_JSON)?
     } else {
@@ -302,6 +315,7 @@ fn decode_batch(
                 .into_iter()
                 .map(|o| o.unwrap_or(Outcome::Ok))
                 .collect(),
+            latency,
             args,
             event_id,
             ts,
