@@ -77,7 +77,7 @@ fn policy() -> Policy {
 
 /// Exactly the columns replay reads for a policy that does not look at
 /// arguments, so the scan is a fair baseline.
-const COLUMNS: [&str; 11] = REPLAY_COLUMNS;
+const COLUMNS: [&str; REPLAY_COLUMNS.len()] = REPLAY_COLUMNS;
 
 const N: u64 = 10_000_000;
 
