@@ -33,7 +33,9 @@ fn tools() -> Value {
         {"name": "slow_tool", "description": "Sleeps", "inputSchema": {"type": "object"}},
         {"name": "failing_tool", "description": "Fails with a JSON-RPC error", "inputSchema": {"type": "object"}},
         {"name": "erroring_tool", "description": "Fails with an isError result", "inputSchema": {"type": "object"}},
-        {"name": "exit_now", "description": "Exits", "inputSchema": {"type": "object"}}
+        {"name": "exit_now", "description": "Exits", "inputSchema": {"type": "object"}},
+        {"name": "löschen_bild", "description": "Deletes (a non-ASCII name)", "inputSchema": {"type": "object"}},
+        {"name": "画像をコピー", "description": "Copies (a non-ASCII name)", "inputSchema": {"type": "object"}}
     ])
 }
 

@@ -1165,3 +1165,65 @@ fn pipelined_calls_replay_to_the_same_decisions() {
     assert_eq!(d["compared"], 6);
     assert_eq!(d["unchanged"], 6, "{d}");
 }
+
+/// Non-ASCII tool names: matched by glob and exact keys, removed from
+/// `tools/list`, and carried unchanged into CSV and OCSF exports.
+#[test]
+fn unicode_tool_names_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = write_policy(
+        dir.path(),
+        "version: \"1\"\nhide: [\"löschen_*\"]\ntools:\n  \"画像を*\":\n    rules: [{name: keine Kopien, action: deny}]\n",
+    );
+    let audit = dir.path().join("audit");
+    let mut p = Raw::start(&policy, &audit, &[]);
+    p.send(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#);
+    let listed: Vec<String> = p.recv()["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_string())
+        .collect();
+    // Hidden by a glob, and always denied by a glob key: both removed.
+    assert!(!listed.iter().any(|n| n == "löschen_bild"), "{listed:?}");
+    assert!(!listed.iter().any(|n| n == "画像をコピー"), "{listed:?}");
+    assert!(listed.iter().any(|n| n == "copy_image_set"), "{listed:?}");
+    p.send(r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"画像をコピー","arguments":{"ziel":"zürich"}}}"#);
+    let v = p.recv();
+    assert_eq!(
+        v["result"]["_meta"]["io.flightrec/decision"]["rule"],
+        "keine Kopien"
+    );
+    p.send(r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"löschen_bild","arguments":{}}}"#);
+    assert_eq!(
+        p.recv()["result"]["_meta"]["io.flightrec/decision"]["rule"],
+        "(hidden)"
+    );
+    drop(p.child.stdin.take());
+    assert!(common::wait_within(&mut p.child, Duration::from_secs(60)).success());
+    for format in ["csv", "ocsf"] {
+        let out_file = dir.path().join(format!("x.{format}"));
+        let out = Command::new(flightrec())
+            .args([
+                "export",
+                audit.to_str().unwrap(),
+                "--format",
+                format,
+                "--tool",
+                "画像を*",
+                "-o",
+                out_file.to_str().unwrap(),
+            ])
+            .output_timed()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = std::fs::read_to_string(&out_file).unwrap();
+        assert!(text.contains("画像をコピー"), "{format}: {text}");
+        assert!(text.contains("zürich"), "{format}: {text}");
+        assert!(!text.contains("löschen_bild"), "{format}: the tool filter");
+    }
+}

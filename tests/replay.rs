@@ -74,13 +74,12 @@ fn eval(policy: &Path, calls: &[Value]) -> Vec<Value> {
         .spawn()
         .unwrap();
     let input: String = calls.iter().map(|c| c.to_string() + "\n").collect();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
+    // Written from another thread: the decisions come back while the calls
+    // go in, and neither pipe may fill up.
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()).unwrap());
     let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
     assert!(out.status.success());
     String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -538,4 +537,94 @@ fn logs_and_scenarios_replay_together_on_shared_counters() {
     let inputs = together["inputs"].as_array().unwrap();
     assert_eq!(inputs.len(), 2);
     assert!(inputs[1].as_str().unwrap().ends_with("runaway.yaml"));
+}
+
+/// `--approvals grant` counts approval calls against the limits they share
+/// with other tools; `deny` does not. Exact totals both ways.
+#[test]
+fn approvals_grant_and_deny_give_different_exact_totals() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = common::write_file(
+        dir.path(),
+        "p.yaml",
+        "version: \"1\"\ntools:\n  delete_image_set:\n    rules: [{name: human, action: require_approval}]\n  \"*\":\n    rules:\n      - {name: fleet, rate_limit: {max: 3, window: 60s, per: global}}\n",
+    );
+    let calls: Vec<Value> = ["delete_image_set", "delete_image_set", "delete_image_set", "copy_image_set", "copy_image_set"]
+        .iter()
+        .enumerate()
+        .map(|(i, tool)| {
+            json!({"ts": T0 + i as i64 * 1000, "session": "s", "agent": "a", "server": "srv", "tool": tool, "args": {}, "outcome": "ok"})
+        })
+        .collect();
+    let log = dir.path().join("log");
+    record(&log, &policy, &calls, 0);
+    let totals = |mode: &str| {
+        let r = replay_json(&[
+            log.to_str().unwrap(),
+            "--policy",
+            policy.to_str().unwrap(),
+            "--approvals",
+            mode,
+        ]);
+        let t = &r["candidates"][0]["totals"];
+        (
+            t["allow"].as_u64().unwrap(),
+            t["throttle"].as_u64().unwrap(),
+            t["approval"].as_u64().unwrap(),
+        )
+    };
+    assert_eq!(totals("deny"), (2, 0, 3));
+    assert_eq!(totals("grant"), (0, 2, 3));
+}
+
+/// Filters over more than one Arrow batch (8,192 rows): replay and export
+/// select exactly the rows they should.
+#[test]
+fn filters_hold_across_many_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = common::write_file(dir.path(), "p.yaml", "version: \"1\"\ntools: {}\n");
+    let n = 20_000usize;
+    let calls: Vec<Value> = (0..n)
+        .map(|i| {
+            json!({"ts": T0 + i as i64 * 10_000, "session": format!("s{}", i % 7), "agent": format!("agent-{}", i % 3), "server": "srv", "tool": if i % 4 == 0 { "delete_image_set" } else { "copy_image_set" }, "args": {}, "outcome": "ok"})
+        })
+        .collect();
+    let log = dir.path().join("log");
+    record(&log, &policy, &calls, 0);
+    let expect = calls
+        .iter()
+        .filter(|c| c["agent"] == "agent-1" && c["tool"] == "delete_image_set")
+        .count() as u64;
+    assert!(expect > 1000);
+    let r = replay_json(&[
+        log.to_str().unwrap(),
+        "--policy",
+        policy.to_str().unwrap(),
+        "--agent",
+        "agent-1",
+        "--tool",
+        "delete_*",
+    ]);
+    assert_eq!(r["events"], expect);
+    assert_eq!(r["filtered_out"], n as u64 - expect);
+    let out_file = dir.path().join("x.jsonl");
+    let out = run(&[
+        "export",
+        log.to_str().unwrap(),
+        "--format",
+        "jsonl",
+        "--agent",
+        "agent-1",
+        "--tool",
+        "delete_*",
+        "-o",
+        out_file.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lines = std::fs::read_to_string(&out_file).unwrap();
+    assert_eq!(lines.lines().count() as u64, expect);
+    assert!(
+        lines.lines().all(|l| l.contains("\"agent_id\":\"agent-1\"")
+            && l.contains("\"tool\":\"delete_image_set\""))
+    );
 }
