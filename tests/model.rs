@@ -2,7 +2,8 @@
 //! are still in flight, answers settled out of order (some with JSON-RPC
 //! errors that give counts back), several sessions and agents, windows that
 //! roll over between a decision and its rollback, sequences longer than the
-//! sweep threshold, and policy reloads in between with calls in flight.
+//! sweep threshold, `increment_from` counters that add an argument, and
+//! policy reloads in between with calls in flight.
 //!
 //! The model is deliberately naive: a list of every counted call, summed
 //! over the window on each decision. The decision core must agree with it
@@ -27,6 +28,9 @@ struct RuleSpec {
     window_s: i64,
     sliding: bool,
     per: &'static str,
+    /// An Intercept `state` counter that adds the call's `args.n` (calendar
+    /// minutes, shared by the tool key) instead of a rate limit.
+    from_args: bool,
 }
 
 impl RuleSpec {
@@ -37,6 +41,21 @@ impl RuleSpec {
 }
 
 fn rule() -> impl Strategy<Value = RuleSpec> {
+    prop_oneof![
+        4 => rate_rule(),
+        1 => (prop::sample::select(vec!["t0", "t1", "*"]), 1i64..8).prop_map(|(key, max)| RuleSpec {
+            key,
+            name: "c",
+            max,
+            window_s: 60,
+            sliding: false,
+            per: if key == "*" { "global" } else { "tool" },
+            from_args: true,
+        }),
+    ]
+}
+
+fn rate_rule() -> impl Strategy<Value = RuleSpec> {
     (
         prop::sample::select(vec!["t0", "t1", "*"]),
         prop::sample::select(vec!["a", "b"]),
@@ -52,6 +71,7 @@ fn rule() -> impl Strategy<Value = RuleSpec> {
             window_s,
             sliding,
             per,
+            from_args: false,
         })
 }
 
@@ -73,6 +93,14 @@ fn policy_yaml(rules: &[RuleSpec]) -> String {
         }
         y.push_str(&format!("  \"{key}\":\n    rules:\n"));
         for r in mine {
+            if r.from_args {
+                let scope = if key == "*" { "_global" } else { key };
+                y.push_str(&format!(
+                    "      - {{name: c, state: {{counter: c, window: minute, increment_from: args.n}}, conditions: [{{path: state.{scope}.c, op: lte, value: {}}}]}}\n",
+                    r.max
+                ));
+                continue;
+            }
             y.push_str(&format!(
                 "      - {{name: {}, rate_limit: {{max: {}, window: {}s, per: {}, mode: {}}}}}\n",
                 r.name,
@@ -94,6 +122,8 @@ enum Op {
         session: usize,
         agent: usize,
         tool: usize,
+        /// `args.n`, what `increment_from` counts.
+        n: i64,
     },
     /// The answer to the `k`-th call still in flight (modulo their number).
     Answer { k: usize, rpc_error: bool },
@@ -103,11 +133,12 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        5 => (0i64..4, 0usize..3, 0usize..2, 0usize..3).prop_map(|(dt, session, agent, tool)| Op::Call {
+        5 => (0i64..4, 0usize..3, 0usize..2, 0usize..3, 0i64..4).prop_map(|(dt, session, agent, tool, n)| Op::Call {
             dt,
             session,
             agent,
-            tool
+            tool,
+            n,
         }),
         4 => (any::<usize>(), prop::bool::weighted(0.4)).prop_map(|(k, rpc_error)| Op::Answer { k, rpc_error }),
         1 => Just(Op::Reload),
@@ -120,6 +151,7 @@ struct Entry {
     rule: RuleSpec,
     scope: String,
     ts: i64,
+    amount: i64,
     alive: bool,
 }
 
@@ -139,6 +171,9 @@ impl Model {
     }
 
     fn scope(r: &RuleSpec, session: &str, agent: &str, tool: &str) -> String {
+        if r.from_args {
+            return String::new(); // one counter for the whole tool key
+        }
         match r.per {
             "session" => session.into(),
             "agent" => agent.into(),
@@ -155,7 +190,9 @@ impl Model {
         session: &str,
         agent: &str,
         tool: &str,
+        n: i64,
     ) -> (Verdict, Vec<usize>) {
+        let amount = |r: &RuleSpec| if r.from_args { n } else { 1 };
         let own: Vec<&RuleSpec> = rules.iter().filter(|r| r.key == tool).collect();
         let star = rules.iter().filter(|r| r.key == "*");
         let applicable: Vec<&RuleSpec> = own.into_iter().chain(star).collect();
@@ -170,8 +207,9 @@ impl Model {
                         && e.scope == scope
                         && Model::in_window(r, e.ts, now)
                 })
-                .count() as i64;
-            if total + 1 > r.max {
+                .map(|e| e.amount)
+                .sum::<i64>();
+            if total + amount(r) > r.max {
                 return (Verdict::Throttle, Vec::new());
             }
         }
@@ -182,6 +220,7 @@ impl Model {
                 rule: r.clone(),
                 scope: Model::scope(r, session, agent, tool),
                 ts: now,
+                amount: amount(r),
                 alive: true,
             });
         }
@@ -217,7 +256,6 @@ fn check(a: &[RuleSpec], b: &[RuleSpec], ops: &[Op]) -> Result<(), TestCaseError
     let mut model = Model::default();
     let mut flying: Vec<InFlight> = Vec::new();
     let mut now = T0;
-    let args = json!({});
     for (i, op) in ops.iter().enumerate() {
         match *op {
             Op::Call {
@@ -225,8 +263,10 @@ fn check(a: &[RuleSpec], b: &[RuleSpec], ops: &[Op]) -> Result<(), TestCaseError
                 session,
                 agent,
                 tool,
+                n,
             } => {
                 now += dt * SEC / 2;
+                let args = json!({ "n": n });
                 let call = Call {
                     ts_us: now,
                     session: SESSIONS[session],
@@ -245,6 +285,7 @@ fn check(a: &[RuleSpec], b: &[RuleSpec], ops: &[Op]) -> Result<(), TestCaseError
                     SESSIONS[session],
                     AGENTS[agent],
                     TOOLS[tool],
+                    n,
                 );
                 prop_assert_eq!(d.verdict, expected, "op {} {:?}", i, op);
                 if d.verdict == Verdict::Allow {
