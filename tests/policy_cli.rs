@@ -254,15 +254,26 @@ fn unbuilt_commands_say_so_with_exit_2_and_help_lists_all() {
     ] {
         assert!(text.contains(cmd), "--help lists {cmd}");
     }
+    // The stdio-to-HTTP bridge is not built yet.
     let out = run(&[
         "proxy",
         "--policy",
         "p.yaml",
-        "--listen",
-        "127.0.0.1:9",
         "--upstream",
         "http://127.0.0.1:9/mcp",
     ]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("not implemented yet"));
+    // A policy that does not load stops the HTTP proxy before it listens.
+    let out = run(&[
+        "proxy",
+        "--policy",
+        "missing.yaml",
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        "http://127.0.0.1:9/mcp",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("missing.yaml"), "{}", stderr(&out));
 }

@@ -124,9 +124,17 @@ pub struct ProxyArgs {
     /// When the audit journal is forced to disk
     #[arg(long, value_enum, default_value_t)]
     pub fsync: crate::audit::journal::Fsync,
-    /// Listen address for the Streamable HTTP proxy (e.g. 127.0.0.1:8080)
+    /// Listen address for the Streamable HTTP proxy (e.g. 127.0.0.1:8080;
+    /// port 0 picks a free one, printed on stderr)
     #[arg(long)]
     pub listen: Option<String>,
+    /// HTTP proxy: a file of `AGENT TOKEN` lines (or `AGENT sha256:HEX`);
+    /// requests need `Authorization: Bearer TOKEN`, which decides the agent
+    #[arg(long)]
+    pub tokens: Option<PathBuf>,
+    /// HTTP proxy: most requests to the upstream at once
+    #[arg(long, default_value_t = 64)]
+    pub max_concurrent: usize,
     /// Upstream MCP server URL (HTTP proxy or stdio-to-HTTP bridge)
     #[arg(long)]
     pub upstream: Option<String>,
@@ -379,10 +387,20 @@ fn scan_cmd(args: &ScanArgs) -> ExitCode {
 }
 
 fn proxy_cmd(args: &ProxyArgs) -> ExitCode {
-    if args.listen.is_some() || args.upstream.is_some() {
-        return not_yet("proxy --listen/--upstream (Streamable HTTP)");
+    if args.listen.is_some() && args.upstream.is_none() {
+        eprintln!("error: --listen needs --upstream URL (the MCP server to proxy)");
+        return ExitCode::from(EXIT_INPUT);
     }
-    if args.command.is_empty() {
+    if args.upstream.is_some() && args.listen.is_none() {
+        return not_yet("proxy --upstream without --listen (the stdio-to-HTTP bridge)");
+    }
+    if args.listen.is_some() && !args.command.is_empty() {
+        eprintln!(
+            "error: give either --listen/--upstream or a server command after `--`, not both"
+        );
+        return ExitCode::from(EXIT_INPUT);
+    }
+    if args.listen.is_none() && args.command.is_empty() {
         eprintln!(
             "error: give the MCP server command after `--`, e.g. flightrec proxy --policy p.yaml -- npx server"
         );
@@ -415,16 +433,20 @@ fn proxy_cmd(args: &ProxyArgs) -> ExitCode {
             }
         },
     };
+    let gateway = crate::proxy::GatewayConfig {
+        policy_path: args.policy.clone(),
+        agent: args.agent.clone(),
+        server_name: args.server_name.clone(),
+        shadow_paths: args.shadow_policies.clone(),
+        redact,
+        upstream_timeout,
+    };
+    if let (Some(listen), Some(upstream)) = (&args.listen, &args.upstream) {
+        return http_proxy(args, gateway, listen, upstream);
+    }
     let config = crate::proxy::ProxyConfig {
         sync: args.fsync.into(),
-        gateway: crate::proxy::GatewayConfig {
-            policy_path: args.policy.clone(),
-            agent: args.agent.clone(),
-            server_name: args.server_name.clone(),
-            shadow_paths: args.shadow_policies.clone(),
-            redact,
-            upstream_timeout,
-        },
+        gateway,
         audit_dir: args.audit_dir.clone(),
         max_response_bytes: args.max_response_bytes,
         max_message_bytes: args.max_message_bytes,
@@ -464,6 +486,60 @@ pub(crate) fn time_arg(text: &Option<String>, what: &str) -> Result<Option<i64>,
             eprintln!("error: --{what}: {e}");
             ExitCode::from(EXIT_INPUT)
         }),
+    }
+}
+
+fn http_proxy(
+    args: &ProxyArgs,
+    gateway: crate::proxy::GatewayConfig,
+    listen: &str,
+    upstream: &str,
+) -> ExitCode {
+    let listen: std::net::SocketAddr = match listen.parse() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: --listen {listen}: {e} (expected e.g. 127.0.0.1:8080)");
+            return ExitCode::from(EXIT_INPUT);
+        }
+    };
+    let upstream: hyper::Uri = match upstream.parse::<hyper::Uri>() {
+        Ok(u) if u.scheme_str() == Some("http") && u.authority().is_some() => u,
+        Ok(_) => {
+            eprintln!(
+                "error: --upstream {upstream}: expected an http:// URL (e.g. http://127.0.0.1:8000/mcp)"
+            );
+            return ExitCode::from(EXIT_INPUT);
+        }
+        Err(e) => {
+            eprintln!("error: --upstream {upstream}: {e}");
+            return ExitCode::from(EXIT_INPUT);
+        }
+    };
+    let recorder =
+        match crate::proxy::gateway::open_recorder(args.audit_dir.as_deref(), args.fsync.into()) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(EXIT_INPUT);
+            }
+        };
+    let config = crate::proxy::HttpConfig {
+        upstream_timeout: gateway
+            .upstream_timeout
+            .unwrap_or(std::time::Duration::from_secs(365 * 24 * 3600)),
+        gateway,
+        listen,
+        upstream,
+        tokens: args.tokens.clone(),
+        max_body_bytes: args.max_message_bytes,
+        max_concurrent: args.max_concurrent,
+    };
+    match crate::proxy::http::run(config, recorder) {
+        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_INPUT)
+        }
     }
 }
 

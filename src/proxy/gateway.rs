@@ -180,9 +180,44 @@ impl Gateway {
         Ok(())
     }
 
-    /// Opens a session on this gateway.
-    pub fn session(self: &Arc<Self>, transport: Transport, server_guess: String) -> Session {
-        Session::new(self.clone(), transport, server_guess)
+    /// Reloads the policy file and says so on stderr; an invalid file is
+    /// reported and the old policy stays (SIGHUP and file changes, in every
+    /// transport).
+    pub fn reload_and_report(&self) {
+        match self.reload() {
+            Ok(()) => eprintln!(
+                "flightrec: policy {} reloaded",
+                self.policy_path().display()
+            ),
+            Err(e) => {
+                eprintln!("flightrec: policy reload failed, keeping the previous policy:\n{e}")
+            }
+        }
+    }
+
+    /// Reloads whenever the policy file changes (checked every 0.5 s; editors
+    /// that save by rename are seen), on a thread of its own.
+    pub fn watch_policy_file(self: &Arc<Self>) {
+        let gateway = self.clone();
+        std::thread::spawn(move || {
+            loop {
+                std::thread::sleep(std::time::Duration::from_millis(500));
+                if gateway.policy_file_changed() {
+                    gateway.reload_and_report();
+                }
+            }
+        });
+    }
+
+    /// Opens a session on this gateway (with a new id unless the transport
+    /// has one, such as an upstream's `Mcp-Session-Id`).
+    pub fn session(
+        self: &Arc<Self>,
+        transport: Transport,
+        id: Option<String>,
+        server_guess: String,
+    ) -> Session {
+        Session::new(self.clone(), transport, id, server_guess)
     }
 
     pub(crate) fn recording(&self) -> bool {
@@ -225,6 +260,28 @@ impl Gateway {
         }
         Ok(())
     }
+}
+
+/// Opens the audit directory for a proxy (if it has one) and reports on
+/// stderr what was recovered from a previous process.
+pub fn open_recorder(
+    dir: Option<&Path>,
+    sync: crate::audit::journal::SyncMode,
+) -> Result<Option<Recorder>, AuditError> {
+    let Some(dir) = dir else {
+        return Ok(None);
+    };
+    let r = Recorder::open(
+        dir,
+        crate::audit::RecorderConfig {
+            sync,
+            ..crate::audit::RecorderConfig::default()
+        },
+    )?;
+    for line in r.recovery().report(r.dir()) {
+        eprintln!("flightrec: {line}");
+    }
+    Ok(Some(r))
 }
 
 fn memory_generation(policy: Policy) -> Arc<Generation> {

@@ -10,17 +10,23 @@
 //! - [`session`] is the per-session pipeline: it decides what happens to
 //!   each client frame (forward, answer, hold) and each server frame, and
 //!   writes the audit rows;
-//! - [`stdio`] is a transport: framing, the child process, threads and
-//!   signals around a session. It knows no policy.
+//! - transports around sessions, knowing no policy: [`stdio`] (framing,
+//!   the child process, threads and signals) and `http` (a Streamable HTTP
+//!   reverse proxy on tokio and hyper: listening, identity, sessions by
+//!   header, JSON and SSE bodies).
 //!
 //! [`scan`] lists a server's tools for a starter policy.
 
+mod error;
 pub(crate) mod gateway;
+pub(crate) mod http;
 pub(crate) mod jsonrpc;
 pub(crate) mod scan;
 pub(crate) mod session;
 pub(crate) mod stdio;
 
+pub use error::ProxyError;
 pub use gateway::{Gateway, GatewayConfig};
+pub use http::HttpConfig;
 pub use session::{ClientAction, Session, Transport};
-pub use stdio::{ProxyConfig, ProxyError, run};
+pub use stdio::{ProxyConfig, run};

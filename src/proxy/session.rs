@@ -131,17 +131,26 @@ pub struct Session {
     server: Mutex<String>,
     categories: Mutex<HashMap<String, Category>>,
     pending: Mutex<HashMap<String, Ticket>>,
+    /// The agent the transport established (an HTTP bearer token's), which
+    /// the client cannot override; `None`: `--agent` or the client's name.
+    agent: Mutex<Option<String>>,
     /// Ids the client already got an answer for from the proxy (timed out
     /// or cancelled): a late answer from the server is dropped.
     abandoned: Mutex<std::collections::HashSet<String>>,
 }
 
 impl Session {
-    pub(crate) fn new(gateway: Arc<Gateway>, transport: Transport, server_guess: String) -> Self {
+    pub(crate) fn new(
+        gateway: Arc<Gateway>,
+        transport: Transport,
+        id: Option<String>,
+        server_guess: String,
+    ) -> Self {
         let server = gateway.config().server_name.clone().unwrap_or(server_guess);
         Session {
             gateway,
-            id: new_uuid_v7(),
+            id: id.unwrap_or_else(new_uuid_v7),
+            agent: Mutex::new(None),
             transport,
             client: Mutex::new(ClientInfo::default()),
             server: Mutex::new(server),
@@ -159,7 +168,24 @@ impl Session {
         &self.gateway
     }
 
+    /// Takes over what `from` learned from its handshake (the client's and
+    /// the server's names): the session an HTTP server's `Mcp-Session-Id`
+    /// starts, after the `initialize` that created it ran without one.
+    pub fn inherit(&self, from: &Session) {
+        *lock(&self.client) = lock(&from.client).clone();
+        *lock(&self.server) = lock(&from.server).clone();
+    }
+
+    /// Sets the agent for the session's next requests (a transport's
+    /// authenticated identity).
+    pub fn set_agent(&self, agent: Option<String>) {
+        *lock(&self.agent) = agent;
+    }
+
     fn agent(&self) -> String {
+        if let Some(a) = lock(&self.agent).clone() {
+            return a;
+        }
         if let Some(a) = &self.gateway.config().agent {
             return a.clone();
         }
@@ -225,11 +251,20 @@ impl Session {
 
     /// Decides what happens to one frame from the client.
     pub fn on_client_frame(&self, frame: Vec<u8>) -> ClientAction {
+        self.on_client_frame_in("", frame)
+    }
+
+    /// As [`Session::on_client_frame`], for a transport on which every
+    /// request has its own exchange (an HTTP POST): requests are told apart
+    /// by `scope` plus their id, so two clients sharing a session may use
+    /// the same ids. Answers go through [`Session::on_server_frame_in`]
+    /// with the same scope.
+    pub fn on_client_frame_in(&self, scope: &str, frame: Vec<u8>) -> ClientAction {
         if frame.iter().all(|b| b.is_ascii_whitespace()) {
             return ClientAction::Ignore;
         }
         // The frame moves on unchanged unless the proxy answers it: no copy.
-        match self.route(&frame) {
+        match self.route(&frame, scope) {
             Route::Forward => ClientAction::Forward(frame),
             Route::Answer(answer) => ClientAction::Respond(answer),
             Route::Drop => ClientAction::Ignore,
@@ -237,7 +272,7 @@ impl Session {
     }
 
     /// `None`: forward the frame; `Some`: answer the client with these bytes.
-    fn route(&self, frame: &[u8]) -> Route {
+    fn route(&self, frame: &[u8], scope: &str) -> Route {
         // A JSON-RPC batch: MCP has had none since 2025-06-18, and a server
         // that still runs them would run what the proxy did not decide.
         if frame.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
@@ -275,9 +310,10 @@ impl Session {
             IdKind::Missing if method == "notifications/cancelled" => {
                 // Forwarded, and the request's row completes as cancelled.
                 if let Some(request) = jsonrpc::cancelled_request(env.params) {
-                    let ticket = lock(&self.pending).remove(&request);
+                    let key = scoped(scope, &request);
+                    let ticket = lock(&self.pending).remove(&key);
                     if let Some(mut t) = ticket {
-                        self.abandon(request);
+                        self.abandon(key);
                         settle_all(std::mem::take(&mut t.reservations), Outcome::Cancelled);
                         t.row.outcome = Outcome::Cancelled;
                         self.finish(t);
@@ -310,7 +346,8 @@ impl Session {
                 ));
             }
         };
-        if lock(&self.pending).contains_key(&id) {
+        let key = scoped(scope, &id);
+        if lock(&self.pending).contains_key(&key) {
             // Its answer could not be told from the first one's: one of the
             // two calls would go unrecorded.
             let message = format!("flightrec: request id {id} is already in flight");
@@ -330,14 +367,14 @@ impl Session {
             };
         }
         if method == "tools/call" {
-            return match self.on_tool_call(&env, Some(id), frame.len()) {
+            return match self.on_tool_call(&env, Some(id), key, frame.len()) {
                 None => Route::Forward,
                 Some(answer) => Route::Answer(answer),
             };
         }
-        let row = self.base_row(method, Some(id.clone()), frame.len());
+        let row = self.base_row(method, Some(id), frame.len());
         lock(&self.pending).insert(
-            id,
+            key,
             Ticket {
                 row,
                 started: Instant::now(),
@@ -347,6 +384,49 @@ impl Session {
             },
         );
         Route::Forward
+    }
+
+    /// Refuses a frame for a reason the transport found (an HTTP header that
+    /// does not match the body, a missing token): records its row and
+    /// returns the JSON-RPC error for the client.
+    pub fn reject(&self, frame: &[u8], rule: &str, code: i64, message: &str) -> Vec<u8> {
+        let (method, id) = match serde_json::from_slice::<Envelope>(frame) {
+            Ok(env) => (
+                env.method.clone().unwrap_or_else(|| "<invalid>".into()),
+                match env.id_kind() {
+                    IdKind::Valid(id) => Some(id),
+                    _ => None,
+                },
+            ),
+            Err(_) => ("<invalid>".into(), None),
+        };
+        self.refuse(&method, id, frame.len(), rule, code, message)
+            .unwrap_or_default()
+    }
+
+    /// Ends a forwarded request the transport could not get an answer for
+    /// (the upstream is down, timed out or answered with an HTTP error):
+    /// completes its row with `outcome` and returns the JSON-RPC error for
+    /// the client. `None` when no such request is waiting.
+    pub fn fail_request(
+        &self,
+        id: &str,
+        outcome: Outcome,
+        code: i64,
+        message: &str,
+    ) -> Option<Vec<u8>> {
+        let mut t = lock(&self.pending).remove(id)?;
+        settle_all(std::mem::take(&mut t.reservations), outcome);
+        t.row.outcome = outcome;
+        t.row.error_code = Some(code);
+        t.row.error_message = Some(message.to_string());
+        let raw = t
+            .row
+            .jsonrpc_id
+            .as_deref()
+            .and_then(|text| RawValue::from_string(text.to_string()).ok());
+        self.finish(t);
+        Some(jsonrpc::error_frame(raw.as_deref(), code, message))
     }
 
     /// Refuses a frame: records its row and returns the JSON-RPC error for
@@ -378,6 +458,7 @@ impl Session {
         &self,
         env: &Envelope<'_>,
         id: Option<String>,
+        key: String,
         bytes: usize,
     ) -> Option<Vec<u8>> {
         let modern = jsonrpc::speaks_2026(env.params);
@@ -482,8 +563,8 @@ impl Session {
                 begun: self.gateway.recording(),
                 tools_list: false,
             };
-            if let Some(id) = id {
-                lock(&self.pending).insert(id, ticket);
+            if id.is_some() {
+                lock(&self.pending).insert(key, ticket);
             }
             return None;
         }
@@ -548,14 +629,17 @@ impl Session {
                 .collect()
         };
         for (id, mut t) in expired {
-            let raw = RawValue::from_string(id.clone()).ok();
+            let request = t.row.jsonrpc_id.clone().unwrap_or_else(|| id.clone());
+            let raw = RawValue::from_string(request.clone()).ok();
             let message = format!(
                 "flightrec: the MCP server did not answer within {timeout:?} (--upstream-timeout)"
             );
             out.to_client
                 .push(jsonrpc::error_frame(raw.as_deref(), -32001, &message));
-            out.to_server
-                .push(jsonrpc::cancelled_frame(&id, "flightrec: upstream timeout"));
+            out.to_server.push(jsonrpc::cancelled_frame(
+                &request,
+                "flightrec: upstream timeout",
+            ));
             self.abandon(id);
             settle_all(std::mem::take(&mut t.reservations), Outcome::Timeout);
             t.row.outcome = Outcome::Timeout;
@@ -600,13 +684,22 @@ impl Session {
 
     /// What to send the client for one frame from the server.
     pub fn on_server_frame(&self, frame: Vec<u8>) -> ServerAction {
+        self.on_server_frame_in("", frame)
+    }
+
+    /// As [`Session::on_server_frame`], for an answer that came back on the
+    /// exchange `scope` (see [`Session::on_client_frame_in`]).
+    pub fn on_server_frame_in(&self, scope: &str, frame: Vec<u8>) -> ServerAction {
         let Ok(env) = serde_json::from_slice::<Envelope>(&frame) else {
             return ServerAction {
                 send: Some(frame),
                 completion: None,
             };
         };
-        let id = env.id_text().filter(|_| env.is_response());
+        let id = env
+            .id_text()
+            .filter(|_| env.is_response())
+            .map(|id| scoped(scope, &id));
         let ticket = id.as_ref().and_then(|id| lock(&self.pending).remove(id));
         let Some(ticket) = ticket else {
             if let Some(id) = id
@@ -736,6 +829,15 @@ impl Session {
         let mut out = serde_json::to_vec(&json!({"jsonrpc": "2.0", "id": id, "result": v})).ok()?;
         out.push(b'\n');
         Some(out)
+    }
+}
+
+/// The key a request waits under: its id, within its exchange's scope.
+fn scoped(scope: &str, id: &str) -> String {
+    if scope.is_empty() {
+        id.to_string()
+    } else {
+        format!("{scope}\u{1f}{id}")
     }
 }
 

@@ -9,8 +9,8 @@
 //! it says, and the server thread sends the client what it says, then
 //! completes the request's row.
 
-use crate::audit::{Recorder, RecorderConfig};
 use crate::policy::Outcome;
+use crate::proxy::ProxyError;
 use crate::proxy::gateway::{Gateway, GatewayConfig};
 use crate::proxy::session::{ClientAction, Session, Transport};
 use std::io::{BufRead, BufReader, Write};
@@ -34,22 +34,6 @@ pub struct ProxyConfig {
     /// When the audit journal is forced to disk.
     pub sync: crate::audit::journal::SyncMode,
     pub command: Vec<String>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ProxyError {
-    #[error(transparent)]
-    Policy(#[from] crate::policy::PolicyError),
-    #[error(transparent)]
-    Audit(#[from] crate::audit::AuditError),
-    #[error("cannot start the MCP server `{command}`: {source}")]
-    Spawn {
-        command: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("i/o error: {0}")]
-    Io(#[from] std::io::Error),
 }
 
 /// The server's stdin: the client thread's frames and the timer's
@@ -99,22 +83,7 @@ enum Event {
 /// record, write), so a call crosses no thread or runtime handoff: the added
 /// latency is the proxy's own work plus the journal write.
 pub fn run(config: ProxyConfig) -> Result<i32, ProxyError> {
-    let recorder = match &config.audit_dir {
-        Some(d) => {
-            let r = Recorder::open(
-                d,
-                RecorderConfig {
-                    sync: config.sync,
-                    ..RecorderConfig::default()
-                },
-            )?;
-            for line in r.recovery().report(r.dir()) {
-                eprintln!("flightrec: {line}");
-            }
-            Some(r)
-        }
-        None => None,
-    };
+    let recorder = crate::proxy::gateway::open_recorder(config.audit_dir.as_deref(), config.sync)?;
     let gateway = Arc::new(Gateway::new(config.gateway.clone(), recorder)?);
     let Some((program, args)) = config.command.split_first() else {
         return Err(ProxyError::Spawn {
@@ -149,7 +118,7 @@ pub fn run(config: ProxyConfig) -> Result<i32, ProxyError> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let session = Arc::new(gateway.session(Transport::Stdio, server_guess));
+    let session = Arc::new(gateway.session(Transport::Stdio, None, server_guess));
     let out = Arc::new(ClientOut(Mutex::new(std::io::stdout())));
 
     let (events, inbox) = mpsc::channel::<Event>();
@@ -221,19 +190,7 @@ pub fn run(config: ProxyConfig) -> Result<i32, ProxyError> {
             }
         });
     }
-    // Reload when the policy file changes (editors save by rename: compare
-    // the modification time and size).
-    {
-        let gateway = gateway.clone();
-        std::thread::spawn(move || {
-            loop {
-                std::thread::sleep(Duration::from_millis(500));
-                if gateway.policy_file_changed() {
-                    reload(&gateway);
-                }
-            }
-        });
-    }
+    gateway.watch_policy_file();
 
     let mut client_gone = false;
     let status = loop {
@@ -248,7 +205,7 @@ pub fn run(config: ProxyConfig) -> Result<i32, ProxyError> {
                 );
                 break wait_or_kill(&inbox, pid, None, config.grace)?;
             }
-            Ok(Event::Signal(libc::SIGHUP)) => reload(&gateway),
+            Ok(Event::Signal(libc::SIGHUP)) => gateway.reload_and_report(),
             Ok(Event::Signal(sig)) => break wait_or_kill(&inbox, pid, Some(sig), config.grace)?,
             Err(_) => {
                 return Err(ProxyError::Io(std::io::Error::other(
@@ -353,18 +310,6 @@ fn exit_code(status: std::process::ExitStatus) -> i32 {
     status
         .code()
         .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
-}
-
-/// Reloads the policy file; an invalid file is reported and the old policy
-/// stays.
-fn reload(gateway: &Gateway) {
-    match gateway.reload() {
-        Ok(()) => eprintln!(
-            "flightrec: policy {} reloaded",
-            gateway.policy_path().display()
-        ),
-        Err(e) => eprintln!("flightrec: policy reload failed, keeping the previous policy:\n{e}"),
-    }
 }
 
 enum Frame {

@@ -3,6 +3,7 @@
 as JSON, and prints what it received as one JSON object.
 
 usage: sdk_client.py MODE CALLS_JSON -- COMMAND ARGS…   (MODE: auto | legacy)
+       sdk_client.py MODE CALLS_JSON -- http://HOST:PORT/PATH  (Streamable HTTP)
 """
 import asyncio
 import json
@@ -15,7 +16,10 @@ async def main():
     mode = sys.argv[1]
     calls = json.loads(sys.argv[2])
     cmd = sys.argv[sys.argv.index("--") + 1 :]
-    params = StdioServerParameters(command=cmd[0], args=cmd[1:])
+    if cmd[0].startswith("http://"):
+        params = cmd[0]
+    else:
+        params = StdioServerParameters(command=cmd[0], args=cmd[1:])
     out = {"tools": [], "calls": []}
     async with Client(params, mode=mode) as client:
         tools = await client.list_tools()

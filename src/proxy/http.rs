@@ -1,0 +1,743 @@
+//! The Streamable HTTP transport: `flightrec proxy --listen ADDR --upstream
+//! URL` is a reverse proxy in front of an MCP server that speaks Streamable
+//! HTTP, for both protocol generations.
+//!
+//! This file owns only what is HTTP's: listening, identity (bearer tokens,
+//! identity headers), choosing the session a request belongs to, checking
+//! the 2026-07-28 `Mcp-Method`/`Mcp-Name` headers against the body, size
+//! limits, the upstream client, and reading and writing JSON and SSE
+//! bodies. What happens to each JSON-RPC message is the [`Session`]'s
+//! business, exactly as on stdio.
+//!
+//! - `POST`: the body is one JSON-RPC message. The session decides; a
+//!   refusal is answered here (as JSON, or as an SSE stream when the client
+//!   accepts only that); a forwarded request's answer (JSON, or an SSE
+//!   stream whose events are read one by one) goes back through the session
+//!   (`tools/list` filtering, rows), notifications in the stream pass in
+//!   order.
+//! - `GET` (the server's stream), `DELETE` (end of session) and anything
+//!   else are forwarded untouched, bodies streamed both ways.
+//!
+//! Sessions: the upstream's `Mcp-Session-Id` when the request carries one;
+//! else the client's `X-Session-Id`; else one session per agent (stateless
+//! 2026-07-28 clients). Agent: the bearer token's (with `--tokens`, which
+//! identity headers cannot override), else `X-Agent-Id`, else the client's
+//! name.
+
+use crate::audit::Recorder;
+use crate::policy::Outcome;
+use crate::proxy::ProxyError;
+use crate::proxy::gateway::{Gateway, GatewayConfig, lock};
+use crate::proxy::jsonrpc::{self, Envelope};
+use crate::proxy::session::{ClientAction, Session, Transport};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Body, Frame, Incoming};
+use hyper::header::{HeaderMap, HeaderName, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode, Uri};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type ProxyBody = http_body_util::combinators::BoxBody<Bytes, BoxError>;
+
+/// How the HTTP proxy was started.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    pub gateway: GatewayConfig,
+    pub listen: SocketAddr,
+    /// The upstream MCP endpoint, e.g. `http://127.0.0.1:8000/mcp`.
+    pub upstream: Uri,
+    /// `AGENT TOKEN` lines: the bearer token decides the agent.
+    pub tokens: Option<PathBuf>,
+    /// Request bodies longer than this are refused (413).
+    pub max_body_bytes: usize,
+    /// Connecting to the upstream and getting its answer.
+    pub upstream_timeout: Duration,
+    /// At most this many requests to the upstream at once.
+    pub max_concurrent: usize,
+}
+
+/// Bearer tokens, kept as their SHA-256 (a lookup by hash does not compare
+/// secrets byte by byte).
+struct Tokens(HashMap<[u8; 32], String>);
+
+impl Tokens {
+    fn load(path: &Path) -> Result<Tokens, ProxyError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ProxyError::Config(format!("--tokens {}: {e}", path.display())))?;
+        let mut map = HashMap::new();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let Some((agent, token)) = line.split_once(char::is_whitespace) else {
+                return Err(ProxyError::Config(format!(
+                    "--tokens {}:{}: expected `AGENT TOKEN` (or `AGENT sha256:HEX`)",
+                    path.display(),
+                    n + 1
+                )));
+            };
+            let token = token.trim();
+            let hash: [u8; 32] = match token.strip_prefix("sha256:") {
+                Some(hex_text) => {
+                    let mut h = [0u8; 32];
+                    hex::decode_to_slice(hex_text, &mut h).map_err(|e| {
+                        ProxyError::Config(format!("--tokens {}:{}: {e}", path.display(), n + 1))
+                    })?;
+                    h
+                }
+                None => Sha256::digest(token.as_bytes()).into(),
+            };
+            map.insert(hash, agent.to_string());
+        }
+        Ok(Tokens(map))
+    }
+
+    fn agent(&self, token: &str) -> Option<&str> {
+        let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        self.0.get(&hash).map(String::as_str)
+    }
+}
+
+struct Shared {
+    gateway: Arc<Gateway>,
+    config: HttpConfig,
+    tokens: Option<Tokens>,
+    client: Client<HttpConnector, ProxyBody>,
+    sessions: Mutex<HashMap<String, Arc<Session>>>,
+    slots: tokio::sync::Semaphore,
+    in_flight: AtomicUsize,
+    /// Numbers the POST exchanges (the scope their request waits under).
+    exchanges: AtomicUsize,
+    server_guess: String,
+}
+
+/// One POST's request, as the upstream call needs it.
+struct Exchange {
+    scope: String,
+    /// The scoped key its request waits under.
+    request_id: Option<String>,
+    wants_json: bool,
+    agent: Option<String>,
+}
+
+/// Runs the HTTP proxy until SIGTERM or SIGINT; in-flight requests are
+/// drained and the audit log flushed before it returns.
+pub fn run(config: HttpConfig, recorder: Option<Recorder>) -> Result<i32, ProxyError> {
+    if config.tokens.is_none() && !config.listen.ip().is_loopback() {
+        return Err(ProxyError::Config(format!(
+            "refusing to listen on {} without --tokens: anyone who can reach it could call your tools; listen on 127.0.0.1 or ::1, or give --tokens FILE",
+            config.listen
+        )));
+    }
+    let tokens = config.tokens.as_deref().map(Tokens::load).transpose()?;
+    let gateway = Arc::new(Gateway::new(config.gateway.clone(), recorder)?);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(serve(gateway, config, tokens))
+}
+
+async fn serve(
+    gateway: Arc<Gateway>,
+    config: HttpConfig,
+    tokens: Option<Tokens>,
+) -> Result<i32, ProxyError> {
+    let listener = tokio::net::TcpListener::bind(config.listen).await?;
+    let local = listener.local_addr()?;
+    let server_guess = config
+        .upstream
+        .authority()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let client = Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .build_http();
+    let shared = Arc::new(Shared {
+        slots: tokio::sync::Semaphore::new(config.max_concurrent.max(1)),
+        gateway: gateway.clone(),
+        tokens,
+        client,
+        sessions: Mutex::new(HashMap::new()),
+        in_flight: AtomicUsize::new(0),
+        exchanges: AtomicUsize::new(0),
+        server_guess,
+        config,
+    });
+    gateway.watch_policy_file();
+    eprintln!(
+        "flightrec: listening on http://{local}/ → {}",
+        shared.config.upstream
+    );
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let _ = stream.set_nodelay(true);
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req| {
+                        let shared = shared.clone();
+                        async move { Ok::<_, std::convert::Infallible>(handle(shared, req).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+            _ = hup.recv() => gateway.reload_and_report(),
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    // Stop accepting; let requests in flight finish (bounded), then flush.
+    drop(listener);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while shared.in_flight.load(Ordering::Acquire) > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for session in lock(&shared.sessions).values() {
+        session.abandon_all(Outcome::Interrupted, "flightrec: the proxy is stopping");
+    }
+    gateway.close()?;
+    Ok(0)
+}
+
+/// Counts a request in flight for the graceful stop.
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl<'a> InFlight<'a> {
+    fn new(n: &'a AtomicUsize) -> Self {
+        n.fetch_add(1, Ordering::AcqRel);
+        InFlight(n)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<ProxyBody> {
+    let _counted = InFlight::new(&shared.in_flight);
+    if req.method() != Method::POST {
+        if req.method() == Method::DELETE
+            && let Some(id) = header(req.headers(), "mcp-session-id")
+        {
+            lock(&shared.sessions).retain(|k, _| !k.ends_with(&format!("\u{1f}mcp:{id}")));
+        }
+        return pass_through(&shared, req).await;
+    }
+    // Identity first: a request without a valid token gets no further.
+    let agent = match &shared.tokens {
+        Some(tokens) => {
+            let token = header(req.headers(), "authorization")
+                .and_then(|v| v.strip_prefix("Bearer ").map(str::to_string));
+            match token.as_deref().and_then(|t| tokens.agent(t)) {
+                Some(agent) => Some(agent.to_string()),
+                None => {
+                    let session = session_for(&shared, req.headers(), None);
+                    let body = read_body(req, shared.config.max_body_bytes).await;
+                    let frame = body.unwrap_or_default();
+                    let answer = session.reject(
+                        &frame,
+                        "(unauthorized)",
+                        -32001,
+                        "flightrec: a valid bearer token is required",
+                    );
+                    return json_response(StatusCode::UNAUTHORIZED, answer);
+                }
+            }
+        }
+        None => header(req.headers(), "x-agent-id").map(str::to_string),
+    };
+    let session = session_for(&shared, req.headers(), agent.as_deref());
+    session.set_agent(agent.clone());
+    let headers = req.headers().clone();
+    let frame = match read_body(req, shared.config.max_body_bytes).await {
+        Ok(b) => b,
+        Err(BodyError::TooLarge) => {
+            let n = shared.config.max_body_bytes;
+            let answer = session.on_oversized_client_frame(n + 1, n);
+            return json_response(StatusCode::PAYLOAD_TOO_LARGE, answer);
+        }
+        Err(BodyError::Read) => {
+            return plain(
+                StatusCode::BAD_REQUEST,
+                "flightrec: could not read the body",
+            );
+        }
+    };
+    if let Some(mismatch) = header_mismatch(&headers, &frame) {
+        let answer = session.reject(&frame, "(header mismatch)", -32020, &mismatch);
+        return json_response(StatusCode::BAD_REQUEST, answer);
+    }
+    let wants_json =
+        accepts(&headers, "application/json") || !accepts(&headers, "text/event-stream");
+    // Every POST is its own exchange: its request waits under a scope of
+    // its own, so clients sharing a session may reuse ids.
+    let scope = shared.exchanges.fetch_add(1, Ordering::Relaxed).to_string();
+    let request_id = serde_json::from_slice::<Envelope>(&frame)
+        .ok()
+        .and_then(|e| e.id_text())
+        .map(|id| format!("{scope}\u{1f}{id}"));
+    match session.on_client_frame_in(&scope, frame) {
+        ClientAction::Respond(answer) => {
+            if wants_json {
+                json_response(StatusCode::OK, answer)
+            } else {
+                sse_response(StatusCode::OK, answer)
+            }
+        }
+        ClientAction::Ignore | ClientAction::Hold(_) => empty(StatusCode::ACCEPTED),
+        ClientAction::Forward(body) => {
+            let exchange = Exchange {
+                scope,
+                request_id,
+                wants_json,
+                agent,
+            };
+            forward_post(&shared, &session, &headers, body, exchange).await
+        }
+    }
+}
+
+/// The session a request belongs to (created on first use). With tokens,
+/// the agent is part of the key: one agent cannot join another's session.
+fn session_for(shared: &Arc<Shared>, headers: &HeaderMap, agent: Option<&str>) -> Arc<Session> {
+    let (kind, id) = match (
+        header(headers, "mcp-session-id"),
+        header(headers, "x-session-id"),
+    ) {
+        (Some(id), _) => ("mcp", id.to_string()),
+        (None, Some(id)) => ("x", id.to_string()),
+        (None, None) => ("agent", agent.unwrap_or("anonymous").to_string()),
+    };
+    let key = format!("{}\u{1f}{kind}:{id}", agent.unwrap_or(""));
+    let mut sessions = lock(&shared.sessions);
+    sessions
+        .entry(key)
+        .or_insert_with(|| {
+            let audit_id = match kind {
+                "agent" => format!("agent:{id}"),
+                _ => id,
+            };
+            Arc::new(shared.gateway.session(
+                Transport::Http,
+                Some(audit_id),
+                shared.server_guess.clone(),
+            ))
+        })
+        .clone()
+}
+
+/// 2026-07-28 clients name the method (and a tool call's tool) in headers;
+/// a proxy that reads them must check them against the body, or a client
+/// could show it one tool and the server another.
+fn header_mismatch(headers: &HeaderMap, frame: &[u8]) -> Option<String> {
+    let method_header = header(headers, "mcp-method");
+    let name_header = header(headers, "mcp-name");
+    if method_header.is_none() && name_header.is_none() {
+        return None;
+    }
+    let env: Envelope = serde_json::from_slice(frame).ok()?;
+    let method = env.method.as_deref().unwrap_or_default();
+    if let Some(m) = method_header
+        && m != method
+    {
+        return Some(format!(
+            "Mcp-Method header `{m}` does not match the body's method `{method}`"
+        ));
+    }
+    if method == "tools/call" {
+        let name = env
+            .params
+            .and_then(|p| serde_json::from_str::<jsonrpc::ToolCallParams>(p.get()).ok())
+            .map(|p| p.name);
+        if name_header != name.as_deref() {
+            return Some(format!(
+                "Mcp-Name header {:?} does not match the body's tool {:?}",
+                name_header, name
+            ));
+        }
+    }
+    None
+}
+
+async fn forward_post(
+    shared: &Arc<Shared>,
+    session: &Arc<Session>,
+    headers: &HeaderMap,
+    body: Vec<u8>,
+    exchange: Exchange,
+) -> Response<ProxyBody> {
+    let Exchange {
+        scope,
+        request_id,
+        wants_json,
+        agent: session_agent,
+    } = exchange;
+    let fail = |outcome: Outcome, code: i64, message: String| {
+        let answer = request_id
+            .as_deref()
+            .and_then(|id| session.fail_request(id, outcome, code, &message))
+            .unwrap_or_else(|| jsonrpc::error_frame(None, code, &message));
+        if wants_json {
+            json_response(StatusCode::OK, answer)
+        } else {
+            sse_response(StatusCode::OK, answer)
+        }
+    };
+    let mut up = Request::builder()
+        .method(Method::POST)
+        .uri(shared.config.upstream.clone());
+    copy_request_headers(
+        headers,
+        up.headers_mut().expect("builder"),
+        shared.tokens.is_some(),
+    );
+    let up = match up.body(full(body)) {
+        Ok(r) => r,
+        Err(e) => return fail(Outcome::UpstreamGone, -32603, format!("flightrec: {e}")),
+    };
+    let _slot = shared.slots.acquire().await;
+    let timeout = shared.config.upstream_timeout;
+    let resp = match tokio::time::timeout(timeout, shared.client.request(up)).await {
+        Err(_) => {
+            return fail(
+                Outcome::Timeout,
+                -32001,
+                format!("flightrec: the MCP server did not answer within {timeout:?}"),
+            );
+        }
+        Ok(Err(e)) => {
+            return fail(
+                Outcome::UpstreamGone,
+                -32603,
+                format!("flightrec: the MCP server is unreachable: {e}"),
+            );
+        }
+        Ok(Ok(r)) => r,
+    };
+    let (parts, incoming) = resp.into_parts();
+    // A handshake that started a server session: the session by that id
+    // knows who the client and the server are.
+    if header(headers, "mcp-session-id").is_none()
+        && let Some(id) = header(&parts.headers, "mcp-session-id")
+    {
+        let mut next = headers.clone();
+        if let Ok(v) = HeaderValue::from_str(id) {
+            next.insert("mcp-session-id", v);
+        }
+        session_for(shared, &next, session_agent.as_deref()).inherit(session);
+    }
+    let content_type = header(&parts.headers, "content-type").unwrap_or_default();
+    let mut out = Response::builder().status(parts.status);
+    copy_response_headers(&parts.headers, out.headers_mut().expect("builder"));
+    if content_type.starts_with("text/event-stream") {
+        let body = sse_through_session(session.clone(), scope, incoming);
+        return out
+            .body(body)
+            .unwrap_or_else(|_| plain(StatusCode::BAD_GATEWAY, "flightrec: bad response"));
+    }
+    let bytes = match tokio::time::timeout(timeout, incoming.collect()).await {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(e)) => {
+            return fail(
+                Outcome::UpstreamGone,
+                -32603,
+                format!("flightrec: the MCP server's answer broke off: {e}"),
+            );
+        }
+        Err(_) => {
+            return fail(
+                Outcome::Timeout,
+                -32001,
+                format!("flightrec: the MCP server did not answer within {timeout:?}"),
+            );
+        }
+    };
+    if bytes.is_empty() || !content_type.starts_with("application/json") {
+        // No JSON-RPC answer (an HTTP error page, an empty 202): the request
+        // ends here, and the client sees the upstream's own status and body.
+        if let Some(id) = &request_id {
+            let message = format!("flightrec: the MCP server answered HTTP {}", parts.status);
+            session.fail_request(id, Outcome::RpcError, -32603, &message);
+        }
+        return out
+            .body(full(bytes.to_vec()))
+            .unwrap_or_else(|_| plain(StatusCode::BAD_GATEWAY, "flightrec: bad response"));
+    }
+    let action = session.on_server_frame_in(&scope, bytes.to_vec());
+    let send = action.send.unwrap_or_default();
+    let response = out
+        .body(full(send))
+        .unwrap_or_else(|_| plain(StatusCode::BAD_GATEWAY, "flightrec: bad response"));
+    if let Some(c) = action.completion {
+        session.complete(c);
+    }
+    response
+}
+
+/// Forwards a request as it is (GET streams, DELETE), bodies streamed.
+async fn pass_through(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<ProxyBody> {
+    let (parts, body) = req.into_parts();
+    let mut up = Request::builder()
+        .method(parts.method.clone())
+        .uri(shared.config.upstream.clone());
+    copy_request_headers(
+        &parts.headers,
+        up.headers_mut().expect("builder"),
+        shared.tokens.is_some(),
+    );
+    let Ok(up) = up.body(body.map_err(|e| Box::new(e) as BoxError).boxed()) else {
+        return plain(StatusCode::BAD_REQUEST, "flightrec: bad request");
+    };
+    match shared.client.request(up).await {
+        Ok(resp) => {
+            let (parts, incoming) = resp.into_parts();
+            let mut out = Response::builder().status(parts.status);
+            copy_response_headers(&parts.headers, out.headers_mut().expect("builder"));
+            out.body(incoming.map_err(|e| Box::new(e) as BoxError).boxed())
+                .unwrap_or_else(|_| plain(StatusCode::BAD_GATEWAY, "flightrec: bad response"))
+        }
+        Err(e) => plain(
+            StatusCode::BAD_GATEWAY,
+            &format!("flightrec: the MCP server is unreachable: {e}"),
+        ),
+    }
+}
+
+/// An upstream SSE body read event by event: each event's JSON-RPC message
+/// goes through the session (filtered `tools/list`, rows completed once the
+/// event is on its way); other fields and events pass in order.
+fn sse_through_session(session: Arc<Session>, scope: String, mut incoming: Incoming) -> ProxyBody {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
+    tokio::spawn(async move {
+        let mut buf: Vec<u8> = Vec::new();
+        while let Some(frame) = incoming.frame().await {
+            let Ok(frame) = frame else { break };
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            buf.extend_from_slice(&data);
+            while let Some((end, sep)) = event_end(&buf) {
+                let event: Vec<u8> = buf.drain(..end + sep).collect();
+                let text = String::from_utf8_lossy(&event[..end]).into_owned();
+                let (out, completion) = rewrite_event(&session, &scope, &text);
+                if let Some(out) = out
+                    && tx.send(Bytes::from(out)).await.is_err()
+                {
+                    return;
+                }
+                if let Some(c) = completion {
+                    session.complete(c);
+                }
+            }
+        }
+        if !buf.is_empty() {
+            let _ = tx.send(Bytes::from(buf)).await;
+        }
+    });
+    ChannelBody(rx).boxed()
+}
+
+/// Where the first SSE event in `buf` ends, and the separator's length.
+fn event_end(buf: &[u8]) -> Option<(usize, usize)> {
+    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|i| (i, 2));
+    let crlf = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| (i, 4));
+    match (lf, crlf) {
+        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
+        (a, b) => a.or(b),
+    }
+}
+
+/// One SSE event through the session: `None` when it is dropped (a late
+/// answer the client already got from the proxy).
+fn rewrite_event(
+    session: &Session,
+    scope: &str,
+    event: &str,
+) -> (Option<String>, Option<crate::proxy::session::Completion>) {
+    let mut data = Vec::new();
+    let mut other = Vec::new();
+    for line in event.lines() {
+        match line.strip_prefix("data:") {
+            Some(d) => data.push(d.strip_prefix(' ').unwrap_or(d)),
+            None => other.push(line),
+        }
+    }
+    if data.is_empty() {
+        return (Some(format!("{event}\n\n")), None);
+    }
+    let action = session.on_server_frame_in(scope, data.join("\n").into_bytes());
+    let Some(send) = action.send else {
+        return (None, action.completion);
+    };
+    let mut out = String::new();
+    for line in other {
+        out.push_str(line);
+        out.push('\n');
+    }
+    out.push_str("data: ");
+    out.push_str(String::from_utf8_lossy(&send).trim_end());
+    out.push_str("\n\n");
+    (Some(out), action.completion)
+}
+
+/// A body fed from a channel.
+struct ChannelBody(tokio::sync::mpsc::Receiver<Bytes>);
+
+impl Body for ChannelBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.0.poll_recv(cx).map(|b| b.map(|b| Ok(Frame::data(b))))
+    }
+}
+
+enum BodyError {
+    TooLarge,
+    Read,
+}
+
+async fn read_body(req: Request<Incoming>, max: usize) -> Result<Vec<u8>, BodyError> {
+    match Limited::new(req.into_body(), max).collect().await {
+        Ok(b) => Ok(b.to_bytes().to_vec()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(BodyError::TooLarge),
+        Err(_) => Err(BodyError::Read),
+    }
+}
+
+fn header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn accepts(headers: &HeaderMap, kind: &str) -> bool {
+    header(headers, "accept").is_some_and(|a| a.contains(kind) || a.contains("*/*"))
+}
+
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+];
+
+/// Every header but hop-by-hop ones and the length (the body may change);
+/// with `--tokens` the client's token is flightrec's, not the server's.
+fn copy_request_headers(from: &HeaderMap, to: &mut HeaderMap, strip_auth: bool) {
+    for (name, value) in from {
+        let n = name.as_str();
+        if HOP_BY_HOP.contains(&n) || n == "content-length" || (strip_auth && n == "authorization")
+        {
+            continue;
+        }
+        to.append(name.clone(), value.clone());
+    }
+}
+
+fn copy_response_headers(from: &HeaderMap, to: &mut HeaderMap) {
+    for (name, value) in from {
+        let n = name.as_str();
+        if HOP_BY_HOP.contains(&n) || n == "content-length" {
+            continue;
+        }
+        to.append(name.clone(), value.clone());
+    }
+}
+
+fn full(bytes: Vec<u8>) -> ProxyBody {
+    Full::new(Bytes::from(bytes))
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+fn json_response(status: StatusCode, body: Vec<u8>) -> Response<ProxyBody> {
+    let mut r = Response::new(full(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        HeaderName::from_static("content-type"),
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn sse_response(status: StatusCode, message: Vec<u8>) -> Response<ProxyBody> {
+    let text = String::from_utf8_lossy(&message);
+    let body = format!("event: message\ndata: {}\n\n", text.trim_end());
+    let mut r = Response::new(full(body.into_bytes()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        HeaderName::from_static("content-type"),
+        HeaderValue::from_static("text/event-stream"),
+    );
+    r
+}
+
+fn empty(status: StatusCode) -> Response<ProxyBody> {
+    let mut r = Response::new(full(Vec::new()));
+    *r.status_mut() = status;
+    r
+}
+
+fn plain(status: StatusCode, text: &str) -> Response<ProxyBody> {
+    let mut r = Response::new(full(text.as_bytes().to_vec()));
+    *r.status_mut() = status;
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sse_events_split_on_either_line_ending() {
+        assert_eq!(event_end(b"data: a\n\ndata: b"), Some((7, 2)));
+        assert_eq!(event_end(b"data: a\r\n\r\n"), Some((7, 4)));
+        assert_eq!(event_end(b"data: a\n"), None);
+    }
+
+    #[test]
+    fn header_checks() {
+        let mut h = HeaderMap::new();
+        let frame = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"copy"}}"#;
+        assert_eq!(header_mismatch(&h, frame), None);
+        h.insert("mcp-method", HeaderValue::from_static("tools/call"));
+        h.insert("mcp-name", HeaderValue::from_static("copy"));
+        assert_eq!(header_mismatch(&h, frame), None);
+        h.insert("mcp-name", HeaderValue::from_static("list"));
+        assert!(header_mismatch(&h, frame).is_some());
+        h.insert("mcp-method", HeaderValue::from_static("tools/list"));
+        assert!(header_mismatch(&h, frame).is_some());
+    }
+}

@@ -1,0 +1,458 @@
+//! The Streamable HTTP proxy with real peers on loopback: the official MCP
+//! Python SDK's streamable-HTTP server as the upstream and its client
+//! through the proxy in both protocol generations; sessions, the
+//! header-mismatch rejection, tokens and the loopback guard, an upstream
+//! that is down, and the audit log read back and verified.
+
+mod common;
+
+use common::{Timed, dir_rows, flightrec, need, root};
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn sdk_python() -> PathBuf {
+    need(root().join(".venv-sdk/bin/python"))
+}
+
+/// A port free right now (the SDK server binds it next).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Kills a child when the test ends, however it ends.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The SDK's streamable-HTTP server on a loopback port, once it accepts
+/// connections.
+fn sdk_server(extra: &[&str]) -> (Guard, u16) {
+    let port = free_port();
+    let child = Command::new(sdk_python())
+        .arg(root().join("tests/e2e/sdk_http_server.py"))
+        .arg(port.to_string())
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let guard = Guard(child);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "the SDK server did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (guard, port)
+}
+
+/// `flightrec proxy --listen 127.0.0.1:0 …`: the process, the address it
+/// printed, and its stderr lines.
+fn proxy(args: &[&str]) -> (Guard, SocketAddr, std::sync::mpsc::Receiver<String>) {
+    let mut child = Command::new(flightrec())
+        .arg("proxy")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(stderr).lines() {
+            let Ok(l) = l else { break };
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    let guard = Guard(child);
+    loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the proxy prints its address");
+        if let Some(rest) = line.strip_prefix("flightrec: listening on http://") {
+            let addr = rest.split('/').next().unwrap().parse().unwrap();
+            return (guard, addr, rx);
+        }
+    }
+}
+
+/// Stops a proxy with SIGTERM and waits for it (it flushes the log).
+fn stop(mut p: Guard) -> std::process::ExitStatus {
+    // SAFETY: kill(2) on a child this test started.
+    unsafe {
+        libc::kill(p.0.id() as i32, libc::SIGTERM);
+    }
+    common::wait_within(&mut p.0, Duration::from_secs(60))
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    common::write_file(dir, name, text)
+}
+
+const POLICY: &str = "version: \"1\"\nhide: [delete_image_set]\ntools:\n  copy_image_set:\n    rules:\n      - {name: one copy per session, rate_limit: {max: 1, window: 60s, per: session}}\n";
+
+fn sdk_client(mode: &str, url: &str, calls: Value) -> Value {
+    let out = Command::new(sdk_python())
+        .arg(root().join("tests/e2e/sdk_client.py"))
+        .arg(mode)
+        .arg(calls.to_string())
+        .arg("--")
+        .arg(url)
+        .output_timed()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "client failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// One HTTP/1.1 request on a fresh connection: (status, headers, body).
+fn http(
+    addr: SocketAddr,
+    method: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut req = format!(
+        "{method} /mcp HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes()).unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, head.to_string(), body.to_string())
+}
+
+#[test]
+fn sdk_client_through_the_http_proxy_in_both_generations() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = write(dir.path(), "policy.yaml", POLICY);
+    let audit = dir.path().join("audit");
+    let (_server, port) = sdk_server(&[]);
+    let upstream = format!("http://127.0.0.1:{port}/mcp");
+    let (p, addr, _errs) = proxy(&[
+        "--policy",
+        policy.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        &upstream,
+        "--audit-dir",
+        audit.to_str().unwrap(),
+    ]);
+    let url = format!("http://{addr}/mcp");
+    let calls = json!([
+        {"tool": "list_image_sets", "args": {"datastore_id": "ds-1"}},
+        {"tool": "copy_image_set", "args": {"datastore_id": "ds-1", "source_image_set_id": "a"}},
+        {"tool": "copy_image_set", "args": {"datastore_id": "ds-1", "source_image_set_id": "b"}},
+        {"tool": "delete_image_set", "args": {"image_set_id": "a"}}
+    ]);
+    for mode in ["legacy", "auto"] {
+        let out = sdk_client(mode, &url, calls.clone());
+        assert_eq!(
+            out["tools"],
+            json!(["copy_image_set", "list_image_sets"]),
+            "{mode}: hidden tools are removed from tools/list"
+        );
+        let c = &out["calls"];
+        assert_eq!(c[0]["text"], "sets of ds-1: set-1, set-2", "{mode}: {out}");
+        assert_eq!(c[1]["text"], "copied a in ds-1", "{mode}");
+        assert_eq!(
+            c[2]["isError"], true,
+            "{mode}: the second copy is throttled"
+        );
+        assert!(
+            c[2]["text"]
+                .as_str()
+                .unwrap()
+                .contains("one copy per session"),
+            "{mode}: {}",
+            c[2]
+        );
+        assert_eq!(c[3]["isError"], true, "{mode}: hidden");
+    }
+    assert!(stop(p).success());
+    let rows = dir_rows(&audit);
+    assert!(rows.iter().all(|r| r.transport.as_str() == "http"));
+    let calls: Vec<(&str, &str, &str)> = rows
+        .iter()
+        .filter(|r| r.method == "tools/call")
+        .map(|r| {
+            (
+                r.tool.as_deref().unwrap(),
+                r.decision.as_str(),
+                r.outcome.as_str(),
+            )
+        })
+        .collect();
+    let one_run = [
+        ("list_image_sets", "allow", "ok"),
+        ("copy_image_set", "allow", "ok"),
+        ("copy_image_set", "throttle", "not_forwarded"),
+        ("delete_image_set", "deny", "not_forwarded"),
+    ];
+    assert_eq!(calls, [one_run, one_run].concat());
+    // The legacy run's calls belong to the server's Mcp-Session-Id session,
+    // which knows the client's name from the handshake.
+    let legacy_copy = rows
+        .iter()
+        .find(|r| r.tool.as_deref() == Some("copy_image_set"))
+        .unwrap();
+    assert!(!legacy_copy.session_id.starts_with("agent:"));
+    assert_eq!(legacy_copy.client_name.as_deref(), Some("mcp"));
+    let out = Command::new(flightrec())
+        .args(["audit", "verify", audit.to_str().unwrap()])
+        .output_timed()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn json_answers_and_concurrent_sessions_have_their_own_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = write(dir.path(), "policy.yaml", POLICY);
+    let audit = dir.path().join("audit");
+    let (_server, port) = sdk_server(&["--json"]);
+    let upstream = format!("http://127.0.0.1:{port}/mcp");
+    let (p, addr, _errs) = proxy(&[
+        "--policy",
+        policy.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        &upstream,
+        "--audit-dir",
+        audit.to_str().unwrap(),
+    ]);
+    let url = format!("http://{addr}/mcp");
+    let calls = json!([
+        {"tool": "copy_image_set", "args": {"datastore_id": "ds", "source_image_set_id": "a"}},
+        {"tool": "copy_image_set", "args": {"datastore_id": "ds", "source_image_set_id": "b"}}
+    ]);
+    let clients: Vec<_> = (0..3)
+        .map(|_| {
+            let (url, calls) = (url.clone(), calls.clone());
+            std::thread::spawn(move || sdk_client("legacy", &url, calls))
+        })
+        .collect();
+    for c in clients {
+        let out = c.join().unwrap();
+        assert_eq!(out["calls"][0]["isError"], false, "{out}");
+        assert_eq!(out["calls"][1]["isError"], true, "{out}");
+    }
+    assert!(stop(p).success());
+    let rows = dir_rows(&audit);
+    let mut sessions: Vec<&str> = rows
+        .iter()
+        .filter(|r| r.method == "tools/call" && r.decision.as_str() == "allow")
+        .map(|r| r.session_id.as_str())
+        .collect();
+    sessions.sort();
+    sessions.dedup();
+    assert_eq!(
+        sessions.len(),
+        3,
+        "one allowed copy in each of three sessions"
+    );
+}
+
+#[test]
+fn headers_that_contradict_the_body_are_refused_and_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = write(dir.path(), "policy.yaml", POLICY);
+    let audit = dir.path().join("audit");
+    let (_server, port) = sdk_server(&[]);
+    let upstream = format!("http://127.0.0.1:{port}/mcp");
+    let (p, addr, _errs) = proxy(&[
+        "--policy",
+        policy.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        &upstream,
+        "--audit-dir",
+        audit.to_str().unwrap(),
+    ]);
+    let body = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"delete_image_set","arguments":{"image_set_id":"x"},"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}}"#;
+    let (status, _, answer) = http(
+        addr,
+        "POST",
+        &[
+            ("MCP-Protocol-Version", "2026-07-28"),
+            ("Mcp-Method", "tools/call"),
+            ("Mcp-Name", "list_image_sets"),
+        ],
+        body,
+    );
+    assert_eq!(status, 400);
+    let v: Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(v["error"]["code"], -32020, "{v}");
+    let (status, _, _) = http(
+        addr,
+        "POST",
+        &[
+            ("Mcp-Method", "tools/list"),
+            ("Mcp-Name", "delete_image_set"),
+        ],
+        body,
+    );
+    assert_eq!(status, 400);
+    assert!(stop(p).success());
+    let rows = dir_rows(&audit);
+    assert_eq!(rows.len(), 2);
+    assert!(
+        rows.iter()
+            .all(|r| r.rule.as_deref() == Some("(header mismatch)")
+                && r.outcome.as_str() == "not_forwarded")
+    );
+}
+
+#[test]
+fn tokens_decide_the_agent_and_the_loopback_guard_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = write(dir.path(), "policy.yaml", POLICY);
+    // Without --tokens, a non-loopback address is refused.
+    let out = Command::new(flightrec())
+        .args([
+            "proxy",
+            "--policy",
+            policy.to_str().unwrap(),
+            "--listen",
+            "0.0.0.0:0",
+            "--upstream",
+            "http://127.0.0.1:9/mcp",
+        ])
+        .output_timed()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("without --tokens"));
+
+    let audit = dir.path().join("audit");
+    let tokens = write(dir.path(), "tokens", "# agent token\nalice s3cret-a\n");
+    let (_server, port) = sdk_server(&["--json"]);
+    let upstream = format!("http://127.0.0.1:{port}/mcp");
+    let (p, addr, _errs) = proxy(&[
+        "--policy",
+        policy.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        &upstream,
+        "--tokens",
+        tokens.to_str().unwrap(),
+        "--audit-dir",
+        audit.to_str().unwrap(),
+    ]);
+    let list = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"list_image_sets","arguments":{"datastore_id":"ds"},"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{},"io.modelcontextprotocol/clientInfo":{"name":"mallory-client","version":"1"}}}}"#;
+    let (status, _, _) = http(addr, "POST", &[("X-Agent-Id", "alice")], list);
+    assert_eq!(status, 401, "no token");
+    let (status, _, _) = http(addr, "POST", &[("Authorization", "Bearer wrong")], list);
+    assert_eq!(status, 401, "a wrong token");
+    let (status, _, answer) = http(
+        addr,
+        "POST",
+        &[
+            ("Authorization", "Bearer s3cret-a"),
+            ("X-Agent-Id", "bob"),
+            ("MCP-Protocol-Version", "2026-07-28"),
+            ("Mcp-Method", "tools/call"),
+            ("Mcp-Name", "list_image_sets"),
+        ],
+        list,
+    );
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer.contains("sets of ds"), "{answer}");
+    assert!(stop(p).success());
+    let rows = dir_rows(&audit);
+    let seen: Vec<(&str, &str)> = rows
+        .iter()
+        .map(|r| (r.agent_id.as_str(), r.outcome.as_str()))
+        .collect();
+    assert_eq!(seen.len(), 3);
+    assert_eq!(
+        seen.iter().filter(|(_, o)| *o == "not_forwarded").count(),
+        2
+    );
+    // The token's agent, whatever the headers and the client claim.
+    assert!(seen.contains(&("alice", "ok")), "{seen:?}");
+}
+
+#[test]
+fn an_upstream_that_is_down_gets_an_error_and_a_row_and_the_proxy_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = write(dir.path(), "policy.yaml", POLICY);
+    let audit = dir.path().join("audit");
+    let (server, port) = sdk_server(&["--json"]);
+    let upstream = format!("http://127.0.0.1:{port}/mcp");
+    let (p, addr, _errs) = proxy(&[
+        "--policy",
+        policy.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        &upstream,
+        "--audit-dir",
+        audit.to_str().unwrap(),
+    ]);
+    let call = |id: u32| {
+        format!(
+            r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"list_image_sets","arguments":{{"datastore_id":"ds"}},"_meta":{{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{{}},"io.modelcontextprotocol/clientInfo":{{"name":"raw","version":"1"}}}}}}}}"#
+        )
+    };
+    let modern = [
+        ("MCP-Protocol-Version", "2026-07-28"),
+        ("Mcp-Method", "tools/call"),
+        ("Mcp-Name", "list_image_sets"),
+    ];
+    let (status, _, answer) = http(addr, "POST", &modern, &call(1));
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer.contains("sets of ds"), "{answer}");
+    drop(server); // the upstream is killed
+    let (status, _, answer) = http(addr, "POST", &modern, &call(2));
+    assert_eq!(status, 200);
+    let v: Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(v["error"]["code"], -32603, "{v}");
+    let (_, _, answer) = http(addr, "POST", &modern, &call(3));
+    assert!(answer.contains("unreachable"), "still serving: {answer}");
+    assert!(stop(p).success());
+    let rows = dir_rows(&audit);
+    let outcomes: Vec<String> = rows
+        .iter()
+        .map(|r| r.outcome.as_str().to_string())
+        .collect();
+    assert_eq!(
+        outcomes,
+        ["ok", "upstream_gone", "upstream_gone"],
+        "{rows:#?}"
+    );
+}
