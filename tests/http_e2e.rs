@@ -456,3 +456,73 @@ fn an_upstream_that_is_down_gets_an_error_and_a_row_and_the_proxy_keeps_serving(
         "{rows:#?}"
     );
 }
+
+/// The stdio-to-HTTP bridge: the SDK's stdio client launches `flightrec
+/// proxy --upstream URL`, which enforces the policy and talks Streamable
+/// HTTP to the SDK's server, in both generations.
+#[test]
+fn the_bridge_takes_a_stdio_client_to_an_http_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = write(dir.path(), "policy.yaml", POLICY);
+    let audit = dir.path().join("audit");
+    let (_server, port) = sdk_server(&[]);
+    let upstream = format!("http://127.0.0.1:{port}/mcp");
+    let calls = json!([
+        {"tool": "copy_image_set", "args": {"datastore_id": "ds", "source_image_set_id": "a"}},
+        {"tool": "copy_image_set", "args": {"datastore_id": "ds", "source_image_set_id": "b"}},
+        {"tool": "delete_image_set", "args": {"image_set_id": "a"}}
+    ]);
+    for mode in ["legacy", "auto"] {
+        let out = Command::new(sdk_python())
+            .arg(root().join("tests/e2e/sdk_client.py"))
+            .arg(mode)
+            .arg(calls.to_string())
+            .arg("--")
+            .arg(flightrec())
+            .args([
+                "proxy",
+                "--policy",
+                policy.to_str().unwrap(),
+                "--upstream",
+                &upstream,
+                "--audit-dir",
+                audit.to_str().unwrap(),
+            ])
+            .output_timed()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{mode}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(
+            v["tools"],
+            json!(["copy_image_set", "list_image_sets"]),
+            "{mode}"
+        );
+        assert_eq!(v["calls"][0]["text"], "copied a in ds", "{mode}: {v}");
+        assert_eq!(v["calls"][1]["isError"], true, "{mode}: throttled");
+        assert_eq!(v["calls"][2]["isError"], true, "{mode}: hidden");
+    }
+    let rows = dir_rows(&audit);
+    assert!(rows.iter().all(|r| r.transport.as_str() == "bridge"));
+    let decided: Vec<&str> = rows
+        .iter()
+        .filter(|r| r.method == "tools/call")
+        .map(|r| r.decision.as_str())
+        .collect();
+    assert_eq!(
+        decided,
+        ["allow", "throttle", "deny", "allow", "throttle", "deny"]
+    );
+    let out = Command::new(flightrec())
+        .args(["audit", "verify", audit.to_str().unwrap()])
+        .output_timed()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

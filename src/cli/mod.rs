@@ -391,8 +391,9 @@ fn proxy_cmd(args: &ProxyArgs) -> ExitCode {
         eprintln!("error: --listen needs --upstream URL (the MCP server to proxy)");
         return ExitCode::from(EXIT_INPUT);
     }
-    if args.upstream.is_some() && args.listen.is_none() {
-        return not_yet("proxy --upstream without --listen (the stdio-to-HTTP bridge)");
+    if args.upstream.is_some() && args.listen.is_none() && !args.command.is_empty() {
+        eprintln!("error: give either --upstream URL or a server command after `--`, not both");
+        return ExitCode::from(EXIT_INPUT);
     }
     if args.listen.is_some() && !args.command.is_empty() {
         eprintln!(
@@ -400,7 +401,7 @@ fn proxy_cmd(args: &ProxyArgs) -> ExitCode {
         );
         return ExitCode::from(EXIT_INPUT);
     }
-    if args.listen.is_none() && args.command.is_empty() {
+    if args.upstream.is_none() && args.command.is_empty() {
         eprintln!(
             "error: give the MCP server command after `--`, e.g. flightrec proxy --policy p.yaml -- npx server"
         );
@@ -441,8 +442,10 @@ fn proxy_cmd(args: &ProxyArgs) -> ExitCode {
         redact,
         upstream_timeout,
     };
-    if let (Some(listen), Some(upstream)) = (&args.listen, &args.upstream) {
-        return http_proxy(args, gateway, listen, upstream);
+    match (&args.listen, &args.upstream) {
+        (Some(listen), Some(upstream)) => return http_proxy(args, gateway, Some(listen), upstream),
+        (None, Some(upstream)) => return http_proxy(args, gateway, None, upstream),
+        _ => {}
     }
     let config = crate::proxy::ProxyConfig {
         sync: args.fsync.into(),
@@ -489,16 +492,19 @@ pub(crate) fn time_arg(text: &Option<String>, what: &str) -> Result<Option<i64>,
     }
 }
 
+/// The HTTP proxy (`--listen`) or, without `--listen`, the stdio-to-HTTP
+/// bridge.
 fn http_proxy(
     args: &ProxyArgs,
     gateway: crate::proxy::GatewayConfig,
-    listen: &str,
+    listen: Option<&String>,
     upstream: &str,
 ) -> ExitCode {
-    let listen: std::net::SocketAddr = match listen.parse() {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("error: --listen {listen}: {e} (expected e.g. 127.0.0.1:8080)");
+    let listen: Option<std::net::SocketAddr> = match listen.map(|l| (l, l.parse())) {
+        None => None,
+        Some((_, Ok(a))) => Some(a),
+        Some((l, Err(e))) => {
+            eprintln!("error: --listen {l}: {e} (expected e.g. 127.0.0.1:8080)");
             return ExitCode::from(EXIT_INPUT);
         }
     };
@@ -523,27 +529,37 @@ fn http_proxy(
                 return ExitCode::from(EXIT_INPUT);
             }
         };
-    let config = crate::proxy::HttpConfig {
-        upstream_timeout: gateway
-            .upstream_timeout
-            .unwrap_or(std::time::Duration::from_secs(365 * 24 * 3600)),
-        gateway,
-        listen,
-        upstream,
-        tokens: args.tokens.clone(),
-        max_body_bytes: args.max_message_bytes,
-        max_concurrent: args.max_concurrent,
+    let upstream_timeout = gateway
+        .upstream_timeout
+        .unwrap_or(std::time::Duration::from_secs(365 * 24 * 3600));
+    let result = match listen {
+        Some(listen) => crate::proxy::http::run(
+            crate::proxy::HttpConfig {
+                upstream_timeout,
+                gateway,
+                listen,
+                upstream,
+                tokens: args.tokens.clone(),
+                max_body_bytes: args.max_message_bytes,
+                max_concurrent: args.max_concurrent,
+            },
+            recorder,
+        ),
+        None => crate::proxy::bridge::run(
+            crate::proxy::bridge::BridgeConfig {
+                gateway,
+                upstream,
+                max_message_bytes: args.max_message_bytes,
+                upstream_timeout,
+            },
+            recorder,
+        ),
     };
-    match crate::proxy::http::run(config, recorder) {
+    match result {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::from(EXIT_INPUT)
         }
     }
-}
-
-fn not_yet(command: &str) -> ExitCode {
-    eprintln!("flightrec {command}: not implemented yet");
-    ExitCode::from(EXIT_INPUT)
 }

@@ -30,6 +30,7 @@ use crate::proxy::ProxyError;
 use crate::proxy::gateway::{Gateway, GatewayConfig, lock};
 use crate::proxy::jsonrpc::{self, Envelope};
 use crate::proxy::session::{ClientAction, Session, Transport};
+use crate::proxy::sse::{event_end, split_event};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Body, Frame, Incoming};
@@ -559,19 +560,6 @@ fn sse_through_session(session: Arc<Session>, scope: String, mut incoming: Incom
     ChannelBody(rx).boxed()
 }
 
-/// Where the first SSE event in `buf` ends, and the separator's length.
-fn event_end(buf: &[u8]) -> Option<(usize, usize)> {
-    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|i| (i, 2));
-    let crlf = buf
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|i| (i, 4));
-    match (lf, crlf) {
-        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
-        (a, b) => a.or(b),
-    }
-}
-
 /// One SSE event through the session: `None` when it is dropped (a late
 /// answer the client already got from the proxy).
 fn rewrite_event(
@@ -579,18 +567,11 @@ fn rewrite_event(
     scope: &str,
     event: &str,
 ) -> (Option<String>, Option<crate::proxy::session::Completion>) {
-    let mut data = Vec::new();
-    let mut other = Vec::new();
-    for line in event.lines() {
-        match line.strip_prefix("data:") {
-            Some(d) => data.push(d.strip_prefix(' ').unwrap_or(d)),
-            None => other.push(line),
-        }
-    }
-    if data.is_empty() {
+    let (data, other) = split_event(event);
+    let Some(data) = data else {
         return (Some(format!("{event}\n\n")), None);
-    }
-    let action = session.on_server_frame_in(scope, data.join("\n").into_bytes());
+    };
+    let action = session.on_server_frame_in(scope, data.into_bytes());
     let Some(send) = action.send else {
         return (None, action.completion);
     };
@@ -719,13 +700,6 @@ fn plain(status: StatusCode, text: &str) -> Response<ProxyBody> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sse_events_split_on_either_line_ending() {
-        assert_eq!(event_end(b"data: a\n\ndata: b"), Some((7, 2)));
-        assert_eq!(event_end(b"data: a\r\n\r\n"), Some((7, 4)));
-        assert_eq!(event_end(b"data: a\n"), None);
-    }
 
     #[test]
     fn header_checks() {

@@ -17,12 +17,14 @@
 //!
 //! [`scan`] lists a server's tools for a starter policy.
 
+pub(crate) mod bridge;
 mod error;
 pub(crate) mod gateway;
 pub(crate) mod http;
 pub(crate) mod jsonrpc;
 pub(crate) mod scan;
 pub(crate) mod session;
+pub(crate) mod sse;
 pub(crate) mod stdio;
 
 pub use error::ProxyError;
