@@ -149,7 +149,7 @@ fn latency(
         rng ^= rng << 13;
         rng ^= rng >> 7;
         rng ^= rng << 17;
-        let (td, tp) = if rng % 2 == 0 {
+        let (td, tp) = if rng.is_multiple_of(2) {
             let a = d.call(i + 1);
             (a, p.call(i + 1))
         } else {
