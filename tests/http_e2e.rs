@@ -526,3 +526,116 @@ fn the_bridge_takes_a_stdio_client_to_an_http_server() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A body over `--max-message-bytes` gets 413 and a row; the proxy keeps
+/// serving.
+#[test]
+fn an_oversized_body_gets_413_and_a_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = write(dir.path(), "policy.yaml", POLICY);
+    let audit = dir.path().join("audit");
+    let (_server, port) = sdk_server(&["--json"]);
+    let upstream = format!("http://127.0.0.1:{port}/mcp");
+    let (p, addr, _errs) = proxy(&[
+        "--policy",
+        policy.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        &upstream,
+        "--max-message-bytes",
+        "1000",
+        "--audit-dir",
+        audit.to_str().unwrap(),
+    ]);
+    let big = format!(
+        r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"copy_image_set","arguments":{{"x":"{}"}}}}}}"#,
+        "y".repeat(5000)
+    );
+    let (status, _, _) = http(addr, "POST", &[], &big);
+    assert_eq!(status, 413);
+    let (status, _, _) = http(
+        addr,
+        "POST",
+        &[],
+        r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+    );
+    assert!(status < 500, "still serving: {status}");
+    assert!(stop(p).success());
+    let rows = dir_rows(&audit);
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].rule.as_deref(), Some("(message too large)"));
+}
+
+/// The upstream dies while a call is in flight: the client gets a JSON-RPC
+/// error, the row says `upstream_gone`, and the proxy keeps serving.
+#[test]
+fn an_upstream_killed_mid_call_fails_that_call_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = write(dir.path(), "policy.yaml", POLICY);
+    let audit = dir.path().join("audit");
+    let (server, port) = sdk_server(&["--json"]);
+    let upstream = format!("http://127.0.0.1:{port}/mcp");
+    let (p, addr, _errs) = proxy(&[
+        "--policy",
+        policy.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        &upstream,
+        "--audit-dir",
+        audit.to_str().unwrap(),
+    ]);
+    let body = r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"slow_copy","arguments":{"ms":30000},"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{},"io.modelcontextprotocol/clientInfo":{"name":"raw","version":"1"}}}}"#;
+    let call = std::thread::spawn(move || {
+        http(
+            addr,
+            "POST",
+            &[
+                ("MCP-Protocol-Version", "2026-07-28"),
+                ("Mcp-Method", "tools/call"),
+                ("Mcp-Name", "slow_copy"),
+            ],
+            body,
+        )
+    });
+    // The call is in flight once its row is journaled (the proxy begins the
+    // row before forwarding): wait for a journal segment with data.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let journaled = walk_files(&audit.join("_flightrec")).iter().any(|f| {
+            f.extension().is_some_and(|x| x == "wal") && f.metadata().is_ok_and(|m| m.len() > 0)
+        });
+        if journaled {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the call was never journaled");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Whether the POST reached the server or not yet, it never gets an answer.
+    drop(server);
+    let (status, _, answer) = call.join().unwrap();
+    assert_eq!(status, 200, "{answer}");
+    let v: Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(v["id"], 7);
+    assert_eq!(v["error"]["code"], -32603, "{v}");
+    assert!(stop(p).success());
+    let rows = dir_rows(&audit);
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].outcome.as_str(), "upstream_gone");
+}
+
+fn walk_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk_files(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}

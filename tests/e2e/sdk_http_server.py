@@ -30,6 +30,15 @@ def delete_image_set(image_set_id: str) -> str:
     return f"deleted {image_set_id}"
 
 
+@server.tool()
+async def slow_copy(ms: int) -> str:
+    """Copy slowly (sleeps `ms` milliseconds)."""
+    import anyio
+
+    await anyio.sleep(ms / 1000)
+    return f"slow copy done after {ms} ms"
+
+
 if __name__ == "__main__":
     port = int(sys.argv[1])
     server.run(
