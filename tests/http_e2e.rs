@@ -177,7 +177,7 @@ fn sdk_client_through_the_http_proxy_in_both_generations() {
         let out = sdk_client(mode, &url, calls.clone());
         assert_eq!(
             out["tools"],
-            json!(["copy_image_set", "list_image_sets"]),
+            json!(["copy_image_set", "list_image_sets", "slow_copy"]),
             "{mode}: hidden tools are removed from tools/list"
         );
         let c = &out["calls"];
@@ -498,7 +498,7 @@ fn the_bridge_takes_a_stdio_client_to_an_http_server() {
         let v: Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(
             v["tools"],
-            json!(["copy_image_set", "list_image_sets"]),
+            json!(["copy_image_set", "list_image_sets", "slow_copy"]),
             "{mode}"
         );
         assert_eq!(v["calls"][0]["text"], "copied a in ds", "{mode}: {v}");
