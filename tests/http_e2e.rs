@@ -104,6 +104,40 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     common::write_file(dir, name, text)
 }
 
+/// The SDK server (with `server_args`) and a proxy in front of it (with
+/// `proxy_args`), recording to `dir/audit` under the test policy.
+struct Setup {
+    server: Guard,
+    proxy: Guard,
+    addr: SocketAddr,
+    audit: PathBuf,
+}
+
+fn setup(dir: &Path, server_args: &[&str], proxy_args: &[&str]) -> Setup {
+    let policy = write(dir, "policy.yaml", POLICY);
+    let audit = dir.join("audit");
+    let (server, port) = sdk_server(server_args);
+    let upstream = format!("http://127.0.0.1:{port}/mcp");
+    let mut args = vec![
+        "--policy",
+        policy.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        &upstream,
+        "--audit-dir",
+        audit.to_str().unwrap(),
+    ];
+    args.extend_from_slice(proxy_args);
+    let (proxy, addr, _errs) = proxy(&args);
+    Setup {
+        server,
+        proxy,
+        addr,
+        audit,
+    }
+}
+
 const POLICY: &str = "version: \"1\"\nhide: [delete_image_set]\ntools:\n  copy_image_set:\n    rules:\n      - {name: one copy per session, rate_limit: {max: 1, window: 60s, per: session}}\n";
 
 fn sdk_client(mode: &str, url: &str, calls: Value) -> Value {
@@ -152,20 +186,13 @@ fn http(
 #[test]
 fn sdk_client_through_the_http_proxy_in_both_generations() {
     let dir = tempfile::tempdir().unwrap();
-    let policy = write(dir.path(), "policy.yaml", POLICY);
-    let audit = dir.path().join("audit");
-    let (_server, port) = sdk_server(&[]);
-    let upstream = format!("http://127.0.0.1:{port}/mcp");
-    let (p, addr, _errs) = proxy(&[
-        "--policy",
-        policy.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-        "--upstream",
-        &upstream,
-        "--audit-dir",
-        audit.to_str().unwrap(),
-    ]);
+    let Setup {
+        server: _server,
+        proxy: p,
+        addr,
+        audit,
+        ..
+    } = setup(dir.path(), &[], &[]);
     let url = format!("http://{addr}/mcp");
     let calls = json!([
         {"tool": "list_image_sets", "args": {"datastore_id": "ds-1"}},
@@ -240,20 +267,13 @@ fn sdk_client_through_the_http_proxy_in_both_generations() {
 #[test]
 fn json_answers_and_concurrent_sessions_have_their_own_limits() {
     let dir = tempfile::tempdir().unwrap();
-    let policy = write(dir.path(), "policy.yaml", POLICY);
-    let audit = dir.path().join("audit");
-    let (_server, port) = sdk_server(&["--json"]);
-    let upstream = format!("http://127.0.0.1:{port}/mcp");
-    let (p, addr, _errs) = proxy(&[
-        "--policy",
-        policy.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-        "--upstream",
-        &upstream,
-        "--audit-dir",
-        audit.to_str().unwrap(),
-    ]);
+    let Setup {
+        server: _server,
+        proxy: p,
+        addr,
+        audit,
+        ..
+    } = setup(dir.path(), &["--json"], &[]);
     let url = format!("http://{addr}/mcp");
     let calls = json!([
         {"tool": "copy_image_set", "args": {"datastore_id": "ds", "source_image_set_id": "a"}},
@@ -289,20 +309,13 @@ fn json_answers_and_concurrent_sessions_have_their_own_limits() {
 #[test]
 fn headers_that_contradict_the_body_are_refused_and_recorded() {
     let dir = tempfile::tempdir().unwrap();
-    let policy = write(dir.path(), "policy.yaml", POLICY);
-    let audit = dir.path().join("audit");
-    let (_server, port) = sdk_server(&[]);
-    let upstream = format!("http://127.0.0.1:{port}/mcp");
-    let (p, addr, _errs) = proxy(&[
-        "--policy",
-        policy.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-        "--upstream",
-        &upstream,
-        "--audit-dir",
-        audit.to_str().unwrap(),
-    ]);
+    let Setup {
+        server: _server,
+        proxy: p,
+        addr,
+        audit,
+        ..
+    } = setup(dir.path(), &[], &[]);
     let body = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"delete_image_set","arguments":{"image_set_id":"x"},"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}}"#;
     let (status, _, answer) = http(
         addr,
@@ -410,20 +423,13 @@ fn tokens_decide_the_agent_and_the_loopback_guard_holds() {
 #[test]
 fn an_upstream_that_is_down_gets_an_error_and_a_row_and_the_proxy_keeps_serving() {
     let dir = tempfile::tempdir().unwrap();
-    let policy = write(dir.path(), "policy.yaml", POLICY);
-    let audit = dir.path().join("audit");
-    let (server, port) = sdk_server(&["--json"]);
-    let upstream = format!("http://127.0.0.1:{port}/mcp");
-    let (p, addr, _errs) = proxy(&[
-        "--policy",
-        policy.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-        "--upstream",
-        &upstream,
-        "--audit-dir",
-        audit.to_str().unwrap(),
-    ]);
+    let Setup {
+        server,
+        proxy: p,
+        addr,
+        audit,
+        ..
+    } = setup(dir.path(), &["--json"], &[]);
     let call = |id: u32| {
         format!(
             r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"list_image_sets","arguments":{{"datastore_id":"ds"}},"_meta":{{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{{}},"io.modelcontextprotocol/clientInfo":{{"name":"raw","version":"1"}}}}}}}}"#
@@ -532,22 +538,13 @@ fn the_bridge_takes_a_stdio_client_to_an_http_server() {
 #[test]
 fn an_oversized_body_gets_413_and_a_row() {
     let dir = tempfile::tempdir().unwrap();
-    let policy = write(dir.path(), "policy.yaml", POLICY);
-    let audit = dir.path().join("audit");
-    let (_server, port) = sdk_server(&["--json"]);
-    let upstream = format!("http://127.0.0.1:{port}/mcp");
-    let (p, addr, _errs) = proxy(&[
-        "--policy",
-        policy.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-        "--upstream",
-        &upstream,
-        "--max-message-bytes",
-        "1000",
-        "--audit-dir",
-        audit.to_str().unwrap(),
-    ]);
+    let Setup {
+        server: _server,
+        proxy: p,
+        addr,
+        audit,
+        ..
+    } = setup(dir.path(), &["--json"], &["--max-message-bytes", "1000"]);
     let big = format!(
         r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"copy_image_set","arguments":{{"x":"{}"}}}}}}"#,
         "y".repeat(5000)
@@ -572,20 +569,13 @@ fn an_oversized_body_gets_413_and_a_row() {
 #[test]
 fn an_upstream_killed_mid_call_fails_that_call_only() {
     let dir = tempfile::tempdir().unwrap();
-    let policy = write(dir.path(), "policy.yaml", POLICY);
-    let audit = dir.path().join("audit");
-    let (server, port) = sdk_server(&["--json"]);
-    let upstream = format!("http://127.0.0.1:{port}/mcp");
-    let (p, addr, _errs) = proxy(&[
-        "--policy",
-        policy.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-        "--upstream",
-        &upstream,
-        "--audit-dir",
-        audit.to_str().unwrap(),
-    ]);
+    let Setup {
+        server,
+        proxy: p,
+        addr,
+        audit,
+        ..
+    } = setup(dir.path(), &["--json"], &[]);
     let body = r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"slow_copy","arguments":{"ms":30000},"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{},"io.modelcontextprotocol/clientInfo":{"name":"raw","version":"1"}}}}"#;
     let call = std::thread::spawn(move || {
         http(

@@ -244,7 +244,7 @@ fn eval_reads_a_calls_file_and_matches_the_readme_example() {
 }
 
 #[test]
-fn unbuilt_commands_say_so_with_exit_2_and_help_lists_all() {
+fn proxy_usage_errors_exit_2_and_help_lists_all() {
     let help = run(&["--help"]);
     assert!(help.status.success());
     let text = String::from_utf8_lossy(&help.stdout);
@@ -254,16 +254,22 @@ fn unbuilt_commands_say_so_with_exit_2_and_help_lists_all() {
     ] {
         assert!(text.contains(cmd), "--help lists {cmd}");
     }
-    // The stdio-to-HTTP bridge is not built yet.
-    let out = run(&[
-        "proxy",
-        "--policy",
-        "p.yaml",
-        "--upstream",
-        "http://127.0.0.1:9/mcp",
-    ]);
+    // --listen needs an upstream.
+    let out = run(&["proxy", "--policy", "p.yaml", "--listen", "127.0.0.1:0"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("not implemented yet"));
+    assert!(
+        stderr(&out).contains("--listen needs --upstream"),
+        "{}",
+        stderr(&out)
+    );
+    // Only http:// upstreams.
+    let out = run(&["proxy", "--policy", "p.yaml", "--upstream", "ftp://x/mcp"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("expected an http:// URL"),
+        "{}",
+        stderr(&out)
+    );
     // A policy that does not load stops the HTTP proxy before it listens.
     let out = run(&[
         "proxy",

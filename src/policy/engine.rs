@@ -23,7 +23,18 @@ use smallvec::SmallVec;
 use std::sync::Arc;
 
 /// What an `approval` verdict does to counters (replay's `--approvals`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum ApprovalMode {
     /// Nobody said yes: the call reserves nothing (as live, while waiting)
     #[default]
@@ -34,6 +45,15 @@ pub enum ApprovalMode {
 
 pub const HIDDEN_RULE: &str = "(hidden)";
 pub const DEFAULT_DENY_RULE: &str = "(default deny)";
+
+impl std::fmt::Display for ApprovalMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ApprovalMode::Deny => "deny",
+            ApprovalMode::Grant => "grant",
+        })
+    }
+}
 
 impl Policy {
     /// Decides one call against this policy, reserving counters in `state`.

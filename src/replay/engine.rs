@@ -200,10 +200,7 @@ pub fn run_events(
         late_events: s.late,
         first_ts: first_ts.map(crate::time::format_us),
         last_ts: last_ts.map(crate::time::format_us),
-        approvals: match config.approvals {
-            ApprovalMode::Deny => "deny".into(),
-            ApprovalMode::Grant => "grant".into(),
-        },
+        approvals: config.approvals,
         candidates: reports,
     })
 }

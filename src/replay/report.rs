@@ -333,7 +333,7 @@ pub struct Report {
     pub late_events: u64,
     pub first_ts: Option<String>,
     pub last_ts: Option<String>,
-    pub approvals: String,
+    pub approvals: crate::policy::ApprovalMode,
     pub candidates: Vec<CandidateReport>,
 }
 

@@ -188,10 +188,7 @@ pub fn replay_mixed(
             late_events: stats.late,
             first_ts: first_ts.map(crate::time::format_us),
             last_ts: last_ts.map(crate::time::format_us),
-            approvals: match config.approvals {
-                ApprovalMode::Deny => "deny".into(),
-                ApprovalMode::Grant => "grant".into(),
-            },
+            approvals: config.approvals,
             candidates: reports,
         },
         scenario_events: all_events,
