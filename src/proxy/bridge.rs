@@ -76,7 +76,11 @@ pub fn run(config: BridgeConfig, recorder: Option<Recorder>) -> Result<i32, Prox
         .unwrap_or_default();
     let bridge = Arc::new(Bridge {
         session: gateway.session(Transport::Bridge, None, server_guess),
-        client: Client::builder(TokioExecutor::new()).build_http(),
+        client: {
+            let mut connector = HttpConnector::new();
+            connector.set_nodelay(true);
+            Client::builder(TokioExecutor::new()).build(connector)
+        },
         upstream: config.upstream.clone(),
         timeout: config.upstream_timeout,
         server_session: Mutex::new(None),

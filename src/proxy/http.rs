@@ -164,9 +164,11 @@ async fn serve(
         .authority()
         .map(|a| a.to_string())
         .unwrap_or_default();
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
     let client = Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(30))
-        .build_http();
+        .build(connector);
     let shared = Arc::new(Shared {
         slots: tokio::sync::Semaphore::new(config.max_concurrent.max(1)),
         gateway: gateway.clone(),
