@@ -14,13 +14,54 @@
 //!    its rule (reservations already taken are released);
 //! 5. otherwise allow, holding the reservations until the outcome is known.
 
-use crate::policy::call::{Call, Decision, Outcome, Verdict};
+use crate::policy::call::Call;
 use crate::policy::condition::{Condition, PathRef, resolve_args, resolve_call_str};
 use crate::policy::model::{Action, Amount, Policy, Rule, Scope};
 use crate::policy::state::{CounterStore, Reservation, Want};
+use crate::policy::vocab::{Outcome, Verdict};
 use serde_json::Value;
 use smallvec::SmallVec;
 use std::sync::Arc;
+
+/// The core's answer for one call.
+///
+/// An allowed call may hold counter reservations; hand the decision's
+/// [`Reservation`] back to [`crate::policy::PolicyState::settle`] once the
+/// upstream outcome is known (or drop it to keep the counts, which is what a
+/// success does).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    pub verdict: Verdict,
+    /// The rule that decided: a rule name, `(hidden)` or `(default deny)`.
+    /// `None` for an allow that no rule had to approve.
+    pub rule: Option<Arc<str>>,
+    pub message: Option<Arc<str>>,
+    /// For throttles: milliseconds until the call would fit.
+    pub retry_after_ms: Option<u64>,
+    pub reservation: Reservation,
+}
+
+impl Decision {
+    pub(crate) fn allow(reservation: Reservation) -> Decision {
+        Decision {
+            verdict: Verdict::Allow,
+            rule: None,
+            message: None,
+            retry_after_ms: None,
+            reservation,
+        }
+    }
+
+    pub(crate) fn refuse(verdict: Verdict, rule: Arc<str>, message: Arc<str>) -> Decision {
+        Decision {
+            verdict,
+            rule: Some(rule),
+            message: Some(message),
+            retry_after_ms: None,
+            reservation: Reservation::default(),
+        }
+    }
+}
 
 /// What an `approval` verdict does to counters (replay's `--approvals`).
 #[derive(
@@ -133,7 +174,8 @@ impl Policy {
         // amount cannot be read (increment_from) ends the list: the rules
         // before it may still throttle the call, else it is denied.
         let EvalCtx { state, .. } = ctx;
-        let mut wants: SmallVec<[(Want<'_>, &Rule); 4]> = SmallVec::new();
+        let mut wants: SmallVec<[Want<'_>; 4]> = SmallVec::new();
+        let mut wanting: SmallVec<[&Rule; 4]> = SmallVec::new();
         let mut unreadable: Option<(&Rule, &str, &'static str)> = None;
         for rule in applied {
             let Some(limit) = &rule.limit else { continue };
@@ -156,16 +198,16 @@ impl Policy {
                 amount,
                 max: limit.max,
             };
-            wants.push((want, rule));
+            wants.push(want);
+            wanting.push(rule);
         }
-        let list: SmallVec<[Want<'_>; 4]> = wants.iter().map(|(w, _)| *w).collect();
-        let reservation = match state.reserve(&list, call.ts_us) {
+        let reservation = match state.reserve(&wants, call.ts_us) {
             Ok(r) => r,
             Err(exhausted) => {
                 if let Some(a) = approval {
                     return Decision::refuse(Verdict::Approval, a.name.clone(), a.message.clone());
                 }
-                let rule = wants[exhausted.index].1;
+                let rule = wanting[exhausted.index];
                 return Decision {
                     verdict: Verdict::Throttle,
                     rule: Some(rule.name.clone()),

@@ -8,13 +8,13 @@
 //! (`reason`, `when`, `require_approval`, glob keys, `tool.*`/`call.*` paths,
 //! the long-form `rate_limit`, `categories`) are checked.
 
-use crate::policy::call::{Category, Risk};
 use crate::policy::condition::{Condition, CounterRead, Op, OpKind, PathRef};
 use crate::policy::error::{PolicyError, Problem};
 use crate::policy::model::{
     Action, Amount, CategoryOverride, CounterDef, KeyKind, Limit, Policy, Rule, Scope, ToolEntry,
     ToolSet, Window, WindowMode,
 };
+use crate::policy::vocab::{Category, Risk};
 use crate::policy::yaml::get;
 use crate::policy::yaml::{self, Node, NodeKind, Pos, Scalar};
 use globset::{Glob, GlobMatcher};

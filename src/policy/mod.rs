@@ -15,10 +15,13 @@ pub(crate) mod error;
 pub(crate) mod load;
 pub(crate) mod model;
 pub(crate) mod state;
+pub(crate) mod vocab;
 pub(crate) mod yaml;
 
-pub use call::{Call, Category, Decision, Outcome, Risk, Verdict};
+pub use call::Call;
+pub use engine::Decision;
 pub use engine::{ApprovalMode, DEFAULT_DENY_RULE, HIDDEN_RULE};
 pub use error::{PolicyError, Problem};
 pub use model::Policy;
 pub use state::{CounterStore, Exhausted, PolicyState, Reservation, Want};
+pub use vocab::{Category, Outcome, Risk, Verdict};

@@ -2,8 +2,8 @@
 //! the decision core reads. Nothing here changes after loading; all mutable
 //! counter state lives in [`crate::policy::PolicyState`].
 
-use crate::policy::call::{Category, Risk};
 use crate::policy::condition::Condition;
+use crate::policy::vocab::{Category, Risk};
 use globset::GlobMatcher;
 use std::collections::{HashMap, HashSet};
 

@@ -16,8 +16,8 @@
 //! without a shared store); a shared store implements the same four
 //! operations.
 
-use crate::policy::call::Outcome;
 use crate::policy::model::{CounterDef, Policy, Scope, Window, WindowMode};
+use crate::policy::vocab::Outcome;
 use hashbrown::hash_map::EntryRef;
 use smallvec::SmallVec;
 use std::collections::VecDeque;
