@@ -47,7 +47,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type ProxyBody = http_body_util::combinators::BoxBody<Bytes, BoxError>;
@@ -117,7 +117,7 @@ struct Shared {
     config: HttpConfig,
     tokens: Option<Tokens>,
     client: Client<HttpConnector, ProxyBody>,
-    sessions: Mutex<HashMap<String, Arc<Session>>>,
+    sessions: Mutex<Sessions>,
     slots: tokio::sync::Semaphore,
     in_flight: AtomicUsize,
     /// Numbers the POST exchanges (the scope their request waits under).
@@ -174,7 +174,7 @@ async fn serve(
         gateway: gateway.clone(),
         tokens,
         client,
-        sessions: Mutex::new(HashMap::new()),
+        sessions: Mutex::new(Sessions::default()),
         in_flight: AtomicUsize::new(0),
         exchanges: AtomicUsize::new(0),
         server_guess,
@@ -215,7 +215,7 @@ async fn serve(
     while shared.in_flight.load(Ordering::Acquire) > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    for session in lock(&shared.sessions).values() {
+    for (session, _) in lock(&shared.sessions).map.values() {
         session.abandon_all(Outcome::Interrupted, "flightrec: the proxy is stopping");
     }
     gateway.close()?;
@@ -244,7 +244,9 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<ProxyBo
         if req.method() == Method::DELETE
             && let Some(id) = header(req.headers(), "mcp-session-id")
         {
-            lock(&shared.sessions).retain(|k, _| !k.ends_with(&format!("\u{1f}mcp:{id}")));
+            lock(&shared.sessions)
+                .map
+                .retain(|k, _| !k.ends_with(&format!("\u{1f}mcp:{id}")));
         }
         return pass_through(&shared, req).await;
     }
@@ -334,21 +336,47 @@ fn session_for(shared: &Arc<Shared>, headers: &HeaderMap, agent: Option<&str>) -
         (None, None) => ("agent", agent.unwrap_or("anonymous").to_string()),
     };
     let key = format!("{}\u{1f}{kind}:{id}", agent.unwrap_or(""));
+    let now = Instant::now();
     let mut sessions = lock(&shared.sessions);
-    sessions
-        .entry(key)
-        .or_insert_with(|| {
-            let audit_id = match kind {
-                "agent" => format!("agent:{id}"),
-                _ => id,
-            };
-            Arc::new(shared.gateway.session(
-                Transport::Http,
-                Some(audit_id),
-                shared.server_guess.clone(),
-            ))
-        })
-        .clone()
+    sessions.maybe_evict(now);
+    let entry = sessions.map.entry(key).or_insert_with(|| {
+        let audit_id = match kind {
+            "agent" => format!("agent:{id}"),
+            _ => id,
+        };
+        let session =
+            shared
+                .gateway
+                .session(Transport::Http, Some(audit_id), shared.server_guess.clone());
+        (Arc::new(session), now)
+    });
+    entry.1 = now;
+    entry.0.clone()
+}
+
+/// The sessions the proxy knows, with when each was last used. Sessions
+/// idle for [`IDLE`] with nothing in flight are forgotten (a session that
+/// comes back starts afresh; its counters live in the gateway and are not
+/// lost), so memory follows live clients, not history.
+#[derive(Default)]
+struct Sessions {
+    map: HashMap<String, (Arc<Session>, Instant)>,
+    lookups: usize,
+}
+
+const IDLE: Duration = Duration::from_secs(30 * 60);
+
+impl Sessions {
+    fn maybe_evict(&mut self, now: Instant) {
+        self.lookups += 1;
+        if self.lookups < self.map.len().max(1024) {
+            return;
+        }
+        self.lookups = 0;
+        self.map.retain(|_, (session, last)| {
+            now.saturating_duration_since(*last) < IDLE || session.has_pending()
+        });
+    }
 }
 
 /// 2026-07-28 clients name the method (and a tool call's tool) in headers;
@@ -702,6 +730,44 @@ fn plain(status: StatusCode, text: &str) -> Response<ProxyBody> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn idle_sessions_are_forgotten_busy_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = dir.path().join("p.yaml");
+        std::fs::write(&policy, "version: \"1\"\ntools: {}\n").unwrap();
+        let gateway = Arc::new(
+            Gateway::new(
+                GatewayConfig {
+                    policy_path: policy,
+                    ..GatewayConfig::default()
+                },
+                None,
+            )
+            .unwrap(),
+        );
+        let now = Instant::now();
+        let long_ago = now.checked_sub(IDLE + Duration::from_secs(1)).unwrap();
+        let mut sessions = Sessions::default();
+        let session =
+            |id: &str| Arc::new(gateway.session(Transport::Http, Some(id.into()), String::new()));
+        sessions
+            .map
+            .insert("old".into(), (session("old"), long_ago));
+        sessions.map.insert("fresh".into(), (session("fresh"), now));
+        let busy = session("busy");
+        busy.on_client_frame(
+            br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t"}}"#.to_vec(),
+        );
+        assert!(busy.has_pending());
+        sessions.map.insert("busy".into(), (busy, long_ago));
+        for _ in 0..1024 {
+            sessions.maybe_evict(now);
+        }
+        let mut left: Vec<&String> = sessions.map.keys().collect();
+        left.sort();
+        assert_eq!(left, ["busy", "fresh"]);
+    }
 
     #[test]
     fn header_checks() {

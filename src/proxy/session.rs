@@ -176,6 +176,11 @@ impl Session {
         *lock(&self.server) = lock(&from.server).clone();
     }
 
+    /// Whether any request of this session is waiting for its answer.
+    pub fn has_pending(&self) -> bool {
+        !lock(&self.pending).is_empty()
+    }
+
     /// Sets the agent for the session's next requests (a transport's
     /// authenticated identity).
     pub fn set_agent(&self, agent: Option<String>) {
