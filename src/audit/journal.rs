@@ -20,7 +20,9 @@ use crate::audit::schema::AuditRow;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 const MAGIC: &[u8; 8] = b"FRJRNL1\n";
 /// Frames larger than this are treated as corruption, not allocated.
@@ -73,8 +75,9 @@ impl From<Fsync> for SyncMode {
 pub enum SyncMode {
     /// `fdatasync` after every append: survives power loss, slowest.
     Always,
-    /// `fdatasync` when at least this long has passed since the last one.
-    /// Process crashes lose nothing; power loss loses at most the interval.
+    /// `fdatasync` every this long, from a thread of the journal's own (an
+    /// append never waits for the disk). Process crashes lose nothing;
+    /// power loss loses at most about the interval.
     Interval(Duration),
     /// Never force; the OS writes back when it likes.
     Never,
@@ -82,12 +85,49 @@ pub enum SyncMode {
 
 /// An open segment being appended to.
 pub struct Journal {
-    file: File,
+    file: Arc<File>,
     path: PathBuf,
     bytes: u64,
     sync: SyncMode,
-    last_sync: Instant,
     buf: Vec<u8>,
+    /// For [`SyncMode::Interval`]: the background syncer's flags.
+    syncer: Option<Syncer>,
+}
+
+/// Flags shared with the thread that forces an interval journal to disk.
+struct Syncer {
+    /// Something was written since the last `fdatasync`.
+    dirty: Arc<AtomicBool>,
+    /// The journal was dropped: sync what is left and stop.
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for Journal {
+    fn drop(&mut self) {
+        if let Some(s) = &self.syncer {
+            s.stop.store(true, Ordering::Release);
+        }
+    }
+}
+
+/// Forces `file` to disk every `every` while it has unsynced writes.
+fn spawn_syncer(file: Arc<File>, every: Duration) -> Syncer {
+    let dirty = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (d, s) = (dirty.clone(), stop.clone());
+    std::thread::spawn(move || {
+        loop {
+            std::thread::sleep(every);
+            let stopping = s.load(Ordering::Acquire);
+            if d.swap(false, Ordering::AcqRel) {
+                let _ = file.sync_data();
+            }
+            if stopping {
+                return;
+            }
+        }
+    });
+    Syncer { dirty, stop }
 }
 
 impl Journal {
@@ -99,13 +139,18 @@ impl Journal {
         if let Some(dir) = path.parent() {
             sync_dir(dir)?;
         }
+        let file = Arc::new(file);
+        let syncer = match sync {
+            SyncMode::Interval(every) => Some(spawn_syncer(file.clone(), every)),
+            _ => None,
+        };
         Ok(Journal {
             file,
             path: path.to_path_buf(),
             bytes: MAGIC.len() as u64,
             sync,
-            last_sync: Instant::now(),
             buf: Vec::with_capacity(4096),
+            syncer,
         })
     }
 
@@ -133,14 +178,11 @@ impl Journal {
             self.buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
             self.buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
         }
-        self.file.write_all(&self.buf)?;
+        (&*self.file).write_all(&self.buf)?;
         self.bytes += self.buf.len() as u64;
-        match self.sync {
-            SyncMode::Always => self.file.sync_data()?,
-            SyncMode::Interval(every) if self.last_sync.elapsed() >= every => {
-                self.file.sync_data()?;
-                self.last_sync = Instant::now();
-            }
+        match (&self.sync, &self.syncer) {
+            (SyncMode::Always, _) => self.file.sync_data()?,
+            (SyncMode::Interval(_), Some(s)) => s.dirty.store(true, Ordering::Release),
             _ => {}
         }
         Ok(())
@@ -148,9 +190,7 @@ impl Journal {
 
     /// Forces everything appended so far to stable storage.
     pub fn sync(&mut self) -> io::Result<()> {
-        self.file.sync_data()?;
-        self.last_sync = Instant::now();
-        Ok(())
+        self.file.sync_data()
     }
 }
 
