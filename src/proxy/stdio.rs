@@ -83,6 +83,10 @@ enum Event {
 /// record, write), so a call crosses no thread or runtime handoff: the added
 /// latency is the proxy's own work plus the journal write.
 pub fn run(config: ProxyConfig) -> Result<i32, ProxyError> {
+    // Signals go to a dedicated thread (sigwait); block them first, before
+    // any thread exists (the audit journal starts one), so that every
+    // thread inherits the mask. The child gets its mask reset in pre_exec.
+    let signals = block_signals();
     let recorder = crate::proxy::gateway::open_recorder(config.audit_dir.as_deref(), config.sync)?;
     let gateway = Arc::new(Gateway::new(config.gateway.clone(), recorder)?);
     let Some((program, args)) = config.command.split_first() else {
@@ -94,10 +98,6 @@ pub fn run(config: ProxyConfig) -> Result<i32, ProxyError> {
             ),
         });
     };
-    // Signals go to a dedicated thread (sigwait); block them everywhere
-    // else, including in the threads spawned below. The child gets its own
-    // mask reset by exec's default handling: we unblock in pre_exec.
-    let signals = block_signals();
     let mut command = Command::new(program);
     command
         .args(args)
