@@ -1227,3 +1227,43 @@ fn unicode_tool_names_end_to_end() {
         assert!(!text.contains("löschen_bild"), "{format}: the tool filter");
     }
 }
+
+/// A restart mid-burst keeps the limit: the counters are rebuilt from the
+/// audit log's last window (warm start), so the second run does not get a
+/// fresh budget; with `--no-warm-start` it does.
+#[test]
+fn a_restart_keeps_the_limit_through_warm_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = write_policy(
+        dir.path(),
+        "version: \"1\"\ntools:\n  copy_image_set:\n    rules:\n      - {name: three copies per agent, rate_limit: {max: 3, window: 10m, per: agent}}\n",
+    );
+    let copy = |id: u32| {
+        format!(
+            r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"copy_image_set","arguments":{{"n":{id}}}}}}}"#
+        )
+    };
+    // Runs the proxy once, makes `n` calls; returns how many were allowed.
+    let burst = |audit: &Path, n: u32, extra: &[&str]| -> (usize, String) {
+        let mut args = vec!["--agent", "batch-bot"];
+        args.extend_from_slice(extra);
+        let mut p = Raw::start(&policy, audit, &args);
+        let mut allowed = 0;
+        for i in 0..n {
+            p.send(&copy(i + 1));
+            allowed += usize::from(p.recv()["result"]["isError"].is_null());
+        }
+        drop(p.child.stdin.take());
+        assert!(common::wait_within(&mut p.child, Duration::from_secs(60)).success());
+        (allowed, p.stderr_rest())
+    };
+    let audit = dir.path().join("audit");
+    assert_eq!(burst(&audit, 2, &[]).0, 2);
+    let (allowed, err) = burst(&audit, 2, &[]);
+    assert_eq!(allowed, 1, "one copy left of three after the restart");
+    assert!(err.contains("warm start: 2 call(s)"), "{err}");
+    // Without warm start the restart forgets (the behaviour warm start fixes).
+    let cold = dir.path().join("cold");
+    assert_eq!(burst(&cold, 2, &[]).0, 2);
+    assert_eq!(burst(&cold, 2, &["--no-warm-start"]).0, 2);
+}

@@ -146,6 +146,29 @@ pub fn data_files(dir: &Path) -> Result<Vec<PathBuf>, AuditError> {
     Ok(out)
 }
 
+/// The data files that can hold rows at or after `since_us`: partitions
+/// of earlier days are not read at all. (A file's rows are of its own day,
+/// except a call begun before midnight that finished after it: the day
+/// before `since_us` is kept too.)
+pub fn data_files_from(dir: &Path, since_us: i64) -> Result<Vec<PathBuf>, AuditError> {
+    let first = format!("date={}", date_of(since_us.saturating_sub(86_400_000_000)));
+    let mut out = Vec::new();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(AuditError::io("list", dir, e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(|e| AuditError::io("list", dir, e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("date=") && name.as_str() >= first.as_str() && entry.path().is_dir() {
+            walk(&entry.path(), &mut out)?;
+        }
+    }
+    out.sort_by(|a, b| a.file_name().cmp(&b.file_name()).then_with(|| a.cmp(b)));
+    Ok(out)
+}
+
 fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), AuditError> {
     let entries = std::fs::read_dir(dir).map_err(|e| AuditError::io("list", dir, e))?;
     for entry in entries {

@@ -132,6 +132,10 @@ pub struct ProxyArgs {
     /// requests need `Authorization: Bearer TOKEN`, which decides the agent
     #[arg(long)]
     pub tokens: Option<PathBuf>,
+    /// Start with fresh counters instead of rebuilding them from the audit
+    /// log's last window (a restart then gives every agent a new budget)
+    #[arg(long)]
+    pub no_warm_start: bool,
     /// HTTP proxy: most requests to the upstream at once
     #[arg(long, default_value_t = 64)]
     pub max_concurrent: usize,
@@ -441,6 +445,7 @@ fn proxy_cmd(args: &ProxyArgs) -> ExitCode {
         shadow_paths: args.shadow_policies.clone(),
         redact,
         upstream_timeout,
+        warm_start: !args.no_warm_start,
     };
     match (&args.listen, &args.upstream) {
         (Some(listen), Some(upstream)) => return http_proxy(args, gateway, Some(listen), upstream),

@@ -18,6 +18,7 @@ use crate::audit::args::RedactPattern;
 use crate::audit::schema::AuditRow;
 use crate::audit::{AuditError, Recorder};
 use crate::policy::{CounterStore, Outcome, Policy, PolicyError, PolicyState, Reservation};
+use crate::proxy::ProxyError;
 use crate::proxy::session::{Session, Transport};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -79,6 +80,8 @@ pub struct GatewayConfig {
     /// A request the server has not answered after this long is answered
     /// by the proxy with an error and recorded as `timeout`.
     pub upstream_timeout: Option<std::time::Duration>,
+    /// Rebuild the counters from the audit log at start (when there is one).
+    pub warm_start: bool,
 }
 
 /// What a policy file looked like (modification time and size): how the
@@ -106,16 +109,26 @@ pub struct Gateway {
 impl Gateway {
     /// Loads the policy and the shadow policies; `recorder` is the audit
     /// log, if any.
-    pub fn new(config: GatewayConfig, recorder: Option<Recorder>) -> Result<Gateway, PolicyError> {
+    pub fn new(config: GatewayConfig, recorder: Option<Recorder>) -> Result<Gateway, ProxyError> {
         let stamp = file_stamp(&config.policy_path);
         let policy = Policy::load(&config.policy_path)?;
+        let warm_dir = recorder
+            .as_ref()
+            .filter(|_| config.warm_start)
+            .map(|r| r.dir().to_path_buf());
+        let generation = |policy: Policy| -> Result<Arc<Generation>, ProxyError> {
+            match &warm_dir {
+                Some(dir) => warm_generation(policy, dir),
+                None => Ok(memory_generation(policy)),
+            }
+        };
         let mut shadows = Vec::new();
         for p in &config.shadow_paths {
-            shadows.push(memory_generation(Policy::load(p)?));
+            shadows.push(generation(Policy::load(p)?)?);
         }
         Ok(Gateway {
             loaded: Mutex::new(stamp),
-            current: RwLock::new(memory_generation(policy)),
+            current: RwLock::new(generation(policy)?),
             shadows,
             recorder: recorder.map(Mutex::new),
             config,
@@ -282,6 +295,24 @@ pub fn open_recorder(
         eprintln!("flightrec: {line}");
     }
     Ok(Some(r))
+}
+
+/// A generation whose counters are what the audit log in `dir` says they
+/// are now (warm start), reported on stderr.
+fn warm_generation(policy: Policy, dir: &Path) -> Result<Arc<Generation>, ProxyError> {
+    let started = std::time::Instant::now();
+    let now = crate::time::now_us();
+    let warm = crate::replay::warm::warm_state(&policy, dir, now)?;
+    if warm.calls > 0 {
+        eprintln!(
+            "flightrec: warm start: {} call(s) since {} replayed into the counters of {} ({} ms)",
+            warm.calls,
+            crate::time::format_us(warm.since_us),
+            policy.source,
+            started.elapsed().as_millis()
+        );
+    }
+    Ok(Generation::new(policy, Box::new(warm.state)))
 }
 
 fn memory_generation(policy: Policy) -> Arc<Generation> {

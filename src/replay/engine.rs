@@ -89,9 +89,23 @@ pub(crate) fn recorded_stream(
     with_args: bool,
     stats: Arc<Mutex<SourceStats>>,
 ) -> Result<impl Iterator<Item = Result<Pending, AuditError>> + use<>, AuditError> {
+    let mut groups = Vec::new();
+    for input in inputs {
+        groups.push(resolve_inputs(std::slice::from_ref(input))?);
+    }
+    stream_files(groups, config, with_args, stats)
+}
+
+/// As [`recorded_stream`], for inputs already listed as files (one list per
+/// input).
+pub(crate) fn stream_files(
+    inputs: Vec<Vec<PathBuf>>,
+    config: &ReplayConfig,
+    with_args: bool,
+    stats: Arc<Mutex<SourceStats>>,
+) -> Result<impl Iterator<Item = Result<Pending, AuditError>> + use<>, AuditError> {
     let mut streams = Vec::new();
-    for (i, input) in inputs.iter().enumerate() {
-        let files = resolve_inputs(std::slice::from_ref(input))?;
+    for (i, files) in inputs.into_iter().enumerate() {
         // Each writer's chain is one stream (nearly in time order); the
         // writers of a directory are merged by time like separate inputs.
         for (_, files) in crate::audit::layout::files_by_writer(&files) {

@@ -13,6 +13,7 @@ pub(crate) mod engine;
 pub(crate) mod report;
 pub(crate) mod scenario;
 pub(crate) mod source;
+pub(crate) mod warm;
 
 pub use engine::{Candidate, ReplayConfig, ReplayError, replay, run_events};
 pub use report::{Report, ReportFormat};
