@@ -629,3 +629,63 @@ fn walk_files(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// SIGTERM to the bridge with a call in flight: the call's row says
+/// `interrupted`, the log is flushed and verifies.
+#[test]
+fn the_bridge_stops_cleanly_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = write(dir.path(), "policy.yaml", POLICY);
+    let audit = dir.path().join("audit");
+    let (_server, port) = sdk_server(&["--json"]);
+    let mut child = Command::new(flightrec())
+        .args([
+            "proxy",
+            "--policy",
+            policy.to_str().unwrap(),
+            "--upstream",
+            &format!("http://127.0.0.1:{port}/mcp"),
+            "--audit-dir",
+            audit.to_str().unwrap(),
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let meta = r#""_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{},"io.modelcontextprotocol/clientInfo":{"name":"raw","version":"1"}}"#;
+    // A quick call first: its answer shows the bridge is up.
+    writeln!(stdin, r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"list_image_sets","arguments":{{"datastore_id":"ds"}},{meta}}}}}"#).unwrap();
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert!(line.contains("sets of ds"), "{line}");
+    writeln!(stdin, r#"{{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{{"name":"slow_copy","arguments":{{"ms":30000}},{meta}}}}}"#).unwrap();
+    // The slow call is in flight once it is journaled.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !walk_files(&audit.join("_flightrec")).iter().any(|f| {
+        f.extension().is_some_and(|x| x == "wal")
+            && std::fs::read(f).is_ok_and(|b| b.windows(9).any(|w| w == b"slow_copy"))
+    }) {
+        assert!(
+            Instant::now() < deadline,
+            "the slow call was never journaled"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // SAFETY: kill(2) on a child this test started.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let status = common::wait_within(&mut child, Duration::from_secs(30));
+    assert!(status.success(), "{status:?}");
+    let rows = dir_rows(&audit);
+    let outcomes: Vec<&str> = rows.iter().map(|r| r.outcome.as_str()).collect();
+    assert_eq!(outcomes, ["ok", "interrupted"]);
+    let v = Command::new(flightrec())
+        .args(["audit", "verify", audit.to_str().unwrap()])
+        .output_timed()
+        .unwrap();
+    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
+}

@@ -526,39 +526,42 @@ fn http_proxy(
             return ExitCode::from(EXIT_INPUT);
         }
     };
-    let recorder =
-        match crate::proxy::gateway::open_recorder(args.audit_dir.as_deref(), args.fsync.into()) {
-            Ok(r) => r,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::from(EXIT_INPUT);
-            }
-        };
     let upstream_timeout = gateway
         .upstream_timeout
         .unwrap_or(std::time::Duration::from_secs(365 * 24 * 3600));
     let result = match listen {
-        Some(listen) => crate::proxy::http::run(
-            crate::proxy::HttpConfig {
-                upstream_timeout,
-                gateway,
-                listen,
-                upstream,
-                tokens: args.tokens.clone(),
-                max_body_bytes: args.max_message_bytes,
-                max_concurrent: args.max_concurrent,
-            },
-            recorder,
-        ),
-        None => crate::proxy::bridge::run(
-            crate::proxy::bridge::BridgeConfig {
-                gateway,
-                upstream,
-                max_message_bytes: args.max_message_bytes,
-                upstream_timeout,
-            },
-            recorder,
-        ),
+        Some(listen) => {
+            let recorder = match crate::proxy::gateway::open_recorder(
+                args.audit_dir.as_deref(),
+                args.fsync.into(),
+            ) {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(EXIT_INPUT);
+                }
+            };
+            crate::proxy::http::run(
+                crate::proxy::HttpConfig {
+                    upstream_timeout,
+                    gateway,
+                    listen,
+                    upstream,
+                    tokens: args.tokens.clone(),
+                    max_body_bytes: args.max_message_bytes,
+                    max_concurrent: args.max_concurrent,
+                },
+                recorder,
+            )
+        }
+        None => crate::proxy::bridge::run(crate::proxy::bridge::BridgeConfig {
+            gateway,
+            audit_dir: args.audit_dir.clone(),
+            sync: args.fsync.into(),
+            upstream,
+            max_message_bytes: args.max_message_bytes,
+            upstream_timeout,
+        }),
     };
     match result {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),

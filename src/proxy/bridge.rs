@@ -33,6 +33,9 @@ use std::time::Duration;
 #[derive(Debug, Clone)]
 pub struct BridgeConfig {
     pub gateway: GatewayConfig,
+    pub audit_dir: Option<std::path::PathBuf>,
+    /// When the audit journal is forced to disk.
+    pub sync: crate::audit::journal::SyncMode,
     pub upstream: Uri,
     pub max_message_bytes: usize,
     pub upstream_timeout: Duration,
@@ -61,8 +64,14 @@ impl Bridge {
     }
 }
 
-/// Runs the bridge until the client closes stdin; returns 0.
-pub fn run(config: BridgeConfig, recorder: Option<Recorder>) -> Result<i32, ProxyError> {
+/// Runs the bridge until the client closes stdin (or SIGTERM/SIGINT);
+/// returns 0.
+pub fn run(config: BridgeConfig) -> Result<i32, ProxyError> {
+    // Stop signals go to one thread (sigwait): blocked before any thread
+    // starts, the audit journal's included.
+    let signals = crate::proxy::stdio::block_signals();
+    let recorder: Option<Recorder> =
+        crate::proxy::gateway::open_recorder(config.audit_dir.as_deref(), config.sync)?;
     let gateway = Arc::new(Gateway::new(config.gateway.clone(), recorder)?);
     gateway.watch_policy_file();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -87,6 +96,38 @@ pub fn run(config: BridgeConfig, recorder: Option<Recorder>) -> Result<i32, Prox
         protocol: Mutex::new(None),
         out: Mutex::new(std::io::stdout()),
     });
+    if let Some(set) = signals {
+        let (bridge, gateway) = (bridge.clone(), gateway.clone());
+        std::thread::spawn(move || {
+            loop {
+                let mut sig: libc::c_int = 0;
+                // SAFETY: sigwait on a signal set we initialised.
+                if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
+                    return;
+                }
+                if sig == libc::SIGHUP {
+                    gateway.reload_and_report();
+                    continue;
+                }
+                // Stop: what is in flight is recorded as interrupted, the
+                // log is flushed, and the process ends.
+                for frame in bridge
+                    .session
+                    .abandon_all(Outcome::Interrupted, "flightrec: the proxy is stopping")
+                {
+                    bridge.send(&frame);
+                }
+                let code = match gateway.close() {
+                    Ok(()) => 0,
+                    Err(e) => {
+                        eprintln!("flightrec: AUDIT LOG ERROR: {e}");
+                        2
+                    }
+                };
+                std::process::exit(code);
+            }
+        });
+    }
     let stdin = std::io::stdin();
     let mut input = stdin.lock();
     let mut line = Vec::new();

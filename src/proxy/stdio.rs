@@ -278,7 +278,7 @@ fn wait_or_kill(
 
 /// Blocks SIGTERM, SIGINT and SIGHUP in this thread (and the threads it
 /// spawns) so that one thread can `sigwait` for them.
-fn block_signals() -> Option<libc::sigset_t> {
+pub(crate) fn block_signals() -> Option<libc::sigset_t> {
     // SAFETY: plain libc signal-set manipulation on a local set.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
