@@ -530,30 +530,17 @@ fn http_proxy(
         .upstream_timeout
         .unwrap_or(std::time::Duration::from_secs(365 * 24 * 3600));
     let result = match listen {
-        Some(listen) => {
-            let recorder = match crate::proxy::gateway::open_recorder(
-                args.audit_dir.as_deref(),
-                args.fsync.into(),
-            ) {
-                Ok(r) => r,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return ExitCode::from(EXIT_INPUT);
-                }
-            };
-            crate::proxy::http::run(
-                crate::proxy::HttpConfig {
-                    upstream_timeout,
-                    gateway,
-                    listen,
-                    upstream,
-                    tokens: args.tokens.clone(),
-                    max_body_bytes: args.max_message_bytes,
-                    max_concurrent: args.max_concurrent,
-                },
-                recorder,
-            )
-        }
+        Some(listen) => crate::proxy::http::run(crate::proxy::HttpConfig {
+            upstream_timeout,
+            gateway,
+            audit_dir: args.audit_dir.clone(),
+            sync: args.fsync.into(),
+            listen,
+            upstream,
+            tokens: args.tokens.clone(),
+            max_body_bytes: args.max_message_bytes,
+            max_concurrent: args.max_concurrent,
+        }),
         None => crate::proxy::bridge::run(crate::proxy::bridge::BridgeConfig {
             gateway,
             audit_dir: args.audit_dir.clone(),

@@ -56,6 +56,9 @@ type ProxyBody = http_body_util::combinators::BoxBody<Bytes, BoxError>;
 #[derive(Debug, Clone)]
 pub struct HttpConfig {
     pub gateway: GatewayConfig,
+    pub audit_dir: Option<PathBuf>,
+    /// When the audit journal is forced to disk.
+    pub sync: crate::audit::journal::SyncMode,
     pub listen: SocketAddr,
     /// The upstream MCP endpoint, e.g. `http://127.0.0.1:8000/mcp`.
     pub upstream: Uri,
@@ -136,7 +139,7 @@ struct Exchange {
 
 /// Runs the HTTP proxy until SIGTERM or SIGINT; in-flight requests are
 /// drained and the audit log flushed before it returns.
-pub fn run(config: HttpConfig, recorder: Option<Recorder>) -> Result<i32, ProxyError> {
+pub fn run(config: HttpConfig) -> Result<i32, ProxyError> {
     if config.tokens.is_none() && !config.listen.ip().is_loopback() {
         return Err(ProxyError::Config(format!(
             "refusing to listen on {} without --tokens: anyone who can reach it could call your tools; listen on 127.0.0.1 or ::1, or give --tokens FILE",
@@ -144,19 +147,22 @@ pub fn run(config: HttpConfig, recorder: Option<Recorder>) -> Result<i32, ProxyE
         )));
     }
     let tokens = config.tokens.as_deref().map(Tokens::load).transpose()?;
-    let gateway = Arc::new(Gateway::new(config.gateway.clone(), recorder)?);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    runtime.block_on(serve(gateway, config, tokens))
+    runtime.block_on(serve(config, tokens))
 }
 
-async fn serve(
-    gateway: Arc<Gateway>,
-    config: HttpConfig,
-    tokens: Option<Tokens>,
-) -> Result<i32, ProxyError> {
+async fn serve(config: HttpConfig, tokens: Option<Tokens>) -> Result<i32, ProxyError> {
+    // Signal handlers first: the audit journal starts a thread of its own,
+    // and a stop signal must never take its default action.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    let recorder: Option<Recorder> =
+        crate::proxy::gateway::open_recorder(config.audit_dir.as_deref(), config.sync)?;
+    let gateway = Arc::new(Gateway::new(config.gateway.clone(), recorder)?);
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     let local = listener.local_addr()?;
     let server_guess = config
@@ -185,9 +191,6 @@ async fn serve(
         "flightrec: listening on http://{local}/ → {}",
         shared.config.upstream
     );
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     loop {
         tokio::select! {
             accepted = listener.accept() => {
