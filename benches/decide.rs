@@ -98,6 +98,7 @@ fn decide_all(policy: &Policy, state: &mut PolicyState, w: &Workload, shift_us: 
             category: None,
             risk: None,
             args: &w.args[a as usize],
+            args_sha256: None,
         };
         let d = policy.decide(state, &call);
         reserved += d.reservation.len();

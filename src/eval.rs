@@ -69,6 +69,7 @@ impl CallRecord {
             category: self.category,
             risk: self.risk,
             args: &self.args,
+            args_sha256: None,
         }
     }
 }

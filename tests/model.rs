@@ -276,6 +276,7 @@ fn check(a: &[RuleSpec], b: &[RuleSpec], ops: &[Op]) -> Result<(), TestCaseError
                     category: None,
                     risk: None,
                     args: &args,
+                    args_sha256: None,
                 };
                 let generation = states.len() - 1;
                 let d = policies[current].decide(&mut states[generation], &call);

@@ -46,6 +46,7 @@ impl<'p> Caller<'p> {
             category: None,
             risk: None,
             args: &args,
+            args_sha256: None,
         };
         let d = self.policy.decide(&mut self.state, &call);
         (
@@ -165,6 +166,7 @@ tools:
         category: None,
         risk: None,
         args: &json!({"env": "dev"}),
+        args_sha256: None,
     };
     let d = p.decide(&mut PolicyState::new(&p), &call);
     assert_eq!(d.verdict, Verdict::Deny);
@@ -260,6 +262,7 @@ tools:
         category: None,
         risk: None,
         args: &json!({"amount": "12"}),
+        args_sha256: None,
     };
     let d = p.decide(&mut PolicyState::new(&p), &call);
     assert_eq!(d.verdict, Verdict::Deny);
@@ -357,6 +360,7 @@ tools:
         category: None,
         risk: None,
         args: &args,
+        args_sha256: None,
     };
     let d = p.decide(&mut state, &call);
     assert_eq!(d.verdict, Verdict::Allow);
@@ -456,6 +460,7 @@ tools:
         category: Some(Category::Write),
         risk: None,
         args: &args,
+        args_sha256: None,
     };
     let mut granted = PolicyState::new(&p);
     let d1 = p.decide_with(&mut granted, &call(DAY0), ApprovalMode::Grant);
@@ -578,4 +583,98 @@ tools:
     assert!(p.always_refuses("unlisted"));
     assert!(!p.always_refuses("c"));
     assert!(!p.always_refuses("ok"));
+}
+
+/// `repeat_limit`: at most N calls of a tool with the same canonical
+/// arguments in any window, per scope; other arguments, other sessions and
+/// a later time are not limited by it.
+#[test]
+fn repeat_limit_counts_identical_calls_in_a_sliding_window() {
+    let p = policy(
+        "version: \"1\"\ntools:\n  copy_image_set:\n    rules:\n      - name: same copy again\n        repeat_limit: {max: 3, window: 10m, per: session}\n",
+    );
+    let mut c = Caller::new(&p);
+    let same = json!({"datastoreId": "ds-1", "sourceImageSetId": "set-1"});
+    // Key order does not make a call different.
+    let same_reordered = json!({"sourceImageSetId": "set-1", "datastoreId": "ds-1"});
+    for i in 0..3 {
+        let args = if i == 1 {
+            same_reordered.clone()
+        } else {
+            same.clone()
+        };
+        assert_eq!(
+            c.call(DAY0 + i * SEC, "copy_image_set", args),
+            Verdict::Allow
+        );
+    }
+    let (v, rule, retry) = c.call_full(DAY0 + 60 * SEC, "s1", "a1", "copy_image_set", same.clone());
+    assert_eq!(v, Verdict::Throttle);
+    assert_eq!(rule.as_deref(), Some("same copy again"));
+    // The first of the three leaves the 10-minute window at DAY0 + 600 s.
+    assert_eq!(retry, Some(540_000));
+    // Other arguments and another session are other calls.
+    let other = json!({"datastoreId": "ds-1", "sourceImageSetId": "set-2"});
+    assert_eq!(
+        c.call(DAY0 + 61 * SEC, "copy_image_set", other),
+        Verdict::Allow
+    );
+    let (v, ..) = c.call_full(DAY0 + 62 * SEC, "s2", "a1", "copy_image_set", same.clone());
+    assert_eq!(v, Verdict::Allow);
+    // Once the first leaves the window, one more fits.
+    assert_eq!(
+        c.call(DAY0 + 600 * SEC, "copy_image_set", same.clone()),
+        Verdict::Allow
+    );
+    // Half a second later the calls at 1 s, 2 s and 600 s are all inside.
+    assert_eq!(
+        c.call(DAY0 + 600 * SEC + SEC / 2, "copy_image_set", same),
+        Verdict::Throttle
+    );
+}
+
+#[test]
+fn repeat_limit_gives_counts_back_on_a_json_rpc_error_and_is_validated() {
+    let p = policy(
+        "version: \"1\"\ntools:\n  copy_image_set:\n    rules:\n      - name: once\n        repeat_limit: {max: 1, window: 1h}\n",
+    );
+    let mut state = PolicyState::new(&p);
+    let args = json!({"x": 1});
+    let call = Call {
+        ts_us: DAY0,
+        session: "s",
+        agent: "a",
+        server: "srv",
+        tool: "copy_image_set",
+        category: None,
+        risk: None,
+        args: &args,
+        args_sha256: None,
+    };
+    let d = p.decide(&mut state, &call);
+    assert_eq!(d.verdict, Verdict::Allow);
+    state.settle(d.reservation, Outcome::RpcError);
+    assert_eq!(p.decide(&mut state, &call).verdict, Verdict::Allow);
+    assert_eq!(p.decide(&mut state, &call).verdict, Verdict::Throttle);
+    // Validation names the problem and where it is.
+    for (yaml, expect) in [
+        (
+            "version: \"1\"\ntools:\n  t:\n    rules:\n      - name: r\n        repeat_limit: {max: 2, window: 1m, mode: fixed}\n",
+            "unknown",
+        ),
+        (
+            "version: \"1\"\ntools:\n  t:\n    rules:\n      - name: r\n        repeat_limit: {max: 2, window: 1m}\n        rate_limit: 5/minute\n",
+            "cannot be combined",
+        ),
+        (
+            "version: \"1\"\ntools:\n  t:\n    rules:\n      - name: r\n        repeat_limit: {window: 1m}\n",
+            "repeat_limit needs `max`",
+        ),
+    ] {
+        let err = Policy::from_yaml(yaml, "p.yaml")
+            .err()
+            .expect("invalid")
+            .to_string();
+        assert!(err.contains(expect) && err.contains("p.yaml:"), "{err}");
+    }
 }

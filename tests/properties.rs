@@ -65,6 +65,7 @@ fn run(policy: &Policy, seq: &[GenCall]) -> Vec<(i64, usize, usize, Verdict, boo
             category: None,
             risk: None,
             args: &args,
+            args_sha256: None,
         };
         let d = policy.decide(&mut state, &call);
         let verdict = d.verdict;
@@ -253,7 +254,7 @@ tools:
 "#);
         let p = load(&yaml);
         let a = json!({"n": args});
-        let call = Call { ts_us: T0, session: "s", agent: "a", server: "x", tool: &name, category: None, risk: None, args: &a };
+        let call = Call { ts_us: T0, session: "s", agent: "a", server: "x", tool: &name, category: None, risk: None, args: &a, args_sha256: None };
         prop_assert_eq!(p.decide(&mut PolicyState::new(&p), &call).verdict, Verdict::Allow);
         let other = format!("{prefix}_zzzzzzz");
         let call = Call { tool: &other, ..call };

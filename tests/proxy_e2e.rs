@@ -1267,3 +1267,56 @@ fn a_restart_keeps_the_limit_through_warm_start() {
     assert_eq!(burst(&cold, 2, &[]).0, 2);
     assert_eq!(burst(&cold, 2, &["--no-warm-start"]).0, 2);
 }
+
+/// `repeat_limit` live, through a restart: identical calls are counted by
+/// the SHA-256 of their original arguments, which the audit log keeps even
+/// when `--redact` hides the values, so warm start rebuilds the same
+/// counters and the restarted proxy still refuses the repeat.
+#[test]
+fn repeat_limit_holds_live_and_across_a_restart_with_redaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = write_policy(
+        dir.path(),
+        "version: \"1\"\ntools:\n  copy_image_set:\n    rules:\n      - name: same copy again\n        repeat_limit: {max: 2, window: 10m, per: agent}\n",
+    );
+    let audit = dir.path().join("audit");
+    let call = |id: u32, set: &str| {
+        format!(
+            r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"copy_image_set","arguments":{{"datastoreId":"ds-1","sourceImageSetId":"{set}"}}}}}}"#
+        )
+    };
+    let run = |calls: &[(u32, &str)]| -> Vec<String> {
+        let mut p = Raw::start(
+            &policy,
+            &audit,
+            &["--agent", "loop-bot", "--redact", "/sourceImageSetId"],
+        );
+        let mut verdicts = Vec::new();
+        for (id, set) in calls {
+            p.send(&call(*id, set));
+            let v = p.recv();
+            verdicts.push(
+                v["result"]["_meta"]["io.flightrec/decision"]["decision"]
+                    .as_str()
+                    .unwrap_or("allow")
+                    .to_string(),
+            );
+        }
+        drop(p.child.stdin.take());
+        assert!(common::wait_within(&mut p.child, Duration::from_secs(60)).success());
+        verdicts
+    };
+    assert_eq!(
+        run(&[(1, "set-1"), (2, "set-1"), (3, "set-2")]),
+        ["allow", "allow", "allow"]
+    );
+    // After a restart: set-1 has been copied twice already; set-2 once.
+    assert_eq!(run(&[(4, "set-1"), (5, "set-2")]), ["throttle", "allow"]);
+    // The values were redacted in the log; the hash of the originals is there.
+    let rows = rows(&audit);
+    assert!(
+        rows.iter()
+            .all(|r| !r.args_json.as_deref().unwrap_or("").contains("set-1"))
+    );
+    assert_eq!(rows[0].args_sha256, rows[1].args_sha256);
+}

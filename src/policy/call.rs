@@ -17,4 +17,9 @@ pub struct Call<'a> {
     pub risk: Option<Risk>,
     /// The call's `arguments` object (JSON `null` when the call had none).
     pub args: &'a serde_json::Value,
+    /// The SHA-256 of the original arguments' canonical JSON, when the
+    /// caller has it (the audit log's `args_sha256`; replay must use it,
+    /// since `args_json` may be redacted). `None`: computed from `args`
+    /// when a `repeat_limit` needs it.
+    pub args_sha256: Option<&'a str>,
 }

@@ -174,6 +174,24 @@ impl Policy {
         // amount cannot be read (increment_from) ends the list: the rules
         // before it may still throttle the call, else it is denied.
         let EvalCtx { state, .. } = ctx;
+        // repeat_limit counters are kept per identical call: their scope
+        // value carries the SHA-256 of the canonical arguments (computed
+        // only when a rule needs it).
+        let mut args_hash: Option<String> = None;
+        let mut owned: SmallVec<[String; 2]> = SmallVec::new();
+        for rule in &applied {
+            if let Some(limit) = &rule.limit
+                && limit.by_args
+            {
+                let hash = args_hash.get_or_insert_with(|| match call.args_sha256 {
+                    Some(h) => h.to_string(),
+                    None => crate::policy::canonical::args_sha256(call.args),
+                });
+                let scope = scope_value(self.counters[limit.counter].scope, call);
+                owned.push(format!("{scope}\u{1f}{hash}"));
+            }
+        }
+        let mut owned_scopes = owned.iter();
         let mut wants: SmallVec<[Want<'_>; 4]> = SmallVec::new();
         let mut wanting: SmallVec<[&Rule; 4]> = SmallVec::new();
         let mut unreadable: Option<(&Rule, &str, &'static str)> = None;
@@ -192,9 +210,14 @@ impl Policy {
                     }
                 },
             };
+            let scope = if limit.by_args {
+                owned_scopes.next().map(String::as_str).unwrap_or_default()
+            } else {
+                scope_value(self.counters[limit.counter].scope, call)
+            };
             let want = Want {
                 counter: limit.counter,
-                scope: scope_value(self.counters[limit.counter].scope, call),
+                scope,
                 amount,
                 max: limit.max,
             };

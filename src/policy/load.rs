@@ -36,6 +36,7 @@ const RULE_KEYS: &[&str] = &[
     "name",
     "action",
     "rate_limit",
+    "repeat_limit",
     "conditions",
     "on_deny",
     "reason",
@@ -45,6 +46,7 @@ const RULE_KEYS: &[&str] = &[
 const CONDITION_KEYS: &[&str] = &["path", "op", "value"];
 const STATE_KEYS: &[&str] = &["counter", "window", "increment", "increment_from"];
 const RATE_KEYS: &[&str] = &["max", "window", "per", "mode"];
+const REPEAT_KEYS: &[&str] = &["max", "window", "per"];
 const CATEGORY_KEYS: &[&str] = &["category", "risk"];
 
 use crate::time::{DAY_US, HOUR_US, MINUTE_US};
@@ -132,8 +134,13 @@ enum CounterDraft {
         /// The shorthand's N (a state block takes its limit from conditions).
         shorthand_max: Option<i64>,
     },
-    /// The long-form `rate_limit: {max, window, per, mode}`.
-    Long { counter: usize, max: i64 },
+    /// The long-form `rate_limit: {max, window, per, mode}`, or a
+    /// `repeat_limit: {max, window, per}` (`by_args`).
+    Long {
+        counter: usize,
+        max: i64,
+        by_args: bool,
+    },
 }
 
 impl<'s> Loader<'s> {
@@ -547,6 +554,7 @@ impl<'s> Loader<'s> {
         let when = get(fields, "when").filter(|c| !c.is_null());
         let state = get(fields, "state").filter(|s| !s.is_null());
         let rate = get(fields, "rate_limit").filter(|r| !r.is_null());
+        let repeat = get(fields, "repeat_limit").filter(|r| !r.is_null());
 
         let scope_name = if kind == KeyKind::Wildcard {
             "_global"
@@ -559,7 +567,54 @@ impl<'s> Loader<'s> {
             Scope::Global
         };
         let mut counter = None;
-        if let Some(rate) = rate {
+        if let Some(repeat) = repeat {
+            if rate.is_some() || conditions.is_some() || state.is_some() {
+                self.error_hint(
+                    repeat.pos,
+                    format!("{prefix}: repeat_limit cannot be combined with rate_limit, conditions or state"),
+                    "give each limit a rule of its own",
+                );
+            }
+            if action != Action::Evaluate {
+                self.error(
+                    repeat.pos,
+                    format!("{prefix}: repeat_limit needs an evaluate rule (no `action: deny` or `require_approval`)"),
+                );
+            }
+            match &repeat.kind {
+                NodeKind::Map(repeat_fields) => {
+                    self.check_keys(repeat_fields, REPEAT_KEYS, "repeat_limit");
+                    if let Some((max, window, per, text)) =
+                        self.long_rate(repeat, repeat_fields, prefix, kind, "repeat_limit")
+                    {
+                        let c = policy.counters.len();
+                        policy.counters.push(CounterDef {
+                            identity: format!("{key}\u{1f}{name}\u{1f}repeat"),
+                            window: Window {
+                                len_us: window.len_us,
+                                mode: WindowMode::Sliding,
+                            },
+                            scope: per,
+                        });
+                        counter = Some((
+                            CounterDraft::Long {
+                                counter: c,
+                                max,
+                                by_args: true,
+                            },
+                            format!(
+                                "Repeated call: the same tool with the same arguments at most {max} times per {text}. Retry when the earliest leaves the window."
+                            ),
+                        ));
+                    }
+                }
+                _ => self.error_hint(
+                    repeat.pos,
+                    format!("{prefix}: repeat_limit must be a mapping"),
+                    "write `repeat_limit: {max: 3, window: 10m, per: session}`",
+                ),
+            }
+        } else if let Some(rate) = rate {
             let conflict = conditions.is_some() || state.is_some();
             if conflict {
                 self.error_hint(
@@ -581,8 +636,9 @@ impl<'s> Loader<'s> {
             }
             match &rate.kind {
                 NodeKind::Map(rate_fields) => {
+                    self.check_keys(rate_fields, RATE_KEYS, "rate_limit");
                     if let Some((max, window, per, text)) =
-                        self.long_rate(rate, rate_fields, prefix, kind)
+                        self.long_rate(rate, rate_fields, prefix, kind, "rate_limit")
                     {
                         let c = policy.counters.len();
                         policy.counters.push(CounterDef {
@@ -591,7 +647,11 @@ impl<'s> Loader<'s> {
                             scope: per,
                         });
                         counter = Some((
-                            CounterDraft::Long { counter: c, max },
+                            CounterDraft::Long {
+                                counter: c,
+                                max,
+                                by_args: false,
+                            },
                             format!("Rate limit of {max} per {text} reached. Try again later."),
                         ));
                     }
@@ -679,7 +739,7 @@ impl<'s> Loader<'s> {
             Action::Evaluate => {
                 let has_conditions = conditions
                     .is_some_and(|c| matches!(&c.kind, NodeKind::Seq(v) if !v.is_empty()));
-                if !has_conditions && rate.is_none() {
+                if !has_conditions && rate.is_none() && repeat.is_none() {
                     self.error_hint(
                         node.pos,
                         format!("{prefix}: evaluate rules must have at least one condition"),
@@ -712,19 +772,21 @@ impl<'s> Loader<'s> {
         })
     }
 
+    /// The `{max, window, per, mode}` of a `rate_limit` or `repeat_limit`
+    /// (`what` names it in errors).
     fn long_rate(
         &mut self,
         node: &Node,
         fields: &[(Node, Node)],
         prefix: &str,
         kind: KeyKind,
+        what: &str,
     ) -> Option<(i64, Window, Scope, String)> {
-        self.check_keys(fields, RATE_KEYS, "rate_limit");
         let max = match get(fields, "max") {
             None => {
                 self.error(
                     node.pos,
-                    format!("{prefix}: rate_limit needs `max` (calls allowed per window)"),
+                    format!("{prefix}: {what} needs `max` (calls allowed per window)"),
                 );
                 None
             }
@@ -734,7 +796,7 @@ impl<'s> Loader<'s> {
                     self.error_hint(
                         m.pos,
                         format!(
-                            "{prefix}: rate_limit max must be a positive integer, got {}",
+                            "{prefix}: {what} max must be a positive integer, got {}",
                             m.scalar_text().unwrap_or(m.type_name())
                         ),
                         "a max of 0 would refuse every call: use `action: deny` for that",
@@ -747,7 +809,7 @@ impl<'s> Loader<'s> {
             None => {
                 self.error(
                     node.pos,
-                    format!("{prefix}: rate_limit needs `window` (e.g. 60s, 5m, 1h, 1d)"),
+                    format!("{prefix}: {what} needs `window` (e.g. 60s, 5m, 1h, 1d)"),
                 );
                 None
             }
@@ -758,7 +820,7 @@ impl<'s> Loader<'s> {
                     Err(msg) => {
                         self.error_hint(
                             w.pos,
-                            format!("{prefix}: rate_limit window {msg}"),
+                            format!("{prefix}: {what} window {msg}"),
                             "use e.g. 60, 60s, 5m, 1h or 1d",
                         );
                         None
@@ -782,7 +844,7 @@ impl<'s> Loader<'s> {
                 other => {
                     let other = other.unwrap_or_default();
                     let msg = format!(
-                        "{prefix}: rate_limit per must be session, agent, tool or global, got \"{other}\""
+                        "{prefix}: {what} per must be session, agent, tool or global, got \"{other}\""
                     );
                     match suggest(other, &["session", "agent", "tool", "global"]) {
                         Some(s) => self.error_hint(p.pos, msg, format!("did you mean \"{s}\"?")),
@@ -801,7 +863,7 @@ impl<'s> Loader<'s> {
                     self.error(
                         m.pos,
                         format!(
-                            "{prefix}: rate_limit mode must be sliding or fixed, got \"{}\"",
+                            "{prefix}: {what} mode must be sliding or fixed, got \"{}\"",
                             other.unwrap_or_default()
                         ),
                     );
@@ -920,10 +982,15 @@ impl<'s> Loader<'s> {
             .unwrap_or_default();
         let limit = match draft.counter {
             None => None,
-            Some(CounterDraft::Long { counter, max }) => Some(Limit {
+            Some(CounterDraft::Long {
+                counter,
+                max,
+                by_args,
+            }) => Some(Limit {
                 counter,
                 max: Some(max),
                 amount: Amount::Fixed(1),
+                by_args,
             }),
             Some(CounterDraft::Named {
                 name,
@@ -956,6 +1023,7 @@ impl<'s> Loader<'s> {
                     counter,
                     max,
                     amount,
+                    by_args: false,
                 })
             }
         };

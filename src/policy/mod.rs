@@ -9,6 +9,7 @@
 //! rule serves both.
 
 pub(crate) mod call;
+pub(crate) mod canonical;
 pub(crate) mod condition;
 pub(crate) mod engine;
 pub(crate) mod error;

@@ -89,6 +89,9 @@ pub(crate) struct Limit {
     /// counter that only tracks (a `state` block with no limit condition).
     pub max: Option<i64>,
     pub amount: Amount,
+    /// `repeat_limit`: the counter is kept per identical call (the scope
+    /// value plus the SHA-256 of the canonical arguments).
+    pub by_args: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -240,6 +243,7 @@ impl Policy {
                     r.limit.as_ref().map(|l| &l.amount),
                     Some(Amount::FromArgs { .. })
                 )
+                || r.limit.as_ref().is_some_and(|l| l.by_args)
         })
     }
 

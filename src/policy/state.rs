@@ -549,6 +549,7 @@ mod tests {
             category: None,
             risk: None,
             args: &args,
+            args_sha256: None,
         };
         for _ in 0..2 {
             let d = old.decide(&mut s, &call);

@@ -499,6 +499,7 @@ impl Session {
         // The policy hash is the deciding generation's, filled in below.
         let mut row = self.row_under(String::new(), "tools/call", id.clone(), bytes);
         let known = lock(&self.categories).get(&params.name).copied();
+        let hash = args_sha256(&params.arguments);
         let call = Call {
             ts_us: row.ts_us,
             session: &row.session_id,
@@ -508,6 +509,7 @@ impl Session {
             category: Some(known.unwrap_or_else(|| Category::from_tool_name(&params.name))),
             risk: None,
             args: &params.arguments,
+            args_sha256: Some(&hash),
         };
         // Policy and counters as one unit: the decision, its reservation and
         // the policy hash in the row all come from the same generation.
@@ -541,7 +543,7 @@ impl Session {
         row.category = Some(category);
         row.risk = Some(risk);
         row.args_json = Some(canonical_json(&redacted));
-        row.args_sha256 = Some(args_sha256(&params.arguments));
+        row.args_sha256 = Some(hash.clone());
         row.decision = decision.verdict.into();
         row.rule = decision.rule.as_deref().map(str::to_string);
         row.reason = decision.message.as_deref().map(str::to_string);

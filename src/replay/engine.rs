@@ -289,6 +289,7 @@ impl RecordedDecider {
             category: e.category(),
             risk: e.risk(),
             args: e.args(),
+            args_sha256: e.args_sha256(),
         };
         self.settle_until(state, call.ts_us);
         let mut d = policy.decide_with(state, &call, approvals);

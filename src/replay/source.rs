@@ -38,6 +38,8 @@ pub struct EventBatch {
     outcome: Vec<Outcome>,
     /// `latency_us`, when the input has it.
     latency: Option<PrimitiveArray<UInt64Type>>,
+    /// `args_sha256` (read with the arguments).
+    args_hash: Option<StringArray>,
     args: Vec<Arc<serde_json::Value>>,
     /// Rows that are calls and pass the filters.
     pub rows: Vec<u32>,
@@ -111,6 +113,14 @@ impl<'b> EventRef<'b> {
             .filter(|l| !l.is_null(self.row))
             .map(|l| l.value(self.row))
     }
+    /// The recorded SHA-256 of the original arguments, when read.
+    pub fn args_sha256(&self) -> Option<&'b str> {
+        self.batch
+            .args_hash
+            .as_ref()
+            .filter(|a| !a.is_null(self.row))
+            .map(|a| a.value(self.row))
+    }
     pub fn args(&self) -> &'b serde_json::Value {
         self.batch.args.get(self.row).map_or(&NULL_ARGS, |a| a)
     }
@@ -158,6 +168,7 @@ pub fn recorded_events(
     let mut columns = REPLAY_COLUMNS.to_vec();
     if with_args {
         columns.push(col::ARGS_JSON);
+        columns.push(col::ARGS_SHA256);
     }
     let options = ScanOptions {
         from_us: filter.from_us,
@@ -237,10 +248,10 @@ fn decode_batch(
     let outcome = optional(col::OUTCOME)?;
     // Only used to time rollbacks: a foreign file's other type is ignored.
     let latency = v.u64s(col::LATENCY_US).ok().flatten().cloned();
-    let args = if with_args {
-        optional(col::ARGS_JSON)?
+    let (args, args_hash) = if with_args {
+        (optional(col::ARGS_JSON)?, optional(col::ARGS_SHA256)?)
     } else {
-        None
+        (None, None)
     };
     let n = batch.num_rows();
     fn get(a: &Option<StringArray>, i: usize) -> Option<&str> {
@@ -316,6 +327,7 @@ fn decode_batch(
                 .map(|o| o.unwrap_or(Outcome::Ok))
                 .collect(),
             latency,
+            args_hash,
             args,
             event_id,
             ts,

@@ -83,6 +83,7 @@ impl Invariant {
             category: e.category,
             risk: None,
             args: &e.args,
+            args_sha256: None,
         };
         // The matcher denies exactly the calls that match.
         self.matcher

@@ -319,6 +319,7 @@ pub fn simulate_with(
             category: p.category,
             risk: None,
             args: &p.args,
+            args_sha256: None,
         };
         let d = policy.decide_with(&mut state, &call, approvals);
         let verdict = d.verdict;
