@@ -672,8 +672,7 @@ fn repeat_limit_gives_counts_back_on_a_json_rpc_error_and_is_validated() {
         ),
     ] {
         let err = Policy::from_yaml(yaml, "p.yaml")
-            .err()
-            .expect("invalid")
+            .expect_err("invalid")
             .to_string();
         assert!(err.contains(expect) && err.contains("p.yaml:"), "{err}");
     }
