@@ -43,7 +43,7 @@ fn every_intercept_compat_policy_passes_check() {
 #[test]
 fn bundled_policies_are_valid() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    for name in ["lenient", "strict", "seed-copy-limit"] {
+    for name in ["lenient", "strict", "seed-copy-limit", "guarded"] {
         let p = root.join(format!("policies/{name}.yaml"));
         let out = run(&["policy", "check", p.to_str().unwrap()]);
         assert!(out.status.success(), "{name}: {}", stderr(&out));

@@ -475,6 +475,14 @@ fn demo_runs_on_the_bundled_data() {
         .expect("a lenient row");
     let cols: Vec<&str> = lenient.split_whitespace().collect();
     assert_eq!(&cols[5..], ["0", "0", "0"], "{lenient}");
+    // The runaway guard stops the live session's repeated copy: the two
+    // tries after the third identical one.
+    let guarded = text
+        .lines()
+        .find(|l| l.starts_with("guarded "))
+        .expect("a guarded row");
+    let cols: Vec<&str> = guarded.split_whitespace().collect();
+    assert_eq!(cols[3], "2", "{guarded}");
 }
 
 /// Recorded logs and a scenario in one run share one clock and one set of
