@@ -677,3 +677,120 @@ fn repeat_limit_gives_counts_back_on_a_json_rpc_error_and_is_validated() {
         assert!(err.contains(expect) && err.contains("p.yaml:"), "{err}");
     }
 }
+
+/// `circuit_breaker`: N failing outcomes in a row within W open the circuit
+/// for the cooldown; then one trial call goes through: its success closes
+/// the circuit, its failure opens it again. Outcomes arrive by settle.
+#[test]
+fn circuit_breaker_opens_half_opens_and_closes_on_outcomes() {
+    let p = policy(
+        "version: \"1\"\ntools:\n  copy_image_set:\n    rules:\n      - name: stop hammering\n        circuit_breaker: {errors: 3, within: 1m, cooldown: 5m, per: agent}\n",
+    );
+    let mut state = PolicyState::new(&p);
+    let args = json!({});
+    let call_at = |state: &mut PolicyState, t: i64, agent: &str, outcome: Option<Outcome>| {
+        let call = Call {
+            ts_us: t,
+            session: "s",
+            agent,
+            server: "srv",
+            tool: "copy_image_set",
+            category: None,
+            risk: None,
+            args: &args,
+            args_sha256: None,
+        };
+        let d = p.decide(state, &call);
+        let verdict = (
+            d.verdict,
+            d.retry_after_ms,
+            d.rule.as_deref().map(str::to_string),
+        );
+        if let Some(o) = outcome {
+            state.settle(d.reservation, o);
+        }
+        verdict
+    };
+    // Two failures, a success (resets the streak), then three failures.
+    for (i, o) in [
+        Outcome::ToolError,
+        Outcome::RpcError,
+        Outcome::Ok,
+        Outcome::ToolError,
+        Outcome::Timeout,
+        Outcome::ToolError,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (v, ..) = call_at(&mut state, DAY0 + i as i64 * SEC, "a1", Some(o));
+        assert_eq!(v, Verdict::Allow, "call {i}");
+    }
+    // Open since the third failure's call (at 5 s) for 5 minutes.
+    let (v, retry, rule) = call_at(&mut state, DAY0 + 65 * SEC, "a1", None);
+    assert_eq!(v, Verdict::Throttle);
+    assert_eq!(rule.as_deref(), Some("stop hammering"));
+    assert_eq!(retry, Some((305 - 65) * 1000));
+    // Another agent's circuit is its own.
+    assert_eq!(
+        call_at(&mut state, DAY0 + 66 * SEC, "a2", Some(Outcome::Ok)).0,
+        Verdict::Allow
+    );
+    // Half-open: one trial; a second call while it is in flight is refused.
+    let trial = Call {
+        ts_us: DAY0 + 306 * SEC,
+        session: "s",
+        agent: "a1",
+        server: "srv",
+        tool: "copy_image_set",
+        category: None,
+        risk: None,
+        args: &args,
+        args_sha256: None,
+    };
+    let d = p.decide(&mut state, &trial);
+    assert_eq!(d.verdict, Verdict::Allow);
+    assert_eq!(
+        call_at(&mut state, DAY0 + 307 * SEC, "a1", None).0,
+        Verdict::Throttle
+    );
+    // The trial fails: open again for the cooldown.
+    state.settle(d.reservation, Outcome::ToolError);
+    let (v, retry, _) = call_at(&mut state, DAY0 + 308 * SEC, "a1", None);
+    assert_eq!((v, retry), (Verdict::Throttle, Some((606 - 308) * 1000)));
+    // The next trial succeeds: closed, calls flow again.
+    assert_eq!(
+        call_at(&mut state, DAY0 + 607 * SEC, "a1", Some(Outcome::Ok)).0,
+        Verdict::Allow
+    );
+    assert_eq!(
+        call_at(&mut state, DAY0 + 608 * SEC, "a1", Some(Outcome::ToolError)).0,
+        Verdict::Allow
+    );
+    assert_eq!(
+        call_at(&mut state, DAY0 + 609 * SEC, "a1", None).0,
+        Verdict::Allow
+    );
+    // Failures further apart than `within` are not a streak.
+    let mut spaced = PolicyState::new(&p);
+    for i in 0..5 {
+        let (v, ..) = call_at(
+            &mut spaced,
+            DAY0 + i * 61 * SEC,
+            "a1",
+            Some(Outcome::ToolError),
+        );
+        assert_eq!(v, Verdict::Allow, "spaced call {i}");
+    }
+    // Validation.
+    let err = Policy::from_yaml(
+        "version: \"1\"\ntools:\n  t:\n    rules:\n      - name: r\n        circuit_breaker: {errors: 3, within: 1m}\n",
+        "p.yaml",
+    )
+    .expect_err("invalid")
+    .to_string();
+    assert!(
+        err.contains("circuit_breaker needs `cooldown`") && err.contains("p.yaml:"),
+        "{err}"
+    );
+}

@@ -1320,3 +1320,49 @@ fn repeat_limit_holds_live_and_across_a_restart_with_redaction() {
     );
     assert_eq!(rows[0].args_sha256, rows[1].args_sha256);
 }
+
+/// `circuit_breaker` live: a tool that keeps failing (isError results) trips
+/// the circuit in the proxy, and replaying the log with the same policy
+/// reproduces every decision.
+#[test]
+fn a_failing_tool_trips_the_circuit_live_and_in_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = write_policy(
+        dir.path(),
+        "version: \"1\"\ntools:\n  erroring_tool:\n    rules:\n      - name: stop hammering\n        circuit_breaker: {errors: 2, within: 1m, cooldown: 10m, per: session}\n",
+    );
+    let audit = dir.path().join("audit");
+    let mut p = Raw::start(&policy, &audit, &[]);
+    let mut decisions = Vec::new();
+    for id in 1..=4 {
+        p.send(&format!(
+            r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"erroring_tool","arguments":{{}}}}}}"#
+        ));
+        let v = p.recv();
+        decisions.push(
+            v["result"]["_meta"]["io.flightrec/decision"]["decision"]
+                .as_str()
+                .unwrap_or("allow")
+                .to_string(),
+        );
+    }
+    assert_eq!(decisions, ["allow", "allow", "throttle", "throttle"]);
+    drop(p.child.stdin.take());
+    assert!(common::wait_within(&mut p.child, Duration::from_secs(60)).success());
+    let r = Command::new(flightrec())
+        .args([
+            "replay",
+            audit.to_str().unwrap(),
+            "--policy",
+            policy.to_str().unwrap(),
+            "--format",
+            "json",
+        ])
+        .output_timed()
+        .unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let report: Value = serde_json::from_slice(&r.stdout).unwrap();
+    let d = &report["candidates"][0]["diff"];
+    assert_eq!(d["compared"], 4);
+    assert_eq!(d["unchanged"], 4, "{d}");
+}

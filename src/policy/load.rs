@@ -37,6 +37,7 @@ const RULE_KEYS: &[&str] = &[
     "action",
     "rate_limit",
     "repeat_limit",
+    "circuit_breaker",
     "conditions",
     "on_deny",
     "reason",
@@ -47,6 +48,7 @@ const CONDITION_KEYS: &[&str] = &["path", "op", "value"];
 const STATE_KEYS: &[&str] = &["counter", "window", "increment", "increment_from"];
 const RATE_KEYS: &[&str] = &["max", "window", "per", "mode"];
 const REPEAT_KEYS: &[&str] = &["max", "window", "per"];
+const BREAKER_KEYS: &[&str] = &["errors", "within", "cooldown", "per"];
 const CATEGORY_KEYS: &[&str] = &["category", "risk"];
 
 use crate::time::{DAY_US, HOUR_US, MINUTE_US};
@@ -555,6 +557,7 @@ impl<'s> Loader<'s> {
         let state = get(fields, "state").filter(|s| !s.is_null());
         let rate = get(fields, "rate_limit").filter(|r| !r.is_null());
         let repeat = get(fields, "repeat_limit").filter(|r| !r.is_null());
+        let breaker = get(fields, "circuit_breaker").filter(|r| !r.is_null());
 
         let scope_name = if kind == KeyKind::Wildcard {
             "_global"
@@ -567,7 +570,54 @@ impl<'s> Loader<'s> {
             Scope::Global
         };
         let mut counter = None;
-        if let Some(repeat) = repeat {
+        if let Some(br) = breaker {
+            if rate.is_some() || repeat.is_some() || conditions.is_some() || state.is_some() {
+                self.error_hint(
+                    br.pos,
+                    format!("{prefix}: circuit_breaker cannot be combined with rate_limit, repeat_limit, conditions or state"),
+                    "give each limit a rule of its own",
+                );
+            }
+            if action != Action::Evaluate {
+                self.error(
+                    br.pos,
+                    format!("{prefix}: circuit_breaker needs an evaluate rule (no `action: deny` or `require_approval`)"),
+                );
+            }
+            match &br.kind {
+                NodeKind::Map(br_fields) => {
+                    if let Some((errors, within_us, cooldown_us, per, text)) =
+                        self.breaker(br, br_fields, prefix, kind)
+                    {
+                        let c = policy.counters.len();
+                        policy.counters.push(CounterDef {
+                            identity: format!("{key}\u{1f}{name}\u{1f}breaker"),
+                            window: Window {
+                                len_us: within_us,
+                                mode: WindowMode::Breaker {
+                                    errors,
+                                    cooldown_us,
+                                },
+                            },
+                            scope: per,
+                        });
+                        counter = Some((
+                            CounterDraft::Long {
+                                counter: c,
+                                max: 0,
+                                by_args: false,
+                            },
+                            format!("Circuit open: {text}, then one trial call is let through."),
+                        ));
+                    }
+                }
+                _ => self.error_hint(
+                    br.pos,
+                    format!("{prefix}: circuit_breaker must be a mapping"),
+                    "write `circuit_breaker: {errors: 3, within: 1m, cooldown: 5m}`",
+                ),
+            }
+        } else if let Some(repeat) = repeat {
             if rate.is_some() || conditions.is_some() || state.is_some() {
                 self.error_hint(
                     repeat.pos,
@@ -739,7 +789,7 @@ impl<'s> Loader<'s> {
             Action::Evaluate => {
                 let has_conditions = conditions
                     .is_some_and(|c| matches!(&c.kind, NodeKind::Seq(v) if !v.is_empty()));
-                if !has_conditions && rate.is_none() && repeat.is_none() {
+                if !has_conditions && rate.is_none() && repeat.is_none() && breaker.is_none() {
                     self.error_hint(
                         node.pos,
                         format!("{prefix}: evaluate rules must have at least one condition"),
@@ -828,32 +878,7 @@ impl<'s> Loader<'s> {
                 }
             }
         };
-        let per = match get(fields, "per") {
-            None => {
-                if kind == KeyKind::Wildcard {
-                    Scope::Global
-                } else {
-                    Scope::Tool
-                }
-            }
-            Some(p) => match self.text(p, "per").as_deref() {
-                Some("session") => Scope::Session,
-                Some("agent") => Scope::Agent,
-                Some("tool") => Scope::Tool,
-                Some("global") => Scope::Global,
-                other => {
-                    let other = other.unwrap_or_default();
-                    let msg = format!(
-                        "{prefix}: {what} per must be session, agent, tool or global, got \"{other}\""
-                    );
-                    match suggest(other, &["session", "agent", "tool", "global"]) {
-                        Some(s) => self.error_hint(p.pos, msg, format!("did you mean \"{s}\"?")),
-                        None => self.error(p.pos, msg),
-                    }
-                    Scope::Tool
-                }
-            },
-        };
+        let per = self.per_scope(fields, prefix, kind, what);
         let mode = match get(fields, "mode") {
             None => WindowMode::Sliding,
             Some(m) => match self.text(m, "mode").as_deref() {
@@ -880,6 +905,105 @@ impl<'s> Loader<'s> {
             described = format!("{described} per {}", per.as_str());
         }
         Some((max, Window { len_us, mode }, per, described))
+    }
+
+    /// A limit's `per` (default: per tool, global for `"*"` rules).
+    fn per_scope(
+        &mut self,
+        fields: &[(Node, Node)],
+        prefix: &str,
+        kind: KeyKind,
+        what: &str,
+    ) -> Scope {
+        match get(fields, "per") {
+            None => {
+                if kind == KeyKind::Wildcard {
+                    Scope::Global
+                } else {
+                    Scope::Tool
+                }
+            }
+            Some(p) => match self.text(p, "per").as_deref() {
+                Some("session") => Scope::Session,
+                Some("agent") => Scope::Agent,
+                Some("tool") => Scope::Tool,
+                Some("global") => Scope::Global,
+                other => {
+                    let other = other.unwrap_or_default();
+                    let msg = format!(
+                        "{prefix}: {what} per must be session, agent, tool or global, got \"{other}\""
+                    );
+                    match suggest(other, &["session", "agent", "tool", "global"]) {
+                        Some(s) => self.error_hint(p.pos, msg, format!("did you mean \"{s}\"?")),
+                        None => self.error(p.pos, msg),
+                    }
+                    Scope::Tool
+                }
+            },
+        }
+    }
+
+    /// `circuit_breaker: {errors, within, cooldown, per}`.
+    fn breaker(
+        &mut self,
+        node: &Node,
+        fields: &[(Node, Node)],
+        prefix: &str,
+        kind: KeyKind,
+    ) -> Option<(u32, i64, i64, Scope, String)> {
+        self.check_keys(fields, BREAKER_KEYS, "circuit_breaker");
+        let errors = match get(fields, "errors") {
+            Some(m) => match &m.kind {
+                NodeKind::Scalar(Scalar::Int(n), _) if (1..=1_000_000).contains(n) => {
+                    Some(*n as u32)
+                }
+                _ => {
+                    self.error(
+                        m.pos,
+                        format!(
+                            "{prefix}: circuit_breaker errors must be a positive integer, got {}",
+                            m.scalar_text().unwrap_or(m.type_name())
+                        ),
+                    );
+                    None
+                }
+            },
+            None => {
+                self.error(
+                    node.pos,
+                    format!("{prefix}: circuit_breaker needs `errors` (failing calls in a row that open it)"),
+                );
+                None
+            }
+        };
+        let mut duration = |field: &str, example: &str| match get(fields, field) {
+            Some(w) => {
+                let text = self.text(w, field).unwrap_or_default();
+                match crate::time::parse_duration_us(&text) {
+                    Ok(us) => Some((us, text)),
+                    Err(msg) => {
+                        self.error(w.pos, format!("{prefix}: circuit_breaker {field} {msg}"));
+                        None
+                    }
+                }
+            }
+            None => {
+                self.error(
+                    node.pos,
+                    format!("{prefix}: circuit_breaker needs `{field}` (e.g. {example})"),
+                );
+                None
+            }
+        };
+        let within = duration("within", "1m");
+        let cooldown = duration("cooldown", "5m");
+        let per = self.per_scope(fields, prefix, kind, "circuit_breaker");
+        let (errors, (within_us, within_text), (cooldown_us, cooldown_text)) =
+            (errors?, within?, cooldown?);
+        let described = format!(
+            "{errors} failing calls in a row within {within_text}; refused for {cooldown_text}"
+        );
+        Some((errors, within_us, cooldown_us, per, described))
     }
 
     fn state_block(&mut self, node: &Node, prefix: &str) -> Option<(String, Window, Amount)> {

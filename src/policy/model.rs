@@ -127,6 +127,10 @@ pub enum WindowMode {
     Fixed,
     /// At most `max` in any half-open interval (t - window, t].
     Sliding,
+    /// A circuit breaker (`circuit_breaker`): `errors` failing outcomes in a
+    /// row within the window open it for `cooldown_us`; then one trial call
+    /// is let through, whose success closes it and failure opens it again.
+    Breaker { errors: u32, cooldown_us: i64 },
 }
 
 /// What a counter is counted per.

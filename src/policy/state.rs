@@ -37,6 +37,14 @@ impl Reservation {
         self.items.is_empty()
     }
 
+    /// Whether the call went through a circuit breaker (its outcome then
+    /// matters to the state even when nothing rolls back).
+    pub fn has_breaker(&self) -> bool {
+        self.items
+            .iter()
+            .any(|r| matches!(r.mark, Mark::Breaker { .. }))
+    }
+
     pub fn len(&self) -> usize {
         self.items.len()
     }
@@ -56,12 +64,28 @@ enum Mark {
     Window(i64),
     /// The sliding-log entry that holds it.
     Entry(u64),
+    /// A circuit breaker the call went through at `at`; `trial` when it was
+    /// the half-open circuit's one trial call.
+    Breaker { at: i64, trial: bool },
 }
 
 #[derive(Debug, Clone)]
 enum Slot {
     Fixed { window_start: i64, total: i64 },
     Sliding(SlidingLog),
+    Breaker(Breaker),
+}
+
+/// One circuit: the recent failing outcomes in a row, and whether (until
+/// when) it is open.
+#[derive(Debug, Clone, Default)]
+struct Breaker {
+    /// Times of the calls that failed since the last success, oldest first.
+    failures: VecDeque<i64>,
+    /// Open until then; past it the circuit is half-open.
+    open_until: Option<i64>,
+    /// The half-open circuit's trial call is in flight.
+    trial: bool,
 }
 
 /// The reservations still inside a sliding window, oldest first, with their
@@ -208,6 +232,61 @@ impl PolicyState {
         next
     }
 
+    /// Feeds a call's outcome to the circuit breakers it went through:
+    /// `tool_error`, `rpc_error` and `timeout` are failures, `ok` a success;
+    /// other outcomes (not forwarded, cancelled, interrupted…) say nothing
+    /// about the tool (a trial that ended so frees the half-open circuit).
+    fn settle_breakers(&mut self, reservation: &Reservation, outcome: Outcome) {
+        let failing = matches!(
+            outcome,
+            Outcome::ToolError | Outcome::RpcError | Outcome::Timeout
+        );
+        let success = outcome == Outcome::Ok;
+        for r in &reservation.items {
+            let Mark::Breaker { at, trial } = r.mark else {
+                continue;
+            };
+            let Some((window, _)) = self.defs.get(r.counter as usize).copied() else {
+                continue;
+            };
+            let WindowMode::Breaker {
+                errors,
+                cooldown_us,
+            } = window.mode
+            else {
+                continue;
+            };
+            let Some(Slot::Breaker(b)) = self
+                .slots
+                .get_mut(r.counter as usize)
+                .and_then(|s| s.get_mut(&*r.scope))
+            else {
+                continue;
+            };
+            if trial {
+                b.trial = false;
+                if failing {
+                    b.open_until = Some(at + cooldown_us);
+                    b.failures.clear();
+                } else if success {
+                    b.open_until = None;
+                    b.failures.clear();
+                }
+            } else if failing {
+                while b.failures.front().is_some_and(|t| *t <= at - window.len_us) {
+                    b.failures.pop_front();
+                }
+                b.failures.push_back(at);
+                if b.failures.len() >= errors as usize && b.open_until.is_none() {
+                    b.open_until = Some(at + cooldown_us);
+                    b.failures.clear();
+                }
+            } else if success {
+                b.failures.clear();
+            }
+        }
+    }
+
     /// Returns every amount the reservation took. A reservation from
     /// another state (more counters than this one has) returns nothing.
     fn roll_back(&mut self, reservation: Reservation) {
@@ -229,6 +308,8 @@ impl PolicyState {
                     Mark::Window(w),
                 ) if *window_start == w => *total -= r.amount,
                 (Slot::Sliding(log), Mark::Entry(id)) => log.remove(id),
+                // A trial that never ran frees the half-open circuit.
+                (Slot::Breaker(b), Mark::Breaker { trial: true, .. }) => b.trial = false,
                 _ => {}
             }
         }
@@ -252,6 +333,7 @@ impl PolicyState {
                     .map(|e| e.amount)
                     .sum()
             }
+            Some(Slot::Breaker(_)) => 0,
         }
     }
 
@@ -277,6 +359,7 @@ impl PolicyState {
                         total: 0,
                     },
                     WindowMode::Sliding => Slot::Sliding(SlidingLog::default()),
+                    WindowMode::Breaker { .. } => Slot::Breaker(Breaker::default()),
                 };
                 self.live_slots += 1;
                 let o = v.insert_entry(slot);
@@ -284,6 +367,22 @@ impl PolicyState {
             }
         };
         let mark = match slot {
+            Slot::Breaker(b) => match b.open_until {
+                Some(until) if now_us < until => return Err(Some(until - now_us)),
+                // Half-open: one trial call at a time.
+                Some(_) if b.trial => return Err(None),
+                Some(_) => {
+                    b.trial = true;
+                    Mark::Breaker {
+                        at: now_us,
+                        trial: true,
+                    }
+                }
+                None => Mark::Breaker {
+                    at: now_us,
+                    trial: false,
+                },
+            },
             Slot::Fixed {
                 window_start,
                 total,
@@ -353,6 +452,15 @@ impl PolicyState {
                     .entries
                     .back()
                     .is_some_and(|e| e.ts_us > now_us - window.len_us),
+                // A circuit that was ever opened stays until a success
+                // closes it (so a half-open circuit still takes one trial).
+                Slot::Breaker(b) => {
+                    b.trial
+                        || b.open_until.is_some()
+                        || b.failures
+                            .back()
+                            .is_some_and(|t| *t > now_us - window.len_us)
+                }
             });
             live += slots.len();
         }
@@ -392,6 +500,9 @@ impl CounterStore for PolicyState {
     }
 
     fn settle(&mut self, reservation: Reservation, outcome: Outcome) {
+        if reservation.has_breaker() {
+            self.settle_breakers(&reservation, outcome);
+        }
         if outcome.rolls_back() {
             self.roll_back(reservation);
         }

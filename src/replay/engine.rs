@@ -224,10 +224,10 @@ pub fn run_events(
 /// decision.
 ///
 /// A call that ended in a JSON-RPC error gives its counts back when its
-/// answer arrived, as live: at `ts + latency_us`, not at once. Calls decided
-/// in between (pipelined calls, other sessions) see the counts still taken,
-/// exactly as the proxy did. Without a recorded latency the rollback is
-/// immediate.
+/// answer arrived, as live: at `ts + latency_us`, not at once; a circuit
+/// breaker hears a call's outcome at that moment too. Calls decided in
+/// between (pipelined calls, other sessions) see the state as the proxy
+/// did. Without a recorded latency the outcome applies at once.
 #[derive(Default)]
 pub(crate) struct RecordedDecider {
     deferred: BinaryHeap<Reverse<Deferred>>,
@@ -239,6 +239,7 @@ struct Deferred {
     at: i64,
     seq: u64,
     reservation: Reservation,
+    outcome: Outcome,
 }
 
 impl PartialEq for Deferred {
@@ -263,7 +264,7 @@ impl RecordedDecider {
     pub(crate) fn settle_until(&mut self, state: &mut PolicyState, t: i64) {
         while self.deferred.peek().is_some_and(|Reverse(d)| d.at <= t) {
             let Reverse(d) = self.deferred.pop().expect("peeked");
-            state.settle(d.reservation, Outcome::RpcError);
+            state.settle(d.reservation, d.outcome);
         }
     }
 
@@ -302,13 +303,18 @@ impl RecordedDecider {
             o => o,
         };
         let reservation = std::mem::take(&mut d.reservation);
+        // Outcomes that change the state (a rollback; anything a circuit
+        // breaker hears) take effect when the answer arrived.
+        let matters =
+            (settled.rolls_back() && !reservation.is_empty()) || reservation.has_breaker();
         match e.latency_us() {
-            Some(latency) if settled.rolls_back() && !reservation.is_empty() => {
+            Some(latency) if matters => {
                 self.seq += 1;
                 self.deferred.push(Reverse(Deferred {
                     at: call.ts_us.saturating_add(latency as i64),
                     seq: self.seq,
                     reservation,
+                    outcome: settled,
                 }));
             }
             _ => state.settle(reservation, settled),
