@@ -677,6 +677,12 @@ impl Session {
             "flightrec: the MCP server's answer ({len} bytes) exceeds --max-response-bytes ({limit}) and was not delivered"
         );
         let raw = request.and_then(|id| RawValue::from_string(id).ok());
+        let mut ticket = ticket;
+        ticket.row.latency_us = Some(ticket.started.elapsed().as_micros() as u64);
+        settle_all(
+            std::mem::take(&mut ticket.reservations),
+            Outcome::ResponseTooLarge,
+        );
         ServerAction {
             send: Some(jsonrpc::error_frame(raw.as_deref(), -32603, &message)),
             completion: Some(Completion {
@@ -751,6 +757,12 @@ impl Session {
             None
         };
         let response_bytes = frame.len();
+        // The counters hear the outcome now, before the client does: a call
+        // the client makes after this answer sees the state it left (and the
+        // row's latency is this moment, which replay uses to time it).
+        let mut ticket = ticket;
+        ticket.row.latency_us = Some(ticket.started.elapsed().as_micros() as u64);
+        settle_all(std::mem::take(&mut ticket.reservations), outcome);
         ServerAction {
             send: Some(filtered.unwrap_or(frame)),
             completion: Some(Completion {
@@ -775,7 +787,9 @@ impl Session {
     }
 
     fn finish(&self, mut t: Ticket) {
-        t.row.latency_us = Some(t.started.elapsed().as_micros() as u64);
+        if t.row.latency_us.is_none() {
+            t.row.latency_us = Some(t.started.elapsed().as_micros() as u64);
+        }
         if t.begun {
             self.gateway.complete(t.row);
         } else {
