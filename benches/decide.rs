@@ -3,6 +3,10 @@
 //!
 //! Run: `cargo bench --bench decide`. Divan reports time per iteration and
 //! items/s; one iteration decides `CALLS` calls in time order.
+//!
+//! `*_guarded` runs the same workload with a runaway guard on every tool (a
+//! `repeat_limit` and a `circuit_breaker` on `"*"`), the argument hashes
+//! precomputed as the proxy and replay have them.
 
 use divan::{Bencher, counter::ItemsCount};
 use flightrec::policy::{Call, CounterStore, Outcome, Policy, PolicyState};
@@ -22,7 +26,7 @@ fn main() {
 
 /// 24 tools × 2 rules (an argument check and a per-session sliding limit)
 /// plus 2 wildcard rules = 50 rules.
-fn policy_yaml() -> String {
+fn policy_yaml(guarded: bool) -> String {
     let mut y = String::from("version: \"1\"\ndescription: bench\ntools:\n");
     for t in 0..TOOLS {
         y.push_str(&format!(
@@ -30,6 +34,9 @@ fn policy_yaml() -> String {
         ));
     }
     y.push_str("  \"*\":\n    rules:\n      - name: no prod deletes\n        when: [{path: args.env, op: eq, value: prod}]\n        action: deny\n      - name: global\n        rate_limit: 1000000/minute\n");
+    if guarded {
+        y.push_str("      - name: repeat guard\n        repeat_limit: {max: 1000000, window: 10m, per: session}\n      - name: breaker\n        circuit_breaker: {errors: 5, within: 1m, cooldown: 5m, per: session}\n");
+    }
     y
 }
 
@@ -37,6 +44,8 @@ struct Workload {
     sessions: Vec<String>,
     tools: Vec<String>,
     args: Vec<Value>,
+    /// The canonical SHA-256 of each of `args` (what the audit log has).
+    hashes: Vec<String>,
     /// (ts, session index, tool index, args index)
     calls: Vec<(i64, u32, u32, u32)>,
 }
@@ -74,10 +83,18 @@ fn workload() -> Workload {
             (ts, session, tool, a)
         })
         .collect();
+    let hashes = args
+        .iter()
+        .map(|a| {
+            use sha2::Digest;
+            hex::encode(sha2::Sha256::digest(canonical(a).as_bytes()))
+        })
+        .collect();
     Workload {
         sessions,
         tools,
         args,
+        hashes,
         calls,
     }
 }
@@ -98,7 +115,7 @@ fn decide_all(policy: &Policy, state: &mut PolicyState, w: &Workload, shift_us: 
             category: None,
             risk: None,
             args: &w.args[a as usize],
-            args_sha256: None,
+            args_sha256: Some(&w.hashes[a as usize]),
         };
         let d = policy.decide(state, &call);
         reserved += d.reservation.len();
@@ -108,9 +125,31 @@ fn decide_all(policy: &Policy, state: &mut PolicyState, w: &Workload, shift_us: 
 }
 
 fn bench_policy() -> Policy {
-    let (policy, _) = Policy::from_yaml(&policy_yaml(), "bench.yaml").unwrap();
+    let (policy, _) = Policy::from_yaml(&policy_yaml(false), "bench.yaml").unwrap();
     assert_eq!(policy.rule_count(), 50);
     policy
+}
+
+fn guarded_policy() -> Policy {
+    let (policy, _) = Policy::from_yaml(&policy_yaml(true), "bench.yaml").unwrap();
+    assert_eq!(policy.rule_count(), 52);
+    policy
+}
+
+/// Canonical JSON (sorted keys, compact), as the audit log hashes it.
+fn canonical(v: &Value) -> String {
+    match v {
+        Value::Object(m) => {
+            let mut keys: Vec<&String> = m.keys().collect();
+            keys.sort();
+            let parts: Vec<String> = keys
+                .iter()
+                .map(|k| format!("{}:{}", Value::from(k.as_str()), canonical(&m[k.as_str()])))
+                .collect();
+            format!("{{{}}}", parts.join(","))
+        }
+        other => other.to_string(),
+    }
 }
 
 /// Every (session, tool) counter is new: the first minutes of traffic.
@@ -129,6 +168,22 @@ fn cold_state(bencher: Bencher) {
 #[divan::bench(sample_count = 20)]
 fn warm_state(bencher: Bencher) {
     let policy = bench_policy();
+    let w = workload();
+    let span = w.calls.last().unwrap().0 - w.calls[0].0 + 1;
+    bencher
+        .counter(ItemsCount::new(CALLS))
+        .with_inputs(|| {
+            let mut state = PolicyState::new(&policy);
+            decide_all(&policy, &mut state, &w, -span);
+            state
+        })
+        .bench_local_refs(|state| decide_all(&policy, state, &w, 0));
+}
+
+/// The warm steady state with a runaway guard on every tool.
+#[divan::bench(sample_count = 20)]
+fn warm_state_guarded(bencher: Bencher) {
+    let policy = guarded_policy();
     let w = workload();
     let span = w.calls.last().unwrap().0 - w.calls[0].0 + 1;
     bencher
