@@ -31,6 +31,8 @@ struct RuleSpec {
     /// An Intercept `state` counter that adds the call's `args.n` (calendar
     /// minutes, shared by the tool key) instead of a rate limit.
     from_args: bool,
+    /// A `repeat_limit`: counted per identical call (the same `args`).
+    repeat: bool,
 }
 
 impl RuleSpec {
@@ -51,7 +53,24 @@ fn rule() -> impl Strategy<Value = RuleSpec> {
             sliding: false,
             per: if key == "*" { "global" } else { "tool" },
             from_args: true,
+            repeat: false,
         }),
+        1 => (
+            prop::sample::select(vec!["t0", "t1", "*"]),
+            1i64..4,
+            prop::sample::select(vec![1i64, 2, 5]),
+            prop::sample::select(vec!["session", "agent", "tool", "global"]),
+        )
+            .prop_map(|(key, max, window_s, per)| RuleSpec {
+                key,
+                name: "r",
+                max,
+                window_s,
+                sliding: true,
+                per,
+                from_args: false,
+                repeat: true,
+            }),
     ]
 }
 
@@ -72,6 +91,7 @@ fn rate_rule() -> impl Strategy<Value = RuleSpec> {
             sliding,
             per,
             from_args: false,
+            repeat: false,
         })
 }
 
@@ -93,6 +113,13 @@ fn policy_yaml(rules: &[RuleSpec]) -> String {
         }
         y.push_str(&format!("  \"{key}\":\n    rules:\n"));
         for r in mine {
+            if r.repeat {
+                y.push_str(&format!(
+                    "      - {{name: r, repeat_limit: {{max: {}, window: {}s, per: {}}}}}\n",
+                    r.max, r.window_s, r.per
+                ));
+                continue;
+            }
             if r.from_args {
                 let scope = if key == "*" { "_global" } else { key };
                 y.push_str(&format!(
@@ -170,15 +197,22 @@ impl Model {
         }
     }
 
-    fn scope(r: &RuleSpec, session: &str, agent: &str, tool: &str) -> String {
+    fn scope(r: &RuleSpec, session: &str, agent: &str, tool: &str, n: i64) -> String {
         if r.from_args {
             return String::new(); // one counter for the whole tool key
         }
-        match r.per {
-            "session" => session.into(),
+        let base = match r.per {
+            "session" => session.to_string(),
             "agent" => agent.into(),
             "tool" => tool.into(),
             _ => String::new(),
+        };
+        if r.repeat {
+            // Identical calls: the same tool (the key's rules see one tool
+            // each, except "*") and the same arguments.
+            format!("{base}|{tool}|{n}")
+        } else {
+            base
         }
     }
 
@@ -197,7 +231,7 @@ impl Model {
         let star = rules.iter().filter(|r| r.key == "*");
         let applicable: Vec<&RuleSpec> = own.into_iter().chain(star).collect();
         for r in &applicable {
-            let scope = Model::scope(r, session, agent, tool);
+            let scope = Model::scope(r, session, agent, tool, n);
             let total = self
                 .entries
                 .iter()
@@ -218,7 +252,7 @@ impl Model {
             ids.push(self.entries.len());
             self.entries.push(Entry {
                 rule: r.clone(),
-                scope: Model::scope(r, session, agent, tool),
+                scope: Model::scope(r, session, agent, tool, n),
                 ts: now,
                 amount: amount(r),
                 alive: true,

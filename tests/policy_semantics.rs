@@ -794,3 +794,20 @@ fn circuit_breaker_opens_half_opens_and_closes_on_outcomes() {
         "{err}"
     );
 }
+
+/// A repeat limit on `"*"` sees every tool: the same arguments to two tools
+/// are two different calls (found by the reference-model property).
+#[test]
+fn repeat_limit_on_the_wildcard_tells_tools_apart() {
+    let p = policy(
+        "version: \"1\"\ntools:\n  \"*\":\n    rules:\n      - name: once per agent\n        repeat_limit: {max: 1, window: 1m, per: agent}\n",
+    );
+    let mut c = Caller::new(&p);
+    let args = json!({"id": "x"});
+    assert_eq!(c.call(DAY0, "copy_image_set", args.clone()), Verdict::Allow);
+    assert_eq!(
+        c.call(DAY0 + 1, "delete_image_set", args.clone()),
+        Verdict::Allow
+    );
+    assert_eq!(c.call(DAY0 + 2, "copy_image_set", args), Verdict::Throttle);
+}

@@ -175,8 +175,8 @@ impl Policy {
         // before it may still throttle the call, else it is denied.
         let EvalCtx { state, .. } = ctx;
         // repeat_limit counters are kept per identical call: their scope
-        // value carries the SHA-256 of the canonical arguments (computed
-        // only when a rule needs it).
+        // value carries the tool and the SHA-256 of the canonical arguments
+        // (computed only when a rule needs it).
         let mut args_hash: Option<String> = None;
         let mut owned: SmallVec<[String; 2]> = SmallVec::new();
         for rule in &applied {
@@ -187,8 +187,10 @@ impl Policy {
                     Some(h) => h.to_string(),
                     None => crate::policy::canonical::args_sha256(call.args),
                 });
+                // The tool is part of "the same call": a rule on "*" or
+                // a glob key sees several tools.
                 let scope = scope_value(self.counters[limit.counter].scope, call);
-                owned.push(format!("{scope}\u{1f}{hash}"));
+                owned.push(format!("{scope}\u{1f}{}\u{1f}{hash}", call.tool));
             }
         }
         let mut owned_scopes = owned.iter();
