@@ -226,6 +226,14 @@ impl PolicyState {
             }) && j < self.slots.len()
             {
                 next.slots[i] = std::mem::take(&mut self.slots[j]);
+                // A half-open circuit's trial in flight settles against the
+                // old state, which no longer holds the circuit: free it, or
+                // the circuit would wait for that outcome forever.
+                for slot in next.slots[i].values_mut() {
+                    if let Slot::Breaker(b) = slot {
+                        b.trial = false;
+                    }
+                }
             }
         }
         next.live_slots = next.slot_count();
@@ -673,6 +681,38 @@ mod tests {
             crate::policy::Verdict::Throttle
         );
         assert_eq!(migrated.read(1, "t", 0), 0);
+    }
+
+    #[test]
+    fn a_reload_during_a_trial_call_frees_the_half_open_circuit() {
+        let load = |y: &str| Policy::from_yaml(y, "p.yaml").unwrap().0;
+        let yaml = "version: \"1\"\ntools:\n  t:\n    rules:\n      - {name: b, circuit_breaker: {errors: 1, within: 1m, cooldown: 10s}}\n";
+        let (old, new) = (load(yaml), load(yaml));
+        let mut s = PolicyState::new(&old);
+        let args = serde_json::json!({});
+        let call = |t: i64| crate::policy::Call {
+            ts_us: t,
+            session: "s",
+            agent: "a",
+            server: "x",
+            tool: "t",
+            category: None,
+            risk: None,
+            args: &args,
+            args_sha256: None,
+        };
+        let d = old.decide(&mut s, &call(0));
+        s.settle(d.reservation, Outcome::ToolError); // open until 10 s
+        let trial = old.decide(&mut s, &call(11 * SEC));
+        assert_eq!(trial.verdict, crate::policy::Verdict::Allow);
+        let mut next = s.migrate(&old, &new);
+        // The trial's outcome goes to the old state and is lost.
+        s.settle(trial.reservation, Outcome::Ok);
+        // The new state lets a new trial through rather than waiting forever.
+        assert_eq!(
+            new.decide(&mut next, &call(12 * SEC)).verdict,
+            crate::policy::Verdict::Allow
+        );
     }
 
     #[test]
