@@ -85,6 +85,34 @@ fn write_policy(dir: &Path, text: &str) -> PathBuf {
     p
 }
 
+/// Replays `audit` against `policy` and returns the report's diff for that
+/// candidate (`compared`, `unchanged`, ...).
+fn replay_diff(audit: &Path, policy: &Path) -> Value {
+    let r = Command::new(flightrec())
+        .args([
+            "replay",
+            audit.to_str().unwrap(),
+            "--policy",
+            policy.to_str().unwrap(),
+            "--format",
+            "json",
+        ])
+        .output_timed()
+        .unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let report: Value = serde_json::from_slice(&r.stdout).unwrap();
+    report["candidates"][0]["diff"].clone()
+}
+
+/// The decision the proxy stamped on an answer; an answer without the
+/// `_meta` stamp is a forwarded (allowed) call.
+fn decision_of(answer: &Value) -> String {
+    answer["result"]["_meta"]["io.flightrec/decision"]["decision"]
+        .as_str()
+        .unwrap_or("allow")
+        .to_string()
+}
+
 #[test]
 fn sdk_through_the_proxy_in_both_lifecycles() {
     for mode in ["auto", "legacy"] {
@@ -215,20 +243,7 @@ fn sdk_through_the_proxy_in_both_lifecycles() {
         assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
 
         // Replaying the live log with the same policy reproduces every decision.
-        let r = Command::new(flightrec())
-            .args([
-                "replay",
-                audit.to_str().unwrap(),
-                "--policy",
-                policy.to_str().unwrap(),
-                "--format",
-                "json",
-            ])
-            .output_timed()
-            .unwrap();
-        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-        let report: Value = serde_json::from_slice(&r.stdout).unwrap();
-        let d = &report["candidates"][0]["diff"];
+        let d = &replay_diff(&audit, &policy);
         let calls = rows.iter().filter(|r| r.method == "tools/call").count();
         assert!(calls > 0);
         assert_eq!(d["compared"], calls, "{mode}: every recorded call compared");
@@ -1148,20 +1163,7 @@ fn pipelined_calls_replay_to_the_same_decisions() {
         decisions,
         ["allow", "allow", "allow", "throttle", "allow", "throttle"]
     );
-    let r = Command::new(flightrec())
-        .args([
-            "replay",
-            audit.to_str().unwrap(),
-            "--policy",
-            policy.to_str().unwrap(),
-            "--format",
-            "json",
-        ])
-        .output_timed()
-        .unwrap();
-    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-    let report: Value = serde_json::from_slice(&r.stdout).unwrap();
-    let d = &report["candidates"][0]["diff"];
+    let d = &replay_diff(&audit, &policy);
     assert_eq!(d["compared"], 6);
     assert_eq!(d["unchanged"], 6, "{d}");
 }
@@ -1295,12 +1297,7 @@ fn repeat_limit_holds_live_and_across_a_restart_with_redaction() {
         for (id, set) in calls {
             p.send(&call(*id, set));
             let v = p.recv();
-            verdicts.push(
-                v["result"]["_meta"]["io.flightrec/decision"]["decision"]
-                    .as_str()
-                    .unwrap_or("allow")
-                    .to_string(),
-            );
+            verdicts.push(decision_of(&v));
         }
         drop(p.child.stdin.take());
         assert!(common::wait_within(&mut p.child, Duration::from_secs(60)).success());
@@ -1339,30 +1336,12 @@ fn a_failing_tool_trips_the_circuit_live_and_in_replay() {
             r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"erroring_tool","arguments":{{}}}}}}"#
         ));
         let v = p.recv();
-        decisions.push(
-            v["result"]["_meta"]["io.flightrec/decision"]["decision"]
-                .as_str()
-                .unwrap_or("allow")
-                .to_string(),
-        );
+        decisions.push(decision_of(&v));
     }
     assert_eq!(decisions, ["allow", "allow", "throttle", "throttle"]);
     drop(p.child.stdin.take());
     assert!(common::wait_within(&mut p.child, Duration::from_secs(60)).success());
-    let r = Command::new(flightrec())
-        .args([
-            "replay",
-            audit.to_str().unwrap(),
-            "--policy",
-            policy.to_str().unwrap(),
-            "--format",
-            "json",
-        ])
-        .output_timed()
-        .unwrap();
-    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-    let report: Value = serde_json::from_slice(&r.stdout).unwrap();
-    let d = &report["candidates"][0]["diff"];
+    let d = &replay_diff(&audit, &policy);
     assert_eq!(d["compared"], 4);
     assert_eq!(d["unchanged"], 4, "{d}");
 }
