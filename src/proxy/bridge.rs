@@ -18,7 +18,7 @@ use crate::proxy::ProxyError;
 use crate::proxy::gateway::{Gateway, GatewayConfig, lock};
 use crate::proxy::jsonrpc::{self, Envelope};
 use crate::proxy::session::{ClientAction, Session, Transport};
-use crate::proxy::sse::{event_end, split_event};
+use crate::proxy::sse::{Events, split_event};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, Uri};
@@ -239,7 +239,7 @@ async fn forward(bridge: &Bridge, body: Vec<u8>) {
         }
         Ok(Ok(r)) => r,
     };
-    let (parts, mut incoming) = resp.into_parts();
+    let (parts, incoming) = resp.into_parts();
     if let Some(s) = parts
         .headers
         .get("mcp-session-id")
@@ -254,19 +254,10 @@ async fn forward(bridge: &Bridge, body: Vec<u8>) {
         .unwrap_or_default()
         .to_string();
     if content_type.starts_with("text/event-stream") {
-        let mut buf: Vec<u8> = Vec::new();
-        while let Some(frame) = incoming.frame().await {
-            let Ok(frame) = frame else { break };
-            let Ok(data) = frame.into_data() else {
-                continue;
-            };
-            buf.extend_from_slice(&data);
-            while let Some((end, sep)) = event_end(&buf) {
-                let event: Vec<u8> = buf.drain(..end + sep).collect();
-                let text = String::from_utf8_lossy(&event[..end]).into_owned();
-                if let (Some(data), _) = split_event(&text) {
-                    deliver(bridge, data.into_bytes(), method.as_deref());
-                }
+        let mut events = Events::new(incoming);
+        while let Some(text) = events.next().await {
+            if let (Some(data), _) = split_event(&text) {
+                deliver(bridge, data.into_bytes(), method.as_deref());
             }
         }
     } else {

@@ -30,7 +30,7 @@ use crate::proxy::ProxyError;
 use crate::proxy::gateway::{Gateway, GatewayConfig, lock};
 use crate::proxy::jsonrpc::{self, Envelope};
 use crate::proxy::session::{ClientAction, Session, Transport};
-use crate::proxy::sse::{event_end, split_event};
+use crate::proxy::sse::{Events, split_event};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Body, Frame, Incoming};
@@ -562,32 +562,24 @@ async fn pass_through(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<
 /// An upstream SSE body read event by event: each event's JSON-RPC message
 /// goes through the session (filtered `tools/list`, rows completed once the
 /// event is on its way); other fields and events pass in order.
-fn sse_through_session(session: Arc<Session>, scope: String, mut incoming: Incoming) -> ProxyBody {
+fn sse_through_session(session: Arc<Session>, scope: String, incoming: Incoming) -> ProxyBody {
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
     tokio::spawn(async move {
-        let mut buf: Vec<u8> = Vec::new();
-        while let Some(frame) = incoming.frame().await {
-            let Ok(frame) = frame else { break };
-            let Ok(data) = frame.into_data() else {
-                continue;
-            };
-            buf.extend_from_slice(&data);
-            while let Some((end, sep)) = event_end(&buf) {
-                let event: Vec<u8> = buf.drain(..end + sep).collect();
-                let text = String::from_utf8_lossy(&event[..end]).into_owned();
-                let (out, completion) = rewrite_event(&session, &scope, &text);
-                if let Some(out) = out
-                    && tx.send(Bytes::from(out)).await.is_err()
-                {
-                    return;
-                }
-                if let Some(c) = completion {
-                    session.complete(c);
-                }
+        let mut events = Events::new(incoming);
+        while let Some(text) = events.next().await {
+            let (out, completion) = rewrite_event(&session, &scope, &text);
+            if let Some(out) = out
+                && tx.send(Bytes::from(out)).await.is_err()
+            {
+                return;
+            }
+            if let Some(c) = completion {
+                session.complete(c);
             }
         }
-        if !buf.is_empty() {
-            let _ = tx.send(Bytes::from(buf)).await;
+        let rest = events.rest();
+        if !rest.is_empty() {
+            let _ = tx.send(Bytes::from(rest)).await;
         }
     });
     ChannelBody(rx).boxed()

@@ -1,5 +1,44 @@
-//! Just enough Server-Sent Events for MCP's Streamable HTTP: finding where
-//! an event ends in a growing buffer, and its `data` (the JSON-RPC message).
+//! Just enough Server-Sent Events for MCP's Streamable HTTP: reading a body
+//! event by event, finding where an event ends in a growing buffer, and its
+//! `data` (the JSON-RPC message).
+
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+/// An SSE body read one event at a time, as the bytes arrive.
+pub(crate) struct Events {
+    body: Incoming,
+    buf: Vec<u8>,
+}
+
+impl Events {
+    pub(crate) fn new(body: Incoming) -> Events {
+        Events {
+            body,
+            buf: Vec::new(),
+        }
+    }
+
+    /// The next whole event's text (without its closing blank line), or
+    /// `None` when the body ended or broke off.
+    pub(crate) async fn next(&mut self) -> Option<String> {
+        loop {
+            if let Some((end, sep)) = event_end(&self.buf) {
+                let event: Vec<u8> = self.buf.drain(..end + sep).collect();
+                return Some(String::from_utf8_lossy(&event[..end]).into_owned());
+            }
+            let frame = self.body.frame().await?.ok()?;
+            if let Ok(data) = frame.into_data() {
+                self.buf.extend_from_slice(&data);
+            }
+        }
+    }
+
+    /// Bytes after the last whole event (a body that ended mid-event).
+    pub(crate) fn rest(self) -> Vec<u8> {
+        self.buf
+    }
+}
 
 /// Where the first event in `buf` ends, and the length of the blank line
 /// that ends it (`\n\n` or `\r\n\r\n`: servers use either).
