@@ -253,15 +253,7 @@ fn sdk_client_through_the_http_proxy_in_both_generations() {
         .unwrap();
     assert!(!legacy_copy.session_id.starts_with("agent:"));
     assert_eq!(legacy_copy.client_name.as_deref(), Some("mcp"));
-    let out = Command::new(flightrec())
-        .args(["audit", "verify", audit.to_str().unwrap()])
-        .output_timed()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_verified(&audit);
 }
 
 #[test]
@@ -522,15 +514,7 @@ fn the_bridge_takes_a_stdio_client_to_an_http_server() {
         decided,
         ["allow", "throttle", "deny", "allow", "throttle", "deny"]
     );
-    let out = Command::new(flightrec())
-        .args(["audit", "verify", audit.to_str().unwrap()])
-        .output_timed()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_verified(&audit);
 }
 
 /// A body over `--max-message-bytes` gets 413 and a row; the proxy keeps
@@ -683,9 +667,5 @@ fn the_bridge_stops_cleanly_on_sigterm() {
     let rows = dir_rows(&audit);
     let outcomes: Vec<&str> = rows.iter().map(|r| r.outcome.as_str()).collect();
     assert_eq!(outcomes, ["ok", "interrupted"]);
-    let v = Command::new(flightrec())
-        .args(["audit", "verify", audit.to_str().unwrap()])
-        .output_timed()
-        .unwrap();
-    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
+    common::assert_verified(&audit);
 }

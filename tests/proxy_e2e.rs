@@ -236,11 +236,7 @@ fn sdk_through_the_proxy_in_both_lifecycles() {
             Some("read"),
             "from readOnlyHint"
         );
-        let v = Command::new(flightrec())
-            .args(["audit", "verify", audit.to_str().unwrap()])
-            .output_timed()
-            .unwrap();
-        assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
+        common::assert_verified(&audit);
 
         // Replaying the live log with the same policy reproduces every decision.
         let d = &replay_diff(&audit, &policy);
@@ -709,13 +705,7 @@ fn sigterm_is_forwarded_and_in_flight_calls_are_recorded() {
         .find(|r| r.tool.as_deref() == Some("slow_tool"))
         .expect("a row for the call in flight");
     assert_eq!(slow.outcome.as_str(), "upstream_gone");
-    assert!(
-        Command::new(flightrec())
-            .args(["audit", "verify", audit.to_str().unwrap()])
-            .status_timed()
-            .unwrap()
-            .success()
-    );
+    common::assert_verified(&audit);
 }
 
 /// The client closes its end and the operator sends SIGTERM at about the
@@ -1109,15 +1099,7 @@ fn two_proxies_share_one_audit_directory() {
         assert!(common::wait_within(&mut p.child, Duration::from_secs(120)).success());
     }
     assert_eq!(rows(&audit).len(), 4);
-    let out = Command::new(flightrec())
-        .args(["audit", "verify", audit.to_str().unwrap()])
-        .output_timed()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = common::assert_verified(&audit);
     assert!(String::from_utf8_lossy(&out.stdout).contains("2 chains intact"));
 }
 

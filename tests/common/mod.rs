@@ -33,6 +33,14 @@ pub fn run(args: &[&str]) -> Output {
     )
 }
 
+/// Runs `flightrec audit verify AUDIT`, asserts every chain is intact, and
+/// returns the output (its stdout names the chains checked).
+pub fn assert_verified(audit: &Path) -> Output {
+    let out = run(&["audit", "verify", audit.to_str().unwrap()]);
+    assert!(out.status.success(), "audit verify: {}", stderr(&out));
+    out
+}
+
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
