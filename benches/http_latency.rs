@@ -13,15 +13,13 @@
 //!
 //! Run: `cargo bench --bench http_latency`.
 
+mod support;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn target_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release")
-}
+use support::{build_release, percentile, target_dir};
 
 struct Guard(Child);
 
@@ -84,10 +82,6 @@ impl Conn {
         );
         elapsed
     }
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
 /// Waits for a line on the child's stdout or stderr that names its address.
@@ -210,20 +204,7 @@ fn report(name: &str, direct: SocketAddr, proxied: SocketAddr, calls: usize, sec
 }
 
 fn main() {
-    let status = Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "--release",
-            "--quiet",
-            "--bin",
-            "flightrec",
-            "--example",
-            "http_mcp_server",
-        ])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .expect("cargo build");
-    assert!(status.success());
+    build_release("http_mcp_server");
     let dir = tempfile::tempdir().unwrap();
 
     let mut rust = Command::new(target_dir().join("examples/http_mcp_server"))

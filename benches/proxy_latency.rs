@@ -13,10 +13,12 @@
 //! alternates three paths (direct, baseline proxy, this proxy) and prints
 //! both proxies' added latency and their ratio.
 
+mod support;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::Instant;
+use support::{build_release, percentile, target_dir};
 
 const CALLS: usize = 5_000;
 const WARMUP: usize = 500;
@@ -29,14 +31,6 @@ const ORDERS: [[u8; 3]; 6] = [
     [2, 0, 1],
     [2, 1, 0],
 ];
-
-fn target_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release")
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
 
 struct Peer {
     child: Child,
@@ -78,20 +72,7 @@ impl Peer {
 }
 
 fn main() {
-    let status = Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "--release",
-            "--quiet",
-            "--bin",
-            "flightrec",
-            "--example",
-            "test_mcp_server",
-        ])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .expect("cargo build");
-    assert!(status.success());
+    build_release("test_mcp_server");
     let server = target_dir().join("examples/test_mcp_server");
     let flightrec = target_dir().join("flightrec");
     let dir = tempfile::tempdir().unwrap();
