@@ -167,23 +167,18 @@ fn cold_state(bencher: Bencher) {
 /// traffic just before (the measured pass continues the same timeline).
 #[divan::bench(sample_count = 20)]
 fn warm_state(bencher: Bencher) {
-    let policy = bench_policy();
-    let w = workload();
-    let span = w.calls.last().unwrap().0 - w.calls[0].0 + 1;
-    bencher
-        .counter(ItemsCount::new(CALLS))
-        .with_inputs(|| {
-            let mut state = PolicyState::new(&policy);
-            decide_all(&policy, &mut state, &w, -span);
-            state
-        })
-        .bench_local_refs(|state| decide_all(&policy, state, &w, 0));
+    bench_warm(bencher, bench_policy());
 }
 
 /// The warm steady state with a runaway guard on every tool.
 #[divan::bench(sample_count = 20)]
 fn warm_state_guarded(bencher: Bencher) {
-    let policy = guarded_policy();
+    bench_warm(bencher, guarded_policy());
+}
+
+/// Measures one pass over the workload with counters already warmed by
+/// the same traffic one timeline-span earlier.
+fn bench_warm(bencher: Bencher, policy: Policy) {
     let w = workload();
     let span = w.calls.last().unwrap().0 - w.calls[0].0 + 1;
     bencher
