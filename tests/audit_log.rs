@@ -703,8 +703,7 @@ fn several_writers_share_a_directory_through_crashes() {
         let r = rows.iter().find(|r| &r.event_id == id).unwrap();
         assert_eq!(r.outcome.as_str(), "interrupted", "{id}");
     }
-    let out = run(&["audit", "verify", audit.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    let out = common::assert_verified(&audit);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.contains(&format!("{} chains intact", writers.len())),
@@ -714,17 +713,7 @@ fn several_writers_share_a_directory_through_crashes() {
         assert!(text.contains(&format!("writer {w}:")), "{text}");
     }
     // Export reads every chain.
-    let out_file = dir.path().join("all.jsonl");
-    let out = run(&[
-        "export",
-        audit.to_str().unwrap(),
-        "--format",
-        "jsonl",
-        "-o",
-        out_file.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let exported = std::fs::read_to_string(&out_file).unwrap().lines().count();
+    let exported = export_jsonl(&audit, dir.path()).lines().count();
     assert_eq!(exported, rows.len());
 }
 
@@ -745,18 +734,7 @@ fn export_and_replay_merge_writers_by_time() {
     a.close().unwrap();
     b.close().unwrap();
     assert_eq!(layout::writer_ids(&audit).unwrap().len(), 2);
-    let out_file = dir.path().join("all.jsonl");
-    let out = run(&[
-        "export",
-        audit.to_str().unwrap(),
-        "--format",
-        "jsonl",
-        "-o",
-        out_file.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let ids: Vec<String> = std::fs::read_to_string(&out_file)
-        .unwrap()
+    let ids: Vec<String> = export_jsonl(&audit, dir.path())
         .lines()
         .map(|l| {
             serde_json::from_str::<serde_json::Value>(l).unwrap()["event_id"]
@@ -797,4 +775,20 @@ fn export_and_replay_merge_writers_by_time() {
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["events"], 200);
     assert_eq!(report["late_events"], 0);
+}
+
+/// `flightrec export AUDIT --format jsonl` into `scratch/all.jsonl`; returns
+/// the file's text.
+fn export_jsonl(audit: &Path, scratch: &Path) -> String {
+    let out_file = scratch.join("all.jsonl");
+    let out = run(&[
+        "export",
+        audit.to_str().unwrap(),
+        "--format",
+        "jsonl",
+        "-o",
+        out_file.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    std::fs::read_to_string(&out_file).unwrap()
 }
