@@ -9,6 +9,27 @@ const SEC: i64 = 1_000_000;
 /// 2026-11-25T00:00:00Z, a day (and so minute and hour) boundary.
 const DAY0: i64 = 1_795_564_800 * SEC;
 
+/// A call to server `srv` with no category, risk or precomputed hash.
+fn plain_call<'a>(
+    ts_us: i64,
+    session: &'a str,
+    agent: &'a str,
+    tool: &'a str,
+    args: &'a Value,
+) -> Call<'a> {
+    Call {
+        ts_us,
+        session,
+        agent,
+        server: "srv",
+        tool,
+        category: None,
+        risk: None,
+        args,
+        args_sha256: None,
+    }
+}
+
 fn policy(yaml: &str) -> Policy {
     match Policy::from_yaml(yaml, "test.yaml") {
         Ok((p, _)) => p,
@@ -37,17 +58,7 @@ impl<'p> Caller<'p> {
         tool: &str,
         args: Value,
     ) -> (Verdict, Option<String>, Option<u64>) {
-        let call = Call {
-            ts_us: ts,
-            session,
-            agent,
-            server: "srv",
-            tool,
-            category: None,
-            risk: None,
-            args: &args,
-            args_sha256: None,
-        };
+        let call = plain_call(ts, session, agent, tool, &args);
         let d = self.policy.decide(&mut self.state, &call);
         (
             d.verdict,
@@ -640,17 +651,7 @@ fn repeat_limit_gives_counts_back_on_a_json_rpc_error_and_is_validated() {
     );
     let mut state = PolicyState::new(&p);
     let args = json!({"x": 1});
-    let call = Call {
-        ts_us: DAY0,
-        session: "s",
-        agent: "a",
-        server: "srv",
-        tool: "copy_image_set",
-        category: None,
-        risk: None,
-        args: &args,
-        args_sha256: None,
-    };
+    let call = plain_call(DAY0, "s", "a", "copy_image_set", &args);
     let d = p.decide(&mut state, &call);
     assert_eq!(d.verdict, Verdict::Allow);
     state.settle(d.reservation, Outcome::RpcError);
@@ -689,17 +690,7 @@ fn circuit_breaker_opens_half_opens_and_closes_on_outcomes() {
     let mut state = PolicyState::new(&p);
     let args = json!({});
     let call_at = |state: &mut PolicyState, t: i64, agent: &str, outcome: Option<Outcome>| {
-        let call = Call {
-            ts_us: t,
-            session: "s",
-            agent,
-            server: "srv",
-            tool: "copy_image_set",
-            category: None,
-            risk: None,
-            args: &args,
-            args_sha256: None,
-        };
+        let call = plain_call(t, "s", agent, "copy_image_set", &args);
         let d = p.decide(state, &call);
         let verdict = (
             d.verdict,
@@ -737,17 +728,7 @@ fn circuit_breaker_opens_half_opens_and_closes_on_outcomes() {
         Verdict::Allow
     );
     // Half-open: one trial; a second call while it is in flight is refused.
-    let trial = Call {
-        ts_us: DAY0 + 306 * SEC,
-        session: "s",
-        agent: "a1",
-        server: "srv",
-        tool: "copy_image_set",
-        category: None,
-        risk: None,
-        args: &args,
-        args_sha256: None,
-    };
+    let trial = plain_call(DAY0 + 306 * SEC, "s", "a1", "copy_image_set", &args);
     let d = p.decide(&mut state, &trial);
     assert_eq!(d.verdict, Verdict::Allow);
     assert_eq!(
