@@ -69,16 +69,7 @@ fn proxy(args: &[&str]) -> (Guard, SocketAddr, std::sync::mpsc::Receiver<String>
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for l in BufReader::new(stderr).lines() {
-            let Ok(l) = l else { break };
-            if tx.send(l).is_err() {
-                break;
-            }
-        }
-    });
+    let rx = common::line_channel(child.stderr.take().unwrap());
     let guard = Guard(child);
     loop {
         let line = rx

@@ -9,7 +9,7 @@ mod common;
 use common::{Timed, dir_rows, flightrec, need, root, test_server};
 use flightrec::audit::schema::AuditRow;
 use serde_json::{Value, json};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -415,26 +415,8 @@ impl Raw {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for l in BufReader::new(stdout).lines() {
-                let Ok(l) = l else { break };
-                if tx.send(l).is_err() {
-                    break;
-                }
-            }
-        });
-        let stderr = child.stderr.take().unwrap();
-        let (etx, errs) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for l in BufReader::new(stderr).lines() {
-                let Ok(l) = l else { break };
-                if etx.send(l).is_err() {
-                    break;
-                }
-            }
-        });
+        let rx = common::line_channel(child.stdout.take().unwrap());
+        let errs = common::line_channel(child.stderr.take().unwrap());
         Raw {
             child,
             lines: rx,
