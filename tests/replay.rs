@@ -636,3 +636,106 @@ fn filters_hold_across_many_batches() {
             && l.contains("\"tool\":\"delete_image_set\""))
     );
 }
+
+/// The guard section: which guard refused what, the first trip per session
+/// and the calls kept from the server. Two sessions loop on one copy that
+/// keeps failing; a third copies different images. Recorded: everything
+/// allowed (and every loop call a tool error).
+#[test]
+fn replay_reports_what_the_runaway_guard_would_have_stopped() {
+    use flightrec::audit::schema::RecordedDecision;
+    use flightrec::policy::Outcome;
+    let f = fixture();
+    let mut rows = Vec::new();
+    for i in 0..10i64 {
+        for (session, args, outcome) in [
+            (
+                "loop-1",
+                "{\"id\": \"set-7\"}".to_string(),
+                Outcome::ToolError,
+            ),
+            (
+                "loop-2",
+                "{\"id\": \"set-9\"}".to_string(),
+                Outcome::ToolError,
+            ),
+            ("fine", format!("{{\"id\": \"set-{i}\"}}"), Outcome::Ok),
+        ] {
+            rows.push(AuditRow {
+                event_id: format!("{session}-{i}"),
+                ts_us: T0 + i * 1_000_000,
+                session_id: session.into(),
+                agent_id: "imaging-assistant".into(),
+                tool: Some("copy_image_set".into()),
+                args_json: Some(args),
+                decision: RecordedDecision::Allow,
+                outcome,
+                latency_us: Some(1_000),
+                ..AuditRow::default()
+            });
+        }
+    }
+    let path = f.root.join("loops.parquet");
+    let mut w = parquet::arrow::ArrowWriter::try_new(
+        std::fs::File::create(&path).unwrap(),
+        flightrec::audit::schema::schema(),
+        None,
+    )
+    .unwrap();
+    w.write(&flightrec::audit::schema::rows_to_batch(&rows))
+        .unwrap();
+    w.close().unwrap();
+    let repeat = common::write_file(
+        &f.root,
+        "repeat.yaml",
+        "version: \"1\"\ntools:\n  copy_image_set:\n    rules:\n      - name: same copy again\n        repeat_limit: {max: 3, window: 10m, per: session}\n",
+    );
+    let breaker = common::write_file(
+        &f.root,
+        "breaker.yaml",
+        "version: \"1\"\ntools:\n  copy_image_set:\n    rules:\n      - name: failing copies\n        circuit_breaker: {errors: 2, within: 1m, cooldown: 1h, per: session}\n",
+    );
+    let report = replay_json(&[
+        path.to_str().unwrap(),
+        "--policy",
+        repeat.to_str().unwrap(),
+        "--policy",
+        breaker.to_str().unwrap(),
+        "--policy",
+        f.policy.to_str().unwrap(),
+    ]);
+    // Repeat limit: each loop session gets 3 of its 10 identical copies.
+    let g = &report["candidates"][0]["guard"];
+    assert_eq!(g["repeat_limit"], 14, "{g}");
+    assert_eq!(g["circuit_breaker"], 0, "{g}");
+    assert_eq!(g["calls_saved"], 14, "{g}");
+    assert_eq!(g["sessions_tripped"], 2, "{g}");
+    let trips = g["first_trips"].as_array().unwrap();
+    assert_eq!(trips.len(), 2);
+    assert_eq!(trips[0]["session"], "loop-1");
+    assert_eq!(trips[0]["event_id"], "loop-1-3");
+    assert_eq!(trips[0]["guard"], "repeat_limit");
+    assert_eq!(trips[0]["rule"], "same copy again");
+    assert_eq!(trips[0]["refused"], 7);
+    // Breaker: two failures open each loop's circuit for an hour; the
+    // session of good copies never trips.
+    let g = &report["candidates"][1]["guard"];
+    assert_eq!(g["circuit_breaker"], 16, "{g}");
+    assert_eq!(g["repeat_limit"], 0, "{g}");
+    assert_eq!(g["sessions_tripped"], 2, "{g}");
+    assert_eq!(g["first_trips"][1]["event_id"], "loop-2-2");
+    // A candidate without guards has no guard section.
+    assert!(report["candidates"][2].get("guard").is_none());
+    // The table says it in one line.
+    let out = run(&[
+        "replay",
+        path.to_str().unwrap(),
+        "--policy",
+        breaker.to_str().unwrap(),
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("runaway guard: 0 repeat(s) and 16 call(s) to an open circuit refused in 2 session(s); 16 call(s) kept from the server"),
+        "{text}"
+    );
+}

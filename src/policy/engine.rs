@@ -16,7 +16,7 @@
 
 use crate::policy::call::Call;
 use crate::policy::condition::{Condition, PathRef, resolve_args, resolve_call_str};
-use crate::policy::model::{Action, Amount, Policy, Rule, Scope};
+use crate::policy::model::{Action, Amount, Policy, Rule, Scope, WindowMode};
 use crate::policy::state::{CounterStore, Reservation, Want};
 use crate::policy::vocab::{Outcome, Verdict};
 use serde_json::Value;
@@ -38,7 +38,30 @@ pub struct Decision {
     pub message: Option<Arc<str>>,
     /// For throttles: milliseconds until the call would fit.
     pub retry_after_ms: Option<u64>,
+    /// For a throttle by a runaway guard: which kind stopped the call.
+    pub guard: Option<Guard>,
     pub reservation: Reservation,
+}
+
+/// The runaway guards: rules that stop what an agent repeats rather than
+/// how much it calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Guard {
+    /// `repeat_limit`: too many identical calls in the window.
+    RepeatLimit,
+    /// `circuit_breaker`: the circuit is open (or half-open with its trial
+    /// call in flight).
+    CircuitBreaker,
+}
+
+impl Guard {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Guard::RepeatLimit => "repeat_limit",
+            Guard::CircuitBreaker => "circuit_breaker",
+        }
+    }
 }
 
 impl Decision {
@@ -48,6 +71,7 @@ impl Decision {
             rule: None,
             message: None,
             retry_after_ms: None,
+            guard: None,
             reservation,
         }
     }
@@ -58,6 +82,7 @@ impl Decision {
             rule: Some(rule),
             message: Some(message),
             retry_after_ms: None,
+            guard: None,
             reservation: Reservation::default(),
         }
     }
@@ -233,6 +258,18 @@ impl Policy {
                     return Decision::refuse(Verdict::Approval, a.name.clone(), a.message.clone());
                 }
                 let rule = wanting[exhausted.index];
+                let guard = rule.limit.as_ref().and_then(|l| {
+                    if l.by_args {
+                        Some(Guard::RepeatLimit)
+                    } else if matches!(
+                        self.counters[l.counter].window.mode,
+                        WindowMode::Breaker { .. }
+                    ) {
+                        Some(Guard::CircuitBreaker)
+                    } else {
+                        None
+                    }
+                });
                 return Decision {
                     verdict: Verdict::Throttle,
                     rule: Some(rule.name.clone()),
@@ -240,6 +277,7 @@ impl Policy {
                     retry_after_ms: exhausted
                         .retry_after_us
                         .map(|us| (us as u64).div_ceil(1000)),
+                    guard,
                     reservation: Reservation::default(),
                 };
             }
@@ -266,6 +304,7 @@ impl Policy {
                 rule: Some(a.name.clone()),
                 message: Some(a.message.clone()),
                 retry_after_ms: None,
+                guard: None,
                 reservation,
             },
             None => Decision::allow(reservation),

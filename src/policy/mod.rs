@@ -20,8 +20,8 @@ pub(crate) mod vocab;
 pub(crate) mod yaml;
 
 pub use call::Call;
-pub use engine::Decision;
 pub use engine::{ApprovalMode, DEFAULT_DENY_RULE, HIDDEN_RULE};
+pub use engine::{Decision, Guard};
 pub use error::{PolicyError, Problem};
 pub use model::Policy;
 pub use state::{CounterStore, Exhausted, PolicyState, Reservation, Want};

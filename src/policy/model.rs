@@ -255,6 +255,22 @@ impl Policy {
         &self.counters
     }
 
+    /// Whether any rule is a runaway guard (`repeat_limit` or
+    /// `circuit_breaker`).
+    pub fn has_guards(&self) -> bool {
+        self.entries
+            .iter()
+            .flat_map(|e| e.rules.iter())
+            .filter_map(|r| r.limit.as_ref())
+            .any(|l| {
+                l.by_args
+                    || matches!(
+                        self.counters[l.counter].window.mode,
+                        WindowMode::Breaker { .. }
+                    )
+            })
+    }
+
     /// Number of tool keys (exact, glob and `"*"`).
     pub fn tool_key_count(&self) -> usize {
         self.entries.len()

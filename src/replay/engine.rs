@@ -15,7 +15,7 @@ use crate::policy::{
     ApprovalMode, Call, CounterStore, Decision, Outcome, Policy, PolicyState, Reservation,
 };
 use crate::replay::decisions::DecisionsWriter;
-use crate::replay::report::{Accumulator, CandidateReport, Report};
+use crate::replay::report::{Accumulator, CandidateReport, Report, Seen};
 use crate::replay::source::{EventRef, Pending, Reorder, SourceStats, merge, recorded_events};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -320,15 +320,16 @@ impl RecordedDecider {
             _ => state.settle(reservation, settled),
         }
         acc.add(
-            call.ts_us,
-            e.event_id(),
-            call.tool,
-            call.agent,
-            call.session,
-            d.verdict,
-            d.rule.as_deref(),
-            e.recorded(),
-            outcome == Outcome::NotForwarded,
+            Seen {
+                ts_us: call.ts_us,
+                event_id: e.event_id(),
+                tool: call.tool,
+                agent: call.agent,
+                session: call.session,
+                recorded: e.recorded(),
+                never_forwarded: outcome == Outcome::NotForwarded,
+            },
+            &d,
         );
         d
     }
@@ -344,7 +345,8 @@ fn worker(
 ) -> WorkerResult {
     let mut state = PolicyState::new(&c.policy);
     let mut decider = RecordedDecider::default();
-    let mut acc = Accumulator::new(&c.name, &c.file, &c.policy.sha256);
+    let mut acc =
+        Accumulator::new(&c.name, &c.file, &c.policy.sha256).with_guards(c.policy.has_guards());
     let mut out = match &part {
         Some(p) => Some(DecisionsWriter::create(p)?),
         None => None,

@@ -4,7 +4,7 @@
 //! table, JSON (the stable structure documented in docs/replay.md), Markdown
 //! or one self-contained HTML page.
 
-use crate::policy::Verdict;
+use crate::policy::{Decision, Guard, Verdict};
 use crate::time::format_us;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -123,7 +123,44 @@ pub struct CandidateReport {
     /// how many got through.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub agents_made: Vec<AgentCalls>,
+    /// What the candidate's runaway guards (`repeat_limit`,
+    /// `circuit_breaker`) stopped; absent when it has none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub guard: Option<GuardReport>,
 }
+
+/// What a candidate's runaway guards stopped.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct GuardReport {
+    /// Calls refused by a `repeat_limit` rule.
+    pub repeat_limit: u64,
+    /// Calls refused by an open (or busy half-open) circuit breaker.
+    pub circuit_breaker: u64,
+    /// Refused calls that reached the server when recorded (recorded
+    /// `allow`, or generated calls, which have no recorded decision): the
+    /// calls the guard would have kept from the server.
+    pub calls_saved: u64,
+    /// Sessions in which a guard refused at least one call.
+    pub sessions_tripped: u64,
+    /// The first trip of each session (earliest first, at most 20).
+    pub first_trips: Vec<Trip>,
+}
+
+/// The first call a guard refused in one session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Trip {
+    pub session: String,
+    pub agent: String,
+    pub tool: String,
+    pub guard: Guard,
+    pub rule: String,
+    pub ts: String,
+    pub event_id: String,
+    /// Calls the guards refused in this session in all.
+    pub refused: u64,
+}
+
+const TRIPS: usize = 20;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AgentCalls {
@@ -152,6 +189,21 @@ pub struct Accumulator {
     buckets: BTreeMap<i64, Counts>,
     /// The bucket being filled (events arrive in time order).
     current: Option<(i64, Counts)>,
+    /// `Some` when the candidate has runaway guards; trips per session.
+    guard: Option<(GuardReport, HashMap<String, Trip>)>,
+}
+
+/// One decided call, as the report sees it.
+pub struct Seen<'a> {
+    pub ts_us: i64,
+    pub event_id: &'a str,
+    pub tool: &'a str,
+    pub agent: &'a str,
+    pub session: &'a str,
+    /// The recorded verdict (`None` for generated calls).
+    pub recorded: Option<Verdict>,
+    /// The recording shows the call was never forwarded.
+    pub never_forwarded: bool,
 }
 
 impl Accumulator {
@@ -171,22 +223,57 @@ impl Accumulator {
             bucket_us: 60_000_000,
             buckets: BTreeMap::new(),
             current: None,
+            guard: None,
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    pub fn add(
-        &mut self,
-        ts_us: i64,
-        event_id: &str,
-        tool: &str,
-        agent: &str,
-        session: &str,
-        verdict: Verdict,
-        rule: Option<&str>,
-        recorded: Option<Verdict>,
-        never_forwarded: bool,
-    ) {
+    /// Adds the guard section (for a candidate with runaway guards).
+    pub fn with_guards(mut self, has_guards: bool) -> Self {
+        if has_guards {
+            self.guard = Some(Default::default());
+        }
+        self
+    }
+
+    pub fn add(&mut self, e: Seen<'_>, d: &Decision) {
+        let Seen {
+            ts_us,
+            event_id,
+            tool,
+            agent,
+            session,
+            recorded,
+            never_forwarded,
+        } = e;
+        let verdict = d.verdict;
+        let rule = d.rule.as_deref();
+        if let (Some(kind), Some((g, trips))) = (d.guard, &mut self.guard) {
+            match kind {
+                Guard::RepeatLimit => g.repeat_limit += 1,
+                Guard::CircuitBreaker => g.circuit_breaker += 1,
+            }
+            if recorded.is_none_or(|r| r == Verdict::Allow) && !never_forwarded {
+                g.calls_saved += 1;
+            }
+            match trips.get_mut(session) {
+                Some(t) => t.refused += 1,
+                None => {
+                    trips.insert(
+                        session.to_string(),
+                        Trip {
+                            session: session.to_string(),
+                            agent: agent.to_string(),
+                            tool: tool.to_string(),
+                            guard: kind,
+                            rule: rule.unwrap_or_default().to_string(),
+                            ts: format_us(ts_us),
+                            event_id: event_id.to_string(),
+                            refused: 1,
+                        },
+                    );
+                }
+            }
+        }
         self.totals.add(verdict);
         counts_for(&mut self.by_tool, tool).add(verdict);
         if verdict != Verdict::Allow {
@@ -286,6 +373,15 @@ impl Accumulator {
                 .cmp(&a.counts.total())
                 .then_with(|| a.name.cmp(&b.name))
         });
+        let guard = self.guard.map(|(mut g, trips)| {
+            g.sessions_tripped = trips.len() as u64;
+            let mut first: Vec<Trip> = trips.into_values().collect();
+            // RFC 3339 text in UTC sorts by time.
+            first.sort_by(|a, b| a.ts.cmp(&b.ts).then_with(|| a.session.cmp(&b.session)));
+            first.truncate(TRIPS);
+            g.first_trips = first;
+            g
+        });
         let mut rules = self.rules;
         let rules = self
             .rule_order
@@ -313,7 +409,18 @@ impl Accumulator {
                 })
                 .collect(),
             agents_made: Vec::new(),
+            guard,
         }
+    }
+}
+
+impl GuardReport {
+    /// One line: what the guards stopped.
+    pub fn summary(&self) -> String {
+        format!(
+            "runaway guard: {} repeat(s) and {} call(s) to an open circuit refused in {} session(s); {} call(s) kept from the server",
+            self.repeat_limit, self.circuit_breaker, self.sessions_tripped, self.calls_saved
+        )
     }
 }
 
@@ -492,6 +599,23 @@ impl Report {
                     a.agent, a.calls, a.retries, a.allowed
                 );
             }
+            if let Some(g) = &c.guard {
+                let _ = writeln!(s, "  {}", g.summary());
+                for t in &g.first_trips {
+                    let _ = writeln!(
+                        s,
+                        "    session {} ({}): {} {} first at {} by \"{}\" ({}), {} refused",
+                        t.session,
+                        t.agent,
+                        t.tool,
+                        t.guard.as_str(),
+                        t.ts,
+                        t.rule,
+                        t.event_id,
+                        t.refused
+                    );
+                }
+            }
             if c.assumed_successful > 0 {
                 let _ = writeln!(
                     s,
@@ -593,6 +717,28 @@ impl Report {
                     );
                 }
             }
+            if let Some(g) = &c.guard {
+                let _ = writeln!(s, "\n{}", md(&g.summary()));
+                if !g.first_trips.is_empty() {
+                    let _ = writeln!(
+                        s,
+                        "\n| session | agent | tool | guard | rule | first trip | refused |\n|---|---|---|---|---|---|---:|"
+                    );
+                    for t in &g.first_trips {
+                        let _ = writeln!(
+                            s,
+                            "| {} | {} | {} | {} | {} | {} | {} |",
+                            md(&t.session),
+                            md(&t.agent),
+                            md(&t.tool),
+                            t.guard.as_str(),
+                            md(&t.rule),
+                            t.ts,
+                            t.refused
+                        );
+                    }
+                }
+            }
             if c.assumed_successful > 0 {
                 let _ = writeln!(
                     s,
@@ -678,6 +824,9 @@ th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}th:first-child,td:f
                 d.newly_allowed.count,
                 d.changed.count
             );
+            if let Some(g) = &c.guard {
+                let _ = writeln!(s, "<p>{}</p>", html(&g.summary()));
+            }
         }
         s.push_str("</body></html>\n");
         s

@@ -9,7 +9,7 @@ use crate::policy::{ApprovalMode, Policy, PolicyState, Verdict};
 use crate::replay::engine::{
     Candidate, RecordedDecider, ReplayConfig, ReplayError, recorded_stream,
 };
-use crate::replay::report::{Accumulator, AgentCalls, Report};
+use crate::replay::report::{Accumulator, AgentCalls, Report, Seen};
 use crate::replay::source::{Pending, SourceStats};
 use crate::scenario::Scenario;
 use crate::scenario::sim::{Background, SimEvent, plan, simulate_with};
@@ -99,15 +99,16 @@ impl<I: Iterator<Item = Result<Pending, AuditError>>> Background for Recorded<'_
         self.seq[scenario] += 1;
         let id = format!("{}#{}", self.names[scenario], self.seq[scenario]);
         self.acc.add(
-            e.ts_us,
-            &id,
-            &e.tool,
-            &e.agent,
-            &e.session,
-            d.verdict,
-            d.rule.as_deref(),
-            None,
-            false,
+            Seen {
+                ts_us: e.ts_us,
+                event_id: &id,
+                tool: &e.tool,
+                agent: &e.agent,
+                session: &e.session,
+                recorded: None,
+                never_forwarded: false,
+            },
+            d,
         );
         let a = self
             .per_agent
@@ -149,7 +150,8 @@ pub fn replay_mixed(
         // in step with its agents, on the candidate's own counters.
         let run_stats = Arc::new(Mutex::new(SourceStats::default()));
         let events = recorded_stream(recorded, config, with_args, run_stats.clone())?;
-        let mut acc = Accumulator::new(&c.name, &c.file, &c.policy.sha256);
+        let mut acc =
+            Accumulator::new(&c.name, &c.file, &c.policy.sha256).with_guards(c.policy.has_guards());
         let mut per_agent = BTreeMap::new();
         let mut background = Recorded {
             events: events.peekable(),
