@@ -475,14 +475,27 @@ fn demo_runs_on_the_bundled_data() {
         .expect("a lenient row");
     let cols: Vec<&str> = lenient.split_whitespace().collect();
     assert_eq!(&cols[5..], ["0", "0", "0"], "{lenient}");
-    // The runaway guard stops the live session's repeated copy: the two
-    // tries after the third identical one.
+    // The runaway guard stops the sample day's failing copy loop (10:15)
+    // with its circuit breaker, and nothing but copies.
     let guarded = text
         .lines()
         .find(|l| l.starts_with("guarded "))
         .expect("a guarded row");
     let cols: Vec<&str> = guarded.split_whitespace().collect();
-    assert_eq!(cols[3], "2", "{guarded}");
+    let throttled: u64 = cols[3].parse().unwrap();
+    assert!(throttled > 200, "{guarded}");
+    assert!(
+        text.contains("session imaging-assistant-2 (imaging-assistant): copy_image_set circuit_breaker first at 2026-11-20T10:15"),
+        "{text}"
+    );
+    let guard = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("runaway guard:"))
+        .expect("a guard line");
+    assert!(
+        guard.contains(&format!("{throttled} call(s) kept from the server")),
+        "{guard}"
+    );
 }
 
 /// Recorded logs and a scenario in one run share one clock and one set of

@@ -23,6 +23,7 @@ fn bundled_scenarios_load_and_validation_errors_name_line_and_field() {
         "session-splitting",
         "steady-mix",
         "nightly-batch",
+        "failing-copy-retry",
     ] {
         let path = root().join(format!("scenarios/{name}.yaml"));
         Scenario::load(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -309,4 +310,268 @@ fn never_allowed_and_requires_approval_are_checked() {
     let o = run(&["fuzz", "--policy", &policy, "--invariants", &bad_inv]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("window is required"), "{}", stderr(&o));
+}
+
+/// Error outcomes and `retry_same`: every copy fails, the agent sends the
+/// same copy again every 2 s. Without a guard the retries go on (up to
+/// `max_retries`), all identical; a circuit breaker refuses them once three
+/// failures in a row opened it, and the agent (give_up) stops.
+#[test]
+fn failing_calls_are_retried_the_same_and_a_breaker_stops_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = write(
+        dir.path(),
+        "retry.yaml",
+        "version: 1\nname: retry same\nstart: 2026-11-20T10:00:00Z\nduration: 10m\nfail_rates: {copy_image_set: 1}\nagents:\n  - name: bot\n    loops:\n      - {tool: copy_image_set, every: 1h, count: 1, args: {id: set-7}}\n      - {tool: search_image_sets, every: 1m, start: 1s, fail_rate: 0}\n    on_error: retry_same\n    retry_every: 2s\n    max_retries: 20\n",
+    );
+    let s = Scenario::load(Path::new(&scenario)).unwrap();
+    let lenient: Policy = Policy::from_yaml("version: \"1\"\ndefault: allow\ntools: {}\n", "p")
+        .unwrap()
+        .0;
+    let events = simulate(&s, Some(&lenient), ApprovalMode::Deny);
+    let copies: Vec<_> = events
+        .iter()
+        .filter(|e| e.tool == "copy_image_set")
+        .collect();
+    assert_eq!(copies.len(), 21, "the call and its 20 retries");
+    for (i, c) in copies.iter().enumerate() {
+        assert_eq!(c.attempt, i as u32);
+        assert_eq!(c.args, copies[0].args, "the same call each time");
+        assert_eq!(c.ts_us - copies[0].ts_us, i as i64 * 2_000_000);
+        assert_eq!(c.outcome, flightrec::policy::Outcome::ToolError);
+    }
+    // Searches succeed and are never retried.
+    assert!(
+        events
+            .iter()
+            .filter(|e| e.tool == "search_image_sets")
+            .all(|e| e.outcome == flightrec::policy::Outcome::Ok && e.attempt == 0)
+    );
+    let breaker = Policy::from_yaml(
+        "version: \"1\"\ntools:\n  copy_image_set:\n    rules:\n      - name: failing copies\n        circuit_breaker: {errors: 3, within: 1m, cooldown: 5m, per: agent}\n",
+        "p",
+    )
+    .unwrap()
+    .0;
+    let events = simulate(&s, Some(&breaker), ApprovalMode::Deny);
+    let copies: Vec<_> = events
+        .iter()
+        .filter(|e| e.tool == "copy_image_set")
+        .collect();
+    assert_eq!(
+        copies.len(),
+        4,
+        "three failures open the circuit, the fourth is refused"
+    );
+    let d = copies[3].decision.as_ref().unwrap();
+    assert_eq!(d.verdict, Verdict::Throttle);
+    assert_eq!(d.guard, Some(flightrec::policy::Guard::CircuitBreaker));
+    assert_eq!(copies[3].outcome, flightrec::policy::Outcome::NotForwarded);
+    // Open loop (`generate` without a policy) records the drawn outcomes
+    // too, so a replay's breaker hears them: a loop of 12 failing copies,
+    // replayed with a breaker that opens after 3 for an hour.
+    let looping = write(
+        dir.path(),
+        "loop.yaml",
+        "version: 1\nname: loop\nstart: 2026-11-20T10:00:00Z\nduration: 2m\nfail_rates: {copy_image_set: 1}\nagents:\n  - name: bot\n    loops:\n      - {tool: copy_image_set, every: 10s, args: {id: set-7}}\n",
+    );
+    let out = dir.path().join("open.parquet");
+    let o = run(&["generate", &looping, "-o", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rows = file_rows(&out);
+    assert_eq!(rows.len(), 12);
+    assert!(rows.iter().all(|r| r.outcome.as_str() == "tool_error"));
+    let policy = write(
+        dir.path(),
+        "breaker.yaml",
+        "version: \"1\"\ntools:\n  copy_image_set:\n    rules:\n      - name: failing copies\n        circuit_breaker: {errors: 3, within: 1m, cooldown: 1h, per: agent}\n",
+    );
+    let o = run(&[
+        "replay",
+        out.to_str().unwrap(),
+        "--policy",
+        &policy,
+        "--format",
+        "json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(report["candidates"][0]["totals"]["throttle"], 9);
+    assert_eq!(report["candidates"][0]["guard"]["circuit_breaker"], 9);
+}
+
+/// Failure rates between 0 and 1 are drawn per call from the scenario's
+/// seed: the same seed gives the same outcomes, and about the given share
+/// fails; validation names line, column and field.
+#[test]
+fn fail_rates_are_seeded_and_validated() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = "version: 1\nseed: 3\nstart: 2026-11-20T10:00:00Z\nduration: 1h\nagents:\n  - name: a\n    mix:\n      - {tool: t, fail_rate: 0.25}\n    arrival: {kind: constant, every: 1s}\n";
+    let s = Scenario::from_yaml(text, "s.yaml").unwrap();
+    let a = simulate(&s, None, ApprovalMode::Deny);
+    let b = simulate(&s, None, ApprovalMode::Deny);
+    let fails = |v: &[flightrec::scenario::sim::SimEvent]| {
+        v.iter()
+            .filter(|e| e.outcome == flightrec::policy::Outcome::ToolError)
+            .count()
+    };
+    assert_eq!(fails(&a), fails(&b));
+    assert!(a.iter().zip(&b).all(|(x, y)| x.outcome == y.outcome));
+    let share = fails(&a) as f64 / a.len() as f64;
+    assert!((0.2..0.3).contains(&share), "{share} of {}", a.len());
+    let bad = write(
+        dir.path(),
+        "bad.yaml",
+        "version: 1\nstart: 2026-11-20T10:00:00Z\nduration: 10m\nfail_rates: {t: 2}\nagents:\n  - name: a\n    mix:\n      - {tool: t, fail_rate: lots}\n    arrival: {kind: constant, every: 1s}\n    on_error: panic\ncalls:\n  - {at: 1s, tool: t, outcome: exploded}\n",
+    );
+    let o = run(&[
+        "generate",
+        &bad,
+        "-o",
+        dir.path().join("x.parquet").to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = stderr(&o);
+    for needle in [
+        "bad.yaml:4:17: fail_rates.t must be a number from 0 to 1, got 2",
+        "bad.yaml:8:30: agents[0].mix[0].fail_rate must be a number from 0 to 1, got lots",
+        "bad.yaml:10:15: agents[0].on_error must be give_up or retry_same, got panic",
+        "bad.yaml:12:32: calls[0].outcome must be ok, tool_error, rpc_error or timeout, got exploded",
+    ] {
+        assert!(err.contains(needle), "missing {needle:?} in\n{err}");
+    }
+}
+
+const REPEATS: &str = "invariants:\n  - name: no copy repeated\n    max_repeats: {match: {tool: copy_image_set}, max: 3, window: 10m, per: session}\n";
+
+/// `max_repeats`: the fuzzer finds that a policy without a guard lets a
+/// copy repeat, shrinks it to max + 1 identical calls, and the
+/// counterexample replays; the bundled guarded policy survives.
+#[test]
+fn fuzz_breaks_an_unguarded_policy_on_max_repeats_and_a_guarded_one_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let inv = write(dir.path(), "inv.yaml", REPEATS);
+    // A rate limit is not a guard: 10 a minute still lets 4 identical
+    // copies through.
+    let policy = write(
+        dir.path(),
+        "rate.yaml",
+        "version: \"1\"\ntools:\n  copy_image_set:\n    rules:\n      - name: copy rate\n        rate_limit: {max: 10, window: 60s, per: session}\n",
+    );
+    let cex = dir.path().join("cex.yaml");
+    let o = run(&[
+        "fuzz",
+        "--policy",
+        &policy,
+        "--invariants",
+        &inv,
+        "-o",
+        cex.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("identical copy_image_set calls"),
+        "{}",
+        stderr(&o)
+    );
+    let s = Scenario::load(&cex).unwrap();
+    assert_eq!(s.calls.len(), 4, "shrunk to max + 1 identical calls");
+    assert!(s.calls.iter().all(|c| c.args == s.calls[0].args
+        && c.session == s.calls[0].session
+        && c.tool == "copy_image_set"));
+    let o = run(&[
+        "replay",
+        cex.to_str().unwrap(),
+        "--policy",
+        &policy,
+        "--invariants",
+        &inv,
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("invariant \"no copy repeated\" broken"),
+        "{}",
+        stderr(&o)
+    );
+    let guarded = root().join("policies/guarded.yaml");
+    let o = run(&[
+        "fuzz",
+        "--policy",
+        guarded.to_str().unwrap(),
+        "--invariants",
+        &inv,
+        "--cases",
+        "512",
+    ]);
+    assert!(
+        o.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        stderr(&o)
+    );
+}
+
+/// Fuzz counterexamples carry failing outcomes, so a breaker's decisions
+/// replay from the file: a policy whose breaker lets a fourth identical
+/// call through after it half-opens breaks a stricter invariant, and the
+/// written file (with `outcome: tool_error`) reproduces it.
+#[test]
+fn fuzz_counterexamples_keep_outcomes() {
+    let dir = tempfile::tempdir().unwrap();
+    let inv = write(
+        dir.path(),
+        "inv.yaml",
+        "invariants:\n  - name: at most 2 copies\n    max_allowed: {match: {tool: copy_image_set}, max: 2, window: 1h, per: agent}\n",
+    );
+    let policy = write(
+        dir.path(),
+        "breaker.yaml",
+        "version: \"1\"\ntools:\n  copy_image_set:\n    rules:\n      - name: failing copies\n        circuit_breaker: {errors: 2, within: 1h, cooldown: 1h, per: agent}\n",
+    );
+    let cex = dir.path().join("cex.yaml");
+    let o = run(&[
+        "fuzz",
+        "--policy",
+        &policy,
+        "--invariants",
+        &inv,
+        "-o",
+        cex.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let s = Scenario::load(&cex).unwrap();
+    // Three copies: the breaker could only refuse the third if the first
+    // two failed, so at least one of them succeeded.
+    assert_eq!(
+        s.calls.len(),
+        3,
+        "{}",
+        std::fs::read_to_string(&cex).unwrap()
+    );
+    let o = run(&[
+        "replay",
+        cex.to_str().unwrap(),
+        "--policy",
+        &policy,
+        "--invariants",
+        &inv,
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    // All failing: the breaker holds the line at two.
+    let all_failing = std::fs::read_to_string(&cex)
+        .unwrap()
+        .replace("}}\n", "}, outcome: tool_error}\n")
+        .replace(
+            ", outcome: tool_error, outcome: tool_error}",
+            ", outcome: tool_error}",
+        );
+    let forced = write(dir.path(), "forced.yaml", &all_failing);
+    let o = run(&["replay", &forced, "--policy", &policy, "--invariants", &inv]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        stderr(&o)
+    );
 }

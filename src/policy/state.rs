@@ -245,10 +245,7 @@ impl PolicyState {
     /// other outcomes (not forwarded, cancelled, interrupted…) say nothing
     /// about the tool (a trial that ended so frees the half-open circuit).
     fn settle_breakers(&mut self, reservation: &Reservation, outcome: Outcome) {
-        let failing = matches!(
-            outcome,
-            Outcome::ToolError | Outcome::RpcError | Outcome::Timeout
-        );
+        let failing = outcome.is_failure();
         let success = outcome == Outcome::Ok;
         for r in &reservation.items {
             let Mark::Breaker { at, trial } = r.mark else {

@@ -110,6 +110,16 @@ impl Outcome {
     pub fn rolls_back(self) -> bool {
         matches!(self, Outcome::RpcError | Outcome::NotForwarded)
     }
+
+    /// A failing outcome of a call that was forwarded (`tool_error`,
+    /// `rpc_error`, `timeout`): what a circuit breaker counts and what a
+    /// scenario agent with `on_error: retry_same` retries.
+    pub fn is_failure(self) -> bool {
+        matches!(
+            self,
+            Outcome::ToolError | Outcome::RpcError | Outcome::Timeout
+        )
+    }
 }
 
 impl FromStr for Outcome {

@@ -7,7 +7,7 @@
 //! agents and sessions, smaller gaps) to a minimal one, which is written as a
 //! scenario of explicit calls that `flightrec replay` reproduces.
 
-use crate::policy::{ApprovalMode, Policy};
+use crate::policy::{ApprovalMode, Outcome, Policy};
 use crate::scenario::invariants::{self, Invariant, Violation};
 use crate::scenario::model::{ExplicitCall, Scenario};
 use crate::scenario::sim::simulate;
@@ -32,7 +32,8 @@ impl Default for FuzzOptions {
     }
 }
 
-/// One drawn call: gap before it (ms), agent, session, tool, argument value.
+/// One drawn call: gap before it (ms), agent, session, tool, argument
+/// value, and whether it fails if allowed (a `tool_error`).
 #[derive(Debug, Clone, PartialEq)]
 struct Drawn {
     gap_ms: u64,
@@ -40,6 +41,7 @@ struct Drawn {
     session: u8,
     tool: u8,
     arg: u8,
+    fails: bool,
 }
 
 pub enum FuzzResult {
@@ -51,7 +53,7 @@ pub enum FuzzResult {
     },
     /// The smallest counterexample found.
     Failed {
-        scenario: Scenario,
+        scenario: Box<Scenario>,
         violation: Violation,
         yaml: String,
         cases_run: u32,
@@ -96,6 +98,7 @@ fn to_scenario(drawn: &[Drawn], tools: &[String]) -> Scenario {
                 tool: tools[d.tool as usize % tools.len()].clone(),
                 category: None,
                 args: serde_json::json!({"n": d.arg}),
+                outcome: d.fails.then_some(Outcome::ToolError),
             }
         })
         .collect();
@@ -107,6 +110,7 @@ fn to_scenario(drawn: &[Drawn], tools: &[String]) -> Scenario {
         server: "fuzz".into(),
         agents: Vec::new(),
         calls,
+        fail_rates: Vec::new(),
     }
 }
 
@@ -121,15 +125,26 @@ pub fn run(policy: &Policy, invariants: &[Invariant], opts: &FuzzOptions) -> Fuz
         1 => prop::sample::select(vec![1_000u64, 10_000, 60_000, 3_600_000]),
         1 => 0u64..120_000,
     ];
-    let drawn = (gap, 0u8..3, 0u8..3, 0u8..n_tools, any::<u8>()).prop_map(
-        |(gap_ms, agent, session, tool, arg)| Drawn {
+    // Arguments: mostly a few values, so identical calls (what repeat
+    // limits count) are common; sometimes any. Failures: often enough to
+    // trip circuit breakers.
+    let arg = prop_oneof![3 => 0u8..3, 1 => any::<u8>()];
+    let drawn = (
+        gap,
+        0u8..3,
+        0u8..3,
+        0u8..n_tools,
+        arg,
+        prop::bool::weighted(0.3),
+    )
+        .prop_map(|(gap_ms, agent, session, tool, arg, fails)| Drawn {
             gap_ms,
             agent,
             session,
             tool,
             arg,
-        },
-    );
+            fails,
+        });
     let strategy = prop::collection::vec(drawn, 1..=opts.max_events.max(1));
     let mut seed_bytes = [0u8; 32];
     seed_bytes[..8].copy_from_slice(&opts.seed.to_le_bytes());
@@ -172,14 +187,14 @@ pub fn run(policy: &Policy, invariants: &[Invariant], opts: &FuzzOptions) -> Fuz
                 invariants::check(invariants, &decided).expect("the minimal case fails");
             let yaml = scenario_yaml(&scenario, &violation);
             FuzzResult::Failed {
-                scenario,
+                scenario: Box::new(scenario),
                 violation,
                 yaml,
                 cases_run: cases.get(),
             }
         }
         Err(TestError::Abort(reason)) => FuzzResult::Failed {
-            scenario: to_scenario(&[], &tools),
+            scenario: Box::new(to_scenario(&[], &tools)),
             violation: Violation {
                 invariant: "(fuzzer)".into(),
                 event: 0,
@@ -204,8 +219,12 @@ pub fn scenario_yaml(s: &Scenario, v: &Violation) -> String {
         s.server
     );
     for c in &s.calls {
+        let outcome = c
+            .outcome
+            .map(|o| format!(", outcome: {}", o.as_str()))
+            .unwrap_or_default();
         y.push_str(&format!(
-            "  - {{at: {}ms, agent: {}, session: {}, tool: {}, args: {}}}\n",
+            "  - {{at: {}ms, agent: {}, session: {}, tool: {}, args: {}{outcome}}}\n",
             c.at_us / 1000,
             serde_json::Value::from(c.agent.as_str()),
             serde_json::Value::from(c.session.as_str()),

@@ -19,7 +19,9 @@
 //! - `never_allowed`: no matching call may be allowed or sent for approval;
 //! - `requires_approval`: no matching call may be allowed without approval;
 //! - `max_allowed`: at most `max` matching calls allowed in any window
-//!   (t − window, t], per session, agent, tool or globally.
+//!   (t − window, t], per session, agent, tool or globally;
+//! - `max_repeats`: the same, counting only identical calls (same tool,
+//!   same canonical arguments): what a runaway guard must hold.
 
 use crate::policy::error::{PolicyError, Problem};
 use crate::policy::yaml::{self, Node, NodeKind, Pos, Scalar, get};
@@ -46,6 +48,13 @@ pub enum Kind {
     NeverAllowed,
     RequiresApproval,
     MaxAllowed {
+        max: usize,
+        window_us: i64,
+        per: Per,
+    },
+    /// As `MaxAllowed`, counted per identical call (same tool, same
+    /// canonical arguments) within the scope.
+    MaxRepeats {
         max: usize,
         window_us: i64,
         per: Per,
@@ -118,34 +127,56 @@ pub fn check(invariants: &[Invariant], events: &[SimEvent]) -> Option<Violation>
                     max,
                     window_us,
                     per,
+                }
+                | Kind::MaxRepeats {
+                    max,
+                    window_us,
+                    per,
                 } => {
                     if d.verdict != Verdict::Allow {
                         None
                     } else {
-                        let key = match per {
+                        let mut key = match per {
                             Per::Session => e.session.clone(),
                             Per::Agent => e.agent.clone(),
                             Per::Tool => e.tool.clone(),
                             Per::Global => String::new(),
                         };
+                        let repeats = matches!(inv.kind, Kind::MaxRepeats { .. });
+                        if repeats {
+                            key = format!(
+                                "{key}\u{1f}{}\u{1f}{}",
+                                e.tool,
+                                crate::policy::canonical::args_sha256(&e.args)
+                            );
+                        }
                         let w = windows[k].entry(key.clone()).or_default();
                         while w.front().is_some_and(|t| *t <= e.ts_us - window_us) {
                             w.pop_front();
                         }
                         w.push_back(e.ts_us);
+                        let scope = match per {
+                            Per::Session => format!("session {}", e.session),
+                            Per::Agent => format!("agent {}", e.agent),
+                            Per::Tool => format!("tool {}", e.tool),
+                            Per::Global => "all".into(),
+                        };
                         (w.len() > max).then(|| {
-                            format!(
-                                "{} matching calls allowed within {} s for {} {} (max {max})",
-                                w.len(),
-                                window_us as f64 / 1e6,
-                                match per {
-                                    Per::Session => "session",
-                                    Per::Agent => "agent",
-                                    Per::Tool => "tool",
-                                    Per::Global => "all",
-                                },
-                                key
-                            )
+                            if repeats {
+                                format!(
+                                    "{} identical {} calls ({}) allowed within {} s for {scope} (max {max})",
+                                    w.len(),
+                                    e.tool,
+                                    crate::policy::canonical::canonical_json(&e.args),
+                                    window_us as f64 / 1e6,
+                                )
+                            } else {
+                                format!(
+                                    "{} matching calls allowed within {} s for {scope} (max {max})",
+                                    w.len(),
+                                    window_us as f64 / 1e6,
+                                )
+                            }
                         })
                     }
                 }
@@ -220,25 +251,34 @@ pub fn from_yaml(text: &str, source: &str) -> Result<Vec<Invariant>, PolicyError
             .filter(|(k, _)| {
                 matches!(
                     k.scalar_text(),
-                    Some("max_allowed" | "never_allowed" | "requires_approval")
+                    Some("max_allowed" | "max_repeats" | "never_allowed" | "requires_approval")
                 )
             })
             .collect();
         for (k, _) in m {
             let key = k.scalar_text().unwrap_or_default();
-            if !["name", "max_allowed", "never_allowed", "requires_approval"].contains(&key) {
-                problems.push(problem(k.pos, format!("{what}: unknown field `{key}` (use max_allowed, never_allowed or requires_approval)")));
+            if ![
+                "name",
+                "max_allowed",
+                "max_repeats",
+                "never_allowed",
+                "requires_approval",
+            ]
+            .contains(&key)
+            {
+                problems.push(problem(k.pos, format!("{what}: unknown field `{key}` (use max_allowed, max_repeats, never_allowed or requires_approval)")));
             }
         }
         let [(kind_key, body)] = kinds.as_slice() else {
             problems.push(problem(
                 item.pos,
                 format!(
-                    "{what}: give exactly one of max_allowed, never_allowed, requires_approval"
+                    "{what}: give exactly one of max_allowed, max_repeats, never_allowed, requires_approval"
                 ),
             ));
             continue;
         };
+        let kind_name = kind_key.scalar_text().unwrap_or_default();
         let NodeKind::Map(b) = &body.kind else {
             problems.push(problem(
                 body.pos,
@@ -255,7 +295,7 @@ pub fn from_yaml(text: &str, source: &str) -> Result<Vec<Invariant>, PolicyError
                     _ => {
                         problems.push(problem(
                             body.pos,
-                            format!("{what}.max_allowed: max must be a non-negative integer"),
+                            format!("{what}.{kind_name}: max must be a non-negative integer"),
                         ));
                         continue;
                     }
@@ -266,13 +306,13 @@ pub fn from_yaml(text: &str, source: &str) -> Result<Vec<Invariant>, PolicyError
                 {
                     Some(Ok(us)) => us,
                     Some(Err(e)) => {
-                        problems.push(problem(body.pos, format!("{what}.max_allowed: window {e}")));
+                        problems.push(problem(body.pos, format!("{what}.{kind_name}: window {e}")));
                         continue;
                     }
                     None => {
                         problems.push(problem(
                             body.pos,
-                            format!("{what}.max_allowed: window is required (e.g. 60s)"),
+                            format!("{what}.{kind_name}: window is required (e.g. 60s)"),
                         ));
                         continue;
                     }
@@ -283,14 +323,22 @@ pub fn from_yaml(text: &str, source: &str) -> Result<Vec<Invariant>, PolicyError
                     Some("agent") => Per::Agent,
                     Some("tool") => Per::Tool,
                     Some(other) => {
-                        problems.push(problem(body.pos, format!("{what}.max_allowed: per must be session, agent, tool or global, got {other}")));
+                        problems.push(problem(body.pos, format!("{what}.{kind_name}: per must be session, agent, tool or global, got {other}")));
                         continue;
                     }
                 };
-                Kind::MaxAllowed {
-                    max,
-                    window_us,
-                    per,
+                if kind_name == "max_repeats" {
+                    Kind::MaxRepeats {
+                        max,
+                        window_us,
+                        per,
+                    }
+                } else {
+                    Kind::MaxAllowed {
+                        max,
+                        window_us,
+                        per,
+                    }
                 }
             }
         };
@@ -411,6 +459,7 @@ mod tests {
             category: None,
             args: serde_json::Value::Null,
             decision: None,
+            outcome: crate::policy::Outcome::Ok,
             attempt: 0,
         }
     }

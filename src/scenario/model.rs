@@ -1,9 +1,9 @@
 //! Scenario format v1: the YAML that describes generated agent traffic
 //! (docs/scenarios.md), loaded with line-and-column errors like policies.
 
-use crate::policy::Category;
 use crate::policy::error::{PolicyError, Problem};
 use crate::policy::yaml::{self, Node, NodeKind, Pos, Scalar, get};
+use crate::policy::{Category, Outcome};
 use crate::time::parse_duration_us;
 use std::path::Path;
 
@@ -18,6 +18,19 @@ pub struct Scenario {
     pub agents: Vec<AgentSpec>,
     /// Explicit calls (fuzz counterexamples), in addition to behaviours.
     pub calls: Vec<ExplicitCall>,
+    /// `fail_rates`: per tool, the share of its allowed calls that fail
+    /// (`tool_error`) when the call's own entry gives no `fail_rate`.
+    pub fail_rates: Vec<(String, f64)>,
+}
+
+impl Scenario {
+    /// The failure rate of a tool's calls without one of their own.
+    pub fn fail_rate_of(&self, tool: &str) -> f64 {
+        self.fail_rates
+            .iter()
+            .find(|(t, _)| t == tool)
+            .map_or(0.0, |(_, r)| *r)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -29,7 +42,19 @@ pub struct AgentSpec {
     pub arrival: Option<Arrival>,
     pub loops: Vec<LoopSpec>,
     pub on_refusal: Reaction,
+    /// What the agent does when an allowed call fails.
+    pub on_error: OnError,
     pub max_retries: u32,
+}
+
+/// What an agent does when an allowed call fails (`tool_error`, …).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnError {
+    /// Moves on.
+    GiveUp,
+    /// Sends the same call again (same arguments, same session) after
+    /// `every_us`: the agent that does not read the error.
+    RetrySame { every_us: i64 },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -40,6 +65,9 @@ pub struct ToolChoice {
     /// Argument template: strings may hold `{n}` (a per-agent counter),
     /// `{agent}`, `{session}` and `{rand:A-B}`.
     pub args: serde_json::Value,
+    /// Share of the allowed calls that fail (`None`: the scenario's
+    /// `fail_rates` for the tool, else 0).
+    pub fail_rate: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -66,6 +94,7 @@ pub struct LoopSpec {
     /// Number of calls; `None`: until the scenario ends (or `until_us`).
     pub count: Option<u32>,
     pub until_us: Option<i64>,
+    pub fail_rate: Option<f64>,
 }
 
 /// What an agent does when a call is refused.
@@ -91,10 +120,20 @@ pub struct ExplicitCall {
     pub tool: String,
     pub category: Option<Category>,
     pub args: serde_json::Value,
+    /// The call's outcome if allowed (`None`: by the tool's fail rate).
+    pub outcome: Option<Outcome>,
 }
 
 const TOP: &[&str] = &[
-    "version", "name", "seed", "start", "duration", "server", "agents", "calls",
+    "version",
+    "name",
+    "seed",
+    "start",
+    "duration",
+    "server",
+    "agents",
+    "calls",
+    "fail_rates",
 ];
 const AGENT: &[&str] = &[
     "name",
@@ -104,15 +143,26 @@ const AGENT: &[&str] = &[
     "arrival",
     "loops",
     "on_refusal",
+    "on_error",
+    "retry_every",
     "max_retries",
     "hammer_every",
 ];
-const MIX: &[&str] = &["tool", "weight", "category", "args"];
+const MIX: &[&str] = &["tool", "weight", "category", "args", "fail_rate"];
 const ARRIVAL: &[&str] = &["kind", "every", "rate", "mean", "size", "spacing"];
 const LOOP: &[&str] = &[
-    "tool", "category", "args", "start", "every", "count", "until",
+    "tool",
+    "category",
+    "args",
+    "start",
+    "every",
+    "count",
+    "until",
+    "fail_rate",
 ];
-const CALL: &[&str] = &["at", "agent", "session", "tool", "category", "args"];
+const CALL: &[&str] = &[
+    "at", "agent", "session", "tool", "category", "args", "outcome",
+];
 
 impl Scenario {
     pub fn load(path: &Path) -> Result<Scenario, PolicyError> {
@@ -235,6 +285,32 @@ impl L<'_> {
         }
     }
 
+    /// A share in [0, 1] (`fail_rate: 0.25`).
+    fn rate(&mut self, n: &Node, what: &str) -> Option<f64> {
+        let v = match &n.kind {
+            NodeKind::Scalar(Scalar::Int(i), _) => Some(*i as f64),
+            NodeKind::Scalar(Scalar::Float(f), _) => Some(*f),
+            _ => None,
+        };
+        match v {
+            Some(r) if (0.0..=1.0).contains(&r) => Some(r),
+            _ => {
+                self.err(
+                    n.pos,
+                    format!(
+                        "{what} must be a number from 0 to 1, got {}",
+                        n.scalar_text().unwrap_or(n.type_name())
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn fail_rate(&mut self, m: &[(Node, Node)], what: &str) -> Option<f64> {
+        get(m, "fail_rate").and_then(|n| self.rate(n, &format!("{what}.fail_rate")))
+    }
+
     fn category(&mut self, m: &[(Node, Node)], what: &str) -> Option<Category> {
         let n = get(m, "category")?;
         let t = self.text(n, what)?;
@@ -353,6 +429,19 @@ impl L<'_> {
                             .unwrap_or_else(|| format!("{agent}-s1"));
                         let category = self.category(cm, &what);
                         let args = self.args(cm, &what);
+                        let outcome = get(cm, "outcome").and_then(|n| {
+                            let t = self.text(n, &format!("{what}.outcome"))?;
+                            match t.as_str() {
+                                "ok" => Some(Outcome::Ok),
+                                "tool_error" => Some(Outcome::ToolError),
+                                "rpc_error" => Some(Outcome::RpcError),
+                                "timeout" => Some(Outcome::Timeout),
+                                other => {
+                                    self.err(n.pos, format!("{what}.outcome must be ok, tool_error, rpc_error or timeout, got {other}"));
+                                    None
+                                }
+                            }
+                        });
                         if let Some(tool) = tool {
                             calls.push(ExplicitCall {
                                 at_us: at.unwrap_or(0),
@@ -361,6 +450,7 @@ impl L<'_> {
                                 tool,
                                 category,
                                 args,
+                                outcome,
                             });
                         }
                     }
@@ -371,6 +461,26 @@ impl L<'_> {
         if agents.is_empty() && calls.is_empty() {
             self.err(root.pos, "a scenario needs `agents` or `calls`".into());
         }
+        let mut fail_rates = Vec::new();
+        if let Some(n) = get(m, "fail_rates") {
+            match &n.kind {
+                NodeKind::Map(entries) => {
+                    for (k, v) in entries {
+                        let tool = k.scalar_text().unwrap_or_default().to_string();
+                        if let Some(r) = self.rate(v, &format!("fail_rates.{tool}")) {
+                            fail_rates.push((tool, r));
+                        }
+                    }
+                }
+                _ => self.err(
+                    n.pos,
+                    format!(
+                        "fail_rates must be a mapping of tool to rate (e.g. {{copy_image_set: 1}}), found {}",
+                        n.type_name()
+                    ),
+                ),
+            }
+        }
         Some(Scenario {
             name,
             seed,
@@ -379,6 +489,7 @@ impl L<'_> {
             server,
             agents,
             calls,
+            fail_rates,
         })
     }
 
@@ -427,11 +538,13 @@ impl L<'_> {
                             .unwrap_or(1);
                         let category = self.category(tm, &w);
                         let args = self.args(tm, &w);
+                        let fail_rate = self.fail_rate(tm, &w);
                         mix.push(ToolChoice {
                             tool,
                             weight,
                             category,
                             args,
+                            fail_rate,
                         });
                     }
                 }
@@ -476,7 +589,9 @@ impl L<'_> {
                         }
                         let category = self.category(lm, &w);
                         let args = self.args(lm, &w);
+                        let fail_rate = self.fail_rate(lm, &w);
                         loops.push(LoopSpec {
+                            fail_rate,
                             tool: tool.unwrap_or_default(),
                             category,
                             args,
@@ -514,6 +629,28 @@ impl L<'_> {
                 }
             },
         };
+        let retry_every = get(m, "retry_every")
+            .and_then(|v| self.duration(v, &format!("{what}.retry_every")))
+            .unwrap_or(1_000_000);
+        let on_error = match get(m, "on_error") {
+            None => OnError::GiveUp,
+            Some(v) => match self.text(v, "on_error").as_deref() {
+                Some("give_up") => OnError::GiveUp,
+                Some("retry_same") => OnError::RetrySame {
+                    every_us: retry_every,
+                },
+                other => {
+                    self.err(
+                        v.pos,
+                        format!(
+                            "{what}.on_error must be give_up or retry_same, got {}",
+                            other.unwrap_or_default()
+                        ),
+                    );
+                    OnError::GiveUp
+                }
+            },
+        };
         let max_retries = get(m, "max_retries")
             .and_then(|v| self.uint(v, &format!("{what}.max_retries"), 0))
             .unwrap_or(10);
@@ -525,6 +662,7 @@ impl L<'_> {
             arrival,
             loops,
             on_refusal,
+            on_error,
             max_retries,
         })
     }

@@ -8,7 +8,7 @@ use crate::audit::schema::{AuditRow, RecordedDecision, Transport};
 use crate::policy::{
     ApprovalMode, Call, Category, CounterStore, Decision, Outcome, Policy, PolicyState, Verdict,
 };
-use crate::scenario::model::{Arrival, Reaction, Scenario};
+use crate::scenario::model::{Arrival, OnError, Reaction, Scenario};
 use serde_json::Value;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -53,6 +53,34 @@ pub struct PlannedCall {
     pub args: Value,
     /// Index into the scenario's agents (`None`: an explicit call).
     pub spec: Option<usize>,
+    /// The share of such calls that fail when allowed.
+    pub fail_rate: f64,
+    /// A fixed outcome (explicit calls that give one).
+    pub outcome: Option<Outcome>,
+}
+
+impl PlannedCall {
+    /// The outcome of this call when it is made: the fixed one, else
+    /// `tool_error` with the call's failure rate (one draw from `rng` only
+    /// when the rate is between 0 and 1, so scenarios without failures draw
+    /// nothing).
+    fn outcome(&self, rng: &mut Rng) -> Outcome {
+        if let Some(o) = self.outcome {
+            return o;
+        }
+        let fails = if self.fail_rate >= 1.0 {
+            true
+        } else if self.fail_rate <= 0.0 {
+            false
+        } else {
+            rng.unit() < self.fail_rate
+        };
+        if fails {
+            Outcome::ToolError
+        } else {
+            Outcome::Ok
+        }
+    }
 }
 
 /// A decided call of a simulation.
@@ -66,6 +94,9 @@ pub struct SimEvent {
     pub args: Value,
     /// `None` when no policy decided (open loop: `unrecorded`).
     pub decision: Option<Decision>,
+    /// What the call returned: `not_forwarded` when refused, else the
+    /// scenario's outcome for it (`ok`, or a failure by its `fail_rate`).
+    pub outcome: Outcome,
     /// 0 for a planned call, n for its n-th retry.
     pub attempt: u32,
 }
@@ -185,6 +216,10 @@ pub fn plan(s: &Scenario) -> Vec<PlannedCall> {
                         category: choice.category,
                         args: render(&choice.args, n, &agent, &slot, &mut rng),
                         spec: Some(spec_index),
+                        fail_rate: choice
+                            .fail_rate
+                            .unwrap_or_else(|| s.fail_rate_of(&choice.tool)),
+                        outcome: None,
                     });
                 }
             }
@@ -204,6 +239,8 @@ pub fn plan(s: &Scenario) -> Vec<PlannedCall> {
                         category: l.category,
                         args: render(&l.args, n, &agent, &slot, &mut rng),
                         spec: Some(spec_index),
+                        fail_rate: l.fail_rate.unwrap_or_else(|| s.fail_rate_of(&l.tool)),
+                        outcome: None,
                     });
                     made += 1;
                     t += l.every_us;
@@ -220,6 +257,8 @@ pub fn plan(s: &Scenario) -> Vec<PlannedCall> {
             category: c.category,
             args: c.args.clone(),
             spec: None,
+            fail_rate: s.fail_rate_of(&c.tool),
+            outcome: c.outcome,
         });
     }
     out.sort_by_key(|c| c.at_us);
@@ -256,10 +295,12 @@ impl Background for Alone {
 /// returned undecided.
 pub fn simulate(s: &Scenario, policy: Option<&Policy>, approvals: ApprovalMode) -> Vec<SimEvent> {
     let Some(policy) = policy else {
+        let mut outcomes = outcome_rng(s);
         return plan(s)
             .into_iter()
             .map(|p| SimEvent {
                 ts_us: s.start_us + p.at_us,
+                outcome: p.outcome(&mut outcomes),
                 session: p.slot,
                 agent: p.agent,
                 tool: p.tool,
@@ -274,6 +315,12 @@ pub fn simulate(s: &Scenario, policy: Option<&Policy>, approvals: ApprovalMode) 
         .into_iter()
         .map(|(_, e)| e)
         .collect()
+}
+
+/// The generator of a scenario's call outcomes: seeded from the scenario,
+/// apart from the plan's, so failure rates do not change the plan.
+fn outcome_rng(s: &Scenario) -> Rng {
+    Rng::new(s.seed ^ 0x0C7C_0DE5_5EED_F00D)
 }
 
 /// Runs several scenarios together against one policy (one clock, one set
@@ -300,6 +347,7 @@ pub fn simulate_with(
     // An agent's session slot → its current session id (new_session changes it).
     let mut sessions: HashMap<String, String> = HashMap::new();
     let mut session_counter: HashMap<String, u32> = HashMap::new();
+    let mut outcomes: Vec<Rng> = scenarios.iter().map(|s| outcome_rng(s)).collect();
     let mut out = Vec::new();
     while let Some(Reverse((ts, _, i))) = queue.pop() {
         background.run_until(Some(ts), policy, &mut state, approvals);
@@ -325,8 +373,14 @@ pub fn simulate_with(
         let verdict = d.verdict;
         let retry_after = d.retry_after_ms;
         let reservation = d.reservation.clone();
-        state.settle(reservation, Outcome::Ok);
+        let outcome = if verdict == Verdict::Allow {
+            p.outcome(&mut outcomes[k])
+        } else {
+            Outcome::NotForwarded
+        };
+        state.settle(reservation, outcome);
         let event = SimEvent {
+            outcome,
             ts_us: ts,
             agent: p.agent.clone(),
             session: session.clone(),
@@ -341,13 +395,23 @@ pub fn simulate_with(
         };
         background.scenario_call(k, &event);
         out.push((k, event));
-        if verdict == Verdict::Allow {
-            continue;
-        }
         let Some(spec) = p.spec.map(|j| &s.agents[j]) else {
             continue;
         };
         if attempt >= spec.max_retries {
+            continue;
+        }
+        if verdict == Verdict::Allow {
+            // The call ran; an agent that ignores failures sends it again.
+            let retry = match spec.on_error {
+                OnError::RetrySame { every_us } if outcome.is_failure() => Some(at + every_us),
+                _ => None,
+            };
+            if let Some(t) = retry.filter(|t| *t < s.duration_us) {
+                calls.push((k, p, attempt + 1));
+                queue.push(Reverse((s.start_us + t, order, calls.len() - 1)));
+                order += 1;
+            }
             continue;
         }
         let next_at = match spec.on_refusal {
@@ -390,20 +454,16 @@ pub fn to_rows(s: &Scenario, events: &[SimEvent], policy: Option<&Policy>) -> Ve
             .into_uuid()
             .to_string();
             let args = canonical_json(&e.args);
-            let (decision, rule, reason, retry, outcome) = match &e.decision {
-                None => (RecordedDecision::Unrecorded, None, None, None, Outcome::Ok),
+            let (decision, rule, reason, retry) = match &e.decision {
+                None => (RecordedDecision::Unrecorded, None, None, None),
                 Some(d) => (
                     d.verdict.into(),
                     d.rule.as_deref().map(str::to_string),
                     d.message.as_deref().map(str::to_string),
                     d.retry_after_ms,
-                    if d.verdict == Verdict::Allow {
-                        Outcome::Ok
-                    } else {
-                        Outcome::NotForwarded
-                    },
                 ),
             };
+            let outcome = e.outcome;
             AuditRow {
                 event_id,
                 ts_us: e.ts_us,
