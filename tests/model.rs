@@ -382,3 +382,289 @@ proptest! {
         check(&a, &b, &ops)?;
     }
 }
+
+// ---------------------------------------------------------------------------
+// Circuit breakers against a reference model.
+//
+// The model keeps, per circuit, the log of every settled outcome (call
+// time, failing / success / neutral, whether the call was the half-open
+// trial) in the order the answers arrived, and recomputes the circuit from
+// the whole log on every decision: a trial's failure reopens it, its success
+// closes it; otherwise N failing calls since the last success (or the last
+// opening) whose call times lie within W of the newest of them open it for
+// C from that newest call.
+// Answers arrive out of order, alongside a sliding rate limit that may
+// refuse a call the breaker let through (which must free a trial).
+
+#[derive(Debug, Clone)]
+struct BreakerSpec {
+    key: &'static str,
+    errors: u32,
+    within_s: i64,
+    cooldown_s: i64,
+    per: &'static str,
+    /// A sliding rate limit on the same key: before or after the breaker.
+    rate: Option<(i64, bool)>,
+}
+
+fn breaker_spec() -> impl Strategy<Value = BreakerSpec> {
+    (
+        prop::sample::select(vec!["t0", "*"]),
+        1u32..4,
+        prop::sample::select(vec![2i64, 5, 30]),
+        prop::sample::select(vec![1i64, 3, 10]),
+        prop::sample::select(vec!["session", "agent", "tool", "global"]),
+        prop::option::weighted(0.4, (1i64..4, any::<bool>())),
+    )
+        .prop_map(|(key, errors, within_s, cooldown_s, per, rate)| BreakerSpec {
+            key,
+            errors,
+            within_s,
+            cooldown_s,
+            per,
+            rate,
+        })
+}
+
+impl BreakerSpec {
+    fn yaml(&self) -> String {
+        let breaker = format!(
+            "      - {{name: cb, circuit_breaker: {{errors: {}, within: {}s, cooldown: {}s, per: {}}}}}\n",
+            self.errors, self.within_s, self.cooldown_s, self.per
+        );
+        let rate = self.rate.map(|(max, _)| {
+            format!(
+                "      - {{name: rl, rate_limit: {{max: {max}, window: 5s, per: {}, mode: sliding}}}}\n",
+                self.per
+            )
+        });
+        let mut y = format!("version: \"1\"\ntools:\n  \"{}\":\n    rules:\n", self.key);
+        match (rate, self.rate.is_some_and(|(_, first)| first)) {
+            (Some(r), true) => y.extend([r, breaker]),
+            (Some(r), false) => y.extend([breaker, r]),
+            (None, _) => y.push_str(&breaker),
+        }
+        y
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Class {
+    Fail,
+    Success,
+    Neutral,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Settled {
+    at: i64,
+    class: Class,
+    trial: bool,
+}
+
+#[derive(Default)]
+struct BreakerModel {
+    /// Per circuit (scope value): settled outcomes in arrival order.
+    logs: std::collections::HashMap<String, Vec<Settled>>,
+    /// Per circuit: trial calls in flight.
+    trials: std::collections::HashMap<String, usize>,
+    /// Rate-limit entries: (scope, call time, alive).
+    rate: Vec<(String, i64, bool)>,
+}
+
+impl BreakerModel {
+    /// Open until when, from the whole log.
+    fn open_until(spec: &BreakerSpec, log: &[Settled]) -> Option<i64> {
+        let (w, c) = (spec.within_s * SEC, spec.cooldown_s * SEC);
+        let mut open_until = None;
+        let mut failures: Vec<i64> = Vec::new();
+        for s in log {
+            match (s.trial, s.class) {
+                (true, Class::Fail) => {
+                    open_until = Some(s.at + c);
+                    failures.clear();
+                }
+                (true, Class::Success) => {
+                    open_until = None;
+                    failures.clear();
+                }
+                (false, Class::Fail) => {
+                    failures.push(s.at);
+                    let newest = failures.iter().copied().max().unwrap_or(s.at);
+                    let recent = failures.iter().filter(|t| **t > newest - w).count();
+                    if recent >= spec.errors as usize && open_until.is_none() {
+                        open_until = Some(newest + c);
+                        failures.clear();
+                    }
+                }
+                (false, Class::Success) => failures.clear(),
+                (_, Class::Neutral) => {}
+            }
+        }
+        open_until
+    }
+
+    /// The verdict, the retry-after the breaker gives (if it refused), and
+    /// whether an allowed call is the trial.
+    fn decide(
+        &mut self,
+        spec: &BreakerSpec,
+        scope: &str,
+        now: i64,
+    ) -> (Verdict, Option<Option<u64>>, bool) {
+        let log = self.logs.get(scope).map(Vec::as_slice).unwrap_or(&[]);
+        let open = Self::open_until(spec, log);
+        let trial = open.is_some();
+        let breaker_refuses = match open {
+            Some(until) if now < until => Some(Some(((until - now) as u64).div_ceil(1000))),
+            Some(_) if self.trials.get(scope).copied().unwrap_or(0) > 0 => Some(None),
+            _ => None,
+        };
+        let rate_refuses = spec.rate.is_some_and(|(max, _)| {
+            let live = self
+                .rate
+                .iter()
+                .filter(|(s, t, alive)| *alive && s == scope && *t > now - 5 * SEC)
+                .count() as i64;
+            live + 1 > max
+        });
+        if breaker_refuses.is_some() || rate_refuses {
+            // Which rule names the refusal depends on the order; the
+            // verdict does not.
+            let rate_first = spec.rate.is_some_and(|(_, first)| first);
+            let by_breaker = breaker_refuses.is_some() && !(rate_first && rate_refuses);
+            return (
+                Verdict::Throttle,
+                if by_breaker { breaker_refuses } else { None },
+                false,
+            );
+        }
+        if trial {
+            *self.trials.entry(scope.to_string()).or_default() += 1;
+        }
+        if spec.rate.is_some() {
+            self.rate.push((scope.to_string(), now, true));
+        }
+        (Verdict::Allow, None, trial)
+    }
+}
+
+#[derive(Debug, Clone)]
+enum BOp {
+    Call { dt: i64, session: usize, agent: usize, tool: usize },
+    /// The answer to the `k`-th call in flight, with an outcome.
+    Answer { k: usize, outcome: Outcome },
+}
+
+fn bop() -> impl Strategy<Value = BOp> {
+    prop_oneof![
+        5 => (0i64..4, 0usize..3, 0usize..2, 0usize..3)
+            .prop_map(|(dt, session, agent, tool)| BOp::Call { dt, session, agent, tool }),
+        5 => (
+            any::<usize>(),
+            prop::sample::select(vec![
+                Outcome::Ok,
+                Outcome::ToolError,
+                Outcome::ToolError,
+                Outcome::RpcError,
+                Outcome::Timeout,
+                Outcome::Cancelled,
+            ]),
+        )
+            .prop_map(|(k, outcome)| BOp::Answer { k, outcome }),
+    ]
+}
+
+fn check_breaker(spec: &BreakerSpec, ops: &[BOp]) -> Result<(), TestCaseError> {
+    let policy = Policy::from_yaml(&spec.yaml(), "cb.yaml").unwrap().0;
+    let mut state = PolicyState::new(&policy);
+    let mut model = BreakerModel::default();
+    // (reservation, circuit scope, call time, trial, index of its rate entry)
+    let mut flying: Vec<(Reservation, String, i64, bool, Option<usize>)> = Vec::new();
+    let mut now = T0;
+    for (i, op) in ops.iter().enumerate() {
+        match *op {
+            BOp::Call {
+                dt,
+                session,
+                agent,
+                tool,
+            } => {
+                now += dt * SEC / 2;
+                let args = json!({});
+                let call = Call {
+                    ts_us: now,
+                    session: SESSIONS[session],
+                    agent: AGENTS[agent],
+                    server: "x",
+                    tool: TOOLS[tool],
+                    category: None,
+                    risk: None,
+                    args: &args,
+                    args_sha256: None,
+                };
+                let d = policy.decide(&mut state, &call);
+                if spec.key != "*" && TOOLS[tool] != spec.key {
+                    prop_assert_eq!(d.verdict, Verdict::Allow);
+                    continue;
+                }
+                let scope = match spec.per {
+                    "session" => SESSIONS[session],
+                    "agent" => AGENTS[agent],
+                    "tool" => TOOLS[tool],
+                    _ => "",
+                }
+                .to_string();
+                let (expected, retry, trial) = model.decide(spec, &scope, now);
+                prop_assert_eq!(d.verdict, expected, "op {} {:?}", i, op);
+                if let Some(retry) = retry {
+                    prop_assert_eq!(d.retry_after_ms, retry, "op {} {:?}", i, op);
+                    prop_assert_eq!(d.rule.as_deref(), Some("cb"));
+                }
+                if d.verdict == Verdict::Allow {
+                    let rate = spec.rate.map(|_| model.rate.len() - 1);
+                    flying.push((d.reservation, scope, now, trial, rate));
+                }
+            }
+            BOp::Answer { k, outcome } => {
+                if flying.is_empty() {
+                    continue;
+                }
+                let (reservation, scope, at, trial, rate) = flying.remove(k % flying.len());
+                state.settle(reservation, outcome);
+                let class = if outcome.is_failure() {
+                    Class::Fail
+                } else if outcome == Outcome::Ok {
+                    Class::Success
+                } else {
+                    Class::Neutral
+                };
+                model.logs.entry(scope.clone()).or_default().push(Settled {
+                    at,
+                    class,
+                    trial,
+                });
+                if trial {
+                    *model.trials.get_mut(&scope).unwrap() -= 1;
+                }
+                if outcome.rolls_back()
+                    && let Some(r) = rate
+                {
+                    model.rate[r].2 = false;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1024))]
+
+    /// Circuit breakers (with and without a rate limit beside them), calls
+    /// in flight answered out of order, against the reference model.
+    #[test]
+    fn circuit_breakers_match_the_model(spec in breaker_spec(), ops in prop::collection::vec(bop(), 0..200)) {
+        check_breaker(&spec, &ops)?;
+    }
+}

@@ -80,7 +80,8 @@ enum Slot {
 /// when) it is open.
 #[derive(Debug, Clone, Default)]
 struct Breaker {
-    /// Times of the calls that failed since the last success, oldest first.
+    /// Call times of the failures since the last success (or opening)
+    /// within the window of the newest, oldest first.
     failures: VecDeque<i64>,
     /// Open until then; past it the circuit is half-open.
     open_until: Option<i64>,
@@ -278,12 +279,21 @@ impl PolicyState {
                     b.failures.clear();
                 }
             } else if failing {
-                while b.failures.front().is_some_and(|t| *t <= at - window.len_us) {
+                // Answers can arrive out of call order (concurrent calls):
+                // keep the failures sorted by call time and count those
+                // within the window of the newest.
+                let pos = b.failures.partition_point(|t| *t <= at);
+                b.failures.insert(pos, at);
+                let newest = b.failures.back().copied().unwrap_or(at);
+                while b
+                    .failures
+                    .front()
+                    .is_some_and(|t| *t <= newest - window.len_us)
+                {
                     b.failures.pop_front();
                 }
-                b.failures.push_back(at);
                 if b.failures.len() >= errors as usize && b.open_until.is_none() {
-                    b.open_until = Some(at + cooldown_us);
+                    b.open_until = Some(newest + cooldown_us);
                     b.failures.clear();
                 }
             } else if success {
