@@ -416,14 +416,16 @@ fn breaker_spec() -> impl Strategy<Value = BreakerSpec> {
         prop::sample::select(vec!["session", "agent", "tool", "global"]),
         prop::option::weighted(0.4, (1i64..4, any::<bool>())),
     )
-        .prop_map(|(key, errors, within_s, cooldown_s, per, rate)| BreakerSpec {
-            key,
-            errors,
-            within_s,
-            cooldown_s,
-            per,
-            rate,
-        })
+        .prop_map(
+            |(key, errors, within_s, cooldown_s, per, rate)| BreakerSpec {
+                key,
+                errors,
+                within_s,
+                cooldown_s,
+                per,
+                rate,
+            },
+        )
 }
 
 impl BreakerSpec {
@@ -551,7 +553,12 @@ impl BreakerModel {
 
 #[derive(Debug, Clone)]
 enum BOp {
-    Call { dt: i64, session: usize, agent: usize, tool: usize },
+    Call {
+        dt: i64,
+        session: usize,
+        agent: usize,
+        tool: usize,
+    },
     /// The answer to the `k`-th call in flight, with an outcome.
     Answer { k: usize, outcome: Outcome },
 }
@@ -639,11 +646,11 @@ fn check_breaker(spec: &BreakerSpec, ops: &[BOp]) -> Result<(), TestCaseError> {
                 } else {
                     Class::Neutral
                 };
-                model.logs.entry(scope.clone()).or_default().push(Settled {
-                    at,
-                    class,
-                    trial,
-                });
+                model
+                    .logs
+                    .entry(scope.clone())
+                    .or_default()
+                    .push(Settled { at, class, trial });
                 if trial {
                     *model.trials.get_mut(&scope).unwrap() -= 1;
                 }

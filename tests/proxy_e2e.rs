@@ -1309,3 +1309,86 @@ fn a_failing_tool_trips_the_circuit_live_and_in_replay() {
     assert_eq!(d["compared"], 4);
     assert_eq!(d["unchanged"], 4, "{d}");
 }
+
+/// The runaway guard live against the real HealthImaging server, with the
+/// official SDK client: offline, every `copy_image_set` answers with an
+/// error result; the bundled guarded policy's circuit breaker opens after
+/// three failures in a row and refuses further copies (each of other
+/// images, so the repeat limit is not what stops them) with "Circuit open";
+/// reads still pass. Replaying the log with the same policy reproduces
+/// every decision.
+#[test]
+fn the_real_healthimaging_server_trips_the_guarded_policys_breaker() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = root().join("policies/guarded.yaml");
+    let audit = dir.path().join("audit");
+    let server = need(root().join(".venv-hi/bin/awslabs.healthimaging-mcp-server"));
+    let copy = |n: usize| {
+        json!({"tool": "copy_image_set", "args": {
+            "datastore_id": "12345678901234567890123456789012",
+            "source_image_set_id": format!("{n:032x}"),
+            "source_datastore_id": "12345678901234567890123456789012",
+            "copy_image_set_information": {"sourceImageSet": {"latestVersionId": "1"}}}})
+    };
+    let calls = json!([copy(1), copy(2), copy(3), copy(4), copy(5),
+        {"tool": "list_datastores", "args": {}}]);
+    let env_server = [
+        "env",
+        "AWS_REGION=us-east-1",
+        "AWS_ACCESS_KEY_ID=AKIAFAKEFAKEFAKEFAKE",
+        "AWS_SECRET_ACCESS_KEY=fake/fake/fake",
+        "AWS_EC2_METADATA_DISABLED=true",
+        server.to_str().unwrap(),
+    ];
+    let seen = sdk("auto", &policy, &audit, calls, &env_server, &[]);
+    for i in 0..3 {
+        assert_eq!(seen["calls"][i]["isError"], true);
+        assert!(
+            seen["calls"][i]["text"]
+                .as_str()
+                .unwrap()
+                .contains("Error executing tool copy_image_set"),
+            "{}",
+            seen["calls"][i]
+        );
+    }
+    for i in 3..5 {
+        let text = seen["calls"][i]["text"].as_str().unwrap();
+        assert!(
+            text.contains("stop hammering a failing copy") && text.contains("Circuit open"),
+            "{text}"
+        );
+    }
+    let rows = rows(&audit);
+    let copies: Vec<(&str, &str, Option<&str>)> = rows
+        .iter()
+        .filter(|r| r.tool.as_deref() == Some("copy_image_set"))
+        .map(|r| (r.decision.as_str(), r.outcome.as_str(), r.rule.as_deref()))
+        .collect();
+    assert_eq!(
+        copies,
+        [
+            ("allow", "tool_error", None),
+            ("allow", "tool_error", None),
+            ("allow", "tool_error", None),
+            (
+                "throttle",
+                "not_forwarded",
+                Some("stop hammering a failing copy")
+            ),
+            (
+                "throttle",
+                "not_forwarded",
+                Some("stop hammering a failing copy")
+            ),
+        ]
+    );
+    let read = rows
+        .iter()
+        .find(|r| r.tool.as_deref() == Some("list_datastores"))
+        .unwrap();
+    assert_eq!(read.decision.as_str(), "allow");
+    let d = &replay_diff(&audit, &policy);
+    assert_eq!(d["unchanged"], d["compared"], "{d}");
+    assert_eq!(d["compared"], 6, "{d}");
+}
