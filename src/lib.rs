@@ -26,6 +26,7 @@ pub mod policy;
 pub mod proxy;
 pub mod replay;
 pub mod scenario;
+pub mod store;
 pub mod time;
 
 pub use cli::main;

@@ -136,6 +136,22 @@ pub struct ProxyArgs {
     /// log's last window (a restart then gives every agent a new budget)
     #[arg(long)]
     pub no_warm_start: bool,
+    /// Keep the counters in Redis or Valkey, shared by every proxy pointing
+    /// at it: redis://[USER:PASSWORD@]HOST[:PORT][/DB] (no warm start then:
+    /// the store holds the state)
+    #[arg(long, value_name = "URL")]
+    pub state: Option<String>,
+    /// Prefix of every key in the state store
+    #[arg(long, default_value = "flightrec:", requires = "state")]
+    pub state_prefix: String,
+    /// When the state store cannot answer: refuse calls (closed) or allow
+    /// them without counting (open); both are recorded with rule
+    /// `(state store unavailable)`
+    #[arg(long, value_enum, default_value_t, requires = "state")]
+    pub state_fail_mode: StateFailMode,
+    /// Longest wait for the state store (connect, or one round trip)
+    #[arg(long, default_value = "200ms", requires = "state")]
+    pub state_timeout: String,
     /// HTTP proxy: most requests to the upstream at once
     #[arg(long, default_value_t = 64)]
     pub max_concurrent: usize,
@@ -145,6 +161,16 @@ pub struct ProxyArgs {
     /// The MCP server command to spawn (stdio proxy)
     #[arg(last = true)]
     pub command: Vec<String>,
+}
+
+/// `--state-fail-mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum StateFailMode {
+    /// Refuse calls while the store cannot answer
+    #[default]
+    Closed,
+    /// Allow calls without counting while the store cannot answer
+    Open,
 }
 
 #[derive(Debug, Args)]
@@ -438,7 +464,33 @@ fn proxy_cmd(args: &ProxyArgs) -> ExitCode {
             }
         },
     };
+    let state = match &args.state {
+        None => None,
+        Some(url) => {
+            let target = match crate::store::redis::RedisTarget::parse(url) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("error: --state: {e}");
+                    return ExitCode::from(EXIT_INPUT);
+                }
+            };
+            let timeout = match crate::time::parse_duration_us(&args.state_timeout) {
+                Ok(us) => std::time::Duration::from_micros(us as u64),
+                Err(e) => {
+                    eprintln!("error: --state-timeout {e}");
+                    return ExitCode::from(EXIT_INPUT);
+                }
+            };
+            Some(crate::store::redis::RedisConfig {
+                target,
+                prefix: args.state_prefix.clone(),
+                fail_open: args.state_fail_mode == StateFailMode::Open,
+                timeout,
+            })
+        }
+    };
     let gateway = crate::proxy::GatewayConfig {
+        state,
         policy_path: args.policy.clone(),
         agent: args.agent.clone(),
         server_name: args.server_name.clone(),

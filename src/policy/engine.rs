@@ -17,7 +17,7 @@
 use crate::policy::call::Call;
 use crate::policy::condition::{Condition, PathRef, resolve_args, resolve_call_str};
 use crate::policy::model::{Action, Amount, Policy, Rule, Scope, WindowMode};
-use crate::policy::state::{CounterStore, Reservation, Want};
+use crate::policy::state::{CounterStore, Reservation, ReserveError, StoreError, Want};
 use crate::policy::vocab::{Outcome, Verdict};
 use serde_json::Value;
 use smallvec::SmallVec;
@@ -111,6 +111,8 @@ pub enum ApprovalMode {
 
 pub const HIDDEN_RULE: &str = "(hidden)";
 pub const DEFAULT_DENY_RULE: &str = "(default deny)";
+/// The rule a decision names when the counter store could not answer.
+pub const STORE_UNAVAILABLE_RULE: &str = "(state store unavailable)";
 
 impl std::fmt::Display for ApprovalMode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -156,6 +158,7 @@ impl Policy {
             category: category.as_str(),
             risk: risk.as_str(),
             state,
+            failed: None,
         };
 
         // Phase 1: the rules that apply, in order; the first that stops decides.
@@ -166,7 +169,11 @@ impl Policy {
         let mut applied: SmallVec<[&Rule; 8]> = SmallVec::new();
         let mut approval: Option<&Rule> = None;
         for rule in rules {
-            if !rule.when.iter().all(|c| ctx.holds(c)) {
+            let applies = rule.when.iter().all(|c| ctx.holds(c));
+            if let Some(e) = ctx.failed.take() {
+                return store_unavailable(e);
+            }
+            if !applies {
                 continue;
             }
             match rule.action {
@@ -185,7 +192,11 @@ impl Policy {
                     }
                 }
                 Action::Evaluate => {
-                    if !rule.checks.iter().all(|c| ctx.holds(c)) {
+                    let passes = rule.checks.iter().all(|c| ctx.holds(c));
+                    if let Some(e) = ctx.failed.take() {
+                        return store_unavailable(e);
+                    }
+                    if !passes {
                         return refuse_with(approval, Verdict::Deny, rule);
                     }
                     if rule.limit.is_some() {
@@ -253,7 +264,8 @@ impl Policy {
         }
         let reservation = match state.reserve(&wants, call.ts_us) {
             Ok(r) => r,
-            Err(exhausted) => {
+            Err(ReserveError::Unavailable(e)) => return store_unavailable(e),
+            Err(ReserveError::Exhausted(exhausted)) => {
                 if let Some(a) = approval {
                     return Decision::refuse(Verdict::Approval, a.name.clone(), a.message.clone());
                 }
@@ -312,6 +324,21 @@ impl Policy {
     }
 }
 
+/// The decision when the counter store could not answer: refused (fail
+/// closed), or allowed without counting when the store fails open; both
+/// name [`STORE_UNAVAILABLE_RULE`] so the audit row shows it.
+fn store_unavailable(e: StoreError) -> Decision {
+    if e.fail_open {
+        Decision {
+            rule: Some(Arc::from(STORE_UNAVAILABLE_RULE)),
+            message: Some(e.message),
+            ..Decision::allow(Reservation::default())
+        }
+    } else {
+        Decision::refuse(Verdict::Deny, Arc::from(STORE_UNAVAILABLE_RULE), e.message)
+    }
+}
+
 /// A refusal; under a granted approval the verdict reported stays `approval`.
 fn refuse_with(approval: Option<&Rule>, verdict: Verdict, rule: &Rule) -> Decision {
     match approval {
@@ -351,6 +378,8 @@ struct EvalCtx<'c, 'a, S: ?Sized> {
     category: &'static str,
     risk: &'static str,
     state: &'c mut S,
+    /// The store could not answer a read: the decision ends there.
+    failed: Option<StoreError>,
 }
 
 impl<S: CounterStore + ?Sized> EvalCtx<'_, '_, S> {
@@ -359,8 +388,13 @@ impl<S: CounterStore + ?Sized> EvalCtx<'_, '_, S> {
             PathRef::Args(segments) => c.test(resolve_args(self.call.args, segments)),
             PathRef::State(read) => {
                 let scope = read.scope.as_deref().unwrap_or(self.call.tool);
-                let current = self.state.read(read.counter, scope, self.call.ts_us);
-                c.test(Some(&Value::from(current)))
+                match self.state.read(read.counter, scope, self.call.ts_us) {
+                    Ok(current) => c.test(Some(&Value::from(current))),
+                    Err(e) => {
+                        self.failed = Some(e);
+                        false
+                    }
+                }
             }
             other => match resolve_call_str(other, self.call, self.category, self.risk) {
                 Some(s) => c.test_str(s),

