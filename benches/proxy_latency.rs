@@ -14,11 +14,9 @@
 //! both proxies' added latency and their ratio.
 
 mod support;
-use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::time::Instant;
-use support::{build_release, percentile, target_dir};
+use std::process::Command;
+use support::{Peer, build_release, percentile, target_dir};
 
 const CALLS: usize = 5_000;
 const WARMUP: usize = 500;
@@ -31,45 +29,6 @@ const ORDERS: [[u8; 3]; 6] = [
     [2, 0, 1],
     [2, 1, 0],
 ];
-
-struct Peer {
-    child: Child,
-    stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
-    line: String,
-}
-
-impl Peer {
-    fn start(cmd: &mut Command) -> Peer {
-        let mut child = cmd
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn");
-        let stdin = child.stdin.take().unwrap();
-        let stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut p = Peer {
-            child,
-            stdin,
-            stdout,
-            line: String::new(),
-        };
-        p.round_trip(r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"bench","version":"1"}}}"#);
-        p
-    }
-
-    /// One request and its answer; returns the round trip in µs.
-    fn round_trip(&mut self, req: &str) -> f64 {
-        self.line.clear();
-        let t = Instant::now();
-        self.stdin.write_all(req.as_bytes()).unwrap();
-        self.stdin.write_all(b"\n").unwrap();
-        self.stdin.flush().unwrap();
-        self.stdout.read_line(&mut self.line).unwrap();
-        t.elapsed().as_secs_f64() * 1e6
-    }
-}
 
 fn main() {
     build_release("test_mcp_server");

@@ -463,7 +463,7 @@ fn an_outage_fails_open_when_asked_and_the_rows_say_so() {
 fn keys_expire_with_their_windows() {
     let redis = Redis::start();
     let policy = Policy::from_yaml(
-        "version: \"1\"\ntools:\n  t:\n    rules:\n      - name: s\n        rate_limit: {max: 5, window: 1s, per: session, mode: sliding}\n      - name: f\n        rate_limit: {max: 5, window: 2s, per: session}\n",
+        "version: \"1\"\ntools:\n  t:\n    rules:\n      - name: s\n        rate_limit: {max: 5, window: 1s, per: session, mode: sliding}\n      - name: f\n        rate_limit: {max: 5, window: 2s, per: session, mode: fixed}\n",
         "p.yaml",
     )
     .unwrap()
@@ -483,8 +483,9 @@ fn keys_expire_with_their_windows() {
     };
     let d = policy.decide(&mut shared, &call);
     assert_eq!(d.verdict, flightrec::policy::Verdict::Allow);
+    // The sliding log and its running total; the fixed window's hash.
     let keys = redis.cmd(&["KEYS", "t:*"]);
-    assert_eq!(keys.as_array().unwrap().len(), 2, "{keys}");
+    assert_eq!(keys.as_array().unwrap().len(), 3, "{keys}");
     for k in keys.as_array().unwrap() {
         let ttl = redis.cmd(&["PTTL", k.as_str().unwrap()]).as_i64().unwrap();
         assert!((1..=3_100).contains(&ttl), "{k}: {ttl} ms");

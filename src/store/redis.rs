@@ -7,8 +7,11 @@
 //!   counts against it (stricter), as in memory.
 //! - Sliding windows (`rate_limit` sliding, `repeat_limit`): a sorted set
 //!   per instance, one member per counted call (`NONCE:ID:AMOUNT`, scored by
-//!   its call time), pruned to (t − W, t] on every reservation, expiring one
-//!   window after the last call.
+//!   its call time), pruned to (t − W, t] on every reservation, with its
+//!   running total beside it (`KEY#n`), so a decision costs the entries
+//!   that left the window, not the whole log; both expire one window after
+//!   the last call. (Scripts touch these derived keys: a standalone Redis or
+//!   Valkey, not a cluster.)
 //! - Circuit breakers: a hash (`o` open until, `f` recent failure times,
 //!   `t` the half-open trial's start), kept while the circuit is open and a
 //!   day past its cooldown. A trial unanswered for 10 minutes is taken as
@@ -141,7 +144,9 @@ local function fail(i, retry)
   for j = #undo, 1, -1 do
     local u = undo[j]
     if u[1] == 'F' then redis.call('HINCRBY', u[2], 'n', -u[3])
-    elseif u[1] == 'S' then redis.call('ZREM', u[2], u[3])
+    elseif u[1] == 'S' then
+      redis.call('ZREM', u[2], u[3])
+      redis.call('DECRBY', u[2] .. '#n', u[4])
     else redis.call('HDEL', u[2], 't') end
   end
   return {0, i, retry}
@@ -172,13 +177,19 @@ for i = 1, #KEYS do
     undo[#undo + 1] = {'F', key, amount}
     mark = s
   elseif kind == 'S' then
-    redis.call('ZREMRANGEBYSCORE', key, '-inf', str(now - len))
-    local entries = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
-    local total = 0
-    for j = 1, #entries, 2 do total = total + amount_of(entries[j]) end
+    local tkey = key .. '#n'
+    local horizon = str(now - len)
+    local total = tonumber(redis.call('GET', tkey) or '0')
+    local old = redis.call('ZRANGEBYSCORE', key, '-inf', horizon)
+    if #old > 0 then
+      for j = 1, #old do total = total - amount_of(old[j]) end
+      redis.call('ZREMRANGEBYSCORE', key, '-inf', horizon)
+      redis.call('SET', tkey, str(total), 'KEEPTTL')
+    end
     if max >= 0 and (total > max or total + amount > max) then
       local retry = -1
       if amount <= max then
+        local entries = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
         local remaining = total
         for j = 1, #entries, 2 do
           remaining = remaining - amount_of(entries[j])
@@ -191,8 +202,11 @@ for i = 1, #KEYS do
       return fail(i, retry)
     end
     redis.call('ZADD', key, ARGV[1], ARGV[b + 5])
-    redis.call('PEXPIRE', key, str(math.ceil(len / 1000) + 1000))
-    undo[#undo + 1] = {'S', key, ARGV[b + 5]}
+    redis.call('INCRBY', tkey, amount)
+    local ttl = str(math.ceil(len / 1000) + 1000)
+    redis.call('PEXPIRE', key, ttl)
+    redis.call('PEXPIRE', tkey, ttl)
+    undo[#undo + 1] = {'S', key, ARGV[b + 5], amount}
   else
     local h = redis.call('HMGET', key, 'o', 't')
     local o = tonumber(h[1])
@@ -262,8 +276,8 @@ for i = 1, #KEYS do
       if redis.call('HGET', key, 's') == ARGV[b + 2] then
         redis.call('HINCRBY', key, 'n', -tonumber(ARGV[b + 3]))
       end
-    else
-      redis.call('ZREM', key, ARGV[b + 2])
+    elseif redis.call('ZREM', key, ARGV[b + 2]) == 1 then
+      redis.call('DECRBY', key .. '#n', tonumber(string.match(ARGV[b + 2], ':(%-?%d+)$')))
     end
   end
 end
