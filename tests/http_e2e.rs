@@ -660,3 +660,76 @@ fn the_bridge_stops_cleanly_on_sigterm() {
     assert_eq!(outcomes, ["ok", "interrupted"]);
     common::assert_verified(&audit);
 }
+
+/// Two HTTP proxy replicas in front of one upstream share their limit
+/// through Redis (`--state`): three SDK clients on each at once, and the
+/// two together grant exactly `max`.
+#[test]
+fn two_http_replicas_sharing_redis_grant_max_together() {
+    let redis = common::redis::Redis::start();
+    let dir = tempfile::tempdir().unwrap();
+    let policy = write(
+        dir.path(),
+        "fleet.yaml",
+        "version: \"1\"\ntools:\n  copy_image_set:\n    rules:\n      - {name: fleet copy budget, rate_limit: {max: 10, window: 10m, per: tool, mode: sliding}}\n",
+    );
+    let (_server, port) = sdk_server(&[]);
+    let upstream = format!("http://127.0.0.1:{port}/mcp");
+    let url = redis.url();
+    let replicas: Vec<_> = (0..2)
+        .map(|k| {
+            let audit = dir.path().join(format!("audit-{k}"));
+            let (guard, addr, _errs) = proxy(&[
+                "--policy",
+                policy.to_str().unwrap(),
+                "--listen",
+                "127.0.0.1:0",
+                "--upstream",
+                &upstream,
+                "--audit-dir",
+                audit.to_str().unwrap(),
+                "--state",
+                &url,
+            ]);
+            (guard, addr, audit)
+        })
+        .collect();
+    let calls: Vec<Value> = (0..6)
+        .map(|i| {
+            json!({"tool": "copy_image_set", "args": {"datastore_id": "ds", "source_image_set_id": format!("set-{i}")}})
+        })
+        .collect();
+    let calls = Value::from(calls);
+    let seen: Vec<Value> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..6)
+            .map(|c| {
+                let addr = replicas[c % 2].1;
+                let calls = calls.clone();
+                s.spawn(move || sdk_client("auto", &format!("http://{addr}/mcp"), calls))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let refused: usize = seen
+        .iter()
+        .flat_map(|v| v["calls"].as_array().unwrap())
+        .filter(|c| {
+            c["text"]
+                .as_str()
+                .unwrap_or("")
+                .contains("fleet copy budget")
+        })
+        .count();
+    assert_eq!(refused, 36 - 10);
+    let mut allowed = 0;
+    for (guard, _, audit) in replicas {
+        assert!(stop(guard).success());
+        allowed += dir_rows(&audit)
+            .iter()
+            .filter(|r| {
+                r.tool.as_deref() == Some("copy_image_set") && r.decision.as_str() == "allow"
+            })
+            .count();
+    }
+    assert_eq!(allowed, 10, "exactly max across both replicas");
+}

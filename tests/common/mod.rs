@@ -5,6 +5,8 @@
 //! Each test crate uses a part of this module.
 #![allow(dead_code)]
 
+pub mod redis;
+
 use flightrec::audit::layout;
 use flightrec::audit::schema::{AuditRow, BatchView};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
