@@ -186,7 +186,10 @@ async fn forward(bridge: &Bridge, body: Vec<u8>) {
         .map(|p| p.name);
     let fail = |outcome: Outcome, code: i64, message: String| {
         if let Some(id) = &id
-            && let Some(answer) = bridge.session.fail_request(id, outcome, code, &message)
+            && let Some(answer) = bridge
+                .session
+                .gateway()
+                .pipeline(|| bridge.session.fail_request(id, outcome, code, &message))
         {
             bridge.send(&answer);
         }
@@ -289,12 +292,15 @@ async fn forward(bridge: &Bridge, body: Vec<u8>) {
 }
 
 fn fail_if_pending(bridge: &Bridge, id: &str) {
-    if let Some(answer) = bridge.session.fail_request(
-        id,
-        Outcome::UpstreamGone,
-        -32603,
-        "flightrec: the MCP server's stream ended without an answer",
-    ) {
+    let answer = bridge.session.gateway().pipeline(|| {
+        bridge.session.fail_request(
+            id,
+            Outcome::UpstreamGone,
+            -32603,
+            "flightrec: the MCP server's stream ended without an answer",
+        )
+    });
+    if let Some(answer) = answer {
         bridge.send(&answer);
     }
 }
@@ -307,7 +313,10 @@ fn deliver(bridge: &Bridge, message: Vec<u8>, method: Option<&str>) {
     {
         *lock(&bridge.protocol) = Some(version.to_string());
     }
-    let action = bridge.session.on_server_frame(message);
+    let action = bridge
+        .session
+        .gateway()
+        .pipeline(|| bridge.session.on_server_frame(message));
     if let Some(bytes) = &action.send {
         bridge.send(bytes);
     }

@@ -154,6 +154,21 @@ impl Gateway {
         &self.config
     }
 
+    /// Runs pipeline work (a decision, a settlement) that may wait on a
+    /// remote counter store. On a tokio worker with `--state`, it runs
+    /// under `block_in_place`, so a store round trip (or its timeout) never
+    /// stalls the other connections the worker serves; otherwise inline.
+    pub(crate) fn pipeline<R>(&self, f: impl FnOnce() -> R) -> R {
+        let on_worker = self.config.state.is_some()
+            && tokio::runtime::Handle::try_current()
+                .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        if on_worker {
+            tokio::task::block_in_place(f)
+        } else {
+            f()
+        }
+    }
+
     pub fn policy_path(&self) -> &Path {
         &self.config.policy_path
     }

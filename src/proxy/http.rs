@@ -306,7 +306,10 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<ProxyBo
         .ok()
         .and_then(|e| e.id_text())
         .map(|id| format!("{scope}\u{1f}{id}"));
-    match session.on_client_frame_in(&scope, frame) {
+    match shared
+        .gateway
+        .pipeline(|| session.on_client_frame_in(&scope, frame))
+    {
         ClientAction::Respond(answer) => {
             if wants_json {
                 json_response(StatusCode::OK, answer)
@@ -431,7 +434,11 @@ async fn forward_post(
     let fail = |outcome: Outcome, code: i64, message: String| {
         let answer = request_id
             .as_deref()
-            .and_then(|id| session.fail_request(id, outcome, code, &message))
+            .and_then(|id| {
+                shared
+                    .gateway
+                    .pipeline(|| session.fail_request(id, outcome, code, &message))
+            })
             .unwrap_or_else(|| jsonrpc::error_frame(None, code, &message));
         if wants_json {
             json_response(StatusCode::OK, answer)
@@ -513,13 +520,17 @@ async fn forward_post(
         // ends here, and the client sees the upstream's own status and body.
         if let Some(id) = &request_id {
             let message = format!("flightrec: the MCP server answered HTTP {}", parts.status);
-            session.fail_request(id, Outcome::RpcError, -32603, &message);
+            session
+                .gateway()
+                .pipeline(|| session.fail_request(id, Outcome::RpcError, -32603, &message));
         }
         return out
             .body(full(bytes.to_vec()))
             .unwrap_or_else(|_| plain(StatusCode::BAD_GATEWAY, "flightrec: bad response"));
     }
-    let action = session.on_server_frame_in(&scope, bytes.to_vec());
+    let action = session
+        .gateway()
+        .pipeline(|| session.on_server_frame_in(&scope, bytes.to_vec()));
     let send = action.send.unwrap_or_default();
     let response = out
         .body(full(send))
@@ -596,7 +607,9 @@ fn rewrite_event(
     let Some(data) = data else {
         return (Some(format!("{event}\n\n")), None);
     };
-    let action = session.on_server_frame_in(scope, data.into_bytes());
+    let action = session
+        .gateway()
+        .pipeline(|| session.on_server_frame_in(scope, data.into_bytes()));
     let Some(send) = action.send else {
         return (None, action.completion);
     };
