@@ -308,6 +308,52 @@ fn an_outage_fails_closed_and_service_resumes_when_the_store_returns() {
     common::assert_verified(&audit);
 }
 
+/// A store that stops answering (SIGSTOP: connections stay open, nothing
+/// comes back) is as good as gone after `--state-timeout`: the call is
+/// refused with a message saying so, and once the store answers again the
+/// proxy goes on with the same counters, never granting more than `max`.
+#[test]
+fn a_store_that_stops_answering_times_out_and_the_counts_survive() {
+    let redis = Redis::start();
+    let dir = tempfile::tempdir().unwrap();
+    let policy = policy_file(dir.path());
+    let audit = dir.path().join("audit");
+    let mut p = Proxy::start(&policy, &audit, &redis, "closed");
+    assert_eq!(p.copy().0, "allow");
+    assert_eq!(p.copy().0, "allow");
+    redis.signal(libc::SIGSTOP);
+    let started = Instant::now();
+    let (d, message) = p.copy();
+    let waited = started.elapsed();
+    redis.signal(libc::SIGCONT);
+    assert_eq!(d, "deny");
+    assert!(message.contains("no answer in time"), "{message}");
+    assert!(waited >= Duration::from_millis(250), "{waited:?}");
+    // Back: the two copies before the pause still count (max 3). The
+    // refused call's script may have run when the store woke up (it was
+    // sent before the timeout): then it counts too, erring strict. Either
+    // way no more than 3 are ever allowed.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut after = Vec::new();
+    loop {
+        let (d, _) = p.copy();
+        if d == "deny" {
+            assert!(Instant::now() < deadline, "the proxy did not come back");
+            std::thread::sleep(Duration::from_millis(200));
+            continue;
+        }
+        after.push(d);
+        if after.len() == 3 {
+            break;
+        }
+    }
+    assert!(
+        after == ["allow", "throttle", "throttle"] || after == ["throttle", "throttle", "throttle"],
+        "{after:?}"
+    );
+    p.finish();
+}
+
 /// Fail open: calls go through uncounted while the store is down, and the
 /// audit row says so (decision allow, rule `(state store unavailable)`),
 /// where export and replay see it.

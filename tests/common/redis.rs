@@ -62,6 +62,16 @@ impl Redis {
         }
     }
 
+    /// Sends the server a signal (SIGSTOP: it stops answering, connections
+    /// stay open; SIGCONT: it goes on).
+    pub fn signal(&self, sig: i32) {
+        let pid = self.child.as_ref().expect("running").id();
+        // SAFETY: kill(2) on a child this test started.
+        unsafe {
+            libc::kill(pid as i32, sig);
+        }
+    }
+
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/0", self.port)
     }
