@@ -102,7 +102,7 @@ fn duckdb_and_pyarrow_read_the_log_unchanged() {
         p["shadow"],
         "list<item: struct<policy_sha256: string not null, decision: string not null, rule: string> not null>"
     );
-    assert_eq!(seen["pyarrow_file_meta"]["flightrec.schema_version"], "1.0");
+    assert_eq!(seen["pyarrow_file_meta"]["flightrec.schema_version"], "1.1");
     assert_eq!(seen["pyarrow_file_meta"]["flightrec.first_seq"], "0");
     // The hash chain recomputed in Python from the documented encoding.
     assert_eq!(seen["python_chain_checked"], 300);

@@ -98,6 +98,13 @@ fn walk_canonical(row: &AuditRow, sink: &mut dyn FnMut(&[u8])) {
     text(Some(n1.u(row.request_bytes)));
     text(Some(n2.u(row.response_bytes)));
     text(Some(&row.prev_hash));
+    // Schema 1.1's columns follow `hash` in the file; the encoding takes
+    // every column but `hash` in schema order, so they come last.
+    if crate::audit::schema::has_approval_columns(&row.schema_version) {
+        text(row.approval.map(ColumnValue::as_str));
+        text(row.approved_by.as_deref());
+        text(row.approval_ms.map(|v| n1.u(v)));
+    }
 }
 
 /// Decimal formatting into a stack buffer.

@@ -9,7 +9,7 @@
 //! `prev_hash` and `hash` are not stored: recovery recomputes them by
 //! re-linking the chain, which is deterministic.
 
-use crate::audit::schema::{AuditRow, ColumnValue, ShadowDecision};
+use crate::audit::schema::{AuditRow, ColumnValue, ShadowDecision, has_approval_columns};
 
 const NULL: u8 = 0;
 const SAME: u8 = 1;
@@ -65,12 +65,21 @@ pub fn encode(row: &AuditRow, prev: Option<&AuditRow>, out: &mut Vec<u8>) {
     e.opt_u64(row.latency_us);
     e.out_varint(row.request_bytes);
     e.out_varint(row.response_bytes);
+    // Schema 1.1 adds three columns at the end; a 1.0 row (an older
+    // process's journal) stops here.
+    if has_approval_columns(&row.schema_version) {
+        e.text(row.approval.map(ColumnValue::as_str), |p| {
+            p.approval.map(ColumnValue::as_str)
+        });
+        e.text(row.approved_by.as_deref(), |p| p.approved_by.as_deref());
+        e.opt_u64(row.approval_ms);
+    }
 }
 
 /// Decodes one row; `prev` is the previous row of the same journal write.
 pub fn decode(bytes: &[u8], prev: Option<&AuditRow>) -> Result<AuditRow, String> {
     let mut d = Decoder { bytes, at: 0, prev };
-    let row = AuditRow {
+    let mut row = AuditRow {
         schema_version: d.req(|p| Some(&p.schema_version))?,
         event_id: d.req(|p| Some(&p.event_id))?,
         seq: d.varint()?,
@@ -120,7 +129,15 @@ pub fn decode(bytes: &[u8], prev: Option<&AuditRow>) -> Result<AuditRow, String>
         response_bytes: d.varint()?,
         prev_hash: String::new(),
         hash: String::new(),
+        approval: None,
+        approved_by: None,
+        approval_ms: None,
     };
+    if has_approval_columns(&row.schema_version) {
+        row.approval = d.opt_value(|p| p.approval.map(ColumnValue::as_str))?;
+        row.approved_by = d.text(|p| p.approved_by.as_deref())?;
+        row.approval_ms = d.opt_u64()?;
+    }
     if d.at != bytes.len() {
         return Err(format!("{} trailing bytes", bytes.len() - d.at));
     }

@@ -268,14 +268,25 @@ fn align_to_schema(batch: &RecordBatch, path: &Path) -> Result<RecordBatch, Audi
     for field in target.fields() {
         let c = batch
             .column_by_name(field.name())
+            .cloned()
+            .or_else(|| {
+                // A 1.0 file has no 1.1 columns: they read as null.
+                [
+                    schema::col::APPROVAL,
+                    schema::col::APPROVED_BY,
+                    schema::col::APPROVAL_MS,
+                ]
+                .contains(&field.name().as_str())
+                .then(|| arrow::array::new_null_array(field.data_type(), batch.num_rows()))
+            })
             .ok_or_else(|| AuditError::Schema {
                 path: path.to_path_buf(),
                 detail: format!("missing column `{}`", field.name()),
             })?;
         let c = if c.data_type() == field.data_type() {
-            c.clone()
+            c
         } else {
-            arrow::compute::cast(c, field.data_type()).map_err(|e| AuditError::Schema {
+            arrow::compute::cast(&c, field.data_type()).map_err(|e| AuditError::Schema {
                 path: path.to_path_buf(),
                 detail: format!("column `{}`: {e}", field.name()),
             })?
@@ -332,6 +343,9 @@ fn csv_fields(r: &AuditRow) -> Vec<String> {
         r.response_bytes.to_string(),
         r.prev_hash.clone(),
         r.hash.clone(),
+        r.approval.map(|a| a.to_string()).unwrap_or_default(),
+        opt(&r.approved_by),
+        num(r.approval_ms),
     ]
 }
 
@@ -369,6 +383,9 @@ pub fn row_json(r: &AuditRow) -> Value {
         "response_bytes": r.response_bytes,
         "prev_hash": r.prev_hash,
         "hash": r.hash,
+        "approval": r.approval,
+        "approved_by": r.approved_by,
+        "approval_ms": r.approval_ms,
     })
 }
 

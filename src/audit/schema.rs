@@ -19,7 +19,13 @@ use std::str::FromStr;
 use std::sync::{Arc, LazyLock};
 
 /// The value of the `schema_version` column written by this build.
-pub const SCHEMA_VERSION: &str = "1.0";
+pub const SCHEMA_VERSION: &str = "1.1";
+
+/// Whether rows of `schema_version` carry the 1.1 columns (`approval`,
+/// `approved_by`, `approval_ms`): every version but 1.0.
+pub fn has_approval_columns(schema_version: &str) -> bool {
+    schema_version != "1.0"
+}
 
 /// `prev_hash` of the first row ever written to an audit directory.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -57,6 +63,10 @@ pub mod col {
     pub const RESPONSE_BYTES: &str = "response_bytes";
     pub const PREV_HASH: &str = "prev_hash";
     pub const HASH: &str = "hash";
+    /// Schema 1.1.
+    pub const APPROVAL: &str = "approval";
+    pub const APPROVED_BY: &str = "approved_by";
+    pub const APPROVAL_MS: &str = "approval_ms";
 }
 
 fn shadow_fields() -> Fields {
@@ -110,6 +120,9 @@ static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new(col::RESPONSE_BYTES, UInt64, false),
         utf8(col::PREV_HASH, false),
         utf8(col::HASH, false),
+        utf8(col::APPROVAL, true),
+        utf8(col::APPROVED_BY, true),
+        Field::new(col::APPROVAL_MS, UInt64, true),
     ]))
 });
 
@@ -129,6 +142,49 @@ pub enum Transport {
     Unknown,
     /// A scenario's simulated call.
     Generated,
+}
+
+/// The `approval` column (schema 1.1): what became of a call the policy
+/// sent for approval. Null for every other call (and in 1.0 files).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum ApprovalOutcome {
+    /// Asked and not answered in this row (the first round of a
+    /// 2026-07-28 input-required exchange; its retry has the answer).
+    Pending,
+    /// A human said yes: the call went on to the rest of the policy.
+    Granted,
+    /// A human said no (or the client's dialog was declined).
+    Denied,
+    /// Nobody answered within `--approval-timeout`.
+    Timeout,
+    /// The client cancelled the call, or the dialog, while it waited.
+    Cancelled,
+}
+
+impl ColumnValue for ApprovalOutcome {
+    const VALUES: &'static [Self] = &[
+        ApprovalOutcome::Pending,
+        ApprovalOutcome::Granted,
+        ApprovalOutcome::Denied,
+        ApprovalOutcome::Timeout,
+        ApprovalOutcome::Cancelled,
+    ];
+    fn as_str(self) -> &'static str {
+        match self {
+            ApprovalOutcome::Pending => "pending",
+            ApprovalOutcome::Granted => "granted",
+            ApprovalOutcome::Denied => "denied",
+            ApprovalOutcome::Timeout => "timeout",
+            ApprovalOutcome::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl std::fmt::Display for ApprovalOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(ColumnValue::as_str(*self))
+    }
 }
 
 /// The `decision` column: a verdict, or `unrecorded` for generated events
@@ -331,6 +387,16 @@ pub struct AuditRow {
     pub response_bytes: u64,
     pub prev_hash: String,
     pub hash: String,
+    /// Schema 1.1: what became of an approval (null for other calls).
+    #[serde(default)]
+    pub approval: Option<ApprovalOutcome>,
+    /// Schema 1.1: who answered (`--as NAME` on the queue, the client's
+    /// name for an in-client dialog).
+    #[serde(default)]
+    pub approved_by: Option<String>,
+    /// Schema 1.1: how long the call waited for the answer.
+    #[serde(default)]
+    pub approval_ms: Option<u64>,
 }
 
 impl Default for AuditRow {
@@ -367,6 +433,9 @@ impl Default for AuditRow {
             response_bytes: 0,
             prev_hash: String::new(),
             hash: String::new(),
+            approval: None,
+            approved_by: None,
+            approval_ms: None,
         }
     }
 }
@@ -461,6 +530,9 @@ pub fn rows_to_batch(rows: &[AuditRow]) -> RecordBatch {
         u64s(&|r| Some(r.response_bytes)),
         strings(&|r| &r.prev_hash),
         strings(&|r| &r.hash),
+        opt_strings(&|r| r.approval.map(ColumnValue::as_str)),
+        opt_strings(&|r| r.approved_by.as_deref()),
+        u64s(&|r| r.approval_ms),
     ];
     RecordBatch::try_new(schema(), columns).expect("columns match the schema by construction")
 }
@@ -610,6 +682,9 @@ impl<'b> BatchView<'b> {
         let response_bytes = self.u64s(col::RESPONSE_BYTES)?;
         let prev_hash = self.strings(col::PREV_HASH)?;
         let hash = self.strings(col::HASH)?;
+        let approval = self.strings(col::APPROVAL)?;
+        let approved_by = self.strings(col::APPROVED_BY)?;
+        let approval_ms = self.u64s(col::APPROVAL_MS)?;
         let shadow = self.column(col::SHADOW);
         let shadow_list = match shadow {
             None => None,
@@ -686,6 +761,9 @@ impl<'b> BatchView<'b> {
                 response_bytes: num(response_bytes, i).unwrap_or_default(),
                 prev_hash: text(&prev_hash, i),
                 hash: text(&hash, i),
+                approval: typed(&approval, col::APPROVAL, i)?,
+                approved_by: opt(&approved_by, i),
+                approval_ms: num(approval_ms, i),
             });
         }
         Ok(rows)

@@ -109,6 +109,18 @@ pub enum ApprovalMode {
     Grant,
 }
 
+/// How `require_approval` rules are taken in one decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Approvals {
+    /// Nobody said yes: the verdict is `approval`, nothing reserved.
+    Deny,
+    /// Replay's grant: evaluation goes on, the verdict stays `approval`.
+    Grant,
+    /// A human said yes to this very call: the rules are passed and the
+    /// verdict is the rest of the policy's.
+    Approved,
+}
+
 pub const HIDDEN_RULE: &str = "(hidden)";
 pub const DEFAULT_DENY_RULE: &str = "(default deny)";
 /// The rule a decision names when the counter store could not answer.
@@ -135,6 +147,35 @@ impl Policy {
         state: &mut S,
         call: &Call<'_>,
         approvals: ApprovalMode,
+    ) -> Decision {
+        self.decide_in(
+            state,
+            call,
+            match approvals {
+                ApprovalMode::Deny => Approvals::Deny,
+                ApprovalMode::Grant => Approvals::Grant,
+            },
+        )
+    }
+
+    /// Decides a call a human has just approved: `require_approval` rules
+    /// are passed, and the verdict is what the rest of the policy says
+    /// (allow with its reservations, or the deny or throttle of another
+    /// rule), so the proxy forwards exactly what the policy still lets
+    /// through at the moment of the yes.
+    pub fn decide_approved<S: CounterStore + ?Sized>(
+        &self,
+        state: &mut S,
+        call: &Call<'_>,
+    ) -> Decision {
+        self.decide_in(state, call, Approvals::Approved)
+    }
+
+    fn decide_in<S: CounterStore + ?Sized>(
+        &self,
+        state: &mut S,
+        call: &Call<'_>,
+        approvals: Approvals,
     ) -> Decision {
         let tool = call.tool;
         if self.is_hidden(tool) {
@@ -179,8 +220,11 @@ impl Policy {
             match rule.action {
                 Action::Deny => return refuse_with(approval, Verdict::Deny, rule),
                 Action::RequireApproval => {
+                    if approvals == Approvals::Approved {
+                        continue;
+                    }
                     if approval.is_none() {
-                        if approvals == ApprovalMode::Deny {
+                        if approvals == Approvals::Deny {
                             return Decision::refuse(
                                 Verdict::Approval,
                                 rule.name.clone(),

@@ -48,7 +48,9 @@ import struct
 
 def canonical(row, columns):
     data = b""
-    for name in columns[:-1]:
+    for name in columns:
+        if name == "hash":
+            continue
         v = row[name]
         if v is None:
             data += b"\x00"
