@@ -57,6 +57,43 @@ pub enum Command {
     Import(ImportCommand),
     /// Replay the bundled recordings and scenarios against the bundled policies
     Demo(DemoArgs),
+    /// Answer calls a running proxy holds for approval (its local queue)
+    #[command(subcommand)]
+    Approvals(ApprovalsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ApprovalsCommand {
+    /// The calls waiting for an answer
+    List {
+        /// One JSON object per line per held call
+        #[arg(long)]
+        json: bool,
+        /// The proxy's approval socket (default: the per-user one)
+        #[arg(long)]
+        socket: Option<PathBuf>,
+    },
+    /// Let a held call through (the rest of the policy still applies)
+    Approve {
+        id: u64,
+        /// Who approves, recorded in `approved_by` (default: $USER)
+        #[arg(long = "as")]
+        by: Option<String>,
+        #[arg(long)]
+        socket: Option<PathBuf>,
+    },
+    /// Refuse a held call
+    Deny {
+        id: u64,
+        /// Why, told to the agent and recorded
+        #[arg(long)]
+        reason: Option<String>,
+        /// Who denies, recorded in `approved_by` (default: $USER)
+        #[arg(long = "as")]
+        by: Option<String>,
+        #[arg(long)]
+        socket: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -152,6 +189,15 @@ pub struct ProxyArgs {
     /// Longest wait for the state store (connect, or one round trip)
     #[arg(long, default_value = "200ms", requires = "state")]
     pub state_timeout: String,
+    /// The local approval queue's Unix socket, for `flightrec approvals`
+    /// (default: $XDG_RUNTIME_DIR/flightrec/approvals.sock, else
+    /// /tmp/flightrec-UID/approvals.sock)
+    #[arg(long)]
+    pub approval_socket: Option<PathBuf>,
+    /// How long a call held for approval waits for an answer before it is
+    /// refused (recorded as timeout)
+    #[arg(long, default_value = "120s")]
+    pub approval_timeout: String,
     /// HTTP proxy: most requests to the upstream at once
     #[arg(long, default_value_t = 64)]
     pub max_concurrent: usize,
@@ -386,7 +432,83 @@ pub fn run(cli: Cli) -> ExitCode {
             audit_cmd::import_intercept(&events, &output)
         }
         Command::Demo(_) => replay_cmd::demo(),
+        Command::Approvals(cmd) => approvals_cmd(cmd),
     }
+}
+
+fn approvals_cmd(cmd: ApprovalsCommand) -> ExitCode {
+    use crate::proxy::approval::{Request, client_request, default_socket};
+    let user = || std::env::var("USER").ok().filter(|u| !u.is_empty());
+    let (socket, req, json) = match cmd {
+        ApprovalsCommand::List { json, socket } => (socket, Request::List, json),
+        ApprovalsCommand::Approve { id, by, socket } => (
+            socket,
+            Request::Approve {
+                id,
+                by: by.or_else(user),
+            },
+            false,
+        ),
+        ApprovalsCommand::Deny {
+            id,
+            reason,
+            by,
+            socket,
+        } => (
+            socket,
+            Request::Deny {
+                id,
+                by: by.or_else(user),
+                reason,
+            },
+            false,
+        ),
+    };
+    let socket = socket.unwrap_or_else(default_socket);
+    let replies = match client_request(&socket, &req) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_INPUT);
+        }
+    };
+    match req {
+        Request::List if json => {
+            for r in &replies {
+                println!("{r}");
+            }
+        }
+        Request::List => {
+            if replies.is_empty() {
+                println!("no calls are waiting for approval");
+            }
+            for r in &replies {
+                println!(
+                    "{:>4}  {}  waiting {:.1} s  session {}  agent {}\n      rule \"{}\": {}\n      args {}",
+                    r["id"],
+                    r["tool"].as_str().unwrap_or(""),
+                    r["waiting_ms"].as_u64().unwrap_or(0) as f64 / 1000.0,
+                    r["session"].as_str().unwrap_or(""),
+                    r["agent"].as_str().unwrap_or(""),
+                    r["rule"].as_str().unwrap_or(""),
+                    r["reason"].as_str().unwrap_or(""),
+                    r["args"]
+                );
+            }
+        }
+        _ => match replies.first() {
+            Some(r) if r["ok"] == true => {}
+            Some(r) => {
+                eprintln!("error: {}", r["error"].as_str().unwrap_or("refused"));
+                return ExitCode::from(1);
+            }
+            None => {
+                eprintln!("error: the proxy did not answer");
+                return ExitCode::from(1);
+            }
+        },
+    }
+    ExitCode::SUCCESS
 }
 
 fn scan_cmd(args: &ScanArgs) -> ExitCode {
@@ -489,7 +611,16 @@ fn proxy_cmd(args: &ProxyArgs) -> ExitCode {
             })
         }
     };
+    let approval_timeout = match crate::time::parse_duration_us(&args.approval_timeout) {
+        Ok(us) => std::time::Duration::from_micros(us as u64),
+        Err(e) => {
+            eprintln!("error: --approval-timeout {e}");
+            return ExitCode::from(EXIT_INPUT);
+        }
+    };
     let gateway = crate::proxy::GatewayConfig {
+        approval_socket: args.approval_socket.clone(),
+        approval_timeout: Some(approval_timeout),
         state,
         policy_path: args.policy.clone(),
         agent: args.agent.clone(),

@@ -255,6 +255,14 @@ impl Policy {
         &self.counters
     }
 
+    /// Whether any rule requires a human's approval.
+    pub fn has_approval_rules(&self) -> bool {
+        self.entries
+            .iter()
+            .flat_map(|e| e.rules.iter())
+            .any(|r| r.action == Action::RequireApproval)
+    }
+
     /// Whether any rule is a runaway guard (`repeat_limit` or
     /// `circuit_breaker`).
     pub fn has_guards(&self) -> bool {

@@ -73,6 +73,7 @@ pub fn run(config: BridgeConfig) -> Result<i32, ProxyError> {
     let recorder: Option<Recorder> =
         crate::proxy::gateway::open_recorder(config.audit_dir.as_deref(), config.sync)?;
     let gateway = Arc::new(Gateway::new(config.gateway.clone(), recorder)?);
+    gateway.open_approval_queue()?;
     gateway.watch_policy_file();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -150,7 +151,24 @@ pub fn run(config: BridgeConfig) -> Result<i32, ProxyError> {
         };
         match bridge.session.on_client_frame(frame) {
             ClientAction::Respond(answer) => bridge.send(&answer),
-            ClientAction::Ignore | ClientAction::Hold(_) => {}
+            ClientAction::Ignore => {}
+            ClientAction::Hold(held) => {
+                // Held for a human (the local queue asks): waited for on a
+                // blocking thread, then forwarded or refused.
+                let bridge = bridge.clone();
+                tasks.push(runtime.spawn(async move {
+                    let waiting = bridge.clone();
+                    let action =
+                        tokio::task::spawn_blocking(move || waiting.session.wait_held(*held))
+                            .await
+                            .unwrap_or(ClientAction::Ignore);
+                    match action {
+                        ClientAction::Forward(body) => forward(&bridge, body).await,
+                        ClientAction::Respond(answer) => bridge.send(&answer),
+                        _ => {}
+                    }
+                }));
+            }
             ClientAction::Forward(body) => {
                 let bridge = bridge.clone();
                 tasks.push(runtime.spawn(async move { forward(&bridge, body).await }));

@@ -20,6 +20,7 @@ use crate::audit::{AuditError, Recorder};
 use crate::policy::{CounterStore, Outcome, Policy, PolicyError, PolicyState, Reservation};
 use crate::proxy::ProxyError;
 use crate::proxy::session::{Session, Transport};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
@@ -84,6 +85,17 @@ pub struct GatewayConfig {
     pub warm_start: bool,
     /// Keep the counters in Redis (shared by replicas) instead of memory.
     pub state: Option<crate::store::redis::RedisConfig>,
+    /// The approval queue's socket (`None`: the default path).
+    pub approval_socket: Option<PathBuf>,
+    /// How long a held call waits for a human (default 120 s).
+    pub approval_timeout: Option<std::time::Duration>,
+}
+
+impl GatewayConfig {
+    pub fn approval_timeout(&self) -> std::time::Duration {
+        self.approval_timeout
+            .unwrap_or(std::time::Duration::from_secs(120))
+    }
 }
 
 /// What a policy file looked like (modification time and size): how the
@@ -106,6 +118,11 @@ pub struct Gateway {
     current: RwLock<Arc<Generation>>,
     shadows: Vec<Arc<Generation>>,
     recorder: Option<Mutex<Recorder>>,
+    approvals: Arc<crate::proxy::approval::Approvals>,
+    state_key: crate::proxy::approval::StateKey,
+    /// Nonces of `requestState`s already used (each is good for one retry),
+    /// with their expiry (ms).
+    used_states: Mutex<HashMap<String, u64>>,
 }
 
 impl Gateway {
@@ -140,8 +157,57 @@ impl Gateway {
             current: RwLock::new(generation(policy, None)?),
             shadows,
             recorder: recorder.map(Mutex::new),
+            approvals: Arc::default(),
+            state_key: crate::proxy::approval::StateKey::random(),
+            used_states: Mutex::new(HashMap::new()),
             config,
         })
+    }
+
+    pub(crate) fn approvals(&self) -> &Arc<crate::proxy::approval::Approvals> {
+        &self.approvals
+    }
+
+    pub(crate) fn state_key(&self) -> &crate::proxy::approval::StateKey {
+        &self.state_key
+    }
+
+    /// Marks a `requestState` nonce used; `false` if it already was (a
+    /// replayed state). Expired nonces are forgotten.
+    pub(crate) fn use_state_nonce(&self, nonce: &str, expiry_ms: u64) -> bool {
+        let now = (crate::time::now_us() / 1000) as u64;
+        let mut used = lock(&self.used_states);
+        if used.len() > 10_000 {
+            used.retain(|_, e| *e >= now);
+        }
+        used.insert(nonce.to_string(), expiry_ms).is_none()
+    }
+
+    /// Opens the approval queue (when the policy has `require_approval`
+    /// rules, or a socket is given): `--approval-socket`, else the per-user
+    /// default. An explicit socket that cannot be opened is an error; the
+    /// default one in use by another proxy only leaves this proxy without a
+    /// queue (held calls that cannot be asked in the client are refused),
+    /// which it says.
+    pub fn open_approval_queue(&self) -> Result<(), ProxyError> {
+        let explicit = self.config.approval_socket.clone();
+        if explicit.is_none() && !self.current().policy().has_approval_rules() {
+            return Ok(()); // nothing to ask about
+        }
+        let path = explicit
+            .clone()
+            .unwrap_or_else(crate::proxy::approval::default_socket);
+        match self.approvals.serve(&path) {
+            Ok(()) => {
+                eprintln!("flightrec: approval queue on {}", path.display());
+                Ok(())
+            }
+            Err(e) if explicit.is_some() => Err(ProxyError::Io(std::io::Error::other(e))),
+            Err(e) => {
+                eprintln!("flightrec: no local approval queue: {e}");
+                Ok(())
+            }
+        }
     }
 
     /// Whether the policy file changed since it was last read (or tried).

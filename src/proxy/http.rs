@@ -163,6 +163,7 @@ async fn serve(config: HttpConfig, tokens: Option<Tokens>) -> Result<i32, ProxyE
     let recorder: Option<Recorder> =
         crate::proxy::gateway::open_recorder(config.audit_dir.as_deref(), config.sync)?;
     let gateway = Arc::new(Gateway::new(config.gateway.clone(), recorder)?);
+    gateway.open_approval_queue()?;
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     let local = listener.local_addr()?;
     let server_guess = config
@@ -306,10 +307,18 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<ProxyBo
         .ok()
         .and_then(|e| e.id_text())
         .map(|id| format!("{scope}\u{1f}{id}"));
-    match shared
+    let mut action = shared
         .gateway
-        .pipeline(|| session.on_client_frame_in(&scope, frame))
-    {
+        .pipeline(|| session.on_client_frame_in(&scope, frame));
+    if let ClientAction::Hold(held) = action {
+        // Held for a human (the local queue asks): the POST waits for the
+        // answer on a blocking thread, other requests go on.
+        let waiting = session.clone();
+        action = tokio::task::spawn_blocking(move || waiting.wait_held(*held))
+            .await
+            .unwrap_or(ClientAction::Ignore);
+    }
+    match action {
         ClientAction::Respond(answer) => {
             if wants_json {
                 json_response(StatusCode::OK, answer)

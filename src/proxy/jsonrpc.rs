@@ -197,6 +197,13 @@ pub struct ToolCallParams {
     pub name: String,
     #[serde(default)]
     pub arguments: Value,
+    /// 2026-07-28 retry of an input-required exchange: the opaque state
+    /// the result carried, echoed back.
+    #[serde(rename = "requestState", default)]
+    pub request_state: Option<String>,
+    /// 2026-07-28 retry: the client's answers, keyed like the requests.
+    #[serde(rename = "inputResponses", default)]
+    pub input_responses: Option<Value>,
 }
 
 /// What the proxy reads of a `tools/call` result: whether it is an error,
@@ -240,6 +247,129 @@ pub fn client_info(method: &str, params: Option<&RawValue>) -> Option<(String, O
         .and_then(Value::as_str)
         .map(str::to_string);
     Some((name, version))
+}
+
+/// Whether the client says it can show an elicitation form: from
+/// `initialize`'s `capabilities.elicitation`, or a 2026-07-28 request's
+/// `_meta["io.modelcontextprotocol/clientCapabilities"].elicitation`.
+/// `None` when the frame does not declare capabilities.
+pub fn client_can_elicit(method: &str, params: Option<&RawValue>) -> Option<bool> {
+    let text = params?.get();
+    if method != "initialize" && !text.contains("io.modelcontextprotocol/clientCapabilities") {
+        return None;
+    }
+    let params: Value = serde_json::from_str(text).ok()?;
+    let caps = if method == "initialize" {
+        params.get("capabilities")
+    } else {
+        None
+    }
+    .or_else(|| {
+        params
+            .get("_meta")
+            .and_then(|m| m.get("io.modelcontextprotocol/clientCapabilities"))
+    })?;
+    Some(caps.get("elicitation").is_some_and(|e| !e.is_null()))
+}
+
+/// The yes/no form every approval question uses.
+pub fn approval_schema() -> Value {
+    json!({
+        "type": "object",
+        "properties": {
+            "approve": {
+                "type": "boolean",
+                "title": "Approve this call",
+                "description": "Yes lets this one call through (the rest of the policy still applies)."
+            }
+        },
+        "required": ["approve"]
+    })
+}
+
+/// The proxy's own `elicitation/create` request (2025-11-25 sessions).
+pub fn elicitation_frame(id: &str, message: &str) -> Vec<u8> {
+    let mut out = serde_json::to_vec(&json!({
+        "jsonrpc": "2.0",
+        "id": id,
+        "method": "elicitation/create",
+        "params": {"mode": "form", "message": message, "requestedSchema": approval_schema()},
+    }))
+    .expect("serializes");
+    out.push(b'\n');
+    out
+}
+
+/// A 2026-07-28 input-required result asking for the approval form.
+pub fn input_required_frame(
+    id: Option<&RawValue>,
+    key: &str,
+    message: &str,
+    state: &str,
+) -> Vec<u8> {
+    let id: Value = id
+        .and_then(|r| serde_json::from_str(r.get()).ok())
+        .unwrap_or(Value::Null);
+    let mut out = serde_json::to_vec(&json!({
+        "jsonrpc": "2.0",
+        "id": id,
+        "result": {
+            "resultType": "input_required",
+            "inputRequests": {
+                key: {
+                    "method": "elicitation/create",
+                    "params": {"mode": "form", "message": message, "requestedSchema": approval_schema()}
+                }
+            },
+            "requestState": state,
+        }
+    }))
+    .expect("serializes");
+    out.push(b'\n');
+    out
+}
+
+/// How a client answered the approval form (an `ElicitResult`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FormAnswer {
+    Yes,
+    No,
+    Cancel,
+}
+
+/// Reads an `ElicitResult`: accept with `approve: true` is yes; accept
+/// with anything else, or decline, is no; cancel is cancel; anything
+/// malformed is no (fail closed).
+pub fn form_answer(result: &Value) -> FormAnswer {
+    match result.get("action").and_then(Value::as_str) {
+        Some("accept") => {
+            if result
+                .get("content")
+                .and_then(|c| c.get("approve"))
+                .and_then(Value::as_bool)
+                == Some(true)
+            {
+                FormAnswer::Yes
+            } else {
+                FormAnswer::No
+            }
+        }
+        Some("cancel") => FormAnswer::Cancel,
+        _ => FormAnswer::No,
+    }
+}
+
+/// A `tools/call` frame without the input-required retry fields
+/// (`requestState`, `inputResponses`): what the server gets once the
+/// proxy's own question is answered.
+pub fn strip_retry_fields(frame: &[u8]) -> Option<Vec<u8>> {
+    let mut v: Value = serde_json::from_slice(frame).ok()?;
+    let params = v.get_mut("params")?.as_object_mut()?;
+    params.remove("requestState");
+    params.remove("inputResponses");
+    let mut out = serde_json::to_vec(&v).ok()?;
+    out.push(b'\n');
+    Some(out)
 }
 
 /// Whether the request speaks the 2026-07-28 protocol (results then carry

@@ -17,6 +17,7 @@
 //!
 //! [`scan`] lists a server's tools for a starter policy.
 
+pub mod approval;
 pub(crate) mod bridge;
 mod error;
 pub(crate) mod gateway;

@@ -45,20 +45,67 @@ pub enum ClientAction {
     Ignore,
 }
 
-/// A `tools/call` held for approval, with everything needed to forward or
-/// refuse it later.
-#[derive(Debug)]
+/// A `tools/call` held for a human's answer, with everything needed to
+/// forward or refuse it later. The transport sends [`Held::ask`] to the
+/// client (when the question goes through the client), then hands the
+/// whole to [`Session::wait_held`] off its reading path.
 pub struct Held {
-    pub frame: Vec<u8>,
-    pub ticket: Ticket,
+    /// The proxy's own `elicitation/create` for the client, if it asks
+    /// there (2025-11-25 sessions); `None`: the local queue asks.
+    pub ask: Option<Vec<u8>>,
+    approval_id: u64,
+    answer: std::sync::mpsc::Receiver<crate::proxy::approval::Answer>,
+    frame: Vec<u8>,
+    /// The pending key (scope + id) and the id as JSON text.
+    key: String,
+    row: AuditRow,
+    tool: String,
+    args: Value,
+    args_hash: String,
+    category: Option<Category>,
+    modern: bool,
+    started: Instant,
+    /// The id of the proxy's `elicitation/create`, when it asked the client.
+    ask_id: Option<String>,
+}
+
+impl std::fmt::Debug for Held {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Held")
+            .field("approval_id", &self.approval_id)
+            .field("tool", &self.tool)
+            .finish()
+    }
+}
+
+/// The key of the proxy's approval question in an input-required result.
+const APPROVAL_KEY: &str = "flightrec_approval";
+
+/// What asking for an approval needs from the decision.
+struct AskContext<'e, 'a> {
+    env: &'e Envelope<'a>,
+    params: &'e ToolCallParams,
+    key: String,
+    row: AuditRow,
+    redacted: &'e Value,
+    hash: &'e str,
+    category: Option<Category>,
+    modern: bool,
+    rule: &'e str,
+    message: &'e str,
+    policy_sha256: String,
 }
 
 /// What [`Session::route`] decided for a client frame.
 enum Route {
     Forward,
+    /// Forward the client's frame without the proxy's own input-required
+    /// fields (an approved 2026-07-28 retry).
+    ForwardStripped,
     Answer(Vec<u8>),
     /// Refused and recorded, with nothing to answer (a notification).
     Drop,
+    Hold(Box<Held>),
 }
 
 impl Route {
@@ -137,6 +184,13 @@ pub struct Session {
     /// Ids the client already got an answer for from the proxy (timed out
     /// or cancelled): a late answer from the server is dropped.
     abandoned: Mutex<std::collections::HashSet<String>>,
+    /// The client said it can show elicitation forms.
+    can_elicit: Mutex<bool>,
+    /// Held calls by pending key → approval id (for cancellation).
+    held: Mutex<HashMap<String, u64>>,
+    /// The proxy's own `elicitation/create` requests awaiting the client's
+    /// answer: request id (JSON text) → approval id.
+    asks: Mutex<HashMap<String, u64>>,
 }
 
 impl Session {
@@ -157,6 +211,9 @@ impl Session {
             categories: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
             abandoned: Mutex::new(std::collections::HashSet::new()),
+            can_elicit: Mutex::new(false),
+            held: Mutex::new(HashMap::new()),
+            asks: Mutex::new(HashMap::new()),
         }
     }
 
@@ -273,6 +330,15 @@ impl Session {
             Route::Forward => ClientAction::Forward(frame),
             Route::Answer(answer) => ClientAction::Respond(answer),
             Route::Drop => ClientAction::Ignore,
+            Route::Hold(mut held) => {
+                held.frame = frame;
+                ClientAction::Hold(held)
+            }
+            Route::ForwardStripped => match jsonrpc::strip_retry_fields(&frame) {
+                Some(bytes) => ClientAction::Forward(bytes),
+                // It parsed a moment ago: cannot happen; never forward it as is.
+                None => ClientAction::Ignore,
+            },
         }
     }
 
@@ -308,6 +374,13 @@ impl Session {
             }
         };
         let Some(method) = env.method.as_deref() else {
+            // The client's answer to the proxy's own question: consumed here.
+            if let Some(id) = env.id_text()
+                && let Some(approval) = lock(&self.asks).remove(&id)
+            {
+                self.on_form_answer(approval, &env);
+                return Route::Drop;
+            }
             return Route::Forward; // a response to a server request, or junk the server rejects
         };
         let id = match env.id_kind() {
@@ -316,6 +389,14 @@ impl Session {
                 // Forwarded, and the request's row completes as cancelled.
                 if let Some(request) = jsonrpc::cancelled_request(env.params) {
                     let key = scoped(scope, &request);
+                    // A held call: its wait ends, nothing reached the server.
+                    if let Some(approval) = lock(&self.held).remove(&key) {
+                        let _ = self
+                            .gateway
+                            .approvals()
+                            .answer(approval, crate::proxy::approval::Answer::Cancelled);
+                        return Route::Drop;
+                    }
                     let ticket = lock(&self.pending).remove(&key);
                     if let Some(mut t) = ticket {
                         self.abandon(key);
@@ -352,7 +433,7 @@ impl Session {
             }
         };
         let key = scoped(scope, &id);
-        if lock(&self.pending).contains_key(&key) {
+        if lock(&self.pending).contains_key(&key) || lock(&self.held).contains_key(&key) {
             // Its answer could not be told from the first one's: one of the
             // two calls would go unrecorded.
             let message = format!("flightrec: request id {id} is already in flight");
@@ -371,11 +452,11 @@ impl Session {
                 version,
             };
         }
+        if let Some(can) = jsonrpc::client_can_elicit(method, env.params) {
+            *lock(&self.can_elicit) = can;
+        }
         if method == "tools/call" {
-            return match self.on_tool_call(&env, Some(id), key, frame.len()) {
-                None => Route::Forward,
-                Some(answer) => Route::Answer(answer),
-            };
+            return self.on_tool_call(&env, Some(id), key, frame.len());
         }
         let row = self.base_row(method, Some(id), frame.len());
         lock(&self.pending).insert(
@@ -458,13 +539,32 @@ impl Session {
         Some(jsonrpc::error_frame(raw.as_deref(), code, message))
     }
 
-    /// Decides a `tools/call`: `None` to forward it, else the answer.
+    /// Decides a `tools/call`: forward it, answer it, or hold it.
     fn on_tool_call(
         &self,
         env: &Envelope<'_>,
         id: Option<String>,
         key: String,
         bytes: usize,
+    ) -> Route {
+        let mut other = None;
+        let answer = self.decide_tool_call(env, id, key, bytes, &mut other);
+        match (other, answer) {
+            (Some(route), _) => route,
+            (None, None) => Route::Forward,
+            (None, Some(answer)) => Route::Answer(answer),
+        }
+    }
+
+    /// `None`: forward; `Some`: answer. An approval sets `other` instead (a
+    /// hold, or an approved retry forwarded without its retry fields).
+    fn decide_tool_call(
+        &self,
+        env: &Envelope<'_>,
+        id: Option<String>,
+        key: String,
+        bytes: usize,
+        other: &mut Option<Route>,
     ) -> Option<Vec<u8>> {
         let modern = jsonrpc::speaks_2026(env.params);
         if env
@@ -579,6 +679,29 @@ impl Session {
         // have forwarded the call: it counts, as replay counts a recorded
         // refusal that a candidate allows.
         settle_all(reservations, Outcome::Ok);
+        if decision.verdict == Verdict::Approval {
+            let category = call.category;
+            let ask = AskContext {
+                env,
+                params: &params,
+                key,
+                row,
+                redacted: &redacted,
+                hash: &hash,
+                category,
+                modern,
+                rule: decision.rule.as_deref().unwrap_or(""),
+                message: decision.message.as_deref().unwrap_or(""),
+                policy_sha256: generation.policy().sha256.clone(),
+            };
+            return match self.ask_approval(ask) {
+                Ok(route) => {
+                    *other = Some(route);
+                    None
+                }
+                Err(answer) => Some(answer),
+            };
+        }
         let mut text = format!(
             "[flightrec] {} by policy rule \"{}\": {}",
             match decision.verdict {
@@ -593,9 +716,6 @@ impl Session {
         if let Some(ms) = decision.retry_after_ms {
             text.push_str(&format!(" Retry after {ms} ms."));
         }
-        if decision.verdict == Verdict::Approval {
-            text.push_str(" No approval channel is configured, so the call is refused.");
-        }
         row.outcome = Outcome::NotForwarded;
         self.gateway.record(row);
         Some(jsonrpc::refusal_frame(
@@ -603,6 +723,425 @@ impl Session {
             &text,
             json!({"decision": decision.verdict.as_str(), "rule": decision.rule.as_deref(), "message": decision.message.as_deref(), "retry_after_ms": decision.retry_after_ms}),
             modern,
+        ))
+    }
+
+    /// A call the policy sends for approval: asked in the client (a
+    /// 2026-07-28 input-required result, or a 2025-11-25 `elicitation/create`
+    /// on stdio), else in the local queue; refused when there is no way to
+    /// ask. `Ok`: the route (hold, or forward an approved retry); `Err`:
+    /// the answer for the client, already recorded.
+    fn ask_approval(&self, a: AskContext<'_, '_>) -> Result<Route, Vec<u8>> {
+        use crate::audit::schema::ApprovalOutcome;
+        use crate::proxy::approval::{self, HeldCall, StateClaims};
+        let can_elicit = *lock(&self.can_elicit);
+        let server = a.row.server.clone();
+        let question = format!(
+            "flightrec: agent \"{}\" (session {}) wants to call {} on {} with arguments {}. Policy rule \"{}\" requires a human's approval: {} Approve this one call?",
+            a.row.agent_id,
+            a.row.session_id,
+            a.params.name,
+            server,
+            canonical_json(a.redacted),
+            a.rule,
+            a.message
+        );
+        if a.modern {
+            if let Some(state) = a
+                .params
+                .request_state
+                .as_deref()
+                .filter(|s| approval::is_ours(s))
+            {
+                return self.approved_retry(a, state);
+            }
+            if can_elicit {
+                // The question travels in the result; the client retries
+                // with the answer and this state, bound to this very call.
+                let now_ms = (crate::time::now_us() / 1000) as u64;
+                let claims = StateClaims {
+                    v: 1,
+                    s: self.id.clone(),
+                    t: a.params.name.clone(),
+                    a: a.hash.to_string(),
+                    p: a.policy_sha256.clone(),
+                    i: now_ms,
+                    e: now_ms + self.gateway.config().approval_timeout().as_millis() as u64,
+                    n: new_uuid_v7(),
+                };
+                let state = approval::seal(self.gateway.state_key(), &claims);
+                let mut row = a.row;
+                row.approval = Some(ApprovalOutcome::Pending);
+                row.outcome = Outcome::NotForwarded;
+                self.gateway.record(row);
+                return Err(jsonrpc::input_required_frame(
+                    a.env.id,
+                    APPROVAL_KEY,
+                    &question,
+                    &state,
+                ));
+            }
+        }
+        let ask_in_client = can_elicit && !a.modern && self.transport == Transport::Stdio;
+        if !ask_in_client && self.gateway.approvals().socket().is_none() {
+            return Err(self.refuse_approval(
+                a.env.id,
+                a.row,
+                None,
+                None,
+                a.rule,
+                &format!(
+                    "it requires approval ({}), and there is no way to ask: the client cannot show an approval form and no local approval queue is open",
+                    a.message
+                ),
+                a.modern,
+            ));
+        }
+        let (approval_id, answer) = self.gateway.approvals().hold(HeldCall {
+            id: 0,
+            tool: a.params.name.clone(),
+            session: self.id.clone(),
+            agent: a.row.agent_id.clone(),
+            args: a.redacted.clone(),
+            rule: a.rule.to_string(),
+            reason: a.message.to_string(),
+            waiting_ms: 0,
+        });
+        lock(&self.held).insert(a.key.clone(), approval_id);
+        let (ask, ask_id) = if ask_in_client {
+            let id = format!("flightrec-approval-{approval_id}");
+            let id_text = serde_json::to_string(&id).expect("a string");
+            lock(&self.asks).insert(id_text.clone(), approval_id);
+            (
+                Some(jsonrpc::elicitation_frame(&id, &question)),
+                Some(id_text),
+            )
+        } else {
+            (None, None)
+        };
+        Ok(Route::Hold(Box::new(Held {
+            ask,
+            approval_id,
+            answer,
+            frame: Vec::new(),
+            key: a.key,
+            row: a.row,
+            tool: a.params.name.clone(),
+            args: a.params.arguments.clone(),
+            args_hash: a.hash.to_string(),
+            category: a.category,
+            modern: a.modern,
+            started: Instant::now(),
+            ask_id,
+        })))
+    }
+
+    /// A 2026-07-28 retry carrying the proxy's own `requestState`: checked
+    /// (authentic, this session, this tool, these arguments, this policy,
+    /// not expired, not used before), then the answer read from
+    /// `inputResponses`.
+    fn approved_retry(&self, a: AskContext<'_, '_>, state: &str) -> Result<Route, Vec<u8>> {
+        use crate::audit::schema::ApprovalOutcome;
+        use crate::proxy::approval;
+        let now_ms = (crate::time::now_us() / 1000) as u64;
+        let problem = match approval::open(self.gateway.state_key(), state) {
+            Err(why) => Some(format!("its requestState is {why}")),
+            Ok(c) if c.s != self.id => Some("its requestState belongs to another session".into()),
+            Ok(c) if c.t != a.params.name => {
+                Some("its requestState was issued for another tool".into())
+            }
+            Ok(c) if c.a != a.hash => {
+                Some("its requestState was issued for other arguments".into())
+            }
+            Ok(c) if c.p != a.policy_sha256 => {
+                Some("the policy changed since the approval was asked".into())
+            }
+            Ok(c) if now_ms > c.e => Some("its requestState has expired".into()),
+            Ok(c) if !self.gateway.use_state_nonce(&c.n, c.e) => {
+                Some("its requestState was already used".into())
+            }
+            Ok(c) => {
+                let waited = now_ms.saturating_sub(c.i);
+                let answer = a
+                    .params
+                    .input_responses
+                    .as_ref()
+                    .and_then(|r| r.get(APPROVAL_KEY))
+                    .map(jsonrpc::form_answer)
+                    .unwrap_or(jsonrpc::FormAnswer::No);
+                let by = format!(
+                    "client:{}",
+                    a.row
+                        .client_name
+                        .clone()
+                        .unwrap_or_else(|| "unknown".into())
+                );
+                let mut row = a.row;
+                row.approval_ms = Some(waited);
+                return match answer {
+                    jsonrpc::FormAnswer::Yes => {
+                        match self
+                            .after_yes(row, by, a.env.id, a.key, a.params, a.hash, a.category, true)
+                        {
+                            Ok(()) => Ok(Route::ForwardStripped),
+                            Err(answer) => Err(answer),
+                        }
+                    }
+                    jsonrpc::FormAnswer::No => Err(self.refuse_approval(
+                        a.env.id,
+                        row,
+                        Some(ApprovalOutcome::Denied),
+                        Some(by),
+                        a.rule,
+                        "the approval was declined",
+                        true,
+                    )),
+                    jsonrpc::FormAnswer::Cancel => Err(self.refuse_approval(
+                        a.env.id,
+                        row,
+                        Some(ApprovalOutcome::Cancelled),
+                        Some(by),
+                        a.rule,
+                        "the approval dialog was cancelled",
+                        true,
+                    )),
+                };
+            }
+        };
+        let problem = problem.unwrap_or_default();
+        Err(self.refuse_approval(
+            a.env.id,
+            a.row,
+            Some(ApprovalOutcome::Denied),
+            None,
+            a.rule,
+            &format!("the retry is not approved: {problem}"),
+            true,
+        ))
+    }
+
+    /// A human said yes: the call is decided again with its approval rules
+    /// passed (the rest of the policy, and its counters, as of now).
+    /// Allowed: journaled and left pending (`Ok`: forward it). Refused by
+    /// another rule: recorded and answered (`Err`).
+    #[allow(clippy::too_many_arguments)]
+    fn after_yes(
+        &self,
+        mut row: AuditRow,
+        by: String,
+        id: Option<&RawValue>,
+        key: String,
+        params: &ToolCallParams,
+        hash: &str,
+        category: Option<Category>,
+        modern: bool,
+    ) -> Result<(), Vec<u8>> {
+        use crate::audit::schema::ApprovalOutcome;
+        row.approval = Some(ApprovalOutcome::Granted);
+        row.approved_by = Some(by.clone());
+        let call = Call {
+            ts_us: crate::time::now_us(),
+            session: &row.session_id,
+            agent: &row.agent_id,
+            server: &row.server,
+            tool: &params.name,
+            category,
+            risk: None,
+            args: &params.arguments,
+            args_sha256: Some(hash),
+        };
+        let (generation, d) = self
+            .gateway
+            .with_current(|g, state| (g.clone(), g.policy().decide_approved(state, &call)));
+        if d.verdict == Verdict::Allow {
+            row.policy_sha256 = generation.policy().sha256.clone();
+            if let Err(e) = self.gateway.begin(row.clone()) {
+                generation.settle(d.reservation, Outcome::NotForwarded);
+                eprintln!("flightrec: AUDIT LOG ERROR, refusing the call (fail closed): {e}");
+                return Err(jsonrpc::refusal_frame(
+                    id,
+                    "[flightrec] refused: the audit log cannot be written, so the call is not forwarded",
+                    json!({"decision": "deny", "rule": "(audit unavailable)"}),
+                    modern,
+                ));
+            }
+            let mut reservations = SmallVec::new();
+            reservations.push((generation, d.reservation));
+            lock(&self.pending).insert(
+                key,
+                Ticket {
+                    row,
+                    started: Instant::now(),
+                    reservations,
+                    begun: self.gateway.recording(),
+                    tools_list: false,
+                },
+            );
+            return Ok(());
+        }
+        let rule = d.rule.as_deref().unwrap_or("");
+        let message = d.message.as_deref().unwrap_or("");
+        row.reason = Some(format!(
+            "approved by {by}, then refused by rule \"{rule}\": {message}"
+        ));
+        row.retry_after_ms = d.retry_after_ms;
+        row.outcome = Outcome::NotForwarded;
+        self.gateway.record(row);
+        let mut text = format!(
+            "[flightrec] approved by {by}, but then {} by policy rule \"{rule}\": {message}",
+            match d.verdict {
+                Verdict::Throttle => "throttled",
+                _ => "denied",
+            }
+        );
+        if let Some(ms) = d.retry_after_ms {
+            text.push_str(&format!(" Retry after {ms} ms."));
+        }
+        Err(jsonrpc::refusal_frame(
+            id,
+            &text,
+            json!({"decision": d.verdict.as_str(), "rule": rule, "message": message, "retry_after_ms": d.retry_after_ms, "approval": "granted"}),
+            modern,
+        ))
+    }
+
+    /// Refuses a call that needed approval and did not get it: records the
+    /// row (with how the approval ended) and returns the client's answer,
+    /// naming the rule.
+    #[allow(clippy::too_many_arguments)]
+    fn refuse_approval(
+        &self,
+        id: Option<&RawValue>,
+        mut row: AuditRow,
+        approval: Option<crate::audit::schema::ApprovalOutcome>,
+        by: Option<String>,
+        rule: &str,
+        why: &str,
+        modern: bool,
+    ) -> Vec<u8> {
+        let text =
+            format!("[flightrec] refused: policy rule \"{rule}\" requires approval, and {why}.");
+        row.approval = approval;
+        row.approved_by = by;
+        row.outcome = Outcome::NotForwarded;
+        row.reason = Some(text.clone());
+        self.gateway.record(row);
+        jsonrpc::refusal_frame(
+            id,
+            &text,
+            json!({"decision": "approval", "rule": rule, "approval": approval.map(|a| a.to_string())}),
+            modern,
+        )
+    }
+
+    /// The client's answer to one of the proxy's `elicitation/create`
+    /// requests: yes, no or cancel for the held call (a malformed answer
+    /// or an error is a no).
+    fn on_form_answer(&self, approval: u64, env: &Envelope<'_>) {
+        use crate::proxy::approval::Answer;
+        let by = format!(
+            "client:{}",
+            lock(&self.client)
+                .name
+                .clone()
+                .unwrap_or_else(|| "unknown".into())
+        );
+        let result: Value = env
+            .result
+            .and_then(|r| serde_json::from_str(r.get()).ok())
+            .unwrap_or(Value::Null);
+        let answer = match jsonrpc::form_answer(&result) {
+            jsonrpc::FormAnswer::Yes => Answer::Granted { by },
+            jsonrpc::FormAnswer::Cancel => Answer::Cancelled,
+            jsonrpc::FormAnswer::No => Answer::Denied {
+                by,
+                reason: env
+                    .error
+                    .map(|e| format!("the client answered with an error: {}", e.get())),
+            },
+        };
+        let _ = self.gateway.approvals().answer(approval, answer);
+    }
+
+    /// Waits (on the calling thread: a transport runs this off its reading
+    /// path) for the answer to a held call, at most `--approval-timeout`,
+    /// then forwards or refuses it: `Forward` the call's bytes to the
+    /// server, or `Respond` to the client.
+    pub fn wait_held(&self, held: Held) -> ClientAction {
+        use crate::audit::schema::ApprovalOutcome;
+        use crate::proxy::approval::Answer;
+        let timeout = self.gateway.config().approval_timeout();
+        let answer = match held.answer.recv_timeout(timeout) {
+            Ok(a) => a,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                self.gateway.approvals().forget(held.approval_id);
+                Answer::Timeout
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Answer::Denied {
+                by: "flightrec".into(),
+                reason: Some("the approval channel broke".into()),
+            },
+        };
+        lock(&self.held).remove(&held.key);
+        if let Some(ask) = &held.ask_id {
+            lock(&self.asks).remove(ask);
+        }
+        let id_raw = held
+            .row
+            .jsonrpc_id
+            .as_deref()
+            .and_then(|t| RawValue::from_string(t.to_string()).ok());
+        let mut row = held.row;
+        row.approval_ms = Some(held.started.elapsed().as_millis() as u64);
+        let rule = row.rule.clone().unwrap_or_default();
+        let timeout_text;
+        let (outcome, by, why) = match answer {
+            Answer::Granted { by } => {
+                let params = ToolCallParams {
+                    name: held.tool,
+                    arguments: held.args,
+                    request_state: None,
+                    input_responses: None,
+                };
+                return match self.after_yes(
+                    row,
+                    by,
+                    id_raw.as_deref(),
+                    held.key,
+                    &params,
+                    &held.args_hash,
+                    held.category,
+                    held.modern,
+                ) {
+                    Ok(()) => ClientAction::Forward(held.frame),
+                    Err(answer) => ClientAction::Respond(answer),
+                };
+            }
+            Answer::Denied { by, reason } => {
+                let why = match reason {
+                    Some(r) => format!("{by} denied it: {r}"),
+                    None => format!("{by} denied it"),
+                };
+                (ApprovalOutcome::Denied, Some(by), why)
+            }
+            Answer::Timeout => {
+                timeout_text = format!("nobody answered within {timeout:?}");
+                (ApprovalOutcome::Timeout, None, timeout_text.clone())
+            }
+            Answer::Cancelled => (
+                ApprovalOutcome::Cancelled,
+                None,
+                "the call was cancelled while it waited".to_string(),
+            ),
+        };
+        ClientAction::Respond(self.refuse_approval(
+            id_raw.as_deref(),
+            row,
+            Some(outcome),
+            by,
+            &rule,
+            &why,
+            held.modern,
         ))
     }
 

@@ -89,6 +89,7 @@ pub fn run(config: ProxyConfig) -> Result<i32, ProxyError> {
     let signals = block_signals();
     let recorder = crate::proxy::gateway::open_recorder(config.audit_dir.as_deref(), config.sync)?;
     let gateway = Arc::new(Gateway::new(config.gateway.clone(), recorder)?);
+    gateway.open_approval_queue()?;
     let Some((program, args)) = config.command.split_first() else {
         return Err(ProxyError::Spawn {
             command: String::new(),
@@ -442,8 +443,8 @@ fn read_frame<R: BufRead>(r: &mut R, max: usize) -> std::io::Result<Frame> {
 }
 
 fn client_loop<R: BufRead>(
-    session: &Session,
-    out: &ClientOut,
+    session: &Arc<Session>,
+    out: &Arc<ClientOut>,
     mut input: R,
     to_server: Arc<ServerIn>,
     max: usize,
@@ -455,10 +456,10 @@ fn client_loop<R: BufRead>(
 }
 
 fn client_frames<R: BufRead>(
-    session: &Session,
-    out: &ClientOut,
+    session: &Arc<Session>,
+    out: &Arc<ClientOut>,
     input: &mut R,
-    to_server: &ServerIn,
+    to_server: &Arc<ServerIn>,
     max: usize,
 ) {
     loop {
@@ -483,7 +484,23 @@ fn client_frames<R: BufRead>(
                 }
             }
             ClientAction::Respond(frame) => out.send(&frame),
-            ClientAction::Hold(_) | ClientAction::Ignore => {}
+            ClientAction::Hold(mut held) => {
+                // Asked in the client (its answer comes back on this very
+                // input), or in the local queue; the wait runs on a thread
+                // of its own so other requests keep flowing.
+                if let Some(ask) = held.ask.take() {
+                    out.send(&ask);
+                }
+                let (session, out, to_server) = (session.clone(), out.clone(), to_server.clone());
+                std::thread::spawn(move || match session.wait_held(*held) {
+                    ClientAction::Forward(bytes) => {
+                        let _ = to_server.send(&bytes);
+                    }
+                    ClientAction::Respond(bytes) => out.send(&bytes),
+                    _ => {}
+                });
+            }
+            ClientAction::Ignore => {}
         }
     }
 }
