@@ -271,13 +271,9 @@ fn align_to_schema(batch: &RecordBatch, path: &Path) -> Result<RecordBatch, Audi
             .cloned()
             .or_else(|| {
                 // A 1.0 file has no 1.1 columns: they read as null.
-                [
-                    schema::col::APPROVAL,
-                    schema::col::APPROVED_BY,
-                    schema::col::APPROVAL_MS,
-                ]
-                .contains(&field.name().as_str())
-                .then(|| arrow::array::new_null_array(field.data_type(), batch.num_rows()))
+                schema::col::ADDED_IN_1_1
+                    .contains(&field.name().as_str())
+                    .then(|| arrow::array::new_null_array(field.data_type(), batch.num_rows()))
             })
             .ok_or_else(|| AuditError::Schema {
                 path: path.to_path_buf(),

@@ -144,6 +144,9 @@ impl FileScan {
             for c in cols {
                 match arrow_schema.index_of(c) {
                     Ok(i) => roots.push(i),
+                    // Schema 1.1's columns are absent from 1.0 files: they
+                    // read as null.
+                    Err(_) if crate::audit::schema::col::ADDED_IN_1_1.contains(&c.as_str()) => {}
                     Err(_) => {
                         return Err(AuditError::Schema {
                             path: path.to_path_buf(),

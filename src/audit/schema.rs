@@ -67,6 +67,8 @@ pub mod col {
     pub const APPROVAL: &str = "approval";
     pub const APPROVED_BY: &str = "approved_by";
     pub const APPROVAL_MS: &str = "approval_ms";
+    /// The columns 1.0 files do not have.
+    pub const ADDED_IN_1_1: [&str; 3] = [APPROVAL, APPROVED_BY, APPROVAL_MS];
 }
 
 fn shadow_fields() -> Fields {

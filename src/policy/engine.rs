@@ -107,6 +107,22 @@ pub enum ApprovalMode {
     Deny,
     /// Count approval calls as allowed; the verdict stays `approval`
     Grant,
+    /// Each call as its recording says: granted approvals count as
+    /// allowed, every other call that needs approval (or has no recorded
+    /// answer) as denied
+    Recorded,
+}
+
+impl ApprovalMode {
+    /// The mode for one recorded call: `Recorded` becomes `Grant` when its
+    /// approval was granted, else `Deny`; the others stay.
+    pub fn for_call(self, granted: bool) -> ApprovalMode {
+        match self {
+            ApprovalMode::Recorded if granted => ApprovalMode::Grant,
+            ApprovalMode::Recorded => ApprovalMode::Deny,
+            m => m,
+        }
+    }
 }
 
 /// How `require_approval` rules are taken in one decision.
@@ -131,6 +147,7 @@ impl std::fmt::Display for ApprovalMode {
         f.write_str(match self {
             ApprovalMode::Deny => "deny",
             ApprovalMode::Grant => "grant",
+            ApprovalMode::Recorded => "recorded",
         })
     }
 }
@@ -152,7 +169,9 @@ impl Policy {
             state,
             call,
             match approvals {
-                ApprovalMode::Deny => Approvals::Deny,
+                // `Recorded` is resolved per call by the caller
+                // (`ApprovalMode::for_call`); without a recording, nobody said yes.
+                ApprovalMode::Deny | ApprovalMode::Recorded => Approvals::Deny,
                 ApprovalMode::Grant => Approvals::Grant,
             },
         )

@@ -293,7 +293,8 @@ impl RecordedDecider {
             args_sha256: e.args_sha256(),
         };
         self.settle_until(state, call.ts_us);
-        let mut d = policy.decide_with(state, &call, approvals);
+        let granted = e.approval() == Some(crate::audit::schema::ApprovalOutcome::Granted);
+        let mut d = policy.decide_with(state, &call, approvals.for_call(granted));
         let outcome = e.outcome();
         // As live, with the recorded outcome. A call the recording never
         // forwarded has no outcome under this candidate: it counts, as if it
@@ -328,6 +329,7 @@ impl RecordedDecider {
                 session: call.session,
                 recorded: e.recorded(),
                 never_forwarded: outcome == Outcome::NotForwarded,
+                approval: e.approval(),
             },
             &d,
         );

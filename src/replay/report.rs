@@ -127,6 +127,10 @@ pub struct CandidateReport {
     /// `circuit_breaker`) stopped; absent when it has none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub guard: Option<GuardReport>,
+    /// The input's calls that needed a human, by how their approval ended
+    /// (schema 1.1's `approval`): `granted`, `denied`, `timeout`, …
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub recorded_approvals: BTreeMap<String, u64>,
 }
 
 /// What a candidate's runaway guards stopped.
@@ -191,6 +195,7 @@ pub struct Accumulator {
     current: Option<(i64, Counts)>,
     /// `Some` when the candidate has runaway guards; trips per session.
     guard: Option<(GuardReport, HashMap<String, Trip>)>,
+    recorded_approvals: BTreeMap<String, u64>,
 }
 
 /// One decided call, as the report sees it.
@@ -204,6 +209,8 @@ pub struct Seen<'a> {
     pub recorded: Option<Verdict>,
     /// The recording shows the call was never forwarded.
     pub never_forwarded: bool,
+    /// How the recorded approval ended, if the call needed one.
+    pub approval: Option<crate::audit::schema::ApprovalOutcome>,
 }
 
 impl Accumulator {
@@ -224,6 +231,7 @@ impl Accumulator {
             buckets: BTreeMap::new(),
             current: None,
             guard: None,
+            recorded_approvals: BTreeMap::new(),
         }
     }
 
@@ -244,7 +252,11 @@ impl Accumulator {
             session,
             recorded,
             never_forwarded,
+            approval,
         } = e;
+        if let Some(a) = approval {
+            *self.recorded_approvals.entry(a.to_string()).or_default() += 1;
+        }
         let verdict = d.verdict;
         let rule = d.rule.as_deref();
         if let (Some(kind), Some((g, trips))) = (d.guard, &mut self.guard) {
@@ -410,6 +422,7 @@ impl Accumulator {
                 .collect(),
             agents_made: Vec::new(),
             guard,
+            recorded_approvals: self.recorded_approvals,
         }
     }
 }
@@ -598,6 +611,14 @@ impl Report {
                     "  agent {} made {} call(s) ({} retries); {} got through",
                     a.agent, a.calls, a.retries, a.allowed
                 );
+            }
+            if !c.recorded_approvals.is_empty() {
+                let parts: Vec<String> = c
+                    .recorded_approvals
+                    .iter()
+                    .map(|(k, n)| format!("{k} {n}"))
+                    .collect();
+                let _ = writeln!(s, "  recorded approvals: {}", parts.join(", "));
             }
             if let Some(g) = &c.guard {
                 let _ = writeln!(s, "  {}", g.summary());

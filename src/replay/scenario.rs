@@ -107,6 +107,7 @@ impl<I: Iterator<Item = Result<Pending, AuditError>>> Background for Recorded<'_
                 session: &e.session,
                 recorded: None,
                 never_forwarded: false,
+                approval: None,
             },
             d,
         );

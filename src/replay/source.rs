@@ -12,6 +12,7 @@
 use crate::audit::AuditError;
 use crate::audit::filter::RowFilter;
 use crate::audit::read::{ScanOptions, scan};
+use crate::audit::schema::{ApprovalOutcome, ColumnValue};
 use crate::audit::schema::{BatchView, col};
 use crate::policy::{Category, Outcome, Risk};
 use arrow::array::{Array, AsArray, PrimitiveArray, StringArray};
@@ -36,6 +37,8 @@ pub struct EventBatch {
     risk: Vec<Option<Risk>>,
     recorded: Vec<Option<crate::policy::Verdict>>,
     outcome: Vec<Outcome>,
+    /// The recorded `approval` (schema 1.1; `None` in 1.0 files).
+    approval: Vec<Option<ApprovalOutcome>>,
     /// `latency_us`, when the input has it.
     latency: Option<PrimitiveArray<UInt64Type>>,
     /// `args_sha256` (read with the arguments).
@@ -105,6 +108,10 @@ impl<'b> EventRef<'b> {
     pub fn outcome(&self) -> Outcome {
         self.batch.outcome[self.row]
     }
+    /// How the recorded approval ended, if the call needed one.
+    pub fn approval(&self) -> Option<ApprovalOutcome> {
+        self.batch.approval.get(self.row).copied().flatten()
+    }
     /// How long the call took to complete, when recorded.
     pub fn latency_us(&self) -> Option<u64> {
         self.batch
@@ -142,7 +149,7 @@ pub struct SourceStats {
 
 /// The columns replay reads (plus `args_json` when a candidate looks at
 /// arguments).
-pub const REPLAY_COLUMNS: [&str; 12] = [
+pub const REPLAY_COLUMNS: [&str; 13] = [
     col::EVENT_ID,
     col::TS,
     col::SESSION_ID,
@@ -155,6 +162,7 @@ pub const REPLAY_COLUMNS: [&str; 12] = [
     col::DECISION,
     col::OUTCOME,
     col::LATENCY_US,
+    col::APPROVAL,
 ];
 
 /// Reads a recorded input's `tools/call` rows as events, batch by batch.
@@ -246,6 +254,7 @@ fn decode_batch(
     let risk = optional(col::RISK)?;
     let decision = optional(col::DECISION)?;
     let outcome = optional(col::OUTCOME)?;
+    let approval = optional(col::APPROVAL)?;
     // Only used to time rollbacks: a foreign file's other type is ignored.
     let latency = v.u64s(col::LATENCY_US).ok().flatten().cloned();
     let (args, args_hash) = if with_args {
@@ -322,6 +331,11 @@ fn decode_batch(
             category: parse(&category, n, |c| Category::from_str(c).ok()),
             risk: parse(&risk, n, |r| Risk::from_str(r).ok()),
             recorded: parse(&decision, n, |d| crate::policy::Verdict::from_str(d).ok()),
+            approval: if approval.is_some() {
+                parse(&approval, n, |a| ApprovalOutcome::parse_value(a).ok())
+            } else {
+                Vec::new()
+            },
             outcome: parse(&outcome, n, |o| Outcome::from_str(o).ok())
                 .into_iter()
                 .map(|o| o.unwrap_or(Outcome::Ok))
