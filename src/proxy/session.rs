@@ -736,15 +736,20 @@ impl Session {
         use crate::proxy::approval::{self, HeldCall, StateClaims};
         let can_elicit = *lock(&self.can_elicit);
         let server = a.row.server.clone();
+        let reason = a.message.trim_end();
+        let stop = if reason.ends_with(['.', '!', '?']) {
+            ""
+        } else {
+            "."
+        };
         let question = format!(
-            "flightrec: agent \"{}\" (session {}) wants to call {} on {} with arguments {}. Policy rule \"{}\" requires a human's approval: {} Approve this one call?",
+            "flightrec: agent \"{}\" (session {}) wants to call {} on {} with arguments {}. Policy rule \"{}\" requires a human's approval: {reason}{stop} Approve this one call?",
             a.row.agent_id,
             a.row.session_id,
             a.params.name,
             server,
             canonical_json(a.redacted),
             a.rule,
-            a.message
         );
         if a.modern {
             if let Some(state) = a
