@@ -108,3 +108,75 @@ fn duckdb_and_pyarrow_read_the_log_unchanged() {
     assert_eq!(seen["python_chain_checked"], 300);
     assert_eq!(seen["python_chain_mismatched"], 0);
 }
+
+/// A directory written at schema 1.0 (the bundled live recording) that a
+/// 1.1 writer continues: the chain verifies across the upgrade, flightrec
+/// reads the 1.0 rows' approval columns as null, and DuckDB
+/// (`union_by_name`) and pyarrow read both versions together.
+#[test]
+fn a_1_0_directory_continued_at_1_1_verifies_and_reads_everywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("recordings/live-healthimaging");
+    let copy = Command::new("cp")
+        .arg("-r")
+        .arg(&src)
+        .arg(&audit)
+        .status()
+        .unwrap();
+    assert!(copy.success());
+    let before = common::dir_rows(&audit);
+    assert!(before.iter().all(|r| r.schema_version == "1.0"));
+    let mut rec = Recorder::open(&audit, RecorderConfig::default()).unwrap();
+    for i in 0..3 {
+        rec.record(AuditRow {
+            event_id: format!("new{i}"),
+            ts_us: flightrec::time::now_us(),
+            tool: Some("copy_image_set".into()),
+            decision: flightrec::audit::schema::RecordedDecision::Approval,
+            approval: Some(flightrec::audit::schema::ApprovalOutcome::Granted),
+            approved_by: Some("alice".into()),
+            approval_ms: Some(1200),
+            ..AuditRow::default()
+        })
+        .unwrap();
+    }
+    rec.close().unwrap();
+    common::assert_verified(&audit);
+    let rows = common::dir_rows(&audit);
+    assert_eq!(rows.len(), before.len() + 3);
+    assert_eq!(rows.iter().filter(|r| r.schema_version == "1.1").count(), 3);
+    let script = format!(
+        r#"
+import duckdb, json, pyarrow as pa, pyarrow.dataset as ds, pyarrow.parquet as pq
+root = {root:?}
+con = duckdb.connect()
+by_version = dict(con.execute(
+    f"SELECT schema_version, count(approval) FROM read_parquet('{{root}}/**/*.parquet', union_by_name = true) GROUP BY 1"
+).fetchall())
+total = con.execute(f"SELECT count(*) FROM read_parquet('{{root}}/**/*.parquet', union_by_name = true)").fetchone()[0]
+files = ds.dataset(root, format="parquet", partitioning="hive").files
+schema = pa.unify_schemas([pq.read_schema(f) for f in files])
+t = ds.dataset(root, format="parquet", partitioning="hive", schema=schema).to_table()
+print(json.dumps({{"by_version": by_version, "total": total, "pyarrow": t.num_rows,
+                   "pyarrow_approved": sum(1 for a in t.column("approval").to_pylist() if a == "granted")}}))
+"#,
+        root = audit.to_str().unwrap()
+    );
+    let out = Command::new(python())
+        .arg("-c")
+        .arg(script)
+        .output_timed()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(seen["total"], rows.len());
+    assert_eq!(seen["pyarrow"], rows.len());
+    assert_eq!(seen["by_version"]["1.0"], 0);
+    assert_eq!(seen["by_version"]["1.1"], 3);
+    assert_eq!(seen["pyarrow_approved"], 3);
+}
