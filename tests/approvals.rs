@@ -17,6 +17,16 @@ use std::time::{Duration, Instant};
 
 const POLICY: &str = "version: \"1\"\ntools:\n  copy_image_set:\n    rules:\n      - name: copies need a human\n        action: require_approval\n        reason: \"copying image sets needs a human\"\n";
 
+/// Kills a child when the test ends, however it ends.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A stdio proxy driven with raw frames.
 struct Proxy {
     child: Child,
@@ -204,7 +214,8 @@ fn the_queue_answers_held_calls_from_another_process_in_any_order() {
 
 /// No answer within `--approval-timeout`: refused and recorded as timeout.
 /// A client that cancels the held request ends its wait: recorded as
-/// cancelled, nothing reaches the server, the queue is empty.
+/// cancelled, nothing reaches the server, the queue is empty. A call held
+/// when the proxy stops is recorded as cancelled too.
 #[test]
 fn timeouts_and_cancellations_end_the_wait() {
     let dir = tempfile::tempdir().unwrap();
@@ -229,8 +240,13 @@ fn timeouts_and_cancellations_end_the_wait() {
     assert_eq!(a["id"], 2);
     assert!(text_of(&a).contains("cancelled"), "{a}");
     assert!(wait_listed(s, 0).is_empty());
+    // A call still held when the proxy stops ends as cancelled, recorded.
+    p.call(3, "copy_image_set", json!({"set": "at-exit"}));
+    wait_listed(s, 1);
     p.finish();
     let rows = copies(&audit);
+    assert_eq!(rows.len(), 3);
+    assert_eq!(rows[2].approval, Some(ApprovalOutcome::Cancelled));
     assert_eq!(rows[0].approval, Some(ApprovalOutcome::Timeout));
     assert!(rows[0].approval_ms.unwrap() >= 700);
     assert_eq!(rows[1].approval, Some(ApprovalOutcome::Cancelled));
@@ -331,10 +347,10 @@ fn the_sdk_client_answers_the_form_in_both_generations_over_stdio() {
     }
 }
 
-/// The SDK's streamable-HTTP server behind the HTTP proxy: a 2026-07-28
-/// client answers the form itself; a 2025-11-25 client (the proxy does not
-/// ask over HTTP in that generation) waits while an operator approves the
-/// call in the local queue.
+/// The SDK's streamable-HTTP server behind the HTTP proxy: clients of both
+/// generations answer the form themselves (2026-07-28 in an input-required
+/// result, 2025-11-25 on the POST's SSE stream); a client that cannot show
+/// a form waits while an operator approves the call in the local queue.
 #[test]
 fn approvals_over_the_http_proxy() {
     let dir = tempfile::tempdir().unwrap();
@@ -351,36 +367,40 @@ fn approvals_over_the_http_proxy() {
         .local_addr()
         .unwrap()
         .port();
-    let mut server = Command::new(need(root().join(".venv-sdk/bin/python")))
-        .arg(root().join("tests/e2e/sdk_http_server.py"))
-        .arg(port.to_string())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let _server = Guard(
+        Command::new(need(root().join(".venv-sdk/bin/python")))
+            .arg(root().join("tests/e2e/sdk_http_server.py"))
+            .arg(port.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let deadline = Instant::now() + Duration::from_secs(30);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(Instant::now() < deadline);
         std::thread::sleep(Duration::from_millis(20));
     }
-    let mut proxy = Command::new(flightrec())
-        .args(["proxy", "--policy"])
-        .arg(&policy)
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--upstream",
-            &format!("http://127.0.0.1:{port}/mcp"),
-        ])
-        .arg("--audit-dir")
-        .arg(&audit)
-        .args(["--approval-socket", &s])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let errs = common::line_channel(proxy.stderr.take().unwrap());
+    let mut proxy = Guard(
+        Command::new(flightrec())
+            .args(["proxy", "--policy"])
+            .arg(&policy)
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--upstream",
+                &format!("http://127.0.0.1:{port}/mcp"),
+            ])
+            .arg("--audit-dir")
+            .arg(&audit)
+            .args(["--approval-socket", &s])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let errs = common::line_channel(proxy.0.stderr.take().unwrap());
     let addr = loop {
         let l = errs
             .recv_timeout(Duration::from_secs(20))
@@ -406,7 +426,18 @@ fn approvals_over_the_http_proxy() {
             .contains("copies need a human"),
         "{seen}"
     );
-    // 2025-11-25 over HTTP: the queue.
+    // 2025-11-25 over HTTP: the proxy's own request on the POST's SSE
+    // stream, answered by the client on another POST.
+    let seen = sdk("legacy", "accept", &[&addr], calls.clone());
+    assert!(
+        seen["calls"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("copied"),
+        "{seen}"
+    );
+    assert_eq!(seen["elicited"].as_array().unwrap().len(), 1, "{seen}");
+    // A client that cannot show a form: the local queue.
     let approver = {
         let s = s.clone();
         std::thread::spawn(move || {
@@ -422,7 +453,7 @@ fn approvals_over_the_http_proxy() {
             assert!(out.status.success(), "{}", stderr(&out));
         })
     };
-    let seen = sdk("legacy", "accept", &[&addr], calls);
+    let seen = sdk("legacy", "", &[&addr], calls);
     approver.join().unwrap();
     assert!(
         seen["calls"][0]["text"]
@@ -431,12 +462,11 @@ fn approvals_over_the_http_proxy() {
             .contains("copied"),
         "{seen}"
     );
+    // SAFETY: kill(2) on a child this test started.
     unsafe {
-        libc::kill(proxy.id() as i32, libc::SIGTERM);
+        libc::kill(proxy.0.id() as i32, libc::SIGTERM);
     }
-    common::wait_within(&mut proxy, Duration::from_secs(30));
-    let _ = server.kill();
-    let _ = server.wait();
+    common::wait_within(&mut proxy.0, Duration::from_secs(30));
     let rows = copies(&audit);
     let outcomes: Vec<_> = rows.iter().map(|r| r.approval).collect();
     assert_eq!(
@@ -447,9 +477,11 @@ fn approvals_over_the_http_proxy() {
             Some(ApprovalOutcome::Pending),
             Some(ApprovalOutcome::Denied),
             Some(ApprovalOutcome::Granted),
+            Some(ApprovalOutcome::Granted),
         ]
     );
-    assert_eq!(rows[4].approved_by.as_deref(), Some("ops"));
+    assert_eq!(rows[4].approved_by.as_deref(), Some("client:mcp"));
+    assert_eq!(rows[5].approved_by.as_deref(), Some("ops"));
 }
 
 /// 2026-07-28 retries with a `requestState` the proxy did not issue for

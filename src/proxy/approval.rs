@@ -64,6 +64,8 @@ pub struct Approvals {
     next: Mutex<u64>,
     /// Where the queue listens, once it does.
     socket: Mutex<Option<PathBuf>>,
+    /// Held calls whose waiters have not finished (recorded their row).
+    active: std::sync::atomic::AtomicUsize,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -80,6 +82,8 @@ impl Approvals {
             *n
         };
         call.id = id;
+        self.active
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         let (tx, rx) = sync_channel(1);
         lock(&self.held).insert(
             id,
@@ -107,6 +111,27 @@ impl Approvals {
     /// Forgets a held call whose waiter gave up (timeout).
     pub fn forget(&self, id: u64) {
         lock(&self.held).remove(&id);
+    }
+
+    /// A waiter finished with its call (answered and recorded).
+    pub fn done(&self) {
+        self.active
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// The proxy is stopping: every held call is answered as cancelled,
+    /// and their waiters get up to `limit` to record their rows.
+    pub fn cancel_all(&self, limit: Duration) {
+        let ids: Vec<u64> = lock(&self.held).keys().copied().collect();
+        for id in ids {
+            let _ = self.answer(id, Answer::Cancelled);
+        }
+        let deadline = Instant::now() + limit;
+        while self.active.load(std::sync::atomic::Ordering::Acquire) > 0
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     /// The held calls, oldest first.

@@ -175,7 +175,9 @@ pub fn run(config: BridgeConfig) -> Result<i32, ProxyError> {
             }
         }
     }
-    // The client left: let the requests in flight finish (bounded).
+    // The client left: held calls end (cancelled, recorded); let the
+    // requests in flight finish (bounded).
+    gateway.approvals().cancel_all(Duration::from_secs(2));
     runtime.block_on(async {
         for t in tasks {
             let _ = tokio::time::timeout(Duration::from_secs(10), t).await;

@@ -213,8 +213,11 @@ async fn serve(config: HttpConfig, tokens: Option<Tokens>) -> Result<i32, ProxyE
             _ = int.recv() => break,
         }
     }
-    // Stop accepting; let requests in flight finish (bounded), then flush.
+    // Stop accepting; held calls end (cancelled, recorded); let requests
+    // in flight finish (bounded), then flush.
     drop(listener);
+    let approvals = gateway.approvals().clone();
+    let _ = tokio::task::spawn_blocking(move || approvals.cancel_all(Duration::from_secs(2))).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while shared.in_flight.load(Ordering::Acquire) > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -307,10 +310,25 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<ProxyBo
         .ok()
         .and_then(|e| e.id_text())
         .map(|id| format!("{scope}\u{1f}{id}"));
+    // A client that takes an SSE answer can be asked in band (the proxy's
+    // own request goes first on the stream).
+    let streams = accepts(&headers, "text/event-stream");
     let mut action = shared
         .gateway
-        .pipeline(|| session.on_client_frame_in(&scope, frame));
-    if let ClientAction::Hold(held) = action {
+        .pipeline(|| session.on_client_frame_with(&scope, frame, streams));
+    if let ClientAction::Hold(mut held) = action {
+        if let Some(ask) = held.ask.take() {
+            // Asked in the client (2025-11-25): the answer is an SSE stream
+            // that carries the proxy's own request first, then the call's
+            // result once the client has answered (on another POST).
+            let exchange = Exchange {
+                scope,
+                request_id,
+                wants_json: false,
+                agent,
+            };
+            return held_stream(shared.clone(), session, headers, ask, *held, exchange);
+        }
         // Held for a human (the local queue asks): the POST waits for the
         // answer on a blocking thread, other requests go on.
         let waiting = session.clone();
@@ -631,6 +649,72 @@ fn rewrite_event(
     out.push_str(String::from_utf8_lossy(&send).trim_end());
     out.push_str("\n\n");
     (Some(out), action.completion)
+}
+
+/// The SSE answer to a held call asked in the client: the proxy's
+/// `elicitation/create` event at once, then, when the wait ends, the
+/// refusal or the upstream's answer (its own SSE events passed on, or its
+/// JSON as one event).
+fn held_stream(
+    shared: Arc<Shared>,
+    session: Arc<Session>,
+    headers: HeaderMap,
+    ask: Vec<u8>,
+    held: crate::proxy::session::Held,
+    exchange: Exchange,
+) -> Response<ProxyBody> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
+    let event = |frame: &[u8]| {
+        Bytes::from(format!(
+            "event: message\ndata: {}\n\n",
+            String::from_utf8_lossy(frame).trim_end()
+        ))
+    };
+    let first = event(&ask);
+    tokio::spawn(async move {
+        if tx.send(first).await.is_err() {
+            // The client left: its wait ends as a cancellation.
+        }
+        let waiting = session.clone();
+        let action = tokio::task::spawn_blocking(move || waiting.wait_held(held))
+            .await
+            .unwrap_or(ClientAction::Ignore);
+        match action {
+            ClientAction::Respond(answer) => {
+                let _ = tx.send(event(&answer)).await;
+            }
+            ClientAction::Forward(body) => {
+                let response = forward_post(&shared, &session, &headers, body, exchange).await;
+                let sse = response
+                    .headers()
+                    .get("content-type")
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|t| t.starts_with("text/event-stream"));
+                let mut body = response.into_body();
+                if sse {
+                    while let Some(Ok(frame)) = body.frame().await {
+                        if let Ok(data) = frame.into_data()
+                            && tx.send(data).await.is_err()
+                        {
+                            return;
+                        }
+                    }
+                } else if let Ok(all) = body.collect().await {
+                    let bytes = all.to_bytes();
+                    if !bytes.is_empty() {
+                        let _ = tx.send(event(&bytes)).await;
+                    }
+                }
+            }
+            _ => {}
+        }
+    });
+    let mut r = Response::new(ChannelBody(rx).boxed());
+    r.headers_mut().insert(
+        HeaderName::from_static("content-type"),
+        HeaderValue::from_static("text/event-stream"),
+    );
+    r
 }
 
 /// A body fed from a channel.

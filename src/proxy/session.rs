@@ -94,6 +94,8 @@ struct AskContext<'e, 'a> {
     rule: &'e str,
     message: &'e str,
     policy_sha256: String,
+    /// The transport can put the proxy's own request before the answer.
+    in_band: bool,
 }
 
 /// What [`Session::route`] decided for a client frame.
@@ -231,6 +233,7 @@ impl Session {
     pub fn inherit(&self, from: &Session) {
         *lock(&self.client) = lock(&from.client).clone();
         *lock(&self.server) = lock(&from.server).clone();
+        *lock(&self.can_elicit) = *lock(&from.can_elicit);
     }
 
     /// Whether any request of this session is waiting for its answer.
@@ -322,11 +325,19 @@ impl Session {
     /// the same ids. Answers go through [`Session::on_server_frame_in`]
     /// with the same scope.
     pub fn on_client_frame_in(&self, scope: &str, frame: Vec<u8>) -> ClientAction {
+        self.on_client_frame_with(scope, frame, self.transport == Transport::Stdio)
+    }
+
+    /// As [`Session::on_client_frame_in`]; `in_band`: the transport can
+    /// send the client the proxy's own request before this one's answer
+    /// (stdio; an HTTP POST answered with an SSE stream), so a 2025-11-25
+    /// approval can be asked in the client.
+    pub fn on_client_frame_with(&self, scope: &str, frame: Vec<u8>, in_band: bool) -> ClientAction {
         if frame.iter().all(|b| b.is_ascii_whitespace()) {
             return ClientAction::Ignore;
         }
         // The frame moves on unchanged unless the proxy answers it: no copy.
-        match self.route(&frame, scope) {
+        match self.route(&frame, scope, in_band) {
             Route::Forward => ClientAction::Forward(frame),
             Route::Answer(answer) => ClientAction::Respond(answer),
             Route::Drop => ClientAction::Ignore,
@@ -343,7 +354,7 @@ impl Session {
     }
 
     /// `None`: forward the frame; `Some`: answer the client with these bytes.
-    fn route(&self, frame: &[u8], scope: &str) -> Route {
+    fn route(&self, frame: &[u8], scope: &str, in_band: bool) -> Route {
         // A JSON-RPC batch: MCP has had none since 2025-06-18, and a server
         // that still runs them would run what the proxy did not decide.
         if frame.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
@@ -456,7 +467,7 @@ impl Session {
             *lock(&self.can_elicit) = can;
         }
         if method == "tools/call" {
-            return self.on_tool_call(&env, Some(id), key, frame.len());
+            return self.on_tool_call(&env, Some(id), key, frame.len(), in_band);
         }
         let row = self.base_row(method, Some(id), frame.len());
         lock(&self.pending).insert(
@@ -546,9 +557,10 @@ impl Session {
         id: Option<String>,
         key: String,
         bytes: usize,
+        in_band: bool,
     ) -> Route {
         let mut other = None;
-        let answer = self.decide_tool_call(env, id, key, bytes, &mut other);
+        let answer = self.decide_tool_call(env, id, key, bytes, in_band, &mut other);
         match (other, answer) {
             (Some(route), _) => route,
             (None, None) => Route::Forward,
@@ -564,6 +576,7 @@ impl Session {
         id: Option<String>,
         key: String,
         bytes: usize,
+        in_band: bool,
         other: &mut Option<Route>,
     ) -> Option<Vec<u8>> {
         let modern = jsonrpc::speaks_2026(env.params);
@@ -693,6 +706,7 @@ impl Session {
                 rule: decision.rule.as_deref().unwrap_or(""),
                 message: decision.message.as_deref().unwrap_or(""),
                 policy_sha256: generation.policy().sha256.clone(),
+                in_band,
             };
             return match self.ask_approval(ask) {
                 Ok(route) => {
@@ -787,7 +801,7 @@ impl Session {
                 ));
             }
         }
-        let ask_in_client = can_elicit && !a.modern && self.transport == Transport::Stdio;
+        let ask_in_client = can_elicit && !a.modern && a.in_band;
         if !ask_in_client && self.gateway.approvals().socket().is_none() {
             return Err(self.refuse_approval(
                 a.env.id,
@@ -1073,6 +1087,12 @@ impl Session {
     /// then forwards or refuses it: `Forward` the call's bytes to the
     /// server, or `Respond` to the client.
     pub fn wait_held(&self, held: Held) -> ClientAction {
+        let action = self.wait_held_inner(held);
+        self.gateway.approvals().done();
+        action
+    }
+
+    fn wait_held_inner(&self, held: Held) -> ClientAction {
         use crate::audit::schema::ApprovalOutcome;
         use crate::proxy::approval::Answer;
         let timeout = self.gateway.config().approval_timeout();

@@ -226,6 +226,8 @@ pub fn run(config: ProxyConfig) -> Result<i32, ProxyError> {
     for frame in session.abandon_all(outcome, "flightrec: the MCP server exited before answering") {
         out.send(&frame);
     }
+    // Calls still held for a human end as cancelled, their rows recorded.
+    gateway.approvals().cancel_all(Duration::from_secs(2));
     gateway.close()?;
     Ok(exit_code(status))
 }
