@@ -31,6 +31,7 @@ impl Drop for Guard {
 struct Proxy {
     child: Child,
     lines: Receiver<String>,
+    errs: Receiver<String>,
 }
 
 impl Proxy {
@@ -45,11 +46,25 @@ impl Proxy {
             .arg(test_server())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap();
         let lines = common::line_channel(child.stdout.take().unwrap());
-        Proxy { child, lines }
+        let errs = common::line_channel(child.stderr.take().unwrap());
+        Proxy { child, lines, errs }
+    }
+
+    /// Waits for a stderr line containing `text`.
+    fn stderr_until(&self, text: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.errs.recv_timeout(left) {
+                Ok(l) if l.contains(text) => return,
+                Ok(_) => {}
+                Err(e) => panic!("no stderr line with {text:?}: {e:?}"),
+            }
+        }
     }
 
     fn send(&mut self, frame: &Value) {
@@ -535,6 +550,12 @@ fn forged_replayed_and_swapped_request_states_are_refused() {
     p.send(&call(5, json!({"set": "a"}), Some(&state)));
     assert!(text_of(&p.recv()).contains("already used"));
     let other_state = first_state(&mut p, 6, json!({"set": "c"}));
+    // A changed policy asks again: the state names the policy that asked.
+    let changed_state = first_state(&mut p, 7, json!({"set": "d"}));
+    std::fs::write(&policy, format!("{POLICY}# edited\n")).unwrap();
+    p.stderr_until("reloaded");
+    p.send(&call(8, json!({"set": "d"}), Some(&changed_state)));
+    assert!(text_of(&p.recv()).contains("the policy changed"));
     p.finish();
     // Another proxy process (a restart) does not accept it.
     let mut q = Proxy::start(&policy, &audit, &[]);
