@@ -34,6 +34,7 @@ fn tools() -> Value {
         {"name": "failing_tool", "description": "Fails with a JSON-RPC error", "inputSchema": {"type": "object"}},
         {"name": "erroring_tool", "description": "Fails with an isError result", "inputSchema": {"type": "object"}},
         {"name": "exit_now", "description": "Exits", "inputSchema": {"type": "object"}},
+        {"name": "confirm_copy", "description": "Asks the client to confirm first (2026-07-28 input_required)", "inputSchema": {"type": "object"}},
         {"name": "löschen_bild", "description": "Deletes (a non-ASCII name)", "inputSchema": {"type": "object"}},
         {"name": "画像をコピー", "description": "Copies (a non-ASCII name)", "inputSchema": {"type": "object"}}
     ])
@@ -143,6 +144,22 @@ fn handle(msg: &Value) -> Option<Value> {
                     json!({"content": [{"type": "text", "text": "Error executing tool erroring_tool"}], "isError": true}),
                 ),
                 "exit_now" => std::process::exit(3),
+                // A multi-round call: without an answer, an input-required
+                // result whose state the retry must carry back.
+                "confirm_copy" => {
+                    match (params.get("requestState"), params.get("inputResponses")) {
+                        (Some(state), Some(_)) => Ok(
+                            json!({"content": [{"type": "text", "text": format!("confirmed with {state}")}]}),
+                        ),
+                        _ => Ok(json!({
+                            "resultType": "input_required",
+                            "inputRequests": {"confirm": {"method": "elicitation/create", "params": {
+                                "mode": "form", "message": "Really copy?",
+                                "requestedSchema": {"type": "object", "properties": {"ok": {"type": "boolean"}}}}}},
+                            "requestState": format!("server-state-{}", args.get("n").and_then(Value::as_u64).unwrap_or(0))
+                        })),
+                    }
+                }
                 "copy_image_set" | "list_image_sets" | "delete_image_set" => {
                     Ok(json!({"content": [{"type": "text", "text": format!("{name} ok: {args}")}]}))
                 }
@@ -155,7 +172,9 @@ fn handle(msg: &Value) -> Option<Value> {
     };
     let id = id?;
     if modern && let Ok(r) = &mut result {
-        r["resultType"] = json!("complete");
+        if r.get("resultType").is_none() {
+            r["resultType"] = json!("complete");
+        }
         r["_meta"] = server_meta.clone();
         if method == "tools/list" {
             // 2026-07-28 list results carry caching hints.

@@ -424,7 +424,7 @@ fn export_formats_filters_and_ocsf() {
         .iter()
         .map(str::to_string)
         .collect();
-    assert_eq!(header.len(), 34);
+    assert_eq!(header.len(), 36);
     assert_eq!(header[3], "ts");
     assert_eq!(reader.records().count(), 120);
 

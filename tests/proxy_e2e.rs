@@ -1392,3 +1392,63 @@ fn the_real_healthimaging_server_trips_the_guarded_policys_breaker() {
     assert_eq!(d["unchanged"], d["compared"], "{d}");
     assert_eq!(d["compared"], 6, "{d}");
 }
+
+/// A multi-round call (2026-07-28): the server answers with an
+/// input-required result, the client retries with its `requestState`. The
+/// retry is the same call: decided again but counted once, and recorded as
+/// its second round (`continues` = the first round's event id). A retry
+/// with a state the server never sent in this session is a new call.
+/// Replaying the log reproduces every decision.
+#[test]
+fn a_multi_round_call_counts_once_and_records_its_rounds() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = write_policy(
+        dir.path(),
+        "version: \"1\"\ntools:\n  confirm_copy:\n    rules:\n      - name: one copy a minute\n        rate_limit: {max: 1, window: 60s, per: session}\n",
+    );
+    let audit = dir.path().join("audit");
+    let mut p = Raw::start(&policy, &audit, &[]);
+    let meta = r#""_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientInfo":{"name":"raw","version":"1"}}"#;
+    p.send(&format!(
+        r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"confirm_copy","arguments":{{"n":7}},{meta}}}}}"#
+    ));
+    let first = p.recv();
+    assert_eq!(first["result"]["resultType"], "input_required", "{first}");
+    assert_eq!(first["result"]["requestState"], "server-state-7");
+    // The retry passes although the limit (1 a minute) is used: it is the
+    // same call.
+    p.send(&format!(
+        r#"{{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{{"name":"confirm_copy","arguments":{{"n":7}},"requestState":"server-state-7","inputResponses":{{"confirm":{{"action":"accept","content":{{"ok":true}}}}}},{meta}}}}}"#
+    ));
+    let second = p.recv();
+    assert_eq!(
+        second["result"]["content"][0]["text"], "confirmed with \"server-state-7\"",
+        "{second}"
+    );
+    // The same state again: the server's round was used up: a new call,
+    // over the limit.
+    p.send(&format!(
+        r#"{{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{{"name":"confirm_copy","arguments":{{"n":7}},"requestState":"server-state-7","inputResponses":{{"confirm":{{"action":"accept"}}}},{meta}}}}}"#
+    ));
+    assert_eq!(decision_of(&p.recv()), "throttle");
+    drop(p.child.stdin.take());
+    assert!(common::wait_within(&mut p.child, Duration::from_secs(60)).success());
+    let rows: Vec<AuditRow> = rows(&audit)
+        .into_iter()
+        .filter(|r| r.tool.as_deref() == Some("confirm_copy"))
+        .collect();
+    assert_eq!(rows.len(), 3);
+    assert_eq!(rows[0].round, Some(1));
+    assert_eq!(rows[0].continues, None);
+    assert_eq!(rows[1].round, Some(2));
+    assert_eq!(
+        rows[1].continues.as_deref(),
+        Some(rows[0].event_id.as_str())
+    );
+    assert_eq!(rows[1].decision.as_str(), "allow");
+    assert_eq!(rows[2].continues, None);
+    assert_eq!(rows[2].decision.as_str(), "throttle");
+    let d = &replay_diff(&audit, &policy);
+    assert_eq!(d["compared"], 3);
+    assert_eq!(d["unchanged"], 3, "{d}");
+}

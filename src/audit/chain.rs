@@ -104,6 +104,8 @@ fn walk_canonical(row: &AuditRow, sink: &mut dyn FnMut(&[u8])) {
         text(row.approval.map(ColumnValue::as_str));
         text(row.approved_by.as_deref());
         text(row.approval_ms.map(|v| n1.u(v)));
+        text(row.continues.as_deref());
+        text(row.round.map(|v| n2.u(v)));
     }
 }
 

@@ -73,6 +73,8 @@ pub fn encode(row: &AuditRow, prev: Option<&AuditRow>, out: &mut Vec<u8>) {
         });
         e.text(row.approved_by.as_deref(), |p| p.approved_by.as_deref());
         e.opt_u64(row.approval_ms);
+        e.text(row.continues.as_deref(), |p| p.continues.as_deref());
+        e.opt_u64(row.round);
     }
 }
 
@@ -132,11 +134,15 @@ pub fn decode(bytes: &[u8], prev: Option<&AuditRow>) -> Result<AuditRow, String>
         approval: None,
         approved_by: None,
         approval_ms: None,
+        continues: None,
+        round: None,
     };
     if has_approval_columns(&row.schema_version) {
         row.approval = d.opt_value(|p| p.approval.map(ColumnValue::as_str))?;
         row.approved_by = d.text(|p| p.approved_by.as_deref())?;
         row.approval_ms = d.opt_u64()?;
+        row.continues = d.text(|p| p.continues.as_deref())?;
+        row.round = d.opt_u64()?;
     }
     if d.at != bytes.len() {
         return Err(format!("{} trailing bytes", bytes.len() - d.at));

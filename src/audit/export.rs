@@ -342,6 +342,8 @@ fn csv_fields(r: &AuditRow) -> Vec<String> {
         r.approval.map(|a| a.to_string()).unwrap_or_default(),
         opt(&r.approved_by),
         num(r.approval_ms),
+        opt(&r.continues),
+        num(r.round),
     ]
 }
 
@@ -382,6 +384,8 @@ pub fn row_json(r: &AuditRow) -> Value {
         "approval": r.approval,
         "approved_by": r.approved_by,
         "approval_ms": r.approval_ms,
+        "continues": r.continues,
+        "round": r.round,
     })
 }
 

@@ -67,8 +67,10 @@ pub mod col {
     pub const APPROVAL: &str = "approval";
     pub const APPROVED_BY: &str = "approved_by";
     pub const APPROVAL_MS: &str = "approval_ms";
+    pub const CONTINUES: &str = "continues";
+    pub const ROUND: &str = "round";
     /// The columns 1.0 files do not have.
-    pub const ADDED_IN_1_1: [&str; 3] = [APPROVAL, APPROVED_BY, APPROVAL_MS];
+    pub const ADDED_IN_1_1: [&str; 5] = [APPROVAL, APPROVED_BY, APPROVAL_MS, CONTINUES, ROUND];
 }
 
 fn shadow_fields() -> Fields {
@@ -125,6 +127,8 @@ static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
         utf8(col::APPROVAL, true),
         utf8(col::APPROVED_BY, true),
         Field::new(col::APPROVAL_MS, UInt64, true),
+        utf8(col::CONTINUES, true),
+        Field::new(col::ROUND, UInt64, true),
     ]))
 });
 
@@ -399,6 +403,15 @@ pub struct AuditRow {
     /// Schema 1.1: how long the call waited for the answer.
     #[serde(default)]
     pub approval_ms: Option<u64>,
+    /// Schema 1.1: for a later round of a multi-round call (a 2026-07-28
+    /// retry carrying the server's `requestState`), the `event_id` of its
+    /// first round.
+    #[serde(default)]
+    pub continues: Option<String>,
+    /// Schema 1.1: the round of a multi-round call (1, 2, …); null for a
+    /// call answered in one round.
+    #[serde(default)]
+    pub round: Option<u64>,
 }
 
 impl Default for AuditRow {
@@ -438,6 +451,8 @@ impl Default for AuditRow {
             approval: None,
             approved_by: None,
             approval_ms: None,
+            continues: None,
+            round: None,
         }
     }
 }
@@ -535,6 +550,8 @@ pub fn rows_to_batch(rows: &[AuditRow]) -> RecordBatch {
         opt_strings(&|r| r.approval.map(ColumnValue::as_str)),
         opt_strings(&|r| r.approved_by.as_deref()),
         u64s(&|r| r.approval_ms),
+        opt_strings(&|r| r.continues.as_deref()),
+        u64s(&|r| r.round),
     ];
     RecordBatch::try_new(schema(), columns).expect("columns match the schema by construction")
 }
@@ -687,6 +704,8 @@ impl<'b> BatchView<'b> {
         let approval = self.strings(col::APPROVAL)?;
         let approved_by = self.strings(col::APPROVED_BY)?;
         let approval_ms = self.u64s(col::APPROVAL_MS)?;
+        let continues = self.strings(col::CONTINUES)?;
+        let round = self.u64s(col::ROUND)?;
         let shadow = self.column(col::SHADOW);
         let shadow_list = match shadow {
             None => None,
@@ -766,6 +785,8 @@ impl<'b> BatchView<'b> {
                 approval: typed(&approval, col::APPROVAL, i)?,
                 approved_by: opt(&approved_by, i),
                 approval_ms: num(approval_ms, i),
+                continues: opt(&continues, i),
+                round: num(round, i),
             });
         }
         Ok(rows)

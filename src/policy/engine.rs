@@ -135,6 +135,9 @@ enum Approvals {
     /// A human said yes to this very call: the rules are passed and the
     /// verdict is the rest of the policy's.
     Approved,
+    /// A later round of a call already decided and counted: approval rules
+    /// are passed and no counter is reserved (conditions still apply).
+    Continuation,
 }
 
 pub const HIDDEN_RULE: &str = "(hidden)";
@@ -190,6 +193,19 @@ impl Policy {
         self.decide_in(state, call, Approvals::Approved)
     }
 
+    /// Decides a later round of a multi-round call (a 2026-07-28 retry
+    /// carrying the server's `requestState`): the policy is applied again
+    /// (it may have changed), but the call was counted in its first round,
+    /// so nothing is reserved, and an approval given to the first round
+    /// holds for the call.
+    pub fn decide_continuation<S: CounterStore + ?Sized>(
+        &self,
+        state: &mut S,
+        call: &Call<'_>,
+    ) -> Decision {
+        self.decide_in(state, call, Approvals::Continuation)
+    }
+
     fn decide_in<S: CounterStore + ?Sized>(
         &self,
         state: &mut S,
@@ -239,7 +255,7 @@ impl Policy {
             match rule.action {
                 Action::Deny => return refuse_with(approval, Verdict::Deny, rule),
                 Action::RequireApproval => {
-                    if approvals == Approvals::Approved {
+                    if matches!(approvals, Approvals::Approved | Approvals::Continuation) {
                         continue;
                     }
                     if approval.is_none() {
@@ -269,6 +285,10 @@ impl Policy {
             }
         }
 
+        if approvals == Approvals::Continuation {
+            // Counted once, in the call's first round.
+            return Decision::allow(Reservation::default());
+        }
         // Phase 2: reserve counters in rule order, all at once. A rule whose
         // amount cannot be read (increment_from) ends the list: the rules
         // before it may still throttle the call, else it is denied.

@@ -212,6 +212,13 @@ pub struct ToolCallParams {
 pub struct ToolResultHead {
     #[serde(rename = "isError", default)]
     pub is_error: Option<bool>,
+    /// 2026-07-28: `input_required` when the server needs the client's
+    /// input before the call can complete.
+    #[serde(rename = "resultType", default)]
+    pub result_type: Option<String>,
+    /// 2026-07-28: the state the client's retry will carry.
+    #[serde(rename = "requestState", default)]
+    pub request_state: Option<String>,
     #[serde(default)]
     content: Vec<ContentHead>,
 }

@@ -193,6 +193,10 @@ pub struct Session {
     /// The proxy's own `elicitation/create` requests awaiting the client's
     /// answer: request id (JSON text) → approval id.
     asks: Mutex<HashMap<String, u64>>,
+    /// Multi-round calls: the `requestState` of each input-required result
+    /// the server sent in this session → (the call's first `event_id`, the
+    /// round that result ended). A retry carrying one continues that call.
+    rounds: Mutex<HashMap<String, (String, u64)>>,
 }
 
 impl Session {
@@ -216,6 +220,7 @@ impl Session {
             can_elicit: Mutex::new(false),
             held: Mutex::new(HashMap::new()),
             asks: Mutex::new(HashMap::new()),
+            rounds: Mutex::new(HashMap::new()),
         }
     }
 
@@ -624,13 +629,29 @@ impl Session {
             args: &params.arguments,
             args_sha256: Some(&hash),
         };
+        // A retry carrying a requestState the server sent in this session
+        // continues that call: decided again, counted once (in its first
+        // round). Any other state is a new call.
+        let continues = params
+            .request_state
+            .as_deref()
+            .filter(|s| !crate::proxy::approval::is_ours(s))
+            .and_then(|s| lock(&self.rounds).remove(s));
+        let decide = |policy: &crate::policy::Policy,
+                      state: &mut (dyn crate::policy::CounterStore + Send)| {
+            if continues.is_some() {
+                policy.decide_continuation(state, &call)
+            } else {
+                policy.decide(state, &call)
+            }
+        };
         // Policy and counters as one unit: the decision, its reservation and
         // the policy hash in the row all come from the same generation.
         let (generation, decision, category, risk) =
             self.gateway.with_current(|generation, state| {
                 let policy = generation.policy();
                 let (category, risk) = policy.classify(&params.name, call.category, None);
-                let decision = policy.decide(state, &call);
+                let decision = decide(policy, state);
                 (generation.clone(), decision, category, risk)
             });
         let mut reservations: SmallVec<[(Arc<Generation>, Reservation); 2]> = SmallVec::new();
@@ -639,7 +660,7 @@ impl Session {
             .shadows()
             .iter()
             .map(|g| {
-                let d = g.policy().decide(&mut **g.state(), &call);
+                let d = decide(g.policy(), &mut **g.state());
                 if !d.reservation.is_empty() {
                     reservations.push((g.clone(), d.reservation));
                 }
@@ -662,6 +683,10 @@ impl Session {
         row.reason = decision.message.as_deref().map(str::to_string);
         row.retry_after_ms = decision.retry_after_ms;
         row.shadow = shadow;
+        if let Some((first, round)) = continues {
+            row.continues = Some(first);
+            row.round = Some(round + 1);
+        }
         if decision.verdict == Verdict::Allow {
             // Journaled before forwarding: a crash from here on leaves a row.
             if let Err(e) = self.gateway.begin(row.clone()) {
@@ -1278,7 +1303,7 @@ impl Session {
             .filter(|_| env.is_response())
             .map(|id| scoped(scope, &id));
         let ticket = id.as_ref().and_then(|id| lock(&self.pending).remove(id));
-        let Some(ticket) = ticket else {
+        let Some(mut ticket) = ticket else {
             if let Some(id) = id
                 && lock(&self.abandoned).remove(&id)
             {
@@ -1310,10 +1335,29 @@ impl Session {
         } else if let Some(result) = env.result
             && ticket.row.method == "tools/call"
             && let Ok(r) = serde_json::from_str::<jsonrpc::ToolResultHead>(result.get())
-            && r.is_error == Some(true)
         {
-            outcome = Outcome::ToolError;
-            error_message = r.first_text().map(|s| s.chars().take(500).collect());
+            if r.is_error == Some(true) {
+                outcome = Outcome::ToolError;
+                error_message = r.first_text().map(|s| s.chars().take(500).collect());
+            }
+            if r.result_type.as_deref() == Some("input_required")
+                && let Some(state) = r.request_state
+            {
+                // A round of a multi-round call: the client's retry with
+                // this state continues it (counted once, here).
+                let round = ticket.row.round.unwrap_or(1);
+                ticket.row.round = Some(round);
+                let first = ticket
+                    .row
+                    .continues
+                    .clone()
+                    .unwrap_or_else(|| ticket.row.event_id.clone());
+                let mut rounds = lock(&self.rounds);
+                if rounds.len() >= 10_000 {
+                    rounds.clear(); // bounded: clients that never retry
+                }
+                rounds.insert(state, (first, round));
+            }
         }
         let filtered = if ticket.tools_list {
             self.filter_tools_list(&env)
@@ -1324,7 +1368,6 @@ impl Session {
         // The counters hear the outcome now, before the client does: a call
         // the client makes after this answer sees the state it left (and the
         // row's latency is this moment, which replay uses to time it).
-        let mut ticket = ticket;
         ticket.row.latency_us = Some(ticket.started.elapsed().as_micros() as u64);
         settle_all(std::mem::take(&mut ticket.reservations), outcome);
         ServerAction {

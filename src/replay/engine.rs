@@ -294,7 +294,12 @@ impl RecordedDecider {
         };
         self.settle_until(state, call.ts_us);
         let granted = e.approval() == Some(crate::audit::schema::ApprovalOutcome::Granted);
-        let mut d = policy.decide_with(state, &call, approvals.for_call(granted));
+        let mut d = if e.continues() {
+            // A later round: decided again, counted in its first round.
+            policy.decide_continuation(state, &call)
+        } else {
+            policy.decide_with(state, &call, approvals.for_call(granted))
+        };
         let outcome = e.outcome();
         // As live, with the recorded outcome. A call the recording never
         // forwarded has no outcome under this candidate: it counts, as if it

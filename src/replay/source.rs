@@ -39,6 +39,8 @@ pub struct EventBatch {
     outcome: Vec<Outcome>,
     /// The recorded `approval` (schema 1.1; `None` in 1.0 files).
     approval: Vec<Option<ApprovalOutcome>>,
+    /// Rows that continue a multi-round call (`continues` set; 1.1).
+    continues: Option<StringArray>,
     /// `latency_us`, when the input has it.
     latency: Option<PrimitiveArray<UInt64Type>>,
     /// `args_sha256` (read with the arguments).
@@ -108,6 +110,14 @@ impl<'b> EventRef<'b> {
     pub fn outcome(&self) -> Outcome {
         self.batch.outcome[self.row]
     }
+    /// Whether this row is a later round of a multi-round call (counted
+    /// in its first round).
+    pub fn continues(&self) -> bool {
+        self.batch
+            .continues
+            .as_ref()
+            .is_some_and(|c| !c.is_null(self.row))
+    }
     /// How the recorded approval ended, if the call needed one.
     pub fn approval(&self) -> Option<ApprovalOutcome> {
         self.batch.approval.get(self.row).copied().flatten()
@@ -149,7 +159,7 @@ pub struct SourceStats {
 
 /// The columns replay reads (plus `args_json` when a candidate looks at
 /// arguments).
-pub const REPLAY_COLUMNS: [&str; 13] = [
+pub const REPLAY_COLUMNS: [&str; 14] = [
     col::EVENT_ID,
     col::TS,
     col::SESSION_ID,
@@ -163,6 +173,7 @@ pub const REPLAY_COLUMNS: [&str; 13] = [
     col::OUTCOME,
     col::LATENCY_US,
     col::APPROVAL,
+    col::CONTINUES,
 ];
 
 /// Reads a recorded input's `tools/call` rows as events, batch by batch.
@@ -255,6 +266,7 @@ fn decode_batch(
     let decision = optional(col::DECISION)?;
     let outcome = optional(col::OUTCOME)?;
     let approval = optional(col::APPROVAL)?;
+    let continues = optional(col::CONTINUES)?;
     // Only used to time rollbacks: a foreign file's other type is ignored.
     let latency = v.u64s(col::LATENCY_US).ok().flatten().cloned();
     let (args, args_hash) = if with_args {
@@ -331,6 +343,7 @@ fn decode_batch(
             category: parse(&category, n, |c| Category::from_str(c).ok()),
             risk: parse(&risk, n, |r| Risk::from_str(r).ok()),
             recorded: parse(&decision, n, |d| crate::policy::Verdict::from_str(d).ok()),
+            continues,
             approval: if approval.is_some() {
                 parse(&approval, n, |a| ApprovalOutcome::parse_value(a).ok())
             } else {
