@@ -23,6 +23,7 @@ pub mod audit;
 mod cli;
 mod eval;
 pub mod policy;
+pub mod progress;
 pub mod proxy;
 pub mod replay;
 pub mod scenario;

@@ -575,3 +575,64 @@ fn fuzz_counterexamples_keep_outcomes() {
         stderr(&o)
     );
 }
+
+/// Long runs show a progress line (rate, how many of how many) on a
+/// terminal only: under a pseudo-terminal (`script`) the fuzzer draws it
+/// (shown from the start here: `FLIGHTREC_PROGRESS_AFTER_MS=0` instead of
+/// after a second); with `--quiet`, or with stderr not a terminal, nothing.
+#[test]
+fn progress_shows_on_a_terminal_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = write(
+        dir.path(),
+        "safe.yaml",
+        &(SAFE_POLICY.to_string()
+            + "  \"delete_*\":\n    rules: [{name: no deletes, action: deny}]\n"),
+    );
+    let inv = write(dir.path(), "inv.yaml", INVARIANTS);
+    let command = |quiet: bool| {
+        format!(
+            "{} fuzz --policy {policy} --invariants {inv} --cases 400{}",
+            common::flightrec(),
+            if quiet { " --quiet" } else { "" }
+        )
+    };
+    let under_tty = |quiet: bool| {
+        let log = dir.path().join(format!("tty-{quiet}.log"));
+        let out = std::process::Command::new("script")
+            .args(["-qec", &command(quiet)])
+            .arg(&log)
+            .env("FLIGHTREC_PROGRESS_AFTER_MS", "0")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("script(1) runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::fs::read_to_string(&log).unwrap()
+    };
+    let shown = under_tty(false);
+    assert!(
+        shown.contains("fuzz: ") && shown.contains("cases of 400"),
+        "{shown}"
+    );
+    let quiet = under_tty(true);
+    assert!(!quiet.contains("cases of 400"), "{quiet}");
+    let piped = common::bin()
+        .args([
+            "fuzz",
+            "--policy",
+            &policy,
+            "--invariants",
+            &inv,
+            "--cases",
+            "400",
+        ])
+        .env("FLIGHTREC_PROGRESS_AFTER_MS", "0")
+        .output()
+        .unwrap();
+    assert!(piped.status.success());
+    assert!(!stderr(&piped).contains("cases of"), "{}", stderr(&piped));
+}

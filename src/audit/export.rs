@@ -36,12 +36,13 @@ pub struct ExportSummary {
     pub rows_written: u64,
 }
 
-/// Exports `files` to `out`.
+/// Exports `files` to `out`, reporting rows read to `progress`.
 pub fn export(
     files: Vec<PathBuf>,
     filter: &RowFilter,
     format: ExportFormat,
     out: &Path,
+    progress: &mut crate::progress::Progress,
 ) -> Result<ExportSummary, AuditError> {
     let tmp = out.with_file_name(format!(
         ".{}.partial",
@@ -49,7 +50,8 @@ pub fn export(
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default()
     ));
-    let result = export_to(files, filter, format, &tmp);
+    let result = export_to(files, filter, format, &tmp, progress);
+    progress.finish();
     match result {
         Ok(summary) => {
             std::fs::rename(&tmp, out).map_err(|e| AuditError::io("rename", &tmp, e))?;
@@ -67,6 +69,7 @@ fn export_to(
     filter: &RowFilter,
     format: ExportFormat,
     tmp: &Path,
+    progress: &mut crate::progress::Progress,
 ) -> Result<ExportSummary, AuditError> {
     let options = ScanOptions {
         from_us: filter.from_us,
@@ -89,6 +92,7 @@ fn export_to(
                     let batch = batch?;
                     let (kept, n) = filter_batch(&batch, filter, tmp)?;
                     summary.rows_read += batch.num_rows() as u64;
+                    progress.inc(batch.num_rows() as u64);
                     summary.rows_written += n;
                     if n > 0 {
                         let kept = align_to_schema(&kept, tmp)?;
@@ -100,7 +104,7 @@ fn export_to(
             } else {
                 // Several writers' chains, merged by time.
                 let mut chunk: Vec<AuditRow> = Vec::with_capacity(8192);
-                for_each_row(files, options, filter, &mut summary, tmp, |row| {
+                for_each_row(files, options, filter, &mut summary, progress, tmp, |row| {
                     chunk.push(row.clone());
                     if chunk.len() == 8192 {
                         writer
@@ -126,14 +130,14 @@ fn export_to(
                 .map(|f| f.name().clone())
                 .collect();
             w.write_record(&names).map_err(|e| werr(e.into()))?;
-            for_each_row(files, options, filter, &mut summary, tmp, |row| {
+            for_each_row(files, options, filter, &mut summary, progress, tmp, |row| {
                 w.write_record(csv_fields(row)).map_err(|e| werr(e.into()))
             })?;
             w.flush().map_err(werr)?;
         }
         ExportFormat::Jsonl | ExportFormat::Ocsf => {
             let mut w = BufWriter::new(file);
-            for_each_row(files, options, filter, &mut summary, tmp, |row| {
+            for_each_row(files, options, filter, &mut summary, progress, tmp, |row| {
                 let v = if format == ExportFormat::Jsonl {
                     row_json(row)
                 } else {
@@ -203,12 +207,14 @@ fn for_each_row(
     options: ScanOptions,
     filter: &RowFilter,
     summary: &mut ExportSummary,
+    progress: &mut crate::progress::Progress,
     tmp: &Path,
     mut write: impl FnMut(&AuditRow) -> Result<(), AuditError>,
 ) -> Result<(), AuditError> {
     for row in merged_rows(files, options, tmp) {
         let row = row?;
         summary.rows_read += 1;
+        progress.inc(1);
         if filter.keeps_fields(
             Some(&row.agent_id),
             row.tool.as_deref(),

@@ -58,6 +58,20 @@ impl ScanOptions {
 /// Expands inputs into data files: a file stays itself, a directory yields
 /// its data files (Hive partitions included, in write order), and a path with
 /// glob characters (`*`, `?`, `[`) matches files below its literal prefix.
+/// The rows of `files` by their footers (no data read); unreadable files
+/// count 0 (for progress totals only).
+pub fn row_count(files: &[PathBuf]) -> u64 {
+    files
+        .iter()
+        .filter_map(|f| {
+            let file = std::fs::File::open(f).ok()?;
+            let meta = parquet::file::reader::SerializedFileReader::new(file).ok()?;
+            use parquet::file::reader::FileReader;
+            Some(meta.metadata().file_metadata().num_rows().max(0) as u64)
+        })
+        .sum()
+}
+
 pub fn resolve_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>, AuditError> {
     let mut out = Vec::new();
     for input in inputs {

@@ -145,7 +145,10 @@ pub fn export(args: &ExportArgs) -> ExitCode {
         Ok(f) => f,
         Err(e) => return input_error(e),
     };
-    match export::export(files, &filter, format, &args.output) {
+    let wanted = crate::progress::wanted(args.quiet);
+    let total = wanted.then(|| read::row_count(&files));
+    let mut progress = crate::progress::Progress::new("export", "rows", total, wanted);
+    match export::export(files, &filter, format, &args.output, &mut progress) {
         Ok(s) => {
             eprintln!(
                 "exported {} of {} rows to {} ({})",

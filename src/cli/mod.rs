@@ -262,6 +262,9 @@ pub struct ReplayArgs {
     /// decisions (exit 1 on a violation)
     #[arg(long)]
     pub invariants: Option<PathBuf>,
+    /// No progress line on stderr (shown only on a terminal, after a second)
+    #[arg(long, short)]
+    pub quiet: bool,
 }
 
 #[derive(Debug, Args)]
@@ -297,6 +300,9 @@ pub struct FuzzArgs {
     /// Write the counterexample scenario here
     #[arg(short, long)]
     pub output: Option<PathBuf>,
+    /// No progress line on stderr (shown only on a terminal, after a second)
+    #[arg(long, short)]
+    pub quiet: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -340,6 +346,9 @@ pub struct ExportArgs {
     /// Keep rows with this decision
     #[arg(long, value_enum)]
     pub decision: Option<crate::audit::schema::RecordedDecision>,
+    /// No progress line on stderr (shown only on a terminal, after a second)
+    #[arg(long, short)]
+    pub quiet: bool,
 }
 
 /// The row filters `export` and `replay` share.

@@ -65,7 +65,14 @@ pub fn replay(args: &ReplayArgs) -> ExitCode {
         filter,
         reorder_window_us,
         decisions_out: args.decisions_out.clone(),
-        progress: true,
+        progress: crate::progress::wanted(args.quiet),
+        progress_total: if crate::progress::wanted(args.quiet) {
+            crate::audit::read::resolve_inputs(&recorded)
+                .ok()
+                .map(|files| crate::audit::read::row_count(&files))
+        } else {
+            None
+        },
     };
     let mut violations = Vec::new();
     let report = if !scenario_paths.is_empty() {

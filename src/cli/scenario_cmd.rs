@@ -79,6 +79,7 @@ pub fn fuzz(args: &FuzzArgs) -> ExitCode {
         cases: args.cases,
         seed: args.seed,
         max_events: args.max_events,
+        progress: crate::progress::wanted(args.quiet),
     };
     match crate::scenario::fuzz::run(&policy, &invs, &opts) {
         FuzzResult::Passed {

@@ -40,8 +40,11 @@ pub struct ReplayConfig {
     /// sorted into place.
     pub reorder_window_us: i64,
     pub decisions_out: Option<PathBuf>,
-    /// Print progress on stderr (only when it is a terminal).
+    /// Print progress on stderr (only when it is a terminal; see
+    /// [`crate::progress`]).
     pub progress: bool,
+    /// The rows the inputs hold, for the progress line's percentage.
+    pub progress_total: Option<u64>,
 }
 
 impl Default for ReplayConfig {
@@ -52,6 +55,7 @@ impl Default for ReplayConfig {
             reorder_window_us: 60_000_000,
             decisions_out: None,
             progress: true,
+            progress_total: None,
         }
     }
 }
@@ -149,7 +153,12 @@ pub fn run_events(
 
     let mut count = 0u64;
     let (mut first_ts, mut last_ts) = (None, None);
-    let show_progress = config.progress && std::io::stderr().is_terminal();
+    let mut progress = crate::progress::Progress::new(
+        "replay",
+        "calls",
+        config.progress_total,
+        config.progress && std::io::stderr().is_terminal(),
+    );
     let mut chunk = Vec::with_capacity(CHUNK);
     let mut source_error = None;
     for event in events {
@@ -161,6 +170,7 @@ pub fn run_events(
             }
         };
         count += 1;
+        progress.inc(1);
         let ts = event.0.ts(event.1);
         first_ts.get_or_insert(ts);
         last_ts = Some(ts);
@@ -169,9 +179,6 @@ pub fn run_events(
             let full = Arc::new(std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK)));
             for tx in &senders {
                 let _ = tx.send(full.clone());
-            }
-            if show_progress && count.is_multiple_of(1 << 20) {
-                eprint!("\rreplayed {count} calls…");
             }
         }
     }
@@ -182,9 +189,7 @@ pub fn run_events(
         }
     }
     drop(senders);
-    if show_progress && count >= 1 << 20 {
-        eprintln!("\rreplayed {count} calls.");
-    }
+    progress.finish();
     let mut reports = Vec::new();
     let mut parts = Vec::new();
     for w in workers {

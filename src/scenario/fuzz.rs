@@ -20,6 +20,8 @@ pub struct FuzzOptions {
     pub cases: u32,
     pub seed: u64,
     pub max_events: usize,
+    /// A progress line on stderr (see [`crate::progress`]).
+    pub progress: bool,
 }
 
 impl Default for FuzzOptions {
@@ -28,6 +30,7 @@ impl Default for FuzzOptions {
             cases: 256,
             seed: 0,
             max_events: 64,
+            progress: false,
         }
     }
 }
@@ -161,8 +164,13 @@ pub fn run(policy: &Policy, invariants: &[Invariant], opts: &FuzzOptions) -> Fuz
     let started = Instant::now();
     let events = std::cell::Cell::new(0u64);
     let cases = std::cell::Cell::new(0u32);
+    let progress = std::cell::RefCell::new(
+        crate::progress::Progress::new("fuzz", "cases", Some(u64::from(opts.cases)), opts.progress)
+            .with_stride(1),
+    );
     let result = runner.run(&strategy, |drawn| {
         cases.set(cases.get() + 1);
+        progress.borrow_mut().inc(1);
         let scenario = to_scenario(&drawn, &tools);
         let decided = simulate(&scenario, Some(policy), ApprovalMode::Deny);
         events.set(events.get() + decided.len() as u64);
@@ -174,6 +182,7 @@ pub fn run(policy: &Policy, invariants: &[Invariant], opts: &FuzzOptions) -> Fuz
             ))),
         }
     });
+    progress.borrow_mut().finish();
     match result {
         Ok(()) => FuzzResult::Passed {
             cases: opts.cases,
