@@ -752,3 +752,37 @@ fn replay_reports_what_the_runaway_guard_would_have_stopped() {
         "{text}"
     );
 }
+
+/// Candidates share the decoded input but not their state: each
+/// candidate's report is the same whether it is replayed alone or with
+/// others (here the bundled policies, over the bundled recordings, which
+/// include repeat limits, breakers, approvals and rate limits).
+#[test]
+fn a_candidate_replays_the_same_alone_and_among_others() {
+    let recordings = common::root().join("recordings");
+    let policies = ["strict", "guarded", "seed-copy-limit"]
+        .map(|p| common::root().join(format!("policies/{p}.yaml")));
+    let together = replay_json(&[
+        recordings.to_str().unwrap(),
+        "--policy",
+        policies[0].to_str().unwrap(),
+        "--policy",
+        policies[1].to_str().unwrap(),
+        "--policy",
+        policies[2].to_str().unwrap(),
+    ]);
+    for (i, p) in policies.iter().enumerate() {
+        let alone = replay_json(&[
+            recordings.to_str().unwrap(),
+            "--policy",
+            p.to_str().unwrap(),
+        ]);
+        assert_eq!(
+            alone["candidates"][0],
+            together["candidates"][i],
+            "{} alone and among three",
+            p.display()
+        );
+        assert!(alone["candidates"][0]["totals"]["allow"].as_u64().unwrap() > 0);
+    }
+}
