@@ -278,6 +278,9 @@ pub struct GenerateArgs {
     /// record its decisions; without it, decisions are `unrecorded`
     #[arg(long)]
     pub policy: Option<PathBuf>,
+    /// No progress line on stderr (shown only on a terminal, after a second)
+    #[arg(long, short)]
+    pub quiet: bool,
 }
 
 #[derive(Debug, Args)]

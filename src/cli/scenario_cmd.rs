@@ -42,12 +42,20 @@ pub fn generate(args: &GenerateArgs) -> ExitCode {
     };
     let events = simulate(&scenario, policy.as_ref(), ApprovalMode::Deny);
     let rows = to_rows(&scenario, &events, policy.as_ref());
+    let mut progress = crate::progress::Progress::new(
+        "generate",
+        "rows",
+        Some(rows.len() as u64),
+        crate::progress::wanted(args.quiet),
+    );
     let written = AuditFileWriter::create(&args.output).and_then(|mut w| {
         for r in rows {
             w.push(r)?;
+            progress.inc(1);
         }
         w.finish()
     });
+    progress.finish();
     match written {
         Ok(n) => {
             eprintln!(
