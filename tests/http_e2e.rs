@@ -244,6 +244,9 @@ fn sdk_client_through_the_http_proxy_in_both_generations() {
         .unwrap();
     assert!(!legacy_copy.session_id.starts_with("agent:"));
     assert_eq!(legacy_copy.client_name.as_deref(), Some("mcp"));
+    // ... and the server's name from the handshake's answer (not the
+    // upstream's address the proxy guessed before it).
+    assert_eq!(legacy_copy.server, "flightrec-http-test-server");
     common::assert_verified(&audit);
 }
 

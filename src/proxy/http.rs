@@ -507,20 +507,26 @@ async fn forward_post(
     let (parts, incoming) = resp.into_parts();
     // A handshake that started a server session: the session by that id
     // knows who the client and the server are.
-    if header(headers, "mcp-session-id").is_none()
+    // (It learns them again once the answer has been read: the server's
+    // name comes in the handshake's result.)
+    let heir = if header(headers, "mcp-session-id").is_none()
         && let Some(id) = header(&parts.headers, "mcp-session-id")
     {
         let mut next = headers.clone();
         if let Ok(v) = HeaderValue::from_str(id) {
             next.insert("mcp-session-id", v);
         }
-        session_for(shared, &next, session_agent.as_deref()).inherit(session);
-    }
+        let heir = session_for(shared, &next, session_agent.as_deref());
+        heir.inherit(session);
+        Some(heir)
+    } else {
+        None
+    };
     let content_type = header(&parts.headers, "content-type").unwrap_or_default();
     let mut out = Response::builder().status(parts.status);
     copy_response_headers(&parts.headers, out.headers_mut().expect("builder"));
     if content_type.starts_with("text/event-stream") {
-        let body = sse_through_session(session.clone(), scope, incoming);
+        let body = sse_through_session(session.clone(), scope, incoming, heir);
         return out
             .body(body)
             .unwrap_or_else(|_| plain(StatusCode::BAD_GATEWAY, "flightrec: bad response"));
@@ -558,6 +564,9 @@ async fn forward_post(
     let action = session
         .gateway()
         .pipeline(|| session.on_server_frame_in(&scope, bytes.to_vec()));
+    if let Some(heir) = heir {
+        heir.inherit(session);
+    }
     let send = action.send.unwrap_or_default();
     let response = out
         .body(full(send))
@@ -600,12 +609,22 @@ async fn pass_through(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<
 /// An upstream SSE body read event by event: each event's JSON-RPC message
 /// goes through the session (filtered `tools/list`, rows completed once the
 /// event is on its way); other fields and events pass in order.
-fn sse_through_session(session: Arc<Session>, scope: String, incoming: Incoming) -> ProxyBody {
+fn sse_through_session(
+    session: Arc<Session>,
+    scope: String,
+    incoming: Incoming,
+    heir: Option<Arc<Session>>,
+) -> ProxyBody {
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
     tokio::spawn(async move {
         let mut events = Events::new(incoming);
         while let Some(text) = events.next().await {
             let (out, completion) = rewrite_event(&session, &scope, &text);
+            if let Some(heir) = &heir {
+                // A handshake's answer: the session it started learns the
+                // server's name before the client can use it.
+                heir.inherit(&session);
+            }
             if let Some(out) = out
                 && tx.send(Bytes::from(out)).await.is_err()
             {
