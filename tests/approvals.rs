@@ -646,3 +646,89 @@ fn replay_uses_recorded_approvals() {
     assert_eq!(counts["granted"], 1);
     assert_eq!(counts["denied"], 1);
 }
+
+/// The stdio-to-HTTP bridge: a 2026-07-28 client answers the form itself;
+/// a 2025-11-25 client (the bridge does not ask in band) waits while an
+/// operator approves in the local queue.
+#[test]
+fn approvals_through_the_bridge() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = common::write_file(
+        dir.path(),
+        "p.yaml",
+        "version: \"1\"\ntools:\n  copy_image_set:\n    rules:\n      - name: copies need a human\n        action: require_approval\n",
+    );
+    let audit = dir.path().join("audit");
+    let socket = dir.path().join("approvals.sock");
+    let s = socket.to_str().unwrap().to_string();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let _server = Guard(
+        Command::new(need(root().join(".venv-sdk/bin/python")))
+            .arg(root().join("tests/e2e/sdk_http_server.py"))
+            .arg(port.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let upstream = format!("http://127.0.0.1:{port}/mcp");
+    let target = [
+        flightrec(),
+        "proxy",
+        "--policy",
+        policy.to_str().unwrap(),
+        "--upstream",
+        &upstream,
+        "--audit-dir",
+        audit.to_str().unwrap(),
+        "--approval-socket",
+        &s,
+    ];
+    let calls = json!([{"tool": "copy_image_set", "args": {"datastore_id": "ds", "source_image_set_id": "s1"}}]);
+    let seen = sdk("auto", "accept", &target, calls.clone());
+    assert!(
+        seen["calls"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("copied"),
+        "{seen}"
+    );
+    let approver = {
+        let s = s.clone();
+        std::thread::spawn(move || {
+            let held = wait_listed(&s, 1);
+            let out = approvals(&[
+                "approve",
+                &held[0]["id"].to_string(),
+                "--as",
+                "ops",
+                "--socket",
+                &s,
+            ]);
+            assert!(out.status.success(), "{}", stderr(&out));
+        })
+    };
+    let seen = sdk("legacy", "accept", &target, calls);
+    approver.join().unwrap();
+    assert!(
+        seen["calls"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("copied"),
+        "{seen}"
+    );
+    let rows = copies(&audit);
+    let last = rows.last().unwrap();
+    assert_eq!(last.approval, Some(ApprovalOutcome::Granted));
+    assert_eq!(last.approved_by.as_deref(), Some("ops"));
+    assert_eq!(last.transport.as_str(), "bridge");
+}
