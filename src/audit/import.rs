@@ -28,7 +28,11 @@ pub struct ImportSummary {
     pub bad_lines: Vec<String>,
 }
 
-pub fn import_intercept(inputs: &[PathBuf], out: &Path) -> Result<ImportSummary, AuditError> {
+pub fn import_intercept(
+    inputs: &[PathBuf],
+    out: &Path,
+    progress: &mut crate::progress::Progress,
+) -> Result<ImportSummary, AuditError> {
     let mut writer = AuditFileWriter::create(out)?;
     let mut summary = ImportSummary::default();
     let mut servers: HashMap<String, String> = HashMap::new();
@@ -37,6 +41,7 @@ pub fn import_intercept(inputs: &[PathBuf], out: &Path) -> Result<ImportSummary,
         for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
             let line_no = i + 1;
             let line = line.map_err(|e| AuditError::io("read", input, e))?;
+            progress.inc(line.len() as u64 + 1);
             if line.trim().is_empty() {
                 continue;
             }
@@ -54,6 +59,7 @@ pub fn import_intercept(inputs: &[PathBuf], out: &Path) -> Result<ImportSummary,
         }
     }
     writer.finish()?;
+    progress.finish();
     Ok(summary)
 }
 

@@ -166,8 +166,18 @@ pub fn export(args: &ExportArgs) -> ExitCode {
     }
 }
 
-pub fn import_intercept(events: &[PathBuf], output: &Path) -> ExitCode {
-    match import::import_intercept(events, output) {
+pub fn import_intercept(events: &[PathBuf], output: &Path, quiet: bool) -> ExitCode {
+    // Progress in bytes of the input files.
+    let wanted = crate::progress::wanted(quiet);
+    let total = wanted.then(|| {
+        events
+            .iter()
+            .filter_map(|p| std::fs::metadata(p).ok())
+            .map(|m| m.len())
+            .sum()
+    });
+    let mut progress = crate::progress::Progress::new("import", "bytes", total, wanted);
+    match import::import_intercept(events, output, &mut progress) {
         Ok(s) => {
             for bad in &s.bad_lines {
                 eprintln!("error: {bad}");

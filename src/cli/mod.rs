@@ -398,6 +398,9 @@ pub enum ImportCommand {
         /// Output Parquet file
         #[arg(short, long)]
         output: PathBuf,
+        /// No progress line on stderr (shown only on a terminal, after a second)
+        #[arg(long, short)]
+        quiet: bool,
     },
 }
 
@@ -440,9 +443,11 @@ pub fn run(cli: Cli) -> ExitCode {
             sync,
         }) => audit_cmd::append(&dir, rotate_bytes, sync.into()),
         Command::Export(args) => audit_cmd::export(&args),
-        Command::Import(ImportCommand::Intercept { events, output }) => {
-            audit_cmd::import_intercept(&events, &output)
-        }
+        Command::Import(ImportCommand::Intercept {
+            events,
+            output,
+            quiet,
+        }) => audit_cmd::import_intercept(&events, &output, quiet),
         Command::Demo(_) => replay_cmd::demo(),
         Command::Approvals(cmd) => approvals_cmd(cmd),
     }
