@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{dir_rows, flightrec, need, root, run, stderr, test_server};
+use common::{Guard, dir_rows, flightrec, need, root, run, stderr, test_server};
 use flightrec::audit::schema::{ApprovalOutcome, AuditRow, RecordedDecision};
 use serde_json::{Value, json};
 use std::io::Write;
@@ -16,16 +16,6 @@ use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 const POLICY: &str = "version: \"1\"\ntools:\n  copy_image_set:\n    rules:\n      - name: copies need a human\n        action: require_approval\n        reason: \"copying image sets needs a human\"\n";
-
-/// Kills a child when the test ends, however it ends.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// A stdio proxy driven with raw frames.
 struct Proxy {
@@ -377,25 +367,7 @@ fn approvals_over_the_http_proxy() {
     let audit = dir.path().join("audit");
     let socket = dir.path().join("approvals.sock");
     let s = socket.to_str().unwrap().to_string();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let _server = Guard(
-        Command::new(need(root().join(".venv-sdk/bin/python")))
-            .arg(root().join("tests/e2e/sdk_http_server.py"))
-            .arg(port.to_string())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (_server, port) = common::sdk_http_server(&[]);
     let mut proxy = Guard(
         Command::new(flightrec())
             .args(["proxy", "--policy"])
@@ -612,15 +584,7 @@ fn replay_uses_recorded_approvals() {
         row(3, "granted-session", "list_image_sets", None),
     ];
     let path: PathBuf = dir.path().join("log.parquet");
-    let mut w = parquet::arrow::ArrowWriter::try_new(
-        std::fs::File::create(&path).unwrap(),
-        flightrec::audit::schema::schema(),
-        None,
-    )
-    .unwrap();
-    w.write(&flightrec::audit::schema::rows_to_batch(&rows))
-        .unwrap();
-    w.close().unwrap();
+    common::write_plain_parquet(&path, &rows);
     let throttled = |mode: &str| {
         let out = run(&[
             "replay",
@@ -661,25 +625,7 @@ fn approvals_through_the_bridge() {
     let audit = dir.path().join("audit");
     let socket = dir.path().join("approvals.sock");
     let s = socket.to_str().unwrap().to_string();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let _server = Guard(
-        Command::new(need(root().join(".venv-sdk/bin/python")))
-            .arg(root().join("tests/e2e/sdk_http_server.py"))
-            .arg(port.to_string())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (_server, port) = common::sdk_http_server(&[]);
     let upstream = format!("http://127.0.0.1:{port}/mcp");
     let target = [
         flightrec(),

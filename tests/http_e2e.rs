@@ -6,56 +6,21 @@
 
 mod common;
 
-use common::{Timed, dir_rows, flightrec, need, root};
+use common::{Guard, Timed, dir_rows, flightrec, need, root};
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn sdk_python() -> PathBuf {
     need(root().join(".venv-sdk/bin/python"))
 }
 
-/// A port free right now (the SDK server binds it next).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Kills a child when the test ends, however it ends.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// The SDK's streamable-HTTP server on a loopback port, once it accepts
-/// connections.
+/// The SDK's streamable-HTTP server on a loopback port.
 fn sdk_server(extra: &[&str]) -> (Guard, u16) {
-    let port = free_port();
-    let child = Command::new(sdk_python())
-        .arg(root().join("tests/e2e/sdk_http_server.py"))
-        .arg(port.to_string())
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let guard = Guard(child);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "the SDK server did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    (guard, port)
+    common::sdk_http_server(extra)
 }
 
 /// `flightrec proxy --listen 127.0.0.1:0 …`: the process, the address it

@@ -442,15 +442,7 @@ fn files_written_by_other_tools_replay_without_flightrec_metadata() {
         })
         .collect();
     let path = f.root.join("foreign.parquet");
-    let mut w = parquet::arrow::ArrowWriter::try_new(
-        std::fs::File::create(&path).unwrap(),
-        flightrec::audit::schema::schema(),
-        None,
-    )
-    .unwrap();
-    w.write(&flightrec::audit::schema::rows_to_batch(&rows))
-        .unwrap();
-    w.close().unwrap();
+    common::write_plain_parquet(&path, &rows);
     let report = replay_json(&[
         path.to_str().unwrap(),
         "--policy",
@@ -689,15 +681,7 @@ fn replay_reports_what_the_runaway_guard_would_have_stopped() {
         }
     }
     let path = f.root.join("loops.parquet");
-    let mut w = parquet::arrow::ArrowWriter::try_new(
-        std::fs::File::create(&path).unwrap(),
-        flightrec::audit::schema::schema(),
-        None,
-    )
-    .unwrap();
-    w.write(&flightrec::audit::schema::rows_to_batch(&rows))
-        .unwrap();
-    w.close().unwrap();
+    common::write_plain_parquet(&path, &rows);
     let repeat = common::write_file(
         &f.root,
         "repeat.yaml",

@@ -266,3 +266,56 @@ impl Timed for Command {
         self.output_timed().map(|o| o.status)
     }
 }
+
+/// Writes `rows` as one plain Arrow Parquet file (no flightrec footer
+/// metadata or chain state): a file "written by another tool".
+pub fn write_plain_parquet(path: &Path, rows: &[AuditRow]) {
+    let mut w = parquet::arrow::ArrowWriter::try_new(
+        std::fs::File::create(path).unwrap(),
+        flightrec::audit::schema::schema(),
+        None,
+    )
+    .unwrap();
+    w.write(&flightrec::audit::schema::rows_to_batch(rows))
+        .unwrap();
+    w.close().unwrap();
+}
+
+/// Kills a child when the test ends, however it ends.
+pub struct Guard(pub std::process::Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The official SDK's streamable-HTTP server (tests/e2e/sdk_http_server.py,
+/// with `extra` arguments) on a free loopback port, once it accepts
+/// connections.
+pub fn sdk_http_server(extra: &[&str]) -> (Guard, u16) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new(need(root().join(".venv-sdk/bin/python")))
+        .arg(root().join("tests/e2e/sdk_http_server.py"))
+        .arg(port.to_string())
+        .args(extra)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let guard = Guard(child);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the SDK server did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    (guard, port)
+}
