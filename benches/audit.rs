@@ -5,6 +5,7 @@
 
 use divan::{Bencher, counter::ItemsCount};
 use flightrec::audit::read::{ScanOptions, scan};
+use flightrec::audit::remote::DataFile;
 use flightrec::audit::schema::{AuditRow, col};
 use flightrec::audit::{Recorder, RecorderConfig, layout};
 
@@ -113,7 +114,11 @@ fn scan_replay_columns(bencher: Bencher) {
         rec.record_all(chunk.iter().map(|&i| row(i))).unwrap();
     }
     rec.close().unwrap();
-    let files = layout::data_files(dir.path()).unwrap();
+    let files: Vec<DataFile> = layout::data_files(dir.path())
+        .unwrap()
+        .into_iter()
+        .map(DataFile::Local)
+        .collect();
     let columns = [
         col::EVENT_ID,
         col::TS,

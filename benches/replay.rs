@@ -8,6 +8,7 @@
 
 use divan::Bencher;
 use flightrec::audit::read::{ScanOptions, scan};
+use flightrec::audit::remote::DataFile;
 use flightrec::audit::schema::AuditRow;
 use flightrec::audit::{Recorder, RecorderConfig, layout};
 use flightrec::policy::Policy;
@@ -84,7 +85,11 @@ const N: u64 = 10_000_000;
 #[divan::bench(sample_count = 3)]
 fn scan_same_columns(bencher: Bencher) {
     let dir = log(N);
-    let files = layout::data_files(&dir).unwrap();
+    let files: Vec<DataFile> = layout::data_files(&dir)
+        .unwrap()
+        .into_iter()
+        .map(DataFile::Local)
+        .collect();
     bencher.bench(|| {
         let mut rows = 0usize;
         for b in scan(files.clone(), ScanOptions::default().columns(&COLUMNS)) {

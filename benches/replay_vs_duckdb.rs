@@ -14,6 +14,7 @@
 mod support;
 use flightrec::audit::layout;
 use flightrec::audit::read::{ScanOptions, scan};
+use flightrec::audit::remote::DataFile;
 use flightrec::replay::REPLAY_COLUMNS;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -46,7 +47,11 @@ fn main() {
         "import duckdb, time\ncon = duckdb.connect()\ncon.execute('SET threads = 1')\nt = time.perf_counter()\ncon.execute(\"SELECT count(*), count(DISTINCT session_id), count(DISTINCT agent_id), count(DISTINCT tool), count(DISTINCT outcome), sum(length(args_json)), max(ts) FROM read_parquet('{}/**/*.parquet', union_by_name = true)\").fetchall()\nprint(time.perf_counter() - t)\n",
         dir.display()
     );
-    let files = layout::data_files(&dir).unwrap();
+    let files: Vec<DataFile> = layout::data_files(&dir)
+        .unwrap()
+        .into_iter()
+        .map(DataFile::Local)
+        .collect();
     let replay = |candidates: &[std::path::PathBuf]| {
         let mut cmd = Command::new(&flightrec);
         cmd.arg("replay").arg(&dir);

@@ -21,6 +21,10 @@ pub enum AuditError {
     Schema { path: PathBuf, detail: String },
     #[error("{}: {detail}", path.display())]
     Corrupt { path: PathBuf, detail: String },
+    /// An object store refused or could not be reached; `url` names the
+    /// bucket and key, `detail` what the store said.
+    #[error("{url}: {detail}")]
+    Store { url: String, detail: String },
     #[error("event {event_id} was never begun (or was already completed)")]
     UnknownEvent { event_id: String },
 }

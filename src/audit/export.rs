@@ -6,6 +6,7 @@
 use crate::audit::error::AuditError;
 use crate::audit::filter::RowFilter;
 use crate::audit::read::{ScanOptions, scan};
+use crate::audit::remote::DataFile;
 use crate::audit::schema::{self, AuditRow, BatchView, RecordedDecision, col};
 use crate::policy::{Category, Outcome};
 use arrow::array::{BooleanArray, RecordBatch};
@@ -15,7 +16,7 @@ use parquet::file::properties::WriterProperties;
 use serde_json::{Value, json};
 use std::fs::File;
 use std::io::{BufWriter, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// What `flightrec export` writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -38,7 +39,7 @@ pub struct ExportSummary {
 
 /// Exports `files` to `out`, reporting rows read to `progress`.
 pub fn export(
-    files: Vec<PathBuf>,
+    files: Vec<DataFile>,
     filter: &RowFilter,
     format: ExportFormat,
     out: &Path,
@@ -64,8 +65,42 @@ pub fn export(
     }
 }
 
+/// Exports `files` to an object store key (`s3://BUCKET/KEY`): written to
+/// a temporary local file first (bounded memory), then streamed up as a
+/// multipart upload; the key appears only when the upload completes.
+pub fn export_to_store(
+    files: Vec<DataFile>,
+    filter: &RowFilter,
+    format: ExportFormat,
+    dest: &crate::audit::remote::StoreDir,
+    progress: &mut crate::progress::Progress,
+) -> Result<ExportSummary, AuditError> {
+    let tmp =
+        std::env::temp_dir().join(format!("flightrec-export-{}.partial", uuid::Uuid::now_v7()));
+    let result = export_to(files, filter, format, &tmp, progress);
+    progress.finish();
+    let result = result.and_then(|summary| {
+        let store = dest.bucket.store.clone();
+        let key = dest.prefix.clone();
+        crate::audit::remote::block_on(async {
+            use tokio::io::AsyncWriteExt;
+            let mut file = tokio::fs::File::open(&tmp).await?;
+            let mut up = object_store::buffered::BufWriter::new(store, key);
+            tokio::io::copy(&mut file, &mut up).await?;
+            up.shutdown().await
+        })
+        .map_err(|e| AuditError::Store {
+            url: dest.url(),
+            detail: e.to_string(),
+        })?;
+        Ok(summary)
+    });
+    let _ = std::fs::remove_file(&tmp);
+    result
+}
+
 fn export_to(
-    files: Vec<PathBuf>,
+    files: Vec<DataFile>,
     filter: &RowFilter,
     format: ExportFormat,
     tmp: &Path,
@@ -159,7 +194,7 @@ type RowStream = Box<dyn Iterator<Item = Result<AuditRow, AuditError>>>;
 /// (each chain is read in its own order; the next row out is the earliest
 /// of the chains' next rows). Streams: one batch per chain in memory.
 fn merged_rows(
-    files: Vec<PathBuf>,
+    files: Vec<DataFile>,
     options: ScanOptions,
     tmp: &Path,
 ) -> impl Iterator<Item = Result<AuditRow, AuditError>> {
@@ -203,7 +238,7 @@ fn merged_rows(
 }
 
 fn for_each_row(
-    files: Vec<PathBuf>,
+    files: Vec<DataFile>,
     options: ScanOptions,
     filter: &RowFilter,
     summary: &mut ExportSummary,

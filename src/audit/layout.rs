@@ -113,10 +113,13 @@ pub fn file_writer(path: &Path) -> String {
 
 /// Data files grouped by writer (each group in name order), writers in
 /// id order.
-pub fn files_by_writer(files: &[PathBuf]) -> Vec<(String, Vec<PathBuf>)> {
-    let mut groups: std::collections::BTreeMap<String, Vec<PathBuf>> = Default::default();
+pub fn files_by_writer(
+    files: &[crate::audit::remote::DataFile],
+) -> Vec<(String, Vec<crate::audit::remote::DataFile>)> {
+    let mut groups: std::collections::BTreeMap<String, Vec<crate::audit::remote::DataFile>> =
+        Default::default();
     for f in files {
-        groups.entry(file_writer(f)).or_default().push(f.clone());
+        groups.entry(f.writer()).or_default().push(f.clone());
     }
     groups.into_iter().collect()
 }
@@ -205,19 +208,23 @@ pub struct FileMeta {
 pub fn read_meta(path: &Path) -> Result<FileMeta, AuditError> {
     let file = File::open(path).map_err(|e| AuditError::io("open", path, e))?;
     let reader = SerializedFileReader::new(file).map_err(|e| AuditError::parquet(path, e))?;
-    let md = reader.metadata().file_metadata();
+    Ok(meta_of(reader.metadata().file_metadata()))
+}
+
+/// The flightrec metadata of a footer.
+pub fn meta_of(md: &parquet::file::metadata::FileMetaData) -> FileMeta {
     let kv = |key: &str| {
         md.key_value_metadata()
             .and_then(|kvs| kvs.iter().find(|kv| kv.key == key))
             .and_then(|kv| kv.value.clone())
     };
-    Ok(FileMeta {
+    FileMeta {
         rows: md.num_rows() as u64,
         first_seq: kv(meta::FIRST_SEQ).and_then(|v| v.parse().ok()),
         last_seq: kv(meta::LAST_SEQ).and_then(|v| v.parse().ok()),
         first_hash: kv(meta::FIRST_HASH),
         last_hash: kv(meta::LAST_HASH),
-    })
+    }
 }
 
 /// A UUIDv7 strictly greater than `after` (if given), even if the clock

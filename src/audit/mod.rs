@@ -19,7 +19,9 @@ pub(crate) mod journal;
 pub mod layout;
 pub mod read;
 pub(crate) mod recorder;
+pub mod remote;
 pub mod schema;
+pub mod ship;
 pub(crate) mod verify;
 
 pub use error::AuditError;

@@ -8,11 +8,16 @@
 
 use crate::audit::error::AuditError;
 use crate::audit::layout;
+use crate::audit::remote::{self, DataFile, StoreDir, StoreOptions};
 use crate::audit::schema::col;
 use arrow::array::{BooleanArray, RecordBatch};
 use arrow::datatypes::TimestampMicrosecondType;
+use parquet::arrow::ParquetRecordBatchStreamBuilder;
 use parquet::arrow::ProjectionMask;
-use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
+use parquet::arrow::arrow_reader::{
+    ArrowReaderBuilder, ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder,
+};
+use parquet::arrow::async_reader::ParquetRecordBatchStream;
 use parquet::file::statistics::Statistics;
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -55,37 +60,62 @@ impl ScanOptions {
     }
 }
 
-/// Expands inputs into data files: a file stays itself, a directory yields
-/// its data files (Hive partitions included, in write order), and a path with
-/// glob characters (`*`, `?`, `[`) matches files below its literal prefix.
 /// The rows of `files` by their footers (no data read); unreadable files
 /// count 0 (for progress totals only).
-pub fn row_count(files: &[PathBuf]) -> u64 {
+pub fn row_count(files: &[DataFile]) -> u64 {
     files
         .iter()
-        .filter_map(|f| {
-            let file = std::fs::File::open(f).ok()?;
-            let meta = parquet::file::reader::SerializedFileReader::new(file).ok()?;
-            use parquet::file::reader::FileReader;
-            Some(meta.metadata().file_metadata().num_rows().max(0) as u64)
-        })
+        .filter_map(|f| file_meta(f).ok())
+        .map(|m| m.rows)
         .sum()
 }
 
-pub fn resolve_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>, AuditError> {
+/// The flightrec footer metadata of a data file, local or in a store.
+pub fn file_meta(file: &DataFile) -> Result<layout::FileMeta, AuditError> {
+    match file {
+        DataFile::Local(p) => layout::read_meta(p),
+        DataFile::Remote { .. } => {
+            let builder = remote_builder(file)?;
+            Ok(layout::meta_of(builder.metadata().file_metadata()))
+        }
+    }
+}
+
+/// Expands inputs into data files: a file stays itself, a directory yields
+/// its data files (Hive partitions included, in write order), a path with
+/// glob characters (`*`, `?`, `[`) matches files below its literal prefix,
+/// and `s3://BUCKET/PREFIX` (or one object in it) lists the store; with
+/// `since_us`, date partitions that cannot hold such rows are not listed.
+/// `file:///DIR` is the local path.
+pub fn resolve_inputs(
+    inputs: &[PathBuf],
+    store: &StoreOptions,
+    since_us: Option<i64>,
+) -> Result<Vec<DataFile>, AuditError> {
     let mut out = Vec::new();
     for input in inputs {
         let text = input.to_string_lossy();
+        let local = remote::file_url_path(&text);
+        if local.is_none() && remote::is_url(&text) {
+            out.extend(StoreDir::parse(&text, store)?.resolve(since_us)?);
+            continue;
+        }
+        let input = local.unwrap_or_else(|| input.clone());
+        let text = input.to_string_lossy();
         if text.contains(['*', '?', '[']) {
-            out.extend(expand_glob(&text)?);
+            out.extend(expand_glob(&text)?.into_iter().map(DataFile::Local));
         } else if input.is_dir() {
-            out.extend(layout::data_files(input)?);
+            let files = match since_us {
+                Some(since) => layout::data_files_from(&input, since)?,
+                None => layout::data_files(&input)?,
+            };
+            out.extend(files.into_iter().map(DataFile::Local));
         } else if input.exists() {
-            out.push(input.clone());
+            out.push(DataFile::Local(input.clone()));
         } else {
             return Err(AuditError::io(
                 "read",
-                input,
+                &input,
                 std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or directory"),
             ));
         }
@@ -138,70 +168,114 @@ fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), AuditError> {
 /// A streaming scan of one file.
 pub struct FileScan {
     path: PathBuf,
-    reader: ParquetRecordBatchReader,
+    reader: Reader,
     options: ScanOptions,
     /// Row groups skipped by their `ts` statistics.
     pub row_groups_skipped: usize,
     pub row_groups_total: usize,
 }
 
+enum Reader {
+    Local(ParquetRecordBatchReader),
+    /// Row groups fetched from the store by ranges (only the projected
+    /// column chunks of the kept row groups), one row group at a time.
+    Remote(Box<ParquetRecordBatchStream<remote::StoreReader>>),
+}
+
+/// A remote file's reader builder (its footer fetched).
+fn remote_builder(
+    file: &DataFile,
+) -> Result<ParquetRecordBatchStreamBuilder<remote::StoreReader>, AuditError> {
+    let DataFile::Remote { dir, key, size } = file else {
+        unreachable!("remote_builder takes remote files")
+    };
+    let reader = remote::StoreReader::new(dir.bucket.store.clone(), key.clone(), *size);
+    remote::block_on(ParquetRecordBatchStreamBuilder::new(reader)).map_err(|e| AuditError::Store {
+        url: dir.url_of(key),
+        detail: format!("not a readable Parquet audit file: {e}"),
+    })
+}
+
+/// Applies the projection and row-group pruning of `options` to a reader
+/// builder (local or remote: the same decisions).
+fn configure<T>(
+    builder: ArrowReaderBuilder<T>,
+    options: &ScanOptions,
+    path: &Path,
+) -> Result<(ArrowReaderBuilder<T>, usize, usize), AuditError> {
+    let arrow_schema = builder.schema().clone();
+    let parquet_schema = builder.parquet_schema();
+    let mut builder_mask = None;
+    if let Some(cols) = &options.columns {
+        let mut roots = Vec::new();
+        for c in cols {
+            match arrow_schema.index_of(c) {
+                Ok(i) => roots.push(i),
+                // Schema 1.1's columns are absent from 1.0 files: they
+                // read as null.
+                Err(_) if crate::audit::schema::col::ADDED_IN_1_1.contains(&c.as_str()) => {}
+                Err(_) => {
+                    return Err(AuditError::Schema {
+                        path: path.to_path_buf(),
+                        detail: format!("has no column `{c}` (is it an audit log v1 file?)"),
+                    });
+                }
+            }
+        }
+        builder_mask = Some(ProjectionMask::roots(parquet_schema, roots));
+    }
+    // Row groups whose ts range misses the requested one are skipped.
+    let total = builder.metadata().num_row_groups();
+    let mut keep = Vec::with_capacity(total);
+    if options.has_range() {
+        let ts_leaf = parquet_schema
+            .columns()
+            .iter()
+            .position(|c| c.path().parts() == [col::TS]);
+        for (i, rg) in builder.metadata().row_groups().iter().enumerate() {
+            let range = ts_leaf.and_then(|leaf| match rg.column(leaf).statistics() {
+                Some(Statistics::Int64(s)) => Some((*s.min_opt()?, *s.max_opt()?)),
+                _ => None,
+            });
+            match range {
+                Some((min, max)) if !options.overlaps(min, max) => {}
+                _ => keep.push(i),
+            }
+        }
+    } else {
+        keep.extend(0..total);
+    }
+    let skipped = total - keep.len();
+    let mut builder = builder
+        .with_batch_size(options.batch_size)
+        .with_row_groups(keep);
+    if let Some(mask) = builder_mask {
+        builder = builder.with_projection(mask);
+    }
+    Ok((builder, skipped, total))
+}
+
 impl FileScan {
-    pub fn open(path: &Path, options: &ScanOptions) -> Result<FileScan, AuditError> {
-        let file = File::open(path).map_err(|e| AuditError::io("open", path, e))?;
-        let builder = ParquetRecordBatchReaderBuilder::try_new(file)
-            .map_err(|e| AuditError::parquet(path, e))?;
-        let arrow_schema = builder.schema().clone();
-        let parquet_schema = builder.parquet_schema();
-        let mut builder_mask = None;
-        if let Some(cols) = &options.columns {
-            let mut roots = Vec::new();
-            for c in cols {
-                match arrow_schema.index_of(c) {
-                    Ok(i) => roots.push(i),
-                    // Schema 1.1's columns are absent from 1.0 files: they
-                    // read as null.
-                    Err(_) if crate::audit::schema::col::ADDED_IN_1_1.contains(&c.as_str()) => {}
-                    Err(_) => {
-                        return Err(AuditError::Schema {
-                            path: path.to_path_buf(),
-                            detail: format!("has no column `{c}` (is it an audit log v1 file?)"),
-                        });
-                    }
-                }
+    pub fn open(file: &DataFile, options: &ScanOptions) -> Result<FileScan, AuditError> {
+        let path = file.label();
+        let (reader, skipped, total) = match file {
+            DataFile::Local(local) => {
+                let f = File::open(local).map_err(|e| AuditError::io("open", local, e))?;
+                let builder = ParquetRecordBatchReaderBuilder::try_new(f)
+                    .map_err(|e| AuditError::parquet(local, e))?;
+                let (builder, skipped, total) = configure(builder, options, local)?;
+                let reader = builder.build().map_err(|e| AuditError::parquet(local, e))?;
+                (Reader::Local(reader), skipped, total)
             }
-            builder_mask = Some(ProjectionMask::roots(parquet_schema, roots));
-        }
-        // Row groups whose ts range misses the requested one are skipped.
-        let total = builder.metadata().num_row_groups();
-        let mut keep = Vec::with_capacity(total);
-        if options.has_range() {
-            let ts_leaf = parquet_schema
-                .columns()
-                .iter()
-                .position(|c| c.path().parts() == [col::TS]);
-            for (i, rg) in builder.metadata().row_groups().iter().enumerate() {
-                let range = ts_leaf.and_then(|leaf| match rg.column(leaf).statistics() {
-                    Some(Statistics::Int64(s)) => Some((*s.min_opt()?, *s.max_opt()?)),
-                    _ => None,
-                });
-                match range {
-                    Some((min, max)) if !options.overlaps(min, max) => {}
-                    _ => keep.push(i),
-                }
+            DataFile::Remote { .. } => {
+                let builder = remote_builder(file)?;
+                let (builder, skipped, total) = configure(builder, options, &path)?;
+                let stream = builder.build().map_err(|e| AuditError::parquet(&path, e))?;
+                (Reader::Remote(Box::new(stream)), skipped, total)
             }
-        } else {
-            keep.extend(0..total);
-        }
-        let skipped = total - keep.len();
-        let mut builder = builder
-            .with_batch_size(options.batch_size)
-            .with_row_groups(keep);
-        if let Some(mask) = builder_mask {
-            builder = builder.with_projection(mask);
-        }
-        let reader = builder.build().map_err(|e| AuditError::parquet(path, e))?;
+        };
         Ok(FileScan {
-            path: path.to_path_buf(),
+            path,
             reader,
             options: options.clone(),
             row_groups_skipped: skipped,
@@ -212,6 +286,16 @@ impl FileScan {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    fn next_batch(&mut self) -> Option<Result<RecordBatch, String>> {
+        match &mut self.reader {
+            Reader::Local(r) => r.next().map(|b| b.map_err(|e| e.to_string())),
+            Reader::Remote(s) => {
+                use futures::StreamExt;
+                remote::block_on(s.next()).map(|b| b.map_err(|e| e.to_string()))
+            }
+        }
+    }
 }
 
 impl Iterator for FileScan {
@@ -219,7 +303,7 @@ impl Iterator for FileScan {
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
-            let batch = match self.reader.next()? {
+            let batch = match self.next_batch()? {
                 Ok(b) => b,
                 Err(e) => {
                     return Some(Err(AuditError::Corrupt {
@@ -269,7 +353,7 @@ fn filter_ts(batch: &RecordBatch, o: &ScanOptions) -> Result<RecordBatch, String
 
 /// Scans many files in order, one after the other.
 pub fn scan(
-    files: Vec<PathBuf>,
+    files: Vec<DataFile>,
     options: ScanOptions,
 ) -> impl Iterator<Item = Result<RecordBatch, AuditError>> {
     let mut files = files.into_iter();

@@ -150,6 +150,9 @@ pub struct Recorder {
     pending: HashMap<String, AuditRow>,
     buffer: Vec<AuditRow>,
     file: Option<OpenFile>,
+    /// When the oldest row still waiting for a data file arrived (rows
+    /// are buffered before a file is opened).
+    buffered_since: Option<Instant>,
     last_uuid: Option<uuid::Uuid>,
     recovery: Recovery,
 }
@@ -231,6 +234,7 @@ impl Recorder {
             pending: HashMap::new(),
             buffer: Vec::new(),
             file: None,
+            buffered_since: None,
             last_uuid,
             recovery: Recovery::default(),
         };
@@ -425,6 +429,9 @@ impl Recorder {
 
     /// Buffers a finished (chained and journaled) row for the data file.
     fn append_finished(&mut self, row: AuditRow) -> Result<(), AuditError> {
+        if self.file.is_none() && self.buffered_since.is_none() {
+            self.buffered_since = Some(Instant::now());
+        }
         self.buffer.push(row);
         if self.buffer.len() >= 8192 {
             self.write_buffer()?;
@@ -432,8 +439,9 @@ impl Recorder {
         self.maybe_rotate()
     }
 
-    /// Rotates if the open file is big or old enough. Cheap; the proxy also
-    /// calls it from a timer so quiet periods still produce files.
+    /// Rotates if the open file (or the rows waiting for one) is big or
+    /// old enough. Cheap; the proxy also calls it from a timer so quiet
+    /// periods still produce files.
     pub fn maybe_rotate(&mut self) -> Result<(), AuditError> {
         let due = match &self.file {
             Some(f) => {
@@ -441,7 +449,9 @@ impl Recorder {
                     || f.writer.bytes_written() as u64 + f.writer.in_progress_size() as u64
                         >= self.config.rotate_bytes
             }
-            None => false,
+            None => self
+                .buffered_since
+                .is_some_and(|t| !self.buffer.is_empty() && t.elapsed() >= self.config.rotate_age),
         };
         if due {
             self.rotate()?;
@@ -526,6 +536,7 @@ impl Recorder {
     /// covered it.
     pub fn rotate(&mut self) -> Result<(), AuditError> {
         self.write_buffer()?;
+        self.buffered_since = None;
         let Some(mut f) = self.file.take() else {
             return Ok(());
         };

@@ -14,6 +14,7 @@ use crate::audit::chain;
 use crate::audit::error::AuditError;
 use crate::audit::layout;
 use crate::audit::read::{FileScan, ScanOptions};
+use crate::audit::remote::{DataFile, StoreDir};
 use crate::audit::schema::{BatchView, GENESIS_HASH};
 use std::path::{Path, PathBuf};
 
@@ -69,26 +70,55 @@ pub fn verify_dir(dir: &Path) -> Result<Result<Verified, Finding>, AuditError> {
             std::io::Error::new(std::io::ErrorKind::NotFound, "not an audit directory"),
         ));
     }
-    let files = layout::data_files(dir)?;
-    let mut groups = layout::files_by_writer(&files);
+    let files: Vec<DataFile> = layout::data_files(dir)?
+        .into_iter()
+        .map(DataFile::Local)
+        .collect();
     // Writers whose state says they wrote rows must have their files here.
     let mut writers: Vec<String> = layout::writer_ids(dir)?;
     if layout::state_dir(dir).join(layout::TIP_FILE).exists() {
         writers.push(String::new());
     }
+    verify_files(&files, &writers, |w| {
+        Some(layout::writer_dir(dir, w).join(layout::TIP_FILE))
+    })
+}
+
+/// Verifies the audit files under a store prefix (`s3://BUCKET/PREFIX`):
+/// every chain from its genesis row through its last shipped file. The
+/// writers' tips stay in their local directories, so files missing after
+/// a chain's last shipped one show in `audit status` of that directory,
+/// not here.
+pub fn verify_store(dir: &StoreDir) -> Result<Result<Verified, Finding>, AuditError> {
+    let files = dir.data_files(None)?;
+    if files.is_empty() {
+        return Err(AuditError::Store {
+            url: dir.url(),
+            detail: "no audit data files (*.parquet) under this prefix".to_string(),
+        });
+    }
+    verify_files(&files, &[], |_| None)
+}
+
+fn verify_files(
+    files: &[DataFile],
+    writers: &[String],
+    tip_of: impl Fn(&str) -> Option<PathBuf>,
+) -> Result<Result<Verified, Finding>, AuditError> {
+    let mut groups = layout::files_by_writer(files);
     for w in writers {
-        if !groups.iter().any(|(g, _)| *g == w) {
-            groups.push((w, Vec::new()));
+        if !groups.iter().any(|(g, _)| g == w) {
+            groups.push((w.clone(), Vec::new()));
         }
     }
-    groups.sort();
+    groups.sort_by(|a, b| a.0.cmp(&b.0));
     let mut verified = Verified {
         files: files.len(),
         rows: 0,
         chains: Vec::new(),
     };
     for (writer, files) in groups {
-        match verify_chain(dir, &writer, &files)? {
+        match verify_chain(tip_of(&writer), &writer, &files)? {
             Ok(chain) => {
                 verified.rows += chain.rows;
                 verified.chains.push(chain);
@@ -101,18 +131,19 @@ pub fn verify_dir(dir: &Path) -> Result<Result<Verified, Finding>, AuditError> {
 
 /// Verifies one writer's chain: its files in name order, then its tip.
 fn verify_chain(
-    dir: &Path,
+    tip_path: Option<PathBuf>,
     writer: &str,
-    files: &[PathBuf],
+    files: &[DataFile],
 ) -> Result<Result<Chain, Finding>, AuditError> {
     let mut prev_hash = GENESIS_HASH.to_string();
     let mut next_seq = 0u64;
     let mut rows_total = 0u64;
     let mut prev_file: Option<PathBuf> = None;
     for file in files {
-        let meta = layout::read_meta(file)?;
+        let meta = crate::audit::read::file_meta(file)?;
+        let label = file.label();
         let finding = |row: Option<u64>, seq: Option<u64>, problem: String| Finding {
-            file: file.clone(),
+            file: label.clone(),
             row,
             seq,
             problem,
@@ -212,11 +243,12 @@ fn verify_chain(
             )));
         }
         rows_total += index;
-        prev_file = Some(file.clone());
+        prev_file = Some(label);
     }
     // The writer's tip: rows missing at the end show here.
-    let tip_path = layout::writer_dir(dir, writer).join(layout::TIP_FILE);
-    if let Ok(text) = std::fs::read_to_string(&tip_path) {
+    if let Some(tip_path) = tip_path
+        && let Ok(text) = std::fs::read_to_string(&tip_path)
+    {
         let tip: serde_json::Value =
             serde_json::from_str(&text).map_err(|e| AuditError::Corrupt {
                 path: tip_path.clone(),

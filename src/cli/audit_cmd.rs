@@ -4,7 +4,8 @@ use super::{EXIT_FINDING, EXIT_INPUT, ExportArgs};
 use crate::audit::export::ExportFormat;
 use crate::audit::filter::RowFilter;
 use crate::audit::journal::SyncMode;
-use crate::audit::{AuditRow, Recorder, RecorderConfig, export, import, read, verify};
+use crate::audit::remote::{self, StoreDir, StoreOptions};
+use crate::audit::{AuditRow, Recorder, RecorderConfig, export, import, read, ship, verify};
 use clap::ValueEnum;
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
@@ -15,8 +16,18 @@ fn input_error(e: impl std::fmt::Display) -> ExitCode {
     ExitCode::from(EXIT_INPUT)
 }
 
-pub fn verify(dir: &Path) -> ExitCode {
-    match verify::verify_dir(dir) {
+pub fn verify(dir: &Path, store: &StoreOptions) -> ExitCode {
+    let text = dir.to_string_lossy();
+    let local = remote::file_url_path(&text);
+    let result = if local.is_none() && remote::is_url(&text) {
+        match StoreDir::parse(&text, store) {
+            Ok(d) => verify::verify_store(&d),
+            Err(e) => Err(e),
+        }
+    } else {
+        verify::verify_dir(local.as_deref().unwrap_or(dir))
+    };
+    match result {
         Err(e) => input_error(e),
         Ok(Err(finding)) => {
             eprintln!("FAILED: {finding}");
@@ -141,14 +152,23 @@ pub fn export(args: &ExportArgs) -> ExitCode {
         },
         Err(code) => return code,
     };
-    let files = match read::resolve_inputs(&args.inputs) {
+    let store = args.store.options();
+    let files = match read::resolve_inputs(&args.inputs, &store, filter.from_us) {
         Ok(f) => f,
         Err(e) => return input_error(e),
     };
     let wanted = crate::progress::wanted(args.quiet);
     let total = wanted.then(|| read::row_count(&files));
     let mut progress = crate::progress::Progress::new("export", "rows", total, wanted);
-    match export::export(files, &filter, format, &args.output, &mut progress) {
+    let out_text = args.output.to_string_lossy();
+    let result = if remote::file_url_path(&out_text).is_none() && remote::is_url(&out_text) {
+        StoreDir::parse(&out_text, &store)
+            .and_then(|dest| export::export_to_store(files, &filter, format, &dest, &mut progress))
+    } else {
+        let out = remote::file_url_path(&out_text).unwrap_or_else(|| args.output.clone());
+        export::export(files, &filter, format, &out, &mut progress)
+    };
+    match result {
         Ok(s) => {
             eprintln!(
                 "exported {} of {} rows to {} ({})",
@@ -202,4 +222,145 @@ pub fn import_intercept(events: &[PathBuf], output: &Path, quiet: bool) -> ExitC
         }
         Err(e) => input_error(e),
     }
+}
+
+/// The `--retain`/`--lock` pair, checked.
+pub(crate) fn lock_arg(
+    lock: &super::LockArgs,
+) -> Result<Option<(ship::LockMode, std::time::Duration)>, ExitCode> {
+    match (&lock.lock, &lock.retain) {
+        (Some(mode), Some(retain)) => match crate::time::parse_duration_us(retain) {
+            Ok(us) => Ok(Some((*mode, std::time::Duration::from_micros(us as u64)))),
+            Err(e) => Err(input_error(format!("--retain {e}"))),
+        },
+        _ => Ok(None),
+    }
+}
+
+/// `audit ship D URL`: ships what waits, now.
+pub fn ship(dir: &Path, dest: &str, lock: &super::LockArgs, store: &StoreOptions) -> ExitCode {
+    let lock = match lock_arg(lock) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    if !dir.is_dir() {
+        return input_error(format!("{}: not an audit directory", dir.display()));
+    }
+    let dest = match StoreDir::parse(dest, store) {
+        Ok(d) => d,
+        Err(e) => return input_error(e),
+    };
+    let target = ship::ShipTarget { dest, lock };
+    let run = ship::ship_waiting(dir, &target, None);
+    for r in &run.shipped {
+        println!("shipped {} -> {}", r.file, r.url);
+    }
+    match run.error {
+        Some(e) => {
+            eprintln!(
+                "error: {e} ({} shipped, {} still waiting)",
+                run.shipped.len(),
+                run.waiting
+            );
+            ExitCode::from(EXIT_INPUT)
+        }
+        None => {
+            eprintln!(
+                "{} file(s) shipped to {}, none waiting",
+                run.shipped.len(),
+                target.dest.url()
+            );
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+/// `audit status D`: sealed, shipped and waiting files.
+pub fn status(dir: &Path, json: bool) -> ExitCode {
+    if !dir.is_dir() {
+        return input_error(format!("{}: not an audit directory", dir.display()));
+    }
+    let (files, receipts, waiting) = match (|| {
+        Ok::<_, crate::audit::AuditError>((
+            crate::audit::layout::data_files(dir)?,
+            ship::receipts(dir)?,
+            ship::waiting(dir, None)?,
+        ))
+    })() {
+        Ok(v) => v,
+        Err(e) => return input_error(e),
+    };
+    let state: Option<serde_json::Value> =
+        std::fs::read_to_string(crate::audit::layout::state_dir(dir).join(ship::SHIP_STATE))
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok());
+    let rel = |p: &PathBuf| {
+        p.strip_prefix(dir)
+            .unwrap_or(p)
+            .to_string_lossy()
+            .into_owned()
+    };
+    let sealed_bytes: u64 = files
+        .iter()
+        .filter_map(|f| std::fs::metadata(f).ok())
+        .map(|m| m.len())
+        .sum();
+    let mut destinations: Vec<String> = receipts
+        .iter()
+        .map(|r| {
+            r.url
+                .strip_suffix(&r.file)
+                .unwrap_or(&r.url)
+                .trim_end_matches('/')
+                .to_string()
+        })
+        .collect();
+    destinations.sort();
+    destinations.dedup();
+    if json {
+        let v = serde_json::json!({
+            "dir": dir.display().to_string(),
+            "sealed": files.len(),
+            "sealed_bytes": sealed_bytes,
+            "shipped": receipts.len(),
+            "waiting": waiting.iter().map(rel).collect::<Vec<_>>(),
+            "destinations": destinations,
+            "locked": receipts.iter().filter(|r| r.lock.is_some()).count(),
+            "last_attempt": state,
+        });
+        println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+        return ExitCode::SUCCESS;
+    }
+    println!("{}", dir.display());
+    println!("  sealed:  {} file(s), {} bytes", files.len(), sealed_bytes);
+    let locked = receipts.iter().filter(|r| r.lock.is_some()).count();
+    println!(
+        "  shipped: {} file(s){}{}",
+        receipts.len(),
+        if destinations.is_empty() {
+            String::new()
+        } else {
+            format!(" to {}", destinations.join(", "))
+        },
+        if locked > 0 {
+            format!(", {locked} under a retention lock")
+        } else {
+            String::new()
+        }
+    );
+    println!("  waiting: {} file(s)", waiting.len());
+    for w in &waiting {
+        println!("    {}", rel(w));
+    }
+    if let Some(s) = state {
+        if let Some(err) = s["last_error"].as_str() {
+            println!(
+                "  last attempt {}: failed: {err}",
+                s["last_attempt"].as_str().unwrap_or("?")
+            );
+        } else if let Some(at) = s["last_attempt"].as_str() {
+            println!("  last attempt {at}: ok");
+        }
+    }
+    ExitCode::SUCCESS
 }

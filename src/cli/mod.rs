@@ -35,7 +35,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the policy proxy: stdio (spawn CMD), Streamable HTTP (--listen), or stdio-to-HTTP bridge
-    Proxy(ProxyArgs),
+    Proxy(Box<ProxyArgs>),
     /// List a server's tools and write a starter policy
     Scan(ScanArgs),
     /// Validate policy files or decide calls against a policy
@@ -129,6 +129,21 @@ pub struct ProxyArgs {
     /// Directory of the Parquet audit log
     #[arg(long)]
     pub audit_dir: Option<PathBuf>,
+    /// Seal the open audit file after this long even when it is small
+    /// (sealed files are what --ship uploads)
+    #[arg(long, default_value = "5m", value_name = "DURATION")]
+    pub rotate_every: String,
+    /// Ship each sealed audit file to s3://BUCKET/PREFIX (or file:///DIR)
+    /// in the background; files wait locally while the store is down
+    #[arg(long, value_name = "URL", requires = "audit_dir")]
+    pub ship: Option<String>,
+    #[command(flatten)]
+    pub lock: LockArgs,
+    /// At exit, how long shipping what still waits may take
+    #[arg(long, default_value = "30s", requires = "ship")]
+    pub ship_timeout: String,
+    #[command(flatten)]
+    pub store: StoreArgs,
     /// Agent id recorded for every call (default: the client's name)
     #[arg(long)]
     pub agent: Option<String>,
@@ -262,6 +277,8 @@ pub struct ReplayArgs {
     /// decisions (exit 1 on a violation)
     #[arg(long)]
     pub invariants: Option<PathBuf>,
+    #[command(flatten)]
+    pub store: StoreArgs,
     /// No progress line on stderr (shown only on a terminal, after a second)
     #[arg(long, short)]
     pub quiet: bool,
@@ -311,10 +328,33 @@ pub struct FuzzArgs {
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
     /// Check hash chains, file integrity and gaps of an audit directory
-    /// (exit 0 intact, 1 altered or incomplete, 2 unreadable)
+    /// or of the files shipped to a store (exit 0 intact, 1 altered or
+    /// incomplete, 2 unreadable)
     Verify {
+        /// Audit directory, or s3://BUCKET/PREFIX
+        dir: PathBuf,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Ship the sealed files of an audit directory that are not in the
+    /// store yet (in write order; never overwrites)
+    Ship {
         /// Audit directory
         dir: PathBuf,
+        /// Destination: s3://BUCKET/PREFIX (or file:///DIR)
+        dest: String,
+        #[command(flatten)]
+        lock: LockArgs,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// What an audit directory holds: sealed files, shipped and waiting
+    Status {
+        /// Audit directory
+        dir: PathBuf,
+        /// Print JSON instead of text
+        #[arg(long)]
+        json: bool,
     },
     /// Append rows to an audit directory through the crash-safe recorder.
     /// Reads JSON lines from stdin: {"op":"record","row":{…}},
@@ -333,6 +373,35 @@ pub enum AuditCommand {
     },
 }
 
+/// How to reach object stores.
+#[derive(Debug, Args, Clone, Default)]
+pub struct StoreArgs {
+    /// S3 endpoint URL (default: AWS_ENDPOINT_URL, else AWS); plain http://
+    /// only on loopback addresses
+    #[arg(long, value_name = "URL")]
+    pub endpoint: Option<String>,
+}
+
+impl StoreArgs {
+    pub fn options(&self) -> crate::audit::remote::StoreOptions {
+        crate::audit::remote::StoreOptions {
+            endpoint: self.endpoint.clone(),
+        }
+    }
+}
+
+/// Retention locks on shipped files.
+#[derive(Debug, Args, Clone, Default)]
+pub struct LockArgs {
+    /// Keep every shipped file locked this long (e.g. 2555d), with --lock
+    #[arg(long, requires = "lock", value_name = "DURATION")]
+    pub retain: Option<String>,
+    /// S3 Object Lock mode of shipped files (the bucket must have Object
+    /// Lock enabled), with --retain
+    #[arg(long, value_enum, requires = "retain")]
+    pub lock: Option<crate::audit::ship::LockMode>,
+}
+
 #[derive(Debug, Args)]
 pub struct ExportArgs {
     /// Audit directory, files or globs
@@ -341,11 +410,13 @@ pub struct ExportArgs {
     /// Output format
     #[arg(long, value_enum)]
     pub format: crate::audit::export::ExportFormat,
-    /// Output file
+    /// Output file, or s3://BUCKET/KEY
     #[arg(short, long)]
     pub output: PathBuf,
     #[command(flatten)]
     pub filter: FilterArgs,
+    #[command(flatten)]
+    pub store: StoreArgs,
     /// Keep rows with this decision
     #[arg(long, value_enum)]
     pub decision: Option<crate::audit::schema::RecordedDecision>,
@@ -436,7 +507,16 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Replay(args) => replay_cmd::replay(&args),
         Command::Generate(args) => scenario_cmd::generate(&args),
         Command::Fuzz(args) => scenario_cmd::fuzz(&args),
-        Command::Audit(AuditCommand::Verify { dir }) => audit_cmd::verify(&dir),
+        Command::Audit(AuditCommand::Verify { dir, store }) => {
+            audit_cmd::verify(&dir, &store.options())
+        }
+        Command::Audit(AuditCommand::Ship {
+            dir,
+            dest,
+            lock,
+            store,
+        }) => audit_cmd::ship(&dir, &dest, &lock, &store.options()),
+        Command::Audit(AuditCommand::Status { dir, json }) => audit_cmd::status(&dir, json),
         Command::Audit(AuditCommand::Append {
             dir,
             rotate_bytes,
@@ -555,7 +635,56 @@ fn scan_cmd(args: &ScanArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// `flightrec proxy`: the transport's proxy, with the audit shipper
+/// beside it when `--ship` is given (started before, finished after).
 fn proxy_cmd(args: &ProxyArgs) -> ExitCode {
+    let rotate_age = match crate::time::parse_duration_us(&args.rotate_every) {
+        Ok(us) => std::time::Duration::from_micros(us as u64),
+        Err(e) => {
+            eprintln!("error: --rotate-every {e}");
+            return ExitCode::from(EXIT_INPUT);
+        }
+    };
+    if let (Some(url), Some(dir)) = (&args.ship, &args.audit_dir) {
+        {
+            let lock = match audit_cmd::lock_arg(&args.lock) {
+                Ok(l) => l,
+                Err(code) => return code,
+            };
+            let timeout = match crate::time::parse_duration_us(&args.ship_timeout) {
+                Ok(us) => std::time::Duration::from_micros(us as u64),
+                Err(e) => {
+                    eprintln!("error: --ship-timeout {e}");
+                    return ExitCode::from(EXIT_INPUT);
+                }
+            };
+            let dest = match crate::audit::remote::StoreDir::parse(url, &args.store.options()) {
+                Ok(d) => d,
+                Err(e) => {
+                    eprintln!("error: --ship {e}");
+                    return ExitCode::from(EXIT_INPUT);
+                }
+            };
+            if let Err(e) = std::fs::create_dir_all(dir) {
+                eprintln!("error: cannot create {}: {e}", dir.display());
+                return ExitCode::from(EXIT_INPUT);
+            }
+            eprintln!("flightrec: shipping sealed audit files to {}", dest.url());
+            let target = crate::audit::ship::ShipTarget { dest, lock };
+            let shipper =
+                crate::audit::ship::Shipper::start(dir, target, std::time::Duration::from_secs(1));
+            // After the proxy sealed its last file: ship what waits.
+            crate::proxy::at_exit(move || {
+                shipper.finish(timeout);
+            });
+        }
+    }
+    let code = run_proxy(args, rotate_age);
+    crate::proxy::run_exit_hooks();
+    code
+}
+
+fn run_proxy(args: &ProxyArgs, rotate_age: std::time::Duration) -> ExitCode {
     if args.listen.is_some() && args.upstream.is_none() {
         eprintln!("error: --listen needs --upstream URL (the MCP server to proxy)");
         return ExitCode::from(EXIT_INPUT);
@@ -646,6 +775,7 @@ fn proxy_cmd(args: &ProxyArgs) -> ExitCode {
         redact,
         upstream_timeout,
         warm_start: !args.no_warm_start,
+        rotate_age: Some(rotate_age),
     };
     match (&args.listen, &args.upstream) {
         (Some(listen), Some(upstream)) => return http_proxy(args, gateway, Some(listen), upstream),

@@ -60,14 +60,16 @@ pub fn replay(args: &ReplayArgs) -> ExitCode {
     let is_scenario = |p: &PathBuf| p.extension().is_some_and(|x| x == "yaml" || x == "yml");
     let (scenario_paths, recorded): (Vec<PathBuf>, Vec<PathBuf>) =
         args.inputs.iter().cloned().partition(is_scenario);
+    let from_us = filter.from_us;
     let config = ReplayConfig {
         approvals,
         filter,
         reorder_window_us,
         decisions_out: args.decisions_out.clone(),
+        store: args.store.options(),
         progress: crate::progress::wanted(args.quiet),
         progress_total: if crate::progress::wanted(args.quiet) {
-            crate::audit::read::resolve_inputs(&recorded)
+            crate::audit::read::resolve_inputs(&recorded, &args.store.options(), from_us)
                 .ok()
                 .map(|files| crate::audit::read::row_count(&files))
         } else {

@@ -70,8 +70,11 @@ pub fn run(config: BridgeConfig) -> Result<i32, ProxyError> {
     // Stop signals go to one thread (sigwait): blocked before any thread
     // starts, the audit journal's included.
     let signals = crate::proxy::stdio::block_signals();
-    let recorder: Option<Recorder> =
-        crate::proxy::gateway::open_recorder(config.audit_dir.as_deref(), config.sync)?;
+    let recorder: Option<Recorder> = crate::proxy::gateway::open_recorder(
+        config.audit_dir.as_deref(),
+        config.sync,
+        config.gateway.rotate_age,
+    )?;
     let gateway = Arc::new(Gateway::new(config.gateway.clone(), recorder)?);
     gateway.open_approval_queue()?;
     gateway.watch_policy_file();
@@ -125,6 +128,7 @@ pub fn run(config: BridgeConfig) -> Result<i32, ProxyError> {
                         2
                     }
                 };
+                crate::proxy::run_exit_hooks();
                 std::process::exit(code);
             }
         });

@@ -89,6 +89,8 @@ pub struct GatewayConfig {
     pub approval_socket: Option<PathBuf>,
     /// How long a held call waits for a human (default 120 s).
     pub approval_timeout: Option<std::time::Duration>,
+    /// Seal the open audit file after this long (default 5 minutes).
+    pub rotate_age: Option<std::time::Duration>,
 }
 
 impl GatewayConfig {
@@ -117,7 +119,7 @@ pub struct Gateway {
     loaded: Mutex<FileStamp>,
     current: RwLock<Arc<Generation>>,
     shadows: Vec<Arc<Generation>>,
-    recorder: Option<Mutex<Recorder>>,
+    recorder: Option<Arc<Mutex<Recorder>>>,
     approvals: Arc<crate::proxy::approval::Approvals>,
     state_key: crate::proxy::approval::StateKey,
     /// Nonces of `requestState`s already used (each is good for one retry),
@@ -152,11 +154,15 @@ impl Gateway {
         for (i, p) in config.shadow_paths.iter().enumerate() {
             shadows.push(generation(Policy::load(p)?, Some(i + 1))?);
         }
+        let recorder = recorder.map(|r| Arc::new(Mutex::new(r)));
+        if let Some(r) = &recorder {
+            start_rotation_timer(Arc::downgrade(r));
+        }
         Ok(Gateway {
             loaded: Mutex::new(stamp),
             current: RwLock::new(generation(policy, None)?),
             shadows,
-            recorder: recorder.map(Mutex::new),
+            recorder,
             approvals: Arc::default(),
             state_key: crate::proxy::approval::StateKey::random(),
             used_states: Mutex::new(HashMap::new()),
@@ -365,20 +371,44 @@ impl Gateway {
     }
 }
 
+/// Seals the audit file once it is old enough even when no call arrives
+/// (quiet proxies still produce files, and `--ship` uploads them): checks
+/// every second until the gateway is gone.
+fn start_rotation_timer(recorder: std::sync::Weak<Mutex<Recorder>>) {
+    let spawned = std::thread::Builder::new()
+        .name("flightrec-rotate".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(1));
+                let Some(r) = recorder.upgrade() else { return };
+                if let Err(e) = lock(&r).maybe_rotate() {
+                    eprintln!("flightrec: AUDIT LOG ERROR: {e}");
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        eprintln!("flightrec: cannot start the audit rotation timer: {e}");
+    }
+}
+
 /// Opens the audit directory for a proxy (if it has one) and reports on
-/// stderr what was recovered from a previous process.
+/// stderr what was recovered from a previous process. `rotate_age`: seal
+/// the open file after this long (default 5 minutes).
 pub fn open_recorder(
     dir: Option<&Path>,
     sync: crate::audit::journal::SyncMode,
+    rotate_age: Option<std::time::Duration>,
 ) -> Result<Option<Recorder>, AuditError> {
     let Some(dir) = dir else {
         return Ok(None);
     };
+    let defaults = crate::audit::RecorderConfig::default();
     let r = Recorder::open(
         dir,
         crate::audit::RecorderConfig {
             sync,
-            ..crate::audit::RecorderConfig::default()
+            rotate_age: rotate_age.unwrap_or(defaults.rotate_age),
+            ..defaults
         },
     )?;
     for line in r.recovery().report(r.dir()) {

@@ -160,8 +160,11 @@ async fn serve(config: HttpConfig, tokens: Option<Tokens>) -> Result<i32, ProxyE
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
-    let recorder: Option<Recorder> =
-        crate::proxy::gateway::open_recorder(config.audit_dir.as_deref(), config.sync)?;
+    let recorder: Option<Recorder> = crate::proxy::gateway::open_recorder(
+        config.audit_dir.as_deref(),
+        config.sync,
+        config.gateway.rotate_age,
+    )?;
     let gateway = Arc::new(Gateway::new(config.gateway.clone(), recorder)?);
     gateway.open_approval_queue()?;
     let listener = tokio::net::TcpListener::bind(config.listen).await?;

@@ -33,3 +33,24 @@ pub use gateway::{Gateway, GatewayConfig};
 pub use http::HttpConfig;
 pub use session::{ClientAction, Session, Transport};
 pub use stdio::{ProxyConfig, run};
+
+type ExitHook = Box<dyn FnOnce() + Send>;
+static EXIT_HOOKS: std::sync::Mutex<Vec<ExitHook>> = std::sync::Mutex::new(Vec::new());
+
+/// Work to do once the proxy has stopped and sealed its audit file (the
+/// audit shipper's last pass), whether the transport returns or ends the
+/// process from a signal handler thread.
+pub fn at_exit(hook: impl FnOnce() + Send + 'static) {
+    EXIT_HOOKS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(Box::new(hook));
+}
+
+/// Runs (once) what [`at_exit`] registered.
+pub fn run_exit_hooks() {
+    let hooks = std::mem::take(&mut *EXIT_HOOKS.lock().unwrap_or_else(|e| e.into_inner()));
+    for hook in hooks {
+        hook();
+    }
+}

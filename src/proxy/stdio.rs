@@ -87,7 +87,11 @@ pub fn run(config: ProxyConfig) -> Result<i32, ProxyError> {
     // any thread exists (the audit journal starts one), so that every
     // thread inherits the mask. The child gets its mask reset in pre_exec.
     let signals = block_signals();
-    let recorder = crate::proxy::gateway::open_recorder(config.audit_dir.as_deref(), config.sync)?;
+    let recorder = crate::proxy::gateway::open_recorder(
+        config.audit_dir.as_deref(),
+        config.sync,
+        config.gateway.rotate_age,
+    )?;
     let gateway = Arc::new(Gateway::new(config.gateway.clone(), recorder)?);
     gateway.open_approval_queue()?;
     let Some((program, args)) = config.command.split_first() else {

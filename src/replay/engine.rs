@@ -11,6 +11,7 @@
 use crate::audit::AuditError;
 use crate::audit::filter::RowFilter;
 use crate::audit::read::resolve_inputs;
+use crate::audit::remote::{DataFile, StoreOptions};
 use crate::policy::{
     ApprovalMode, Call, CounterStore, Decision, Outcome, Policy, PolicyState, Reservation,
 };
@@ -45,6 +46,8 @@ pub struct ReplayConfig {
     pub progress: bool,
     /// The rows the inputs hold, for the progress line's percentage.
     pub progress_total: Option<u64>,
+    /// How to reach inputs in object stores (`s3://…`).
+    pub store: StoreOptions,
 }
 
 impl Default for ReplayConfig {
@@ -56,6 +59,7 @@ impl Default for ReplayConfig {
             decisions_out: None,
             progress: true,
             progress_total: None,
+            store: StoreOptions::default(),
         }
     }
 }
@@ -95,7 +99,11 @@ pub(crate) fn recorded_stream(
 ) -> Result<impl Iterator<Item = Result<Pending, AuditError>> + use<>, AuditError> {
     let mut groups = Vec::new();
     for input in inputs {
-        groups.push(resolve_inputs(std::slice::from_ref(input))?);
+        groups.push(resolve_inputs(
+            std::slice::from_ref(input),
+            &config.store,
+            config.filter.from_us,
+        )?);
     }
     stream_files(groups, config, with_args, stats)
 }
@@ -103,7 +111,7 @@ pub(crate) fn recorded_stream(
 /// As [`recorded_stream`], for inputs already listed as files (one list per
 /// input).
 pub(crate) fn stream_files(
-    inputs: Vec<Vec<PathBuf>>,
+    inputs: Vec<Vec<DataFile>>,
     config: &ReplayConfig,
     with_args: bool,
     stats: Arc<Mutex<SourceStats>>,

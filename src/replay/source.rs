@@ -178,7 +178,7 @@ pub const REPLAY_COLUMNS: [&str; 14] = [
 
 /// Reads a recorded input's `tools/call` rows as events, batch by batch.
 pub fn recorded_events(
-    files: Vec<PathBuf>,
+    files: Vec<crate::audit::remote::DataFile>,
     input: usize,
     filter: RowFilter,
     with_args: bool,

@@ -41,7 +41,10 @@ pub fn warm_state(policy: &Policy, dir: &Path, now_us: i64) -> Result<Warm, Audi
         });
     };
     let since_us = now_us.saturating_sub(horizon);
-    let files = layout::data_files_from(dir, since_us)?;
+    let files: Vec<crate::audit::remote::DataFile> = layout::data_files_from(dir, since_us)?
+        .into_iter()
+        .map(crate::audit::remote::DataFile::Local)
+        .collect();
     let config = ReplayConfig {
         filter: RowFilter {
             from_us: Some(since_us),
