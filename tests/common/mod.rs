@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod redis;
+pub mod s3;
 
 use flightrec::audit::layout;
 use flightrec::audit::schema::{AuditRow, BatchView};
