@@ -186,14 +186,22 @@ enum Reader {
 fn remote_builder(
     file: &DataFile,
 ) -> Result<ParquetRecordBatchStreamBuilder<remote::StoreReader>, AuditError> {
+    remote::block_on(remote_builder_async(file))
+}
+
+async fn remote_builder_async(
+    file: &DataFile,
+) -> Result<ParquetRecordBatchStreamBuilder<remote::StoreReader>, AuditError> {
     let DataFile::Remote { dir, key, size } = file else {
         unreachable!("remote_builder takes remote files")
     };
     let reader = remote::StoreReader::new(dir.bucket.store.clone(), key.clone(), *size);
-    remote::block_on(ParquetRecordBatchStreamBuilder::new(reader)).map_err(|e| AuditError::Store {
-        url: dir.url_of(key),
-        detail: format!("not a readable Parquet audit file: {e}"),
-    })
+    ParquetRecordBatchStreamBuilder::new(reader)
+        .await
+        .map_err(|e| AuditError::Store {
+            url: dir.url_of(key),
+            detail: format!("not a readable Parquet audit file: {e}"),
+        })
 }
 
 /// Applies the projection and row-group pruning of `options` to a reader
@@ -312,20 +320,8 @@ impl Iterator for FileScan {
                     }));
                 }
             };
-            if !self.options.has_range() {
-                return Some(Ok(batch));
-            }
-            let filtered = match filter_ts(&batch, &self.options) {
-                Ok(b) => b,
-                Err(detail) => {
-                    return Some(Err(AuditError::Schema {
-                        path: self.path.clone(),
-                        detail,
-                    }));
-                }
-            };
-            if filtered.num_rows() > 0 {
-                return Some(Ok(filtered));
+            if let Some(item) = keep_rows(batch, &self.options, &self.path) {
+                return Some(item);
             }
         }
     }
@@ -351,8 +347,104 @@ fn filter_ts(batch: &RecordBatch, o: &ScanOptions) -> Result<RecordBatch, String
     arrow::compute::filter_record_batch(batch, &mask).map_err(|e| e.to_string())
 }
 
-/// Scans many files in order, one after the other.
+/// Scans many files in order, one after the other. Files in a store are
+/// fetched and decoded ahead on the store runtime (a few batches, bounded),
+/// so the next row group's ranges are in flight while the caller works on
+/// the current one.
 pub fn scan(
+    files: Vec<DataFile>,
+    options: ScanOptions,
+) -> Box<dyn Iterator<Item = Result<RecordBatch, AuditError>> + Send> {
+    if files.iter().any(|f| matches!(f, DataFile::Remote { .. })) {
+        return Box::new(scan_ahead(files, options));
+    }
+    Box::new(scan_here(files, options))
+}
+
+fn scan_ahead(
+    files: Vec<DataFile>,
+    options: ScanOptions,
+) -> impl Iterator<Item = Result<RecordBatch, AuditError>> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<RecordBatch, AuditError>>(4);
+    remote::spawn(async move {
+        for file in files {
+            if let DataFile::Local(_) = file {
+                // A local file among remote ones: read it here, in order.
+                let options = options.clone();
+                let (sync_tx, rx_local) = std::sync::mpsc::sync_channel(4);
+                let reader = std::thread::spawn(move || {
+                    for item in scan_here(vec![file], options) {
+                        if sync_tx.send(item).is_err() {
+                            return;
+                        }
+                    }
+                });
+                while let Ok(item) = tokio::task::block_in_place(|| rx_local.recv()) {
+                    if tx.send(item).await.is_err() {
+                        return;
+                    }
+                }
+                let _ = reader.join();
+                continue;
+            }
+            let label = file.label();
+            let opened = async {
+                let builder = remote_builder_async(&file).await?;
+                let (builder, _, _) = configure(builder, &options, &label)?;
+                let stream: ParquetRecordBatchStream<remote::StoreReader> = builder
+                    .build()
+                    .map_err(|e| AuditError::parquet(&label, e))?;
+                Ok::<_, AuditError>(stream)
+            };
+            let mut stream = match opened.await {
+                Ok(s) => s,
+                Err(e) => {
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
+            };
+            use futures::StreamExt;
+            while let Some(batch) = stream.next().await {
+                let item = match batch {
+                    Ok(b) => match keep_rows(b, &options, &label) {
+                        None => continue,
+                        Some(item) => item,
+                    },
+                    Err(e) => Err(AuditError::Corrupt {
+                        path: label.clone(),
+                        detail: format!("unreadable data: {e}"),
+                    }),
+                };
+                let failed = item.is_err();
+                if tx.send(item).await.is_err() || failed {
+                    return;
+                }
+            }
+        }
+    });
+    std::iter::from_fn(move || rx.blocking_recv())
+}
+
+/// A batch's rows within the scan's time range (`None`: none are).
+fn keep_rows(
+    batch: RecordBatch,
+    options: &ScanOptions,
+    path: &Path,
+) -> Option<Result<RecordBatch, AuditError>> {
+    if !options.has_range() {
+        return Some(Ok(batch));
+    }
+    match filter_ts(&batch, options) {
+        Ok(b) if b.num_rows() == 0 => None,
+        Ok(b) => Some(Ok(b)),
+        Err(detail) => Some(Err(AuditError::Schema {
+            path: path.to_path_buf(),
+            detail,
+        })),
+    }
+}
+
+fn scan_here(
     files: Vec<DataFile>,
     options: ScanOptions,
 ) -> impl Iterator<Item = Result<RecordBatch, AuditError>> {

@@ -37,6 +37,18 @@ pub struct StoreOptions {
 /// Runs store I/O to completion on the store runtime. Must not be called
 /// from inside an async task.
 pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    runtime().block_on(f)
+}
+
+/// Runs a task on the store runtime in the background.
+pub fn spawn<F>(f: F)
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    runtime().spawn(f);
+}
+
+fn runtime() -> &'static tokio::runtime::Runtime {
     static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
     RT.get_or_init(|| {
         tokio::runtime::Builder::new_multi_thread()
@@ -46,7 +58,6 @@ pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
             .build()
             .expect("the object store runtime starts")
     })
-    .block_on(f)
 }
 
 /// Whether an input names a store location rather than a local path.

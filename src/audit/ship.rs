@@ -24,6 +24,7 @@ use crate::audit::layout;
 use crate::audit::remote::{self, StoreDir};
 use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use sha2::{Digest, Sha256};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -124,14 +125,24 @@ fn relative(dir: &Path, file: &Path) -> String {
         .join("/")
 }
 
-/// The sealed data files of `dir` without a receipt for `dest` (any
-/// destination when `None`), in write order.
-pub fn waiting(dir: &Path, dest: Option<&StoreDir>) -> Result<Vec<PathBuf>, AuditError> {
-    let shipped: std::collections::HashSet<String> = receipts(dir)?
+/// The files (relative paths) with a receipt for `dest` (any destination
+/// when `None`).
+fn shipped_set(dir: &Path, dest: Option<&StoreDir>) -> Result<HashSet<String>, AuditError> {
+    Ok(receipts(dir)?
         .into_iter()
         .filter(|r| dest.is_none_or(|d| r.url == d.url_of(&d.key(&r.file))))
         .map(|r| r.file)
-        .collect();
+        .collect())
+}
+
+/// The sealed data files of `dir` without a receipt for `dest` (any
+/// destination when `None`), in write order.
+pub fn waiting(dir: &Path, dest: Option<&StoreDir>) -> Result<Vec<PathBuf>, AuditError> {
+    let shipped = shipped_set(dir, dest)?;
+    waiting_given(dir, &shipped)
+}
+
+fn waiting_given(dir: &Path, shipped: &HashSet<String>) -> Result<Vec<PathBuf>, AuditError> {
     Ok(layout::data_files(dir)?
         .into_iter()
         .filter(|f| !shipped.contains(&relative(dir, f)))
@@ -152,8 +163,31 @@ pub struct ShipRun {
 /// Ships every waiting file of `dir`, in order, stopping at the first
 /// failure or at `deadline`.
 pub fn ship_waiting(dir: &Path, target: &ShipTarget, deadline: Option<Instant>) -> ShipRun {
+    let mut known = None;
+    ship_waiting_with(dir, target, deadline, &mut known)
+}
+
+/// As [`ship_waiting`], with the set of shipped files kept between passes
+/// (read from the receipts on the first pass only: a long-running shipper
+/// does not re-read every receipt every second).
+fn ship_waiting_with(
+    dir: &Path,
+    target: &ShipTarget,
+    deadline: Option<Instant>,
+    known: &mut Option<HashSet<String>>,
+) -> ShipRun {
     let mut run = ShipRun::default();
-    let files = match waiting(dir, Some(&target.dest)) {
+    if known.is_none() {
+        match shipped_set(dir, Some(&target.dest)) {
+            Ok(s) => *known = Some(s),
+            Err(e) => {
+                run.error = Some(e);
+                return run;
+            }
+        }
+    }
+    let shipped = known.as_mut().expect("loaded above");
+    let files = match waiting_given(dir, shipped) {
         Ok(f) => f,
         Err(e) => {
             run.error = Some(e);
@@ -167,6 +201,7 @@ pub fn ship_waiting(dir: &Path, target: &ShipTarget, deadline: Option<Instant>) 
         }
         match ship_file(dir, &file, target) {
             Ok(receipt) => {
+                shipped.insert(receipt.file.clone());
                 run.shipped.push(receipt);
                 run.waiting -= 1;
             }
@@ -175,6 +210,10 @@ pub fn ship_waiting(dir: &Path, target: &ShipTarget, deadline: Option<Instant>) 
                 break;
             }
         }
+    }
+    if run.shipped.is_empty() && run.error.is_none() {
+        // Nothing happened: the last attempt's record stays as it was.
+        return run;
     }
     let state = serde_json::json!({
         "destination": target.dest.url(),
@@ -456,8 +495,9 @@ impl Shipper {
 fn ship_loop(dir: &Path, target: &ShipTarget, poll: Duration, shared: &(Mutex<bool>, Condvar)) {
     let mut backoff = Duration::ZERO;
     let mut failing = false;
+    let mut known = None;
     loop {
-        let run = ship_waiting(dir, target, None);
+        let run = ship_waiting_with(dir, target, None, &mut known);
         match &run.error {
             Some(e) => {
                 backoff = (backoff * 2).clamp(Duration::from_secs(1), Duration::from_secs(60));
