@@ -396,6 +396,46 @@ fn shipped_files_carry_a_compliance_lock_the_store_enforces() {
     verified(&ep, "s3://audit-locked/fleet");
 }
 
+#[test]
+fn an_object_already_under_a_shipped_name_is_never_overwritten() {
+    let moto = Moto::start();
+    moto.bucket("audit-taken", false);
+    let tmp = tempfile::tempdir().unwrap();
+    let audit = tmp.path().join("audit");
+    copy_dir(
+        &common::root().join("recordings/live-healthimaging"),
+        &audit,
+    );
+    let first = status_json(&audit)["waiting"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let key = format!("p/{first}");
+    moto.tool(&["put", "audit-taken", &key, "somebody else's file"]);
+    let out = run_with(
+        &moto.endpoint(),
+        &[
+            "audit",
+            "ship",
+            audit.to_str().unwrap(),
+            "s3://audit-taken/p",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = common::stderr(&out);
+    assert!(
+        err.contains(&format!("s3://audit-taken/{key}")) && err.contains("already exists"),
+        "{err}"
+    );
+    assert_eq!(
+        moto.tool(&["get", "audit-taken", &key]),
+        "somebody else's file"
+    );
+    // Order is kept: the later file waits behind the refused one.
+    assert_eq!(status_json(&audit)["waiting"].as_array().unwrap().len(), 2);
+    assert_eq!(moto.tool(&["keys", "audit-taken", "p/"]).lines().count(), 1);
+}
+
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap() {

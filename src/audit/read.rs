@@ -361,68 +361,105 @@ pub fn scan(
     Box::new(scan_here(files, options))
 }
 
-fn scan_ahead(
-    files: Vec<DataFile>,
-    options: ScanOptions,
-) -> impl Iterator<Item = Result<RecordBatch, AuditError>> {
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<RecordBatch, AuditError>>(4);
+/// How many store files are fetched and decoded at once, ahead of the
+/// reader, and how many decoded batches each may hold: a store answers
+/// each range request after a round trip, so a few files in flight keep
+/// the reader busy; memory stays bounded by the two.
+const FILES_AHEAD: usize = 4;
+const BATCHES_AHEAD: usize = 16;
+
+type BatchResult = Result<RecordBatch, AuditError>;
+
+fn scan_ahead(files: Vec<DataFile>, options: ScanOptions) -> impl Iterator<Item = BatchResult> {
+    // Each file gets its own bounded channel; the reader drains them in
+    // file order. A coordinator starts a file only when fewer than
+    // FILES_AHEAD are in flight.
+    let (files_tx, mut files_rx) =
+        tokio::sync::mpsc::channel::<tokio::sync::mpsc::Receiver<BatchResult>>(FILES_AHEAD);
     remote::spawn(async move {
+        let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(FILES_AHEAD));
         for file in files {
-            if let DataFile::Local(_) = file {
-                // A local file among remote ones: read it here, in order.
-                let options = options.clone();
-                let (sync_tx, rx_local) = std::sync::mpsc::sync_channel(4);
-                let reader = std::thread::spawn(move || {
-                    for item in scan_here(vec![file], options) {
-                        if sync_tx.send(item).is_err() {
-                            return;
-                        }
-                    }
-                });
-                while let Ok(item) = tokio::task::block_in_place(|| rx_local.recv()) {
-                    if tx.send(item).await.is_err() {
-                        return;
-                    }
-                }
-                let _ = reader.join();
-                continue;
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                return;
+            };
+            let (tx, rx) = tokio::sync::mpsc::channel(BATCHES_AHEAD);
+            if files_tx.send(rx).await.is_err() {
+                return;
             }
-            let label = file.label();
-            let opened = async {
-                let builder = remote_builder_async(&file).await?;
-                let (builder, _, _) = configure(builder, &options, &label)?;
-                let stream: ParquetRecordBatchStream<remote::StoreReader> = builder
-                    .build()
-                    .map_err(|e| AuditError::parquet(&label, e))?;
-                Ok::<_, AuditError>(stream)
-            };
-            let mut stream = match opened.await {
-                Ok(s) => s,
-                Err(e) => {
-                    let _ = tx.send(Err(e)).await;
-                    return;
+            let options = options.clone();
+            match file {
+                DataFile::Local(_) => {
+                    tokio::task::spawn_blocking(move || {
+                        for item in scan_here(vec![file], options) {
+                            if tx.blocking_send(item).is_err() {
+                                break;
+                            }
+                        }
+                        drop(permit);
+                    });
                 }
-            };
-            use futures::StreamExt;
-            while let Some(batch) = stream.next().await {
-                let item = match batch {
-                    Ok(b) => match keep_rows(b, &options, &label) {
-                        None => continue,
-                        Some(item) => item,
-                    },
-                    Err(e) => Err(AuditError::Corrupt {
-                        path: label.clone(),
-                        detail: format!("unreadable data: {e}"),
-                    }),
-                };
-                let failed = item.is_err();
-                if tx.send(item).await.is_err() || failed {
-                    return;
+                DataFile::Remote { .. } => {
+                    tokio::spawn(async move {
+                        stream_file(&file, &options, &tx).await;
+                        drop(permit);
+                    });
                 }
             }
         }
     });
-    std::iter::from_fn(move || rx.blocking_recv())
+    let mut current: Option<tokio::sync::mpsc::Receiver<BatchResult>> = None;
+    std::iter::from_fn(move || {
+        loop {
+            if let Some(rx) = &mut current {
+                match rx.blocking_recv() {
+                    Some(item) => return Some(item),
+                    None => current = None,
+                }
+            }
+            current = Some(files_rx.blocking_recv()?);
+        }
+    })
+}
+
+/// Streams one store file's kept batches into `tx` (an error ends it).
+async fn stream_file(
+    file: &DataFile,
+    options: &ScanOptions,
+    tx: &tokio::sync::mpsc::Sender<BatchResult>,
+) {
+    let label = file.label();
+    let opened = async {
+        let builder = remote_builder_async(file).await?;
+        let (builder, _, _) = configure(builder, options, &label)?;
+        let stream: ParquetRecordBatchStream<remote::StoreReader> = builder
+            .build()
+            .map_err(|e| AuditError::parquet(&label, e))?;
+        Ok::<_, AuditError>(stream)
+    };
+    let mut stream = match opened.await {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = tx.send(Err(e)).await;
+            return;
+        }
+    };
+    use futures::StreamExt;
+    while let Some(batch) = stream.next().await {
+        let item = match batch {
+            Ok(b) => match keep_rows(b, options, &label) {
+                None => continue,
+                Some(item) => item,
+            },
+            Err(e) => Err(AuditError::Corrupt {
+                path: label.clone(),
+                detail: format!("unreadable data: {e}"),
+            }),
+        };
+        let failed = item.is_err();
+        if tx.send(item).await.is_err() || failed {
+            return;
+        }
+    }
 }
 
 /// A batch's rows within the scan's time range (`None`: none are).

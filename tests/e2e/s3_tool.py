@@ -7,6 +7,7 @@ usage: s3_tool.py ENDPOINT COMMAND ARGS...
   head BUCKET KEY             JSON: lock mode, retain-until, version id
   delete-version BUCKET KEY   try to delete the key's current version
   put BUCKET KEY TEXT         write an object
+  get BUCKET KEY              print an object
   copy BUCKET FROM TO         replace TO with a copy of FROM
   query BUCKET PREFIX         JSON: rows, distinct events, files (DuckDB httpfs, else pyarrow)
 """
@@ -51,6 +52,8 @@ def main():
             print("deleted")
         except Exception as e:  # botocore.exceptions.ClientError
             print("refused:", e.response["Error"]["Code"])
+    elif cmd == "get":
+        sys.stdout.write(client(endpoint).get_object(Bucket=args[0], Key=args[1])["Body"].read().decode(errors="replace"))
     elif cmd == "copy":
         client(endpoint).copy_object(Bucket=args[0], Key=args[2], CopySource={"Bucket": args[0], "Key": args[1]})
     elif cmd == "put":
