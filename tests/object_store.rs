@@ -509,6 +509,11 @@ fn verify_export_and_replay_read_the_bucket_as_they_read_the_directory() {
     let remote = verified(&ep, url);
     assert_eq!(rows_in(&local), rows);
     assert_eq!(local.replace(d, "X"), remote.replace(url, "X"));
+    let file_url = format!("file://{d}");
+    assert_eq!(
+        verified(&ep, &file_url).replace(&file_url, "X"),
+        local.replace(d, "X")
+    );
 
     // export, filtered by time (partitions and row groups pruned) and not.
     for filter in [

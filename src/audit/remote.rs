@@ -182,6 +182,17 @@ fn profile_values(profile: &str) -> Vec<(String, String)> {
     let config = std::env::var_os("AWS_CONFIG_FILE")
         .map(PathBuf::from)
         .or_else(|| home.as_ref().map(|h| h.join(".aws/config")));
+    profile_values_in(credentials, config, profile)
+}
+
+/// Values of `profile` in a credentials file (section `[NAME]`) and a
+/// config file (section `[profile NAME]`, or `[default]`), credentials
+/// first.
+fn profile_values_in(
+    credentials: Option<PathBuf>,
+    config: Option<PathBuf>,
+    profile: &str,
+) -> Vec<(String, String)> {
     let mut out = Vec::new();
     let sections = [
         (credentials, profile.to_string()),
@@ -533,6 +544,29 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("unsupported store URL"), "{err}");
+    }
+
+    #[test]
+    fn profiles_are_read_from_the_shared_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let creds = dir.path().join("credentials");
+        let config = dir.path().join("config");
+        std::fs::write(
+            &creds,
+            "[default]\naws_access_key_id = D\n[ci]\naws_access_key_id = AKID\naws_secret_access_key=SECRET\n",
+        )
+        .unwrap();
+        std::fs::write(
+            &config,
+            "[default]\nregion = us-east-1\n[profile ci]\nregion = eu-west-1\nendpoint_url = http://127.0.0.1:9000\n",
+        )
+        .unwrap();
+        let v = profile_values_in(Some(creds), Some(config), "ci");
+        let get = |k: &str| v.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        assert_eq!(get("aws_access_key_id"), Some("AKID"));
+        assert_eq!(get("aws_secret_access_key"), Some("SECRET"));
+        assert_eq!(get("region"), Some("eu-west-1"));
+        assert_eq!(get("endpoint_url"), Some("http://127.0.0.1:9000"));
     }
 
     #[test]
