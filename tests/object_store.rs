@@ -255,6 +255,49 @@ fn a_proxy_ships_every_sealed_file_through_a_store_outage() {
 }
 
 #[test]
+fn a_hanging_store_neither_slows_calls_nor_holds_the_proxy_past_its_ship_timeout() {
+    let endpoint = common::s3::black_hole();
+    let tmp = tempfile::tempdir().unwrap();
+    let policy = write_file(tmp.path(), "p.yaml", POLICY);
+    let audit = tmp.path().join("audit");
+    let mut proxy = Proxy::start(
+        &policy,
+        &audit,
+        &endpoint,
+        &[
+            "--ship",
+            "s3://hangs/x",
+            "--rotate-every",
+            "1s",
+            "--ship-timeout",
+            "2s",
+        ],
+    );
+    for i in 0..5 {
+        proxy.call(i);
+    }
+    wait_until("a sealed file", Duration::from_secs(20), || {
+        status_json(&audit)["sealed"].as_u64() >= Some(1)
+    });
+    for i in 5..10 {
+        proxy.call(i);
+    }
+    // One upload hangs for the client's 120 s request timeout; the stop
+    // must not wait for it (`Proxy::stop` allows 60 s).
+    let stderr = proxy.stop();
+    assert!(stderr.contains("not shipped to s3://hangs/x"), "{stderr}");
+    let status = status_json(&audit);
+    assert_eq!(status["shipped"], json!(0), "{status}");
+    assert!(
+        !status["waiting"].as_array().unwrap().is_empty(),
+        "{status}"
+    );
+    // Nothing was lost: every call is in the local log.
+    let out = verified(&endpoint, audit.to_str().unwrap());
+    assert!(rows_in(&out) >= 11, "{out}");
+}
+
+#[test]
 fn two_proxies_ship_to_one_prefix_without_overwriting_each_other() {
     let moto = Moto::start();
     moto.bucket("audit-shared", false);

@@ -464,31 +464,47 @@ impl Shipper {
     }
 
     /// Stops the loop, then ships what waits (the proxy's last file is
-    /// sealed by now) for at most `timeout`. Returns how many still wait.
+    /// sealed by now) for at most `timeout` in all, even when the store
+    /// hangs in the middle of an upload (the work is then left to the next
+    /// run). Returns how many files still wait.
     pub fn finish(mut self, timeout: Duration) -> usize {
+        let deadline = Instant::now() + timeout;
         {
             let (lock, cvar) = &*self.shared;
             *lock.lock().unwrap_or_else(|e| e.into_inner()) = true;
             cvar.notify_all();
         }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-        let run = ship_waiting(&self.dir, &self.target, Some(Instant::now() + timeout));
-        if run.waiting > 0 {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (thread, dir, target) = (self.thread.take(), self.dir.clone(), self.target.clone());
+        std::thread::spawn(move || {
+            if let Some(t) = thread {
+                let _ = t.join();
+            }
+            let _ = tx.send(ship_waiting(&dir, &target, Some(deadline)));
+        });
+        let (waiting, why) =
+            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(run) => (
+                    run.waiting,
+                    run.error
+                        .map(|e| format!(" ({e})"))
+                        .unwrap_or_else(|| " (--ship-timeout reached)".to_string()),
+                ),
+                Err(_) => (
+                    waiting(&self.dir, Some(&self.target.dest)).map_or(0, |w| w.len()),
+                    " (--ship-timeout reached while the store did not answer)".to_string(),
+                ),
+            };
+        if waiting > 0 {
             eprintln!(
-                "flightrec: {} audit file(s) not shipped to {}{}; the next run on {} ships them, or `flightrec audit ship {} {}`",
-                run.waiting,
+                "flightrec: {waiting} audit file(s) not shipped to {}{why}; the next run on {} ships them, or `flightrec audit ship {} {}`",
                 self.target.dest.url(),
-                run.error
-                    .map(|e| format!(" ({e})"))
-                    .unwrap_or_else(|| " (--ship-timeout reached)".to_string()),
                 self.dir.display(),
                 self.dir.display(),
                 self.target.dest.url()
             );
         }
-        run.waiting
+        waiting
     }
 }
 

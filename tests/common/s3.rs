@@ -191,3 +191,18 @@ fn pipe(mut from: TcpStream, mut to: TcpStream) {
         let _ = to.shutdown(Shutdown::Write);
     });
 }
+
+/// A loopback address that accepts connections and never answers: a store
+/// that hangs. Returns its endpoint; connections are held until the test
+/// process ends.
+pub fn black_hole() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in listener.incoming().flatten() {
+            held.push(c);
+        }
+    });
+    format!("http://127.0.0.1:{port}")
+}
