@@ -645,7 +645,10 @@ fn proxy_cmd(args: &ProxyArgs) -> ExitCode {
             return ExitCode::from(EXIT_INPUT);
         }
     };
-    if let (Some(url), Some(dir)) = (&args.ship, &args.audit_dir) {
+    // A proxy that cannot load its policy stops at once, without a
+    // shipper waiting on the store at exit.
+    let policy_loads = crate::policy::Policy::load(&args.policy).is_ok();
+    if let (Some(url), Some(dir), true) = (&args.ship, &args.audit_dir, policy_loads) {
         {
             let lock = match audit_cmd::lock_arg(&args.lock) {
                 Ok(l) => l,
