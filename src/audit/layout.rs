@@ -149,12 +149,50 @@ pub fn data_files(dir: &Path) -> Result<Vec<PathBuf>, AuditError> {
     Ok(out)
 }
 
+/// A time range of rows (`ts >= from_us`, `ts < to_us`), for choosing
+/// which date partitions to list at all.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TimeRange {
+    pub from_us: Option<i64>,
+    pub to_us: Option<i64>,
+}
+
+impl TimeRange {
+    /// Whether the partition directory `name` (`date=YYYY-MM-DD`) can hold
+    /// rows in the range. A file's rows are of its own day, except a call
+    /// begun before midnight that finished after it: a partition may hold
+    /// rows of the day before its date, so one day of slack is kept at
+    /// the start. Names that are not date partitions are always kept.
+    pub fn may_hold(&self, name: &str) -> bool {
+        if !name.starts_with("date=") {
+            return true;
+        }
+        const DAY: i64 = 86_400_000_000;
+        let after_first = self
+            .from_us
+            .is_none_or(|f| name >= format!("date={}", date_of(f.saturating_sub(DAY))).as_str());
+        let before_last = self
+            .to_us
+            .is_none_or(|t| name <= format!("date={}", date_of(t.saturating_add(DAY))).as_str());
+        after_first && before_last
+    }
+}
+
 /// The data files that can hold rows at or after `since_us`: partitions
-/// of earlier days are not read at all. (A file's rows are of its own day,
-/// except a call begun before midnight that finished after it: the day
-/// before `since_us` is kept too.)
+/// of earlier days are not read at all.
 pub fn data_files_from(dir: &Path, since_us: i64) -> Result<Vec<PathBuf>, AuditError> {
-    let first = format!("date={}", date_of(since_us.saturating_sub(86_400_000_000)));
+    data_files_in(
+        dir,
+        TimeRange {
+            from_us: Some(since_us),
+            to_us: None,
+        },
+    )
+}
+
+/// The data files that can hold rows in `range`: other days' partitions
+/// are not read at all.
+pub fn data_files_in(dir: &Path, range: TimeRange) -> Result<Vec<PathBuf>, AuditError> {
     let mut out = Vec::new();
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
@@ -164,7 +202,7 @@ pub fn data_files_from(dir: &Path, since_us: i64) -> Result<Vec<PathBuf>, AuditE
     for entry in entries {
         let entry = entry.map_err(|e| AuditError::io("list", dir, e))?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with("date=") && name.as_str() >= first.as_str() && entry.path().is_dir() {
+        if name.starts_with("date=") && range.may_hold(&name) && entry.path().is_dir() {
             walk(&entry.path(), &mut out)?;
         }
     }
@@ -252,4 +290,37 @@ pub fn file_uuid(path: &Path) -> Option<uuid::Uuid> {
         .and_then(|s| s.to_str())
         .and_then(|s| s.split('.').next())
         .and_then(|s| uuid::Uuid::parse_str(s).ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_ranges_keep_the_partitions_that_can_hold_their_rows() {
+        let at = |d: &str| {
+            chrono::DateTime::parse_from_rfc3339(d)
+                .unwrap()
+                .timestamp_micros()
+        };
+        let r = TimeRange {
+            from_us: Some(at("2026-11-19T12:00:00Z")),
+            to_us: Some(at("2026-11-20T06:00:00Z")),
+        };
+        // A day of slack before `from` (a call begun before midnight lands
+        // in the next day's file) and after `to` (rows of day D sit in
+        // partition D+1).
+        for (name, kept) in [
+            ("date=2026-11-17", false),
+            ("date=2026-11-18", true),
+            ("date=2026-11-19", true),
+            ("date=2026-11-20", true),
+            ("date=2026-11-21", true),
+            ("date=2026-11-22", false),
+            ("not-a-partition", true),
+        ] {
+            assert_eq!(r.may_hold(name), kept, "{name}");
+        }
+        assert!(TimeRange::default().may_hold("date=1970-01-01"));
+    }
 }

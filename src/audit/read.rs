@@ -85,19 +85,19 @@ pub fn file_meta(file: &DataFile) -> Result<layout::FileMeta, AuditError> {
 /// its data files (Hive partitions included, in write order), a path with
 /// glob characters (`*`, `?`, `[`) matches files below its literal prefix,
 /// and `s3://BUCKET/PREFIX` (or one object in it) lists the store; with
-/// `since_us`, date partitions that cannot hold such rows are not listed.
+/// a time range, date partitions that cannot hold its rows are not listed.
 /// `file:///DIR` is the local path.
 pub fn resolve_inputs(
     inputs: &[PathBuf],
     store: &StoreOptions,
-    since_us: Option<i64>,
+    range: layout::TimeRange,
 ) -> Result<Vec<DataFile>, AuditError> {
     let mut out = Vec::new();
     for input in inputs {
         let text = input.to_string_lossy();
         let local = remote::file_url_path(&text);
         if local.is_none() && remote::is_url(&text) {
-            out.extend(StoreDir::parse(&text, store)?.resolve(since_us)?);
+            out.extend(StoreDir::parse(&text, store)?.resolve(range)?);
             continue;
         }
         let input = local.unwrap_or_else(|| input.clone());
@@ -105,9 +105,10 @@ pub fn resolve_inputs(
         if text.contains(['*', '?', '[']) {
             out.extend(expand_glob(&text)?.into_iter().map(DataFile::Local));
         } else if input.is_dir() {
-            let files = match since_us {
-                Some(since) => layout::data_files_from(&input, since)?,
-                None => layout::data_files(&input)?,
+            let files = if range == layout::TimeRange::default() {
+                layout::data_files(&input)?
+            } else {
+                layout::data_files_in(&input, range)?
             };
             out.extend(files.into_iter().map(DataFile::Local));
         } else if input.exists() {

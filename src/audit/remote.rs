@@ -367,12 +367,10 @@ impl StoreDir {
         key
     }
 
-    /// Every data file under the prefix, in write order; with `since_us`,
-    /// partitions of days before it (but the day before) are not listed.
-    pub fn data_files(&self, since_us: Option<i64>) -> Result<Vec<DataFile>, AuditError> {
+    /// Every data file under the prefix, in write order; date partitions
+    /// that cannot hold rows of `range` are not listed.
+    pub fn data_files(&self, range: layout::TimeRange) -> Result<Vec<DataFile>, AuditError> {
         let store = self.bucket.store.clone();
-        let first =
-            since_us.map(|s| format!("date={}", layout::date_of(s.saturating_sub(86_400_000_000))));
         let top = block_on(store.list_with_delimiter(Some(&self.prefix)))
             .map_err(|e| store_error(self.url(), e))?;
         let mut files = Vec::new();
@@ -389,10 +387,7 @@ impl StoreDir {
             if name.starts_with(['.', '_']) {
                 continue;
             }
-            if let Some(first) = &first
-                && name.starts_with("date=")
-                && name < first.as_str()
-            {
+            if !range.may_hold(name) {
                 continue;
             }
             let listed: Vec<object_store::ObjectMeta> =
@@ -422,7 +417,7 @@ impl StoreDir {
 
     /// The data files an input names: a store prefix (all its files) or
     /// one object ending in `.parquet`.
-    pub fn resolve(&self, since_us: Option<i64>) -> Result<Vec<DataFile>, AuditError> {
+    pub fn resolve(&self, range: layout::TimeRange) -> Result<Vec<DataFile>, AuditError> {
         if self
             .prefix
             .filename()
@@ -432,7 +427,7 @@ impl StoreDir {
                 .map_err(|e| store_error(self.url(), e))?;
             return Ok(vec![self.file(meta)]);
         }
-        let files = self.data_files(since_us)?;
+        let files = self.data_files(range)?;
         if files.is_empty() {
             return Err(store_error(
                 self.url(),

@@ -90,7 +90,7 @@ pub fn verify_dir(dir: &Path) -> Result<Result<Verified, Finding>, AuditError> {
 /// a chain's last shipped one show in `audit status` of that directory,
 /// not here.
 pub fn verify_store(dir: &StoreDir) -> Result<Result<Verified, Finding>, AuditError> {
-    let files = dir.data_files(None)?;
+    let files = dir.data_files(layout::TimeRange::default())?;
     if files.is_empty() {
         return Err(AuditError::Store {
             url: dir.url(),

@@ -153,7 +153,11 @@ pub fn export(args: &ExportArgs) -> ExitCode {
         Err(code) => return code,
     };
     let store = args.store.options();
-    let files = match read::resolve_inputs(&args.inputs, &store, filter.from_us) {
+    let range = crate::audit::layout::TimeRange {
+        from_us: filter.from_us,
+        to_us: filter.to_us,
+    };
+    let files = match read::resolve_inputs(&args.inputs, &store, range) {
         Ok(f) => f,
         Err(e) => return input_error(e),
     };

@@ -60,7 +60,10 @@ pub fn replay(args: &ReplayArgs) -> ExitCode {
     let is_scenario = |p: &PathBuf| p.extension().is_some_and(|x| x == "yaml" || x == "yml");
     let (scenario_paths, recorded): (Vec<PathBuf>, Vec<PathBuf>) =
         args.inputs.iter().cloned().partition(is_scenario);
-    let from_us = filter.from_us;
+    let range = crate::audit::layout::TimeRange {
+        from_us: filter.from_us,
+        to_us: filter.to_us,
+    };
     let config = ReplayConfig {
         approvals,
         filter,
@@ -69,7 +72,7 @@ pub fn replay(args: &ReplayArgs) -> ExitCode {
         store: args.store.options(),
         progress: crate::progress::wanted(args.quiet),
         progress_total: if crate::progress::wanted(args.quiet) {
-            crate::audit::read::resolve_inputs(&recorded, &args.store.options(), from_us)
+            crate::audit::read::resolve_inputs(&recorded, &args.store.options(), range)
                 .ok()
                 .map(|files| crate::audit::read::row_count(&files))
         } else {

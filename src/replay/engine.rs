@@ -102,7 +102,10 @@ pub(crate) fn recorded_stream(
         groups.push(resolve_inputs(
             std::slice::from_ref(input),
             &config.store,
-            config.filter.from_us,
+            crate::audit::layout::TimeRange {
+                from_us: config.filter.from_us,
+                to_us: config.filter.to_us,
+            },
         )?);
     }
     stream_files(groups, config, with_args, stats)
