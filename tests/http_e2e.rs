@@ -701,3 +701,52 @@ fn two_http_replicas_sharing_redis_grant_max_together() {
     }
     assert_eq!(allowed, 10, "exactly max across both replicas");
 }
+
+/// `--ship` on the HTTP proxy: SIGTERM seals the open audit file and the
+/// exit ships it, so every sealed file is in the store byte for byte and
+/// the store verifies as an audit log (a `file://` store here; S3 is
+/// covered in tests/object_store.rs).
+#[test]
+fn the_http_proxy_ships_its_sealed_files_as_it_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let url = format!("file://{}", store.display());
+    let Setup {
+        server: _server,
+        proxy: p,
+        addr,
+        audit,
+    } = setup(
+        dir.path(),
+        &["--json"],
+        &["--ship", &url, "--ship-timeout", "20s"],
+    );
+    let list = r#"{"jsonrpc":"2.0","id":7,"method":"tools/list","params":{"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{},"io.modelcontextprotocol/clientInfo":{"name":"shipper-test","version":"1"}}}}"#;
+    let headers = [
+        ("MCP-Protocol-Version", "2026-07-28"),
+        ("Mcp-Method", "tools/list"),
+    ];
+    for _ in 0..3 {
+        let (status, _, answer) = http(addr, "POST", &headers, list);
+        assert_eq!(status, 200, "{answer}");
+    }
+    assert!(stop(p).success());
+    let sealed: Vec<PathBuf> = walk_files(&audit)
+        .into_iter()
+        .filter(|f| f.extension().is_some_and(|x| x == "parquet"))
+        .filter(|f| !f.starts_with(audit.join("_flightrec")))
+        .collect();
+    assert!(!sealed.is_empty(), "the stop sealed a file");
+    for f in &sealed {
+        let shipped = store.join(f.strip_prefix(&audit).unwrap());
+        assert_eq!(
+            std::fs::read(&shipped).unwrap_or_default(),
+            std::fs::read(f).unwrap(),
+            "{} shipped as is",
+            f.display()
+        );
+    }
+    let out = common::run(&["audit", "verify", &url]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    assert_eq!(dir_rows(&audit).len(), 3);
+}
