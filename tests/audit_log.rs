@@ -236,19 +236,6 @@ fn verify(dir: &Path) -> Output {
     run(&["audit", "verify", dir.to_str().unwrap()])
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let target = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &target);
-        } else {
-            std::fs::copy(e.path(), target).unwrap();
-        }
-    }
-}
-
 #[test]
 fn verify_detects_every_kind_of_tampering() {
     let base = tempfile::tempdir().unwrap();
@@ -333,7 +320,7 @@ fn verify_detects_every_kind_of_tampering() {
     ];
     for (name, tamper, code, needle) in cases {
         let dir = base.path().join(name.replace(' ', "-"));
-        copy_dir(&pristine, &dir);
+        common::copy_dir(&pristine, &dir);
         let files = layout::data_files(&dir).unwrap();
         tamper(&files);
         let out = verify(&dir);

@@ -349,7 +349,7 @@ fn shipped_files_carry_a_compliance_lock_the_store_enforces() {
     moto.bucket("audit-unlocked", false);
     let tmp = tempfile::tempdir().unwrap();
     let audit = tmp.path().join("audit");
-    copy_dir(
+    common::copy_dir(
         &common::root().join("recordings/live-healthimaging"),
         &audit,
     );
@@ -358,6 +358,21 @@ fn shipped_files_carry_a_compliance_lock_the_store_enforces() {
 
     // A bucket without Object Lock refuses a locked upload: the files wait,
     // and the error names the key and what the store said.
+    let ship_locked = || {
+        run_with(
+            &ep,
+            &[
+                "audit",
+                "ship",
+                d,
+                "s3://audit-locked/fleet",
+                "--retain",
+                "1d",
+                "--lock",
+                "compliance",
+            ],
+        )
+    };
     let out = run_with(
         &ep,
         &[
@@ -380,19 +395,7 @@ fn shipped_files_carry_a_compliance_lock_the_store_enforces() {
     assert!(err.contains("the store said 400"), "{err}");
     assert_eq!(status_json(&audit)["waiting"].as_array().unwrap().len(), 2);
 
-    let out = run_with(
-        &ep,
-        &[
-            "audit",
-            "ship",
-            d,
-            "s3://audit-locked/fleet",
-            "--retain",
-            "1d",
-            "--lock",
-            "compliance",
-        ],
-    );
+    let out = ship_locked();
     assert!(out.status.success(), "{}", common::stderr(&out));
     let status = status_json(&audit);
     assert_eq!(status["waiting"], json!([]), "{status}");
@@ -417,19 +420,7 @@ fn shipped_files_carry_a_compliance_lock_the_store_enforces() {
         assert_eq!(deleted.trim(), "refused: AccessDenied", "{key}");
     }
     // Shipping again ships nothing and changes nothing.
-    let out = run_with(
-        &ep,
-        &[
-            "audit",
-            "ship",
-            d,
-            "s3://audit-locked/fleet",
-            "--retain",
-            "1d",
-            "--lock",
-            "compliance",
-        ],
-    );
+    let out = ship_locked();
     assert!(out.status.success());
     assert!(
         common::stderr(&out).contains("0 file(s) shipped"),
@@ -445,7 +436,7 @@ fn an_object_already_under_a_shipped_name_is_never_overwritten() {
     moto.bucket("audit-taken", false);
     let tmp = tempfile::tempdir().unwrap();
     let audit = tmp.path().join("audit");
-    copy_dir(
+    common::copy_dir(
         &common::root().join("recordings/live-healthimaging"),
         &audit,
     );
@@ -477,19 +468,6 @@ fn an_object_already_under_a_shipped_name_is_never_overwritten() {
     // Order is kept: the later file waits behind the refused one.
     assert_eq!(status_json(&audit)["waiting"].as_array().unwrap().len(), 2);
     assert_eq!(moto.tool(&["keys", "audit-taken", "p/"]).lines().count(), 1);
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let target = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &target);
-        } else {
-            std::fs::copy(e.path(), &target).unwrap();
-        }
-    }
 }
 
 /// Three days of calls from two writers, in many small files.

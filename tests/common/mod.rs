@@ -320,3 +320,17 @@ pub fn sdk_http_server(extra: &[&str]) -> (Guard, u16) {
     }
     (guard, port)
 }
+
+/// Copies a directory tree (an audit directory a test then changes).
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), &target).unwrap();
+        }
+    }
+}
