@@ -17,7 +17,7 @@ use crate::policy::{
 };
 use crate::replay::decisions::DecisionsWriter;
 use crate::replay::report::{Accumulator, CandidateReport, Report, Seen};
-use crate::replay::source::{EventRef, Pending, Reorder, SourceStats, merge, recorded_events};
+use crate::replay::source::{EventRef, Reorder, Segment, SourceStats, merge, recorded_events};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::io::IsTerminal;
@@ -96,7 +96,7 @@ pub(crate) fn recorded_stream(
     config: &ReplayConfig,
     with_args: bool,
     stats: Arc<Mutex<SourceStats>>,
-) -> Result<impl Iterator<Item = Result<Pending, AuditError>> + use<>, AuditError> {
+) -> Result<impl Iterator<Item = Result<Segment, AuditError>> + use<>, AuditError> {
     let mut groups = Vec::new();
     for input in inputs {
         groups.push(resolve_inputs(
@@ -118,7 +118,7 @@ pub(crate) fn stream_files(
     config: &ReplayConfig,
     with_args: bool,
     stats: Arc<Mutex<SourceStats>>,
-) -> Result<impl Iterator<Item = Result<Pending, AuditError>> + use<>, AuditError> {
+) -> Result<impl Iterator<Item = Result<Segment, AuditError>> + use<>, AuditError> {
     let mut streams = Vec::new();
     for (i, files) in inputs.into_iter().enumerate() {
         // Each writer's chain is one stream (nearly in time order); the
@@ -135,9 +135,9 @@ pub(crate) fn stream_files(
     Ok(merge(streams))
 }
 
-/// Replays an already-ordered event stream (recorded or generated).
+/// Replays an already-ordered stream of event segments.
 pub fn run_events(
-    events: impl Iterator<Item = Result<Pending, AuditError>>,
+    events: impl Iterator<Item = Result<Segment, AuditError>>,
     input_names: Vec<String>,
     candidates: Vec<Candidate>,
     config: &ReplayConfig,
@@ -150,7 +150,7 @@ pub fn run_events(
     let mut senders = Vec::new();
     let mut workers = Vec::new();
     for (index, c) in candidates.into_iter().enumerate() {
-        let (tx, rx) = sync_channel::<Arc<Vec<Pending>>>(4);
+        let (tx, rx) = sync_channel::<Arc<Vec<Segment>>>(4);
         senders.push(tx);
         let approvals = config.approvals;
         let part = decisions_dir.as_ref().map(|d| {
@@ -170,24 +170,29 @@ pub fn run_events(
         config.progress_total,
         config.progress && std::io::stderr().is_terminal(),
     );
-    let mut chunk = Vec::with_capacity(CHUNK);
+    // Segments go to the candidates in chunks of about CHUNK events: one
+    // hand-off per chunk, shared by every candidate, read-only.
+    let mut chunk = Vec::new();
+    let mut in_chunk = 0;
     let mut source_error = None;
-    for event in events {
-        let event = match event {
-            Ok(e) => e,
+    for segment in events {
+        let segment = match segment {
+            Ok(s) if s.is_empty() => continue,
+            Ok(s) => s,
             Err(e) => {
                 source_error = Some(e);
                 break;
             }
         };
-        count += 1;
-        progress.inc(1);
-        let ts = event.0.ts(event.1);
-        first_ts.get_or_insert(ts);
-        last_ts = Some(ts);
-        chunk.push(event);
-        if chunk.len() == CHUNK {
-            let full = Arc::new(std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK)));
+        count += segment.len() as u64;
+        progress.inc(segment.len() as u64);
+        first_ts.get_or_insert(segment.first_ts());
+        last_ts = Some(segment.last_ts());
+        in_chunk += segment.len();
+        chunk.push(segment);
+        if in_chunk >= CHUNK {
+            let full = Arc::new(std::mem::take(&mut chunk));
+            in_chunk = 0;
             for tx in &senders {
                 let _ = tx.send(full.clone());
             }
@@ -362,7 +367,7 @@ type WorkerResult = Result<(CandidateReport, Option<PathBuf>), AuditError>;
 
 fn worker(
     c: Candidate,
-    rx: Receiver<Arc<Vec<Pending>>>,
+    rx: Receiver<Arc<Vec<Segment>>>,
     approvals: ApprovalMode,
     part: Option<PathBuf>,
 ) -> WorkerResult {
@@ -375,8 +380,11 @@ fn worker(
         None => None,
     };
     for chunk in rx {
-        for (batch, row) in chunk.iter() {
-            let e = batch.event(*row);
+        for (batch, row) in chunk
+            .iter()
+            .flat_map(|s| s.rows().iter().map(|r| (&s.batch, *r)))
+        {
+            let e = batch.event(row);
             let d = decider.decide(&c.policy, &mut state, &e, approvals, &mut acc);
             if let Some(w) = &mut out {
                 w.push(

@@ -155,7 +155,7 @@ pub fn replay_mixed(
             Accumulator::new(&c.name, &c.file, &c.policy.sha256).with_guards(c.policy.has_guards());
         let mut per_agent = BTreeMap::new();
         let mut background = Recorded {
-            events: events.peekable(),
+            events: crate::replay::source::events_of(events).peekable(),
             decider: RecordedDecider::default(),
             acc: &mut acc,
             per_agent: &mut per_agent,

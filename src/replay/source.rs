@@ -18,7 +18,7 @@ use crate::policy::{Category, Outcome, Risk};
 use arrow::array::{Array, AsArray, PrimitiveArray, StringArray};
 use arrow::datatypes::{TimestampMicrosecondType, UInt64Type};
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::BinaryHeap;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -143,8 +143,126 @@ impl<'b> EventRef<'b> {
     }
 }
 
-/// An event waiting in the pipeline: its batch and row.
+/// One event on its own: its batch and row.
 pub type Pending = (Arc<EventBatch>, u32);
+
+/// Consecutive events of one decoded batch, in replay order: positions
+/// `start..end` of the batch's kept rows, non-decreasing in `ts`. The
+/// pipeline from the reader to the deciders moves segments, not events:
+/// an in-order batch travels as one segment, whatever its length.
+#[derive(Clone)]
+pub struct Segment {
+    pub batch: Arc<EventBatch>,
+    start: u32,
+    end: u32,
+    /// The arrival number of the first event (within its stream), which
+    /// breaks ties in time stably.
+    arrival: u64,
+}
+
+impl Segment {
+    pub fn len(&self) -> usize {
+        (self.end - self.start) as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.start == self.end
+    }
+
+    /// The batch rows of the segment's events, in order.
+    pub fn rows(&self) -> &[u32] {
+        &self.batch.rows[self.start as usize..self.end as usize]
+    }
+
+    /// `ts` of the segment's `i`-th event.
+    fn ts_at(&self, i: usize) -> i64 {
+        self.batch.ts(self.batch.rows[self.start as usize + i])
+    }
+
+    pub fn first_ts(&self) -> i64 {
+        self.ts_at(0)
+    }
+
+    pub fn last_ts(&self) -> i64 {
+        self.ts_at(self.len() - 1)
+    }
+
+    /// The (ts, arrival) key of the first event.
+    fn head(&self) -> (i64, u64) {
+        (self.first_ts(), self.arrival)
+    }
+
+    /// How many leading events satisfy `keep` (which must hold for a
+    /// prefix of the segment and then not).
+    fn prefix(&self, keep: impl Fn(i64, u64) -> bool) -> usize {
+        let (mut lo, mut hi) = (0, self.len());
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if keep(self.ts_at(mid), self.arrival + mid as u64) {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        lo
+    }
+
+    /// Splits off the first `n` events.
+    fn take_front(&mut self, n: usize) -> Segment {
+        let front = Segment {
+            batch: self.batch.clone(),
+            start: self.start,
+            end: self.start + n as u32,
+            arrival: self.arrival,
+        };
+        self.start += n as u32;
+        self.arrival += n as u64;
+        front
+    }
+
+    /// The segment's events one by one.
+    pub fn events(&self) -> impl Iterator<Item = Pending> + '_ {
+        self.rows().iter().map(|r| (self.batch.clone(), *r))
+    }
+}
+
+/// A batch's kept rows as segments: each maximal run in `ts` order.
+fn segments_of(batch: Arc<EventBatch>) -> Vec<Segment> {
+    let mut out = Vec::new();
+    let n = batch.rows.len();
+    let mut start = 0;
+    for i in 1..=n {
+        if i == n || batch.ts(batch.rows[i]) < batch.ts(batch.rows[i - 1]) {
+            out.push(Segment {
+                batch: batch.clone(),
+                start: start as u32,
+                end: i as u32,
+                arrival: 0,
+            });
+            start = i;
+        }
+    }
+    out
+}
+
+/// Segments as single events (for consumers that step one call at a time).
+pub fn events_of(
+    segments: impl Iterator<Item = Result<Segment, AuditError>>,
+) -> impl Iterator<Item = Result<Pending, AuditError>> {
+    segments.flat_map(
+        |s| -> Box<dyn Iterator<Item = Result<Pending, AuditError>>> {
+            match s {
+                Err(e) => Box::new(std::iter::once(Err(e))),
+                Ok(s) => Box::new(
+                    s.rows()
+                        .to_vec()
+                        .into_iter()
+                        .map(move |r| Ok((s.batch.clone(), r))),
+                ),
+            }
+        },
+    )
+}
 
 /// Counts of what reading saw besides the events it yields.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -176,14 +294,15 @@ pub const REPLAY_COLUMNS: [&str; 14] = [
     col::CONTINUES,
 ];
 
-/// Reads a recorded input's `tools/call` rows as events, batch by batch.
+/// Reads a recorded input's `tools/call` rows as segments of events,
+/// batch by batch (each batch's in-order runs).
 pub fn recorded_events(
     files: Vec<crate::audit::remote::DataFile>,
     input: usize,
     filter: RowFilter,
     with_args: bool,
     stats: Arc<std::sync::Mutex<SourceStats>>,
-) -> impl Iterator<Item = Result<Pending, AuditError>> {
+) -> impl Iterator<Item = Result<Segment, AuditError>> {
     let mut columns = REPLAY_COLUMNS.to_vec();
     if with_args {
         columns.push(col::ARGS_JSON);
@@ -195,7 +314,7 @@ pub fn recorded_events(
         ..ScanOptions::default().columns(&columns)
     };
     scan(files, options).flat_map(
-        move |batch| -> Box<dyn Iterator<Item = Result<Pending, AuditError>>> {
+        move |batch| -> Box<dyn Iterator<Item = Result<Segment, AuditError>>> {
             match batch.and_then(|b| decode_batch(&b, input, &filter, with_args)) {
                 Err(e) => Box::new(std::iter::once(Err(e))),
                 Ok((batch, non_calls, filtered)) => {
@@ -203,9 +322,7 @@ pub fn recorded_events(
                     s.non_calls += non_calls;
                     s.filtered += filtered;
                     drop(s);
-                    let batch = Arc::new(batch);
-                    let rows = batch.rows.clone();
-                    Box::new(rows.into_iter().map(move |r| Ok((batch.clone(), r))))
+                    Box::new(segments_of(Arc::new(batch)).into_iter().map(Ok))
                 }
             }
         },
@@ -371,13 +488,15 @@ fn decode_batch(
 
 /// Sorts a nearly-sorted stream by `ts` within a window of event time.
 ///
-/// Events that arrive in order (the common case) queue in a deque at O(1);
-/// only out-of-order ones go through a heap. An event is released once the
-/// newest time seen is a full window past it.
+/// Works on segments (runs already in order): buffered segments sit in a
+/// heap by their first event's (ts, arrival); the earliest gives out the
+/// longest prefix that is due (a full window older than the newest time
+/// seen) and sorts before every other buffered event. An in-order input
+/// passes through a batch at a time. An event older than one already given
+/// out is too late to sort in: it is given out as it arrives and counted.
 pub struct Reorder<I> {
     inner: I,
     window_us: i64,
-    in_order: VecDeque<(i64, u64, Pending)>,
     heap: BinaryHeap<Reverse<(i64, u64, HeapSlot)>>,
     arrivals: u64,
     max_seen: i64,
@@ -387,7 +506,7 @@ pub struct Reorder<I> {
 }
 
 /// Heap payload ordered only by the key in front of it.
-struct HeapSlot(Pending);
+struct HeapSlot(Segment);
 
 impl PartialEq for HeapSlot {
     fn eq(&self, _: &Self) -> bool {
@@ -411,7 +530,6 @@ impl<I> Reorder<I> {
         Reorder {
             inner,
             window_us,
-            in_order: VecDeque::new(),
             heap: BinaryHeap::new(),
             arrivals: 0,
             max_seen: i64::MIN,
@@ -421,34 +539,35 @@ impl<I> Reorder<I> {
         }
     }
 
-    /// The (ts, arrival) key of the earliest buffered event, and whether it
-    /// is in the deque.
-    fn earliest(&self) -> Option<((i64, u64), bool)> {
-        let a = self.in_order.front().map(|(t, n, _)| (*t, *n));
-        let b = self.heap.peek().map(|Reverse((t, n, _))| (*t, *n));
-        match (a, b) {
-            (Some(a), Some(b)) => Some(if a <= b { (a, true) } else { (b, false) }),
-            (Some(a), None) => Some((a, true)),
-            (None, Some(b)) => Some((b, false)),
-            (None, None) => None,
-        }
+    fn buffer(&mut self, s: Segment) {
+        let (ts, arrival) = s.head();
+        self.heap.push(Reverse((ts, arrival, HeapSlot(s))));
     }
 }
 
-impl<I: Iterator<Item = Result<Pending, AuditError>>> Iterator for Reorder<I> {
-    type Item = Result<Pending, AuditError>;
+impl<I: Iterator<Item = Result<Segment, AuditError>>> Iterator for Reorder<I> {
+    type Item = Result<Segment, AuditError>;
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
-            if let Some(((ts, _), from_deque)) = self.earliest() {
-                if self.done || ts <= self.max_seen.saturating_sub(self.window_us) {
-                    self.last_out = self.last_out.max(ts);
-                    let p = if from_deque {
-                        self.in_order.pop_front().expect("earliest").2
-                    } else {
-                        self.heap.pop().expect("earliest").0.2.0
-                    };
-                    return Some(Ok(p));
+            let horizon = if self.done {
+                i64::MAX
+            } else {
+                self.max_seen.saturating_sub(self.window_us)
+            };
+            if let Some(Reverse((ts, _, _))) = self.heap.peek() {
+                if *ts <= horizon {
+                    let Reverse((_, _, HeapSlot(mut s))) = self.heap.pop().expect("peeked");
+                    let next = self.heap.peek().map(|Reverse((t, a, _))| (*t, *a));
+                    let n = s.prefix(|ts, arrival| {
+                        ts <= horizon && next.is_none_or(|k| (ts, arrival) < k)
+                    });
+                    let out = s.take_front(n.max(1));
+                    if !s.is_empty() {
+                        self.buffer(s);
+                    }
+                    self.last_out = self.last_out.max(out.last_ts());
+                    return Some(Ok(out));
                 }
             } else if self.done {
                 return None;
@@ -456,53 +575,73 @@ impl<I: Iterator<Item = Result<Pending, AuditError>>> Iterator for Reorder<I> {
             match self.inner.next() {
                 None => self.done = true,
                 Some(Err(e)) => return Some(Err(e)),
-                Some(Ok(p)) => {
-                    let ts = p.0.ts(p.1);
-                    if ts < self.last_out {
-                        // Too late to sort in: replay it now, and say so.
-                        self.stats.lock().expect("stats lock").late += 1;
-                        return Some(Ok(p));
+                Some(Ok(mut s)) if !s.is_empty() => {
+                    s.arrival = self.arrivals;
+                    self.arrivals += s.len() as u64;
+                    self.max_seen = self.max_seen.max(s.last_ts());
+                    let last_out = self.last_out;
+                    let late = s.prefix(|ts, _| ts < last_out);
+                    if late > 0 {
+                        // Too late to sort in: given out now, and said so.
+                        self.stats.lock().expect("stats lock").late += late as u64;
+                        let out = s.take_front(late);
+                        if !s.is_empty() {
+                            self.buffer(s);
+                        }
+                        return Some(Ok(out));
                     }
-                    self.arrivals += 1;
-                    let in_order = self.in_order.back().is_none_or(|(t, _, _)| ts >= *t);
-                    if in_order {
-                        self.in_order.push_back((ts, self.arrivals, p));
-                    } else {
-                        self.heap.push(Reverse((ts, self.arrivals, HeapSlot(p))));
-                    }
-                    self.max_seen = self.max_seen.max(ts);
+                    self.buffer(s);
                 }
+                Some(Ok(_)) => {}
             }
         }
     }
 }
 
-/// Merges time-ordered streams by (ts, input order, arrival order).
-pub fn merge<I>(streams: Vec<I>) -> impl Iterator<Item = Result<Pending, AuditError>>
+/// Merges time-ordered streams by (ts, input order, arrival order), a
+/// segment at a time: the stream whose next event is earliest gives out
+/// the prefix of its segment that sorts before every other stream's next
+/// event.
+pub fn merge<I>(streams: Vec<I>) -> impl Iterator<Item = Result<Segment, AuditError>>
 where
-    I: Iterator<Item = Result<Pending, AuditError>>,
+    I: Iterator<Item = Result<Segment, AuditError>>,
 {
-    let mut streams: Vec<std::iter::Peekable<I>> =
-        streams.into_iter().map(Iterator::peekable).collect();
+    let mut streams: Vec<I> = streams;
+    let mut heads: Vec<Option<Segment>> = streams.iter().map(|_| None).collect();
+    let mut ended = vec![false; streams.len()];
     std::iter::from_fn(move || {
         if streams.len() == 1 {
             return streams[0].next();
         }
-        let mut best: Option<(usize, i64)> = None;
         for (i, s) in streams.iter_mut().enumerate() {
-            match s.peek() {
-                None => continue,
-                Some(Err(_)) => return s.next(),
-                Some(Ok((b, r))) => {
-                    let ts = b.ts(*r);
-                    if best.is_none_or(|(_, t)| ts < t) {
-                        best = Some((i, ts));
-                    }
+            while heads[i].is_none() && !ended[i] {
+                match s.next() {
+                    None => ended[i] = true,
+                    Some(Err(e)) => return Some(Err(e)),
+                    Some(Ok(seg)) if seg.is_empty() => {}
+                    Some(Ok(seg)) => heads[i] = Some(seg),
                 }
             }
         }
-        let (i, _) = best?;
-        streams[i].next()
+        let key = |i: usize, h: &Option<Segment>| h.as_ref().map(|s| (s.first_ts(), i));
+        let best = heads
+            .iter()
+            .enumerate()
+            .filter_map(|(i, h)| key(i, h))
+            .min()?;
+        let bound = heads
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != best.1)
+            .filter_map(|(i, h)| key(i, h))
+            .min();
+        let seg = heads[best.1].as_mut().expect("best has a head");
+        let n = seg.prefix(|ts, _| bound.is_none_or(|b| (ts, best.1) < b));
+        let out = seg.take_front(n.max(1));
+        if seg.is_empty() {
+            heads[best.1] = None;
+        }
+        Some(Ok(out))
     })
 }
 
@@ -511,8 +650,17 @@ mod tests {
     use super::*;
     use crate::audit::schema::{AuditRow, rows_to_batch};
 
-    /// One batch holding the given (ts, id) events, all calls.
-    fn events(items: &[(i64, &str)], input: usize) -> Vec<Result<Pending, AuditError>> {
+    /// The given (ts, id) events, all calls: one batch per event (so the
+    /// reorder sees them one at a time, in any order).
+    fn events(items: &[(i64, &str)], input: usize) -> Vec<Result<Segment, AuditError>> {
+        items
+            .iter()
+            .flat_map(|(ts, id)| batch_of(&[(*ts, id)], input))
+            .collect()
+    }
+
+    /// One batch holding the given events (its in-order runs as segments).
+    fn batch_of(items: &[(i64, &str)], input: usize) -> Vec<Result<Segment, AuditError>> {
         let rows: Vec<AuditRow> = items
             .iter()
             .map(|(ts, id)| AuditRow {
@@ -524,18 +672,16 @@ mod tests {
             .collect();
         let (batch, _, _) =
             decode_batch(&rows_to_batch(&rows), input, &RowFilter::default(), false).unwrap();
-        let batch = Arc::new(batch);
-        (0..items.len() as u32)
-            .map(|r| Ok((batch.clone(), r)))
-            .collect()
+        segments_of(Arc::new(batch)).into_iter().map(Ok).collect()
     }
 
-    fn ids(it: impl Iterator<Item = Result<Pending, AuditError>>) -> Vec<String> {
-        it.map(|e| {
-            let (b, r) = e.unwrap();
-            b.event(r).event_id().to_string()
-        })
-        .collect()
+    fn ids(it: impl Iterator<Item = Result<Segment, AuditError>>) -> Vec<String> {
+        events_of(it)
+            .map(|e| {
+                let (b, r) = e.unwrap();
+                b.event(r).event_id().to_string()
+            })
+            .collect()
     }
 
     #[test]
@@ -563,6 +709,100 @@ mod tests {
         let out = ids(Reorder::new(input.into_iter(), 50, stats.clone()));
         assert_eq!(out, ["a", "b", "late", "c"]);
         assert_eq!(stats.lock().unwrap().late, 1);
+    }
+
+    /// The reorder's contract, one event at a time: buffered events leave
+    /// in (ts, arrival) order once the newest time seen is a window past
+    /// them; an event older than one already out leaves at once (late).
+    fn reference_reorder(items: &[(i64, String)], window: i64) -> (Vec<String>, u64) {
+        let (mut out, mut late) = (Vec::new(), 0);
+        let mut buf: Vec<(i64, usize, String)> = Vec::new();
+        let (mut max_seen, mut last_out) = (i64::MIN, i64::MIN);
+        let release = |buf: &mut Vec<(i64, usize, String)>,
+                       horizon: i64,
+                       out: &mut Vec<String>,
+                       last_out: &mut i64| {
+            buf.sort();
+            while buf.first().is_some_and(|e| e.0 <= horizon) {
+                let e = buf.remove(0);
+                *last_out = (*last_out).max(e.0);
+                out.push(e.2);
+            }
+        };
+        for (n, (ts, id)) in items.iter().enumerate() {
+            if *ts < last_out {
+                late += 1;
+                out.push(id.clone());
+                continue;
+            }
+            buf.push((*ts, n, id.clone()));
+            max_seen = max_seen.max(*ts);
+            release(
+                &mut buf,
+                max_seen.saturating_sub(window),
+                &mut out,
+                &mut last_out,
+            );
+        }
+        release(&mut buf, i64::MAX, &mut out, &mut last_out);
+        (out, late)
+    }
+
+    #[test]
+    fn reorder_of_segments_matches_the_event_by_event_contract() {
+        let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+        let mut next = move |m: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % m
+        };
+        for round in 0..200 {
+            let n = 1 + next(60) as usize;
+            let window = next(30) as i64;
+            // Mostly increasing times with jitter, some far behind, ties.
+            let mut t = 0i64;
+            let items: Vec<(i64, String)> = (0..n)
+                .map(|i| {
+                    t += next(4) as i64;
+                    let ts = match next(10) {
+                        0 => t - next(80) as i64,
+                        1 => t - next(8) as i64,
+                        _ => t,
+                    };
+                    (ts, format!("e{i}"))
+                })
+                .collect();
+            // Cut into batches of random sizes (each batch's runs become segments).
+            let mut segments = Vec::new();
+            let mut i = 0;
+            while i < n {
+                let len = (1 + next(12) as usize).min(n - i);
+                let part: Vec<(i64, &str)> = items[i..i + len]
+                    .iter()
+                    .map(|(t, id)| (*t, id.as_str()))
+                    .collect();
+                segments.extend(batch_of(&part, 0));
+                i += len;
+            }
+            let stats = Arc::new(std::sync::Mutex::new(SourceStats::default()));
+            let got = ids(Reorder::new(segments.into_iter(), window, stats.clone()));
+            let (want, late) = reference_reorder(&items, window);
+            assert_eq!(got, want, "round {round}: window {window}, input {items:?}");
+            assert_eq!(stats.lock().unwrap().late, late, "round {round}");
+        }
+    }
+
+    #[test]
+    fn merge_of_segments_interleaves_by_time_then_input() {
+        let a = batch_of(&[(1, "a1"), (4, "a4"), (5, "a5"), (9, "a9")], 0);
+        let b = batch_of(&[(2, "b2"), (4, "b4"), (5, "b5"), (6, "b6")], 1);
+        let c = batch_of(&[(0, "c0"), (5, "c5")], 2);
+        let out = ids(merge(vec![a.into_iter(), b.into_iter(), c.into_iter()]));
+        assert_eq!(
+            out,
+            ["c0", "a1", "b2", "a4", "b4", "a5", "b5", "c5", "b6", "a9"]
+        );
     }
 
     #[test]

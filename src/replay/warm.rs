@@ -59,7 +59,7 @@ pub fn warm_state(policy: &Policy, dir: &Path, now_us: i64) -> Result<Warm, Audi
     let mut decider = RecordedDecider::default();
     let mut acc = Accumulator::new("warm start", "", &policy.sha256);
     let mut calls = 0u64;
-    for event in events {
+    for event in crate::replay::source::events_of(events) {
         let (batch, row) = event?;
         decider.decide(
             policy,
