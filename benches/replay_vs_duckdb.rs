@@ -2,7 +2,7 @@
 //! event log `cargo bench --bench replay` generates into
 //! target/bench-data/replay-10000000): `flightrec replay` with 1 and with 3
 //! candidates (the release binary, report to /dev/null), flightrec's own
-//! scan of the columns replay reads, and DuckDB with one thread (the test
+//! scan of the columns replay reads (as replay reads them: strings as views), and DuckDB with one thread (the test
 //! venv's Python) computing `count(*)`, distinct sessions, agents, tools and
 //! outcomes, `sum(length(args_json))` and `max(ts)` over the same files.
 //! Three rounds, the four in turn; medians and their ratios are printed.
@@ -73,7 +73,9 @@ fn main() {
         let mut rows = 0usize;
         for b in scan(
             files.clone(),
-            ScanOptions::default().columns(&REPLAY_COLUMNS),
+            ScanOptions::default()
+                .columns(&REPLAY_COLUMNS)
+                .string_views(),
         ) {
             rows += b.unwrap().num_rows();
         }

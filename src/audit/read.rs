@@ -15,7 +15,8 @@ use arrow::datatypes::TimestampMicrosecondType;
 use parquet::arrow::ParquetRecordBatchStreamBuilder;
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::{
-    ArrowReaderBuilder, ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder,
+    ArrowReaderBuilder, ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReader,
+    ParquetRecordBatchReaderBuilder,
 };
 use parquet::arrow::async_reader::ParquetRecordBatchStream;
 use parquet::file::statistics::Statistics;
@@ -32,6 +33,12 @@ pub struct ScanOptions {
     /// Keep rows with `ts < to_us`.
     pub to_us: Option<i64>,
     pub batch_size: usize,
+    /// Read string columns as Arrow string views (`Utf8View`) instead of
+    /// `Utf8`: each value points into the decoded page (for
+    /// dictionary-encoded columns, into the dictionary) instead of being
+    /// copied row by row. Replay reads this way; readers that hand batches
+    /// on unchanged (export) keep the schema's `Utf8`.
+    pub string_views: bool,
 }
 
 impl Default for ScanOptions {
@@ -41,11 +48,18 @@ impl Default for ScanOptions {
             from_us: None,
             to_us: None,
             batch_size: 8192,
+            string_views: false,
         }
     }
 }
 
 impl ScanOptions {
+    /// Strings as views (see [`ScanOptions::string_views`]).
+    pub fn string_views(mut self) -> Self {
+        self.string_views = true;
+        self
+    }
+
     pub fn columns(mut self, names: &[&str]) -> Self {
         self.columns = Some(names.iter().map(|s| s.to_string()).collect());
         self
@@ -75,7 +89,7 @@ pub fn file_meta(file: &DataFile) -> Result<layout::FileMeta, AuditError> {
     match file {
         DataFile::Local(p) => layout::read_meta(p),
         DataFile::Remote { .. } => {
-            let builder = remote_builder(file)?;
+            let builder = remote_builder(file, false)?;
             Ok(layout::meta_of(builder.metadata().file_metadata()))
         }
     }
@@ -186,23 +200,55 @@ enum Reader {
 /// A remote file's reader builder (its footer fetched).
 fn remote_builder(
     file: &DataFile,
+    string_views: bool,
 ) -> Result<ParquetRecordBatchStreamBuilder<remote::StoreReader>, AuditError> {
-    remote::block_on(remote_builder_async(file))
+    remote::block_on(remote_builder_async(file, string_views))
 }
 
 async fn remote_builder_async(
     file: &DataFile,
+    string_views: bool,
 ) -> Result<ParquetRecordBatchStreamBuilder<remote::StoreReader>, AuditError> {
     let DataFile::Remote { dir, key, size } = file else {
         unreachable!("remote_builder takes remote files")
     };
-    let reader = remote::StoreReader::new(dir.bucket.store.clone(), key.clone(), *size);
-    ParquetRecordBatchStreamBuilder::new(reader)
+    let unreadable = |e: parquet::errors::ParquetError| AuditError::Store {
+        url: dir.url_of(key),
+        detail: format!("not a readable Parquet audit file: {e}"),
+    };
+    let mut reader = remote::StoreReader::new(dir.bucket.store.clone(), key.clone(), *size);
+    let meta = ArrowReaderMetadata::load_async(&mut reader, ArrowReaderOptions::new())
         .await
-        .map_err(|e| AuditError::Store {
-            url: dir.url_of(key),
-            detail: format!("not a readable Parquet audit file: {e}"),
+        .map_err(unreadable)?;
+    let meta = if string_views {
+        with_string_views(meta).map_err(unreadable)?
+    } else {
+        meta
+    };
+    Ok(ParquetRecordBatchStreamBuilder::new_with_metadata(
+        reader, meta,
+    ))
+}
+
+/// The same reader metadata with every `Utf8` column read as `Utf8View`.
+fn with_string_views(
+    meta: ArrowReaderMetadata,
+) -> Result<ArrowReaderMetadata, parquet::errors::ParquetError> {
+    use arrow::datatypes::{DataType, Field, Schema};
+    let fields: Vec<Field> = meta
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| match f.data_type() {
+            DataType::Utf8 => f.as_ref().clone().with_data_type(DataType::Utf8View),
+            _ => f.as_ref().clone(),
         })
+        .collect();
+    let schema = Schema::new_with_metadata(fields, meta.schema().metadata().clone());
+    ArrowReaderMetadata::try_new(
+        meta.metadata().clone(),
+        ArrowReaderOptions::new().with_schema(std::sync::Arc::new(schema)),
+    )
 }
 
 /// Applies the projection and row-group pruning of `options` to a reader
@@ -270,14 +316,18 @@ impl FileScan {
         let (reader, skipped, total) = match file {
             DataFile::Local(local) => {
                 let f = File::open(local).map_err(|e| AuditError::io("open", local, e))?;
-                let builder = ParquetRecordBatchReaderBuilder::try_new(f)
+                let mut meta = ArrowReaderMetadata::load(&f, ArrowReaderOptions::new())
                     .map_err(|e| AuditError::parquet(local, e))?;
+                if options.string_views {
+                    meta = with_string_views(meta).map_err(|e| AuditError::parquet(local, e))?;
+                }
+                let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(f, meta);
                 let (builder, skipped, total) = configure(builder, options, local)?;
                 let reader = builder.build().map_err(|e| AuditError::parquet(local, e))?;
                 (Reader::Local(reader), skipped, total)
             }
             DataFile::Remote { .. } => {
-                let builder = remote_builder(file)?;
+                let builder = remote_builder(file, options.string_views)?;
                 let (builder, skipped, total) = configure(builder, options, &path)?;
                 let stream = builder.build().map_err(|e| AuditError::parquet(&path, e))?;
                 (Reader::Remote(Box::new(stream)), skipped, total)
@@ -430,7 +480,7 @@ async fn stream_file(
 ) {
     let label = file.label();
     let opened = async {
-        let builder = remote_builder_async(file).await?;
+        let builder = remote_builder_async(file, options.string_views).await?;
         let (builder, _, _) = configure(builder, options, &label)?;
         let stream: ParquetRecordBatchStream<remote::StoreReader> = builder
             .build()

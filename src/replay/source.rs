@@ -15,7 +15,7 @@ use crate::audit::read::{ScanOptions, scan};
 use crate::audit::schema::{ApprovalOutcome, ColumnValue};
 use crate::audit::schema::{BatchView, col};
 use crate::policy::{Category, Outcome, Risk};
-use arrow::array::{Array, AsArray, PrimitiveArray, StringArray};
+use arrow::array::{Array, AsArray, PrimitiveArray, StringViewArray};
 use arrow::datatypes::{TimestampMicrosecondType, UInt64Type};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -23,16 +23,17 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
 
-/// A decoded batch of calls: Arrow columns kept as read (no per-event
-/// copies), plus the few per-row values that need parsing.
+/// A decoded batch of calls: Arrow columns kept as read (string views into
+/// the decoded pages: no per-event copies), plus the few per-row values
+/// that need parsing.
 pub struct EventBatch {
     pub input: usize,
-    event_id: StringArray,
+    event_id: StringViewArray,
     ts: PrimitiveArray<TimestampMicrosecondType>,
-    session: StringArray,
-    agent: StringArray,
-    server: Option<StringArray>,
-    tool: StringArray,
+    session: StringViewArray,
+    agent: StringViewArray,
+    server: Option<StringViewArray>,
+    tool: StringViewArray,
     category: Vec<Option<Category>>,
     risk: Vec<Option<Risk>>,
     recorded: Vec<Option<crate::policy::Verdict>>,
@@ -40,11 +41,11 @@ pub struct EventBatch {
     /// The recorded `approval` (schema 1.1; `None` in 1.0 files).
     approval: Vec<Option<ApprovalOutcome>>,
     /// Rows that continue a multi-round call (`continues` set; 1.1).
-    continues: Option<StringArray>,
+    continues: Option<StringViewArray>,
     /// `latency_us`, when the input has it.
     latency: Option<PrimitiveArray<UInt64Type>>,
     /// `args_sha256` (read with the arguments).
-    args_hash: Option<StringArray>,
+    args_hash: Option<StringViewArray>,
     args: Vec<Arc<serde_json::Value>>,
     /// Rows that are calls and pass the filters.
     pub rows: Vec<u32>,
@@ -311,7 +312,7 @@ pub fn recorded_events(
     let options = ScanOptions {
         from_us: filter.from_us,
         to_us: filter.to_us,
-        ..ScanOptions::default().columns(&columns)
+        ..ScanOptions::default().columns(&columns).string_views()
     };
     scan(files, options).flat_map(
         move |batch| -> Box<dyn Iterator<Item = Result<Segment, AuditError>>> {
@@ -329,23 +330,23 @@ pub fn recorded_events(
     )
 }
 
-/// Any Arrow string layout as a plain Utf8 array.
+/// Any Arrow string layout as string views (what replay scans read;
+/// other layouts, from foreign files or tests, are converted).
 fn utf8(
     array: &arrow::array::ArrayRef,
     name: &str,
     input: usize,
-) -> Result<StringArray, AuditError> {
-    let cast = if array.data_type() == &arrow::datatypes::DataType::Utf8 {
-        array.clone()
-    } else {
-        arrow::compute::cast(array, &arrow::datatypes::DataType::Utf8).map_err(|e| {
-            AuditError::Schema {
-                path: PathBuf::from(format!("input {}", input + 1)),
-                detail: format!("column `{name}`: {e}"),
-            }
-        })?
-    };
-    Ok(cast.as_string::<i32>().clone())
+) -> Result<StringViewArray, AuditError> {
+    if let Some(views) = array.as_string_view_opt() {
+        return Ok(views.clone());
+    }
+    let cast = arrow::compute::cast(array, &arrow::datatypes::DataType::Utf8View).map_err(|e| {
+        AuditError::Schema {
+            path: PathBuf::from(format!("input {}", input + 1)),
+            detail: format!("column `{name}`: {e}"),
+        }
+    })?;
+    Ok(cast.as_string_view().clone())
 }
 
 fn decode_batch(
@@ -359,11 +360,11 @@ fn decode_batch(
         detail,
     };
     let column = |name: &str| batch.column_by_name(name);
-    let required = |name: &str| -> Result<StringArray, AuditError> {
+    let required = |name: &str| -> Result<StringViewArray, AuditError> {
         let a = column(name).ok_or_else(|| schema_err(format!("column `{name}` is missing")))?;
         utf8(a, name, input)
     };
-    let optional = |name: &str| -> Result<Option<StringArray>, AuditError> {
+    let optional = |name: &str| -> Result<Option<StringViewArray>, AuditError> {
         column(name).map(|a| utf8(a, name, input)).transpose()
     };
     let v = BatchView::new(batch);
@@ -392,7 +393,7 @@ fn decode_batch(
         (None, None)
     };
     let n = batch.num_rows();
-    fn get(a: &Option<StringArray>, i: usize) -> Option<&str> {
+    fn get(a: &Option<StringViewArray>, i: usize) -> Option<&str> {
         a.as_ref().and_then(|a| (!a.is_null(i)).then(|| a.value(i)))
     }
     let mut rows = Vec::with_capacity(n);
@@ -420,7 +421,7 @@ fn decode_batch(
     /// Parses a column's values, reusing the previous row's result when the
     /// text repeats (these columns take a handful of values).
     fn parse<T: Copy>(
-        a: &Option<StringArray>,
+        a: &Option<StringViewArray>,
         n: usize,
         f: impl Fn(&str) -> Option<T>,
     ) -> Vec<Option<T>> {
