@@ -220,11 +220,6 @@ impl Segment {
         self.arrival += n as u64;
         front
     }
-
-    /// The segment's events one by one.
-    pub fn events(&self) -> impl Iterator<Item = Pending> + '_ {
-        self.rows().iter().map(|r| (self.batch.clone(), *r))
-    }
 }
 
 /// A batch's kept rows as segments: each maximal run in `ts` order.
