@@ -11,6 +11,11 @@
 //! (direct and proxied in a random order each round), then requests/s with
 //! 16 concurrent clients (keep-alive connections), direct then proxied.
 //!
+//! Against the Rust upstream it also measures the floor: the bare hyper
+//! forwarder `examples/http_forwarder.rs` (same runtime shape, bytes
+//! forwarded untouched, no policy or audit log), so the figures separate
+//! what any proxy costs on this machine from what flightrec adds.
+//!
 //! Run: `cargo bench --bench http_latency`.
 
 mod support;
@@ -203,8 +208,47 @@ fn report(name: &str, direct: SocketAddr, proxied: SocketAddr, calls: usize, sec
     );
 }
 
+/// The bare forwarder in front of `upstream`.
+fn forwarder(upstream: SocketAddr) -> (Guard, SocketAddr) {
+    let workers = std::env::var("FORWARDER_WORKERS").unwrap_or_else(|_| "2".into());
+    let mut child = Command::new(target_dir().join("examples/http_forwarder"))
+        .arg(format!("http://{upstream}/mcp"))
+        .arg(workers)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = BufReader::new(child.stdout.take().unwrap());
+    let addr = address_from(out, "listening on ");
+    (Guard(child), addr)
+}
+
+/// What a proxy costs at all: the bare forwarder against the same
+/// upstream, then 16-client throughput of direct, bare and flightrec in
+/// one sitting.
+fn floor(direct: SocketAddr, proxied: SocketAddr, calls: usize, secs: f64) {
+    let (g, bare) = forwarder(direct);
+    let (d50, d99, b50, b99) = latency(direct, bare, calls, calls / 10);
+    println!("Bare hyper forwarder (no parsing, no policy, no audit log), same upstream:");
+    println!(
+        "  added         p50 {:9.1} µs   p99 {:9.1} µs",
+        b50 - d50,
+        b99 - d99
+    );
+    let direct_rps = throughput(direct, 16, secs);
+    let bare_rps = throughput(bare, 16, secs);
+    let ours_rps = throughput(proxied, 16, secs);
+    println!(
+        "  16 clients: direct {direct_rps:9.0}   bare forwarder {bare_rps:9.0} ({:.0}% of direct)   flightrec {ours_rps:9.0} ({:.0}% of direct, {:.0}% of the bare forwarder) req/s",
+        100.0 * bare_rps / direct_rps,
+        100.0 * ours_rps / direct_rps,
+        100.0 * ours_rps / bare_rps
+    );
+    drop(g);
+}
+
 fn main() {
     build_release("http_mcp_server");
+    build_release("http_forwarder");
     let dir = tempfile::tempdir().unwrap();
 
     let mut rust = Command::new(target_dir().join("examples/http_mcp_server"))
@@ -217,6 +261,7 @@ fn main() {
     let rust = Guard(rust);
     let (p1, proxied) = proxy(rust_addr, dir.path());
     report("Rust upstream", rust_addr, proxied, 5_000, 3.0);
+    floor(rust_addr, proxied, 5_000, 3.0);
     drop(p1);
     drop(rust);
 
