@@ -195,11 +195,7 @@ fn report(name: &str, direct: SocketAddr, proxied: SocketAddr, calls: usize, sec
     println!("{name}: {calls} sequential tools/call round trips each, random order per round");
     println!("  direct        p50 {d50:9.1} µs   p99 {d99:9.1} µs");
     println!("  through proxy p50 {p50:9.1} µs   p99 {p99:9.1} µs   (audit log on)");
-    println!(
-        "  added         p50 {:9.1} µs   p99 {:9.1} µs",
-        p50 - d50,
-        p99 - d99
-    );
+    print_added(d50, d99, p50, p99);
     let direct_rps = throughput(direct, 16, secs);
     let proxied_rps = throughput(proxied, 16, secs);
     println!(
@@ -208,18 +204,34 @@ fn report(name: &str, direct: SocketAddr, proxied: SocketAddr, calls: usize, sec
     );
 }
 
-/// The bare forwarder in front of `upstream`.
-fn forwarder(upstream: SocketAddr) -> (Guard, SocketAddr) {
-    let workers = std::env::var("FORWARDER_WORKERS").unwrap_or_else(|_| "2".into());
-    let mut child = Command::new(target_dir().join("examples/http_forwarder"))
-        .arg(format!("http://{upstream}/mcp"))
-        .arg(workers)
+/// Starts one of the bench's example servers and reads the address it
+/// prints (`listening on ADDR`).
+fn example(name: &str, args: &[String]) -> (Guard, SocketAddr) {
+    let mut child = Command::new(target_dir().join("examples").join(name))
+        .args(args)
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
     let out = BufReader::new(child.stdout.take().unwrap());
     let addr = address_from(out, "listening on ");
     (Guard(child), addr)
+}
+
+/// The bare forwarder in front of `upstream`.
+fn forwarder(upstream: SocketAddr) -> (Guard, SocketAddr) {
+    let workers = std::env::var("FORWARDER_WORKERS").unwrap_or_else(|_| "2".into());
+    example(
+        "http_forwarder",
+        &[format!("http://{upstream}/mcp"), workers],
+    )
+}
+
+fn print_added(d50: f64, d99: f64, p50: f64, p99: f64) {
+    println!(
+        "  added         p50 {:9.1} µs   p99 {:9.1} µs",
+        p50 - d50,
+        p99 - d99
+    );
 }
 
 /// What a proxy costs at all: the bare forwarder against the same
@@ -229,11 +241,7 @@ fn floor(direct: SocketAddr, proxied: SocketAddr, calls: usize, secs: f64) {
     let (g, bare) = forwarder(direct);
     let (d50, d99, b50, b99) = latency(direct, bare, calls, calls / 10);
     println!("Bare hyper forwarder (no parsing, no policy, no audit log), same upstream:");
-    println!(
-        "  added         p50 {:9.1} µs   p99 {:9.1} µs",
-        b50 - d50,
-        b99 - d99
-    );
+    print_added(d50, d99, b50, b99);
     let direct_rps = throughput(direct, 16, secs);
     let bare_rps = throughput(bare, 16, secs);
     let ours_rps = throughput(proxied, 16, secs);
@@ -251,14 +259,7 @@ fn main() {
     build_release("http_forwarder");
     let dir = tempfile::tempdir().unwrap();
 
-    let mut rust = Command::new(target_dir().join("examples/http_mcp_server"))
-        .arg("0")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let out = BufReader::new(rust.stdout.take().unwrap());
-    let rust_addr = address_from(out, "listening on ");
-    let rust = Guard(rust);
+    let (rust, rust_addr) = example("http_mcp_server", &["0".to_string()]);
     let (p1, proxied) = proxy(rust_addr, dir.path());
     report("Rust upstream", rust_addr, proxied, 5_000, 3.0);
     floor(rust_addr, proxied, 5_000, 3.0);
