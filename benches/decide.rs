@@ -190,3 +190,55 @@ fn bench_warm(bencher: Bencher, policy: Policy) {
         })
         .bench_local_refs(|state| decide_all(&policy, state, &w, 0));
 }
+
+/// The floor under `warm_state`: the least any exact per-session sliding
+/// limit can cost on this workload. The same calls and warm-up, but no
+/// policy, no strings, no rule evaluation and no reservations: one hash
+/// table keyed by (tool, session) as one integer, each value a fixed ring
+/// of the last five call times kept inline (the bench policy's `max: 5` in
+/// 10 s), plus the global counter. What is left is the memory traffic of
+/// 240,000 counter instances touched at random.
+#[divan::bench(sample_count = 20)]
+fn floor_bare_sliding_logs(bencher: Bencher) {
+    const WINDOW_US: i64 = 10_000_000;
+    const MAX: usize = 5;
+    #[derive(Clone, Copy, Default)]
+    struct Ring {
+        len: u8,
+        head: u8,
+        ts: [i64; MAX],
+    }
+    fn run(map: &mut hashbrown::HashMap<u64, Ring>, w: &Workload, shift_us: i64) -> usize {
+        let mut allowed = 0;
+        let mut global = 0i64;
+        for &(ts, s, t, _) in &w.calls {
+            let now = ts + shift_us;
+            global += 1;
+            if t as usize >= TOOLS {
+                allowed += 1;
+                continue;
+            }
+            let ring = map.entry(((t as u64) << 32) | s as u64).or_default();
+            while ring.len > 0 && ring.ts[ring.head as usize] <= now - WINDOW_US {
+                ring.head = ((ring.head as usize + 1) % MAX) as u8;
+                ring.len -= 1;
+            }
+            if (ring.len as usize) < MAX {
+                ring.ts[(ring.head as usize + ring.len as usize) % MAX] = now;
+                ring.len += 1;
+                allowed += 1;
+            }
+        }
+        allowed + (global as usize & 1)
+    }
+    let w = workload();
+    let span = w.calls.last().unwrap().0 - w.calls[0].0 + 1;
+    bencher
+        .counter(ItemsCount::new(CALLS))
+        .with_inputs(|| {
+            let mut map = hashbrown::HashMap::new();
+            run(&mut map, &w, -span);
+            map
+        })
+        .bench_local_refs(|map| run(map, &w, 0));
+}

@@ -15,7 +15,8 @@ use serde_json::json;
 
 const SEC: i64 = 1_000_000;
 const T0: i64 = 1_795_564_800 * SEC;
-const SESSIONS: [&str; 3] = ["s0", "s1", "s2"];
+// One session id longer than the state keeps inline in its tables.
+const SESSIONS: [&str; 3] = ["s0", "s1", "session-7f3c9a2e-5b1d-4c8e-9f60-2a7d3e1b8c45"];
 const AGENTS: [&str; 2] = ["a0", "a1"];
 const TOOLS: [&str; 3] = ["t0", "t1", "t2"];
 

@@ -13,6 +13,7 @@ pub(crate) mod canonical;
 pub(crate) mod condition;
 pub(crate) mod engine;
 pub(crate) mod error;
+pub(crate) mod instances;
 pub(crate) mod load;
 pub(crate) mod model;
 pub(crate) mod state;

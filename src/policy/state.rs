@@ -11,20 +11,23 @@
 //! rolls them back (the upstream answered with a JSON-RPC error). Time is
 //! always an argument: nothing here reads a clock.
 //!
+//! Layout: each counter's instances sit in an [`Instances`] table, one
+//! 64-byte cache line per instance holding its scope key inline and its
+//! slot; a short sliding log of single calls stays inside the slot
+//! ([`LogEntries`]), so deciding a call waits for one line per counter it
+//! reserves, not for a key, a table entry and a log buffer apart.
+//!
 //! The decision core talks to counters only through the [`CounterStore`]
 //! trait: [`PolicyState`] is the in-memory home (replay, the fuzzer, a proxy
 //! without a shared store); a shared store implements the same four
 //! operations.
 
+use crate::policy::instances::{Instances, ScopeText};
 use crate::policy::model::{CounterDef, Policy, Scope, Window, WindowMode};
 use crate::policy::vocab::Outcome;
-use hashbrown::hash_map::EntryRef;
 use smallvec::SmallVec;
 use std::collections::VecDeque;
 use std::sync::Arc;
-
-/// hashbrown (foldhash, randomly seeded) for one-lookup get-or-insert by `&str`.
-type Map<K, V> = hashbrown::HashMap<K, V>;
 
 /// Counts reserved for one decided call, to be kept or rolled back.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -53,7 +56,7 @@ impl Reservation {
     pub(crate) fn push(&mut self, counter: usize, scope: Arc<str>, amount: i64, mark: Mark) {
         self.items.push(Reserved {
             counter: counter as u32,
-            scope,
+            scope: ScopeText::from(&*scope),
             amount,
             mark,
         });
@@ -63,14 +66,14 @@ impl Reservation {
     pub(crate) fn items(&self) -> impl Iterator<Item = (usize, &str, i64, Mark)> {
         self.items
             .iter()
-            .map(|r| (r.counter as usize, &*r.scope, r.amount, r.mark))
+            .map(|r| (r.counter as usize, r.scope.as_str(), r.amount, r.mark))
     }
 }
 
 #[derive(Debug, Clone, PartialEq)]
 struct Reserved {
     counter: u32,
-    scope: Arc<str>,
+    scope: ScopeText,
     amount: i64,
     mark: Mark,
 }
@@ -89,10 +92,17 @@ pub(crate) enum Mark {
 
 #[derive(Debug, Clone)]
 enum Slot {
-    Fixed { window_start: i64, total: i64 },
+    Fixed {
+        window_start: i64,
+        total: i64,
+    },
     Sliding(SlidingLog),
-    Breaker(Breaker),
+    /// Boxed: circuits are few, and the common slots stay small.
+    Breaker(Box<Breaker>),
 }
+
+// An instance (key and slot) fills exactly one cache line.
+const _: () = assert!(crate::policy::instances::entry_size::<Slot>() == 64);
 
 /// One circuit: the recent failing outcomes in a row, and whether (until
 /// when) it is open.
@@ -111,37 +121,182 @@ struct Breaker {
 /// running total (so a decision does not re-add the whole log).
 #[derive(Debug, Clone, Default)]
 struct SlidingLog {
-    entries: VecDeque<LogEntry>,
+    entries: LogEntries,
     total: i64,
+}
+
+/// How many entries of amount 1 a log keeps inside its slot.
+const INLINE_ENTRIES: usize = 2;
+
+/// A sliding log's entries, oldest first. Short logs of single calls (most
+/// per-session rate limits) stay inside the slot, so a decision finds them
+/// in the cache line its table lookup already brought in; longer logs, and
+/// logs with other amounts, live in a ring buffer of their own.
+#[derive(Debug, Clone)]
+enum LogEntries {
+    /// `len` entries of amount 1: (time, id).
+    Units {
+        len: u8,
+        items: [(i64, u64); INLINE_ENTRIES],
+    },
+    Ring(VecDeque<LogEntry>),
+}
+
+impl Default for LogEntries {
+    fn default() -> Self {
+        LogEntries::Units {
+            len: 0,
+            items: [(0, 0); INLINE_ENTRIES],
+        }
+    }
+}
+
+impl LogEntries {
+    fn len(&self) -> usize {
+        match self {
+            LogEntries::Units { len, .. } => *len as usize,
+            LogEntries::Ring(ring) => ring.len(),
+        }
+    }
+
+    fn get(&self, at: usize) -> Option<LogEntry> {
+        match self {
+            LogEntries::Units { len, items } => (at < *len as usize).then(|| {
+                let (ts_us, id) = items[at];
+                LogEntry {
+                    ts_us,
+                    amount: 1,
+                    id,
+                }
+            }),
+            LogEntries::Ring(ring) => ring.get(at).copied(),
+        }
+    }
+
+    fn iter(&self) -> impl DoubleEndedIterator<Item = LogEntry> + '_ {
+        let (units, ring) = match self {
+            LogEntries::Units { len, items } => (&items[..*len as usize], None),
+            LogEntries::Ring(ring) => (&[][..], Some(ring)),
+        };
+        units
+            .iter()
+            .map(|&(ts_us, id)| LogEntry {
+                ts_us,
+                amount: 1,
+                id,
+            })
+            .chain(ring.into_iter().flat_map(|r| r.iter().copied()))
+    }
+
+    /// Drops the entries at or before `horizon`; returns their total.
+    fn prune(&mut self, horizon: i64) -> i64 {
+        match self {
+            LogEntries::Units { len, items } => {
+                let n = *len as usize;
+                let gone = items[..n].iter().take_while(|e| e.0 <= horizon).count();
+                if gone > 0 {
+                    items.copy_within(gone..n, 0);
+                    *len -= gone as u8;
+                }
+                gone as i64
+            }
+            LogEntries::Ring(ring) => {
+                let mut total = 0;
+                while let Some(e) = ring.front() {
+                    if e.ts_us > horizon {
+                        break;
+                    }
+                    total += e.amount;
+                    ring.pop_front();
+                }
+                if total != 0 || ring.is_empty() {
+                    self.back_inline();
+                }
+                total
+            }
+        }
+    }
+
+    /// A ring buffer that has become short (below the inline size, so a
+    /// log hovering at it does not move back and forth) and holds only
+    /// single calls moves back inside the slot.
+    fn back_inline(&mut self) {
+        if let LogEntries::Ring(ring) = self
+            && ring.len() < INLINE_ENTRIES
+            && ring.iter().all(|e| e.amount == 1)
+        {
+            let mut units = LogEntries::default();
+            for (i, e) in ring.iter().enumerate() {
+                units.insert(i, *e);
+            }
+            *self = units;
+        }
+    }
+
+    fn back(&self) -> Option<LogEntry> {
+        self.len().checked_sub(1).and_then(|i| self.get(i))
+    }
+
+    /// Removes the entry at `at` (0 is the oldest).
+    fn remove(&mut self, at: usize) {
+        match self {
+            LogEntries::Units { len, items } => {
+                items.copy_within(at + 1..*len as usize, at);
+                *len -= 1;
+            }
+            LogEntries::Ring(ring) => {
+                ring.remove(at);
+                self.back_inline();
+            }
+        }
+    }
+
+    /// Inserts `entry` at position `at`.
+    fn insert(&mut self, at: usize, entry: LogEntry) {
+        match self {
+            LogEntries::Units { len, items }
+                if (*len as usize) < INLINE_ENTRIES && entry.amount == 1 =>
+            {
+                items.copy_within(at..*len as usize, at + 1);
+                items[at] = (entry.ts_us, entry.id);
+                *len += 1;
+            }
+            LogEntries::Units { .. } => {
+                let mut ring = VecDeque::with_capacity(2 * INLINE_ENTRIES);
+                ring.extend(self.iter());
+                ring.insert(at, entry);
+                *self = LogEntries::Ring(ring);
+            }
+            LogEntries::Ring(ring) => ring.insert(at, entry),
+        }
+    }
 }
 
 impl SlidingLog {
     /// Drops entries at or before `horizon` (outside (t - W, t]).
     fn prune(&mut self, horizon: i64) {
-        while let Some(e) = self.entries.front() {
-            if e.ts_us > horizon {
-                break;
-            }
-            self.total -= e.amount;
-            self.entries.pop_front();
-        }
+        self.total -= self.entries.prune(horizon);
     }
 
     fn insert(&mut self, entry: LogEntry) {
         self.total += entry.amount;
         // Time order even if calls arrive out of order (in order, the common
         // case, is a plain push).
-        if self.entries.back().is_none_or(|e| e.ts_us <= entry.ts_us) {
-            self.entries.push_back(entry);
+        let at = if self.entries.back().is_none_or(|e| e.ts_us <= entry.ts_us) {
+            self.entries.len()
         } else {
-            let at = self.entries.partition_point(|e| e.ts_us <= entry.ts_us);
-            self.entries.insert(at, entry);
-        }
+            self.entries
+                .iter()
+                .take_while(|e| e.ts_us <= entry.ts_us)
+                .count()
+        };
+        self.entries.insert(at, entry);
     }
 
     fn remove(&mut self, id: u64) {
-        if let Some(i) = self.entries.iter().position(|e| e.id == id) {
-            self.total -= self.entries[i].amount;
+        let found = self.entries.iter().enumerate().find(|(_, e)| e.id == id);
+        if let Some((i, e)) = found {
+            self.total -= e.amount;
             self.entries.remove(i);
         }
     }
@@ -228,7 +383,7 @@ pub trait CounterStore {
 #[derive(Debug, Clone)]
 pub struct PolicyState {
     defs: Vec<(Window, Scope)>,
-    slots: Vec<Map<Arc<str>, Slot>>,
+    slots: Vec<Instances<Slot>>,
     next_entry: u64,
     decisions_since_sweep: usize,
     live_slots: usize,
@@ -243,7 +398,7 @@ impl PolicyState {
     pub(crate) fn for_counters(defs: &[CounterDef]) -> PolicyState {
         PolicyState {
             defs: defs.iter().map(|d| (d.window, d.scope)).collect(),
-            slots: defs.iter().map(|_| Map::default()).collect(),
+            slots: defs.iter().map(|_| Instances::default()).collect(),
             next_entry: 0,
             decisions_since_sweep: 0,
             live_slots: 0,
@@ -303,7 +458,7 @@ impl PolicyState {
             let Some(Slot::Breaker(b)) = self
                 .slots
                 .get_mut(r.counter as usize)
-                .and_then(|s| s.get_mut(&*r.scope))
+                .and_then(|s| s.get_mut(r.scope.as_str()))
             else {
                 continue;
             };
@@ -347,7 +502,7 @@ impl PolicyState {
             let Some(slot) = self
                 .slots
                 .get_mut(r.counter as usize)
-                .and_then(|s| s.get_mut(&*r.scope))
+                .and_then(|s| s.get_mut(r.scope.as_str()))
             else {
                 continue; // expired and swept: nothing left to return
             };
@@ -403,22 +558,17 @@ impl PolicyState {
         into: &mut Reservation,
     ) -> Result<(), Option<i64>> {
         let (window, _) = self.defs[counter];
-        let (scope_key, slot) = match self.slots[counter].entry_ref(scope) {
-            EntryRef::Occupied(o) => (Arc::clone(o.key()), o.into_mut()),
-            EntryRef::Vacant(v) => {
-                let slot = match window.mode {
-                    WindowMode::Fixed => Slot::Fixed {
-                        window_start: window_start_of(now_us, window.len_us),
-                        total: 0,
-                    },
-                    WindowMode::Sliding => Slot::Sliding(SlidingLog::default()),
-                    WindowMode::Breaker { .. } => Slot::Breaker(Breaker::default()),
-                };
-                self.live_slots += 1;
-                let o = v.insert_entry(slot);
-                (Arc::clone(o.key()), o.into_mut())
-            }
-        };
+        let (scope_key, slot, created) =
+            self.slots[counter].get_or_insert_with(scope, || match window.mode {
+                WindowMode::Fixed => Slot::Fixed {
+                    window_start: window_start_of(now_us, window.len_us),
+                    total: 0,
+                },
+                WindowMode::Sliding => Slot::Sliding(SlidingLog::default()),
+                WindowMode::Breaker { .. } => Slot::Breaker(Box::default()),
+            });
+        let scope_key = scope_key.clone();
+        self.live_slots += usize::from(created);
         let mark = match slot {
             Slot::Breaker(b) => match b.open_until {
                 Some(until) if now_us < until => return Err(Some(until - now_us)),
@@ -496,7 +646,7 @@ impl PolicyState {
         self.decisions_since_sweep = 0;
         let mut live = 0;
         for (slots, (window, _)) in self.slots.iter_mut().zip(&self.defs) {
-            slots.retain(|_, slot| match slot {
+            slots.retain(|slot| match slot {
                 Slot::Fixed {
                     window_start,
                     total,
@@ -586,7 +736,7 @@ pub fn window_start_of(ts_us: i64, len_us: i64) -> i64 {
 
 /// Time until enough old entries leave the window for `amount` to fit.
 fn sliding_retry_after(
-    log: &VecDeque<LogEntry>,
+    log: &LogEntries,
     total: i64,
     amount: i64,
     max: i64,
@@ -597,7 +747,7 @@ fn sliding_retry_after(
         return None;
     }
     let mut remaining = total;
-    for e in log {
+    for e in log.iter() {
         remaining -= e.amount;
         if remaining + amount <= max {
             return Some((e.ts_us + window.len_us - now_us).max(1));
@@ -758,6 +908,68 @@ mod tests {
             new.decide(&mut next, &call(12 * SEC)).verdict,
             crate::policy::Verdict::Allow
         );
+    }
+
+    /// The log's two layouts (single calls inside the slot, a ring
+    /// buffer otherwise) against a plain sorted list, under random
+    /// inserts (some out of time order, some with other amounts),
+    /// prunes and rollbacks.
+    #[test]
+    fn sliding_logs_match_a_sorted_list() {
+        let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+        let mut next = move |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        for _round in 0..200 {
+            let mut log = SlidingLog::default();
+            let mut reference: Vec<LogEntry> = Vec::new();
+            let mut id = 0u64;
+            let mut now = 0i64;
+            for _ in 0..60 {
+                match next(4) {
+                    0 | 1 => {
+                        now += next(3) as i64;
+                        let ts_us = now - next(4) as i64 * i64::from(next(3) == 0);
+                        let amount = if next(5) == 0 { next(4) as i64 } else { 1 };
+                        let entry = LogEntry { ts_us, amount, id };
+                        id += 1;
+                        log.insert(entry);
+                        let at = reference.partition_point(|e| e.ts_us <= ts_us);
+                        reference.insert(at, entry);
+                    }
+                    2 => {
+                        let horizon = now - 1 - next(6) as i64;
+                        log.prune(horizon);
+                        while reference.first().is_some_and(|e| e.ts_us <= horizon) {
+                            reference.remove(0);
+                        }
+                    }
+                    _ => {
+                        let gone = next(id.max(1));
+                        log.remove(gone);
+                        reference.retain(|e| e.id != gone);
+                    }
+                }
+                let got: Vec<(i64, i64, u64)> = log
+                    .entries
+                    .iter()
+                    .map(|e| (e.ts_us, e.amount, e.id))
+                    .collect();
+                let want: Vec<(i64, i64, u64)> = reference
+                    .iter()
+                    .map(|e| (e.ts_us, e.amount, e.id))
+                    .collect();
+                assert_eq!(got, want);
+                assert_eq!(log.total, reference.iter().map(|e| e.amount).sum::<i64>());
+                let inline = matches!(log.entries, LogEntries::Units { .. });
+                if reference.len() > INLINE_ENTRIES || reference.iter().any(|e| e.amount != 1) {
+                    assert!(!inline, "{} entries kept inline", reference.len());
+                }
+            }
+        }
     }
 
     #[test]

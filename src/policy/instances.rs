@@ -1,0 +1,247 @@
+//! The table of one counter's instances, by scope value, laid out for the
+//! cache.
+//!
+//! A busy proxy or a long replay holds one instance per (counter, session)
+//! or (counter, agent), often hundreds of thousands, touched in no order the
+//! caches can guess. Each decision then pays for every cache line a lookup
+//! has to wait for. Here an instance is one 64-byte, line-aligned entry
+//! holding its key inline (scope values of up to [`INLINE_SCOPE`] bytes:
+//! most session, agent and tool ids) next to its state, so a lookup waits
+//! for one line instead of three (table entry, key text, log buffer) — see
+//! docs/performance.md for the measurements.
+
+use std::sync::Arc;
+
+/// Longest scope value kept inside a table entry.
+pub(crate) const INLINE_SCOPE: usize = 14;
+
+/// A scope value as a table key and in a reservation: short values inline,
+/// longer ones shared (copying either touches no other cache line than the
+/// one it is in).
+#[derive(Clone)]
+pub(crate) enum ScopeText {
+    Inline { len: u8, bytes: [u8; INLINE_SCOPE] },
+    Shared(Arc<String>),
+}
+
+impl ScopeText {
+    pub(crate) fn as_str(&self) -> &str {
+        match self {
+            ScopeText::Inline { len, bytes } => {
+                // SAFETY: `bytes[..len]` is a copy of a whole `&str` (see
+                // `From<&str>`, the only constructor), so it is valid UTF-8.
+                unsafe { std::str::from_utf8_unchecked(&bytes[..*len as usize]) }
+            }
+            ScopeText::Shared(text) => text,
+        }
+    }
+}
+
+impl ScopeText {
+    /// The inline form of a short value (unused bytes zero, so equal values
+    /// have equal arrays).
+    fn inline(text: &str) -> Option<ScopeText> {
+        (text.len() <= INLINE_SCOPE).then(|| {
+            let mut bytes = [0; INLINE_SCOPE];
+            bytes[..text.len()].copy_from_slice(text.as_bytes());
+            ScopeText::Inline {
+                len: text.len() as u8,
+                bytes,
+            }
+        })
+    }
+}
+
+impl From<&str> for ScopeText {
+    fn from(text: &str) -> ScopeText {
+        ScopeText::inline(text).unwrap_or_else(|| ScopeText::Shared(Arc::new(text.to_owned())))
+    }
+}
+
+impl ScopeText {
+    /// Whether this key is the value `probe` was made from (`text` is that
+    /// value): short values compare as fixed-size arrays, without a call
+    /// to `memcmp` or another look at `text`.
+    #[inline]
+    fn matches(&self, probe: &Probe, text: &str) -> bool {
+        match (self, probe) {
+            (ScopeText::Inline { len: a, bytes: x }, Probe::Short { len: b, bytes: y }) => {
+                a == b && x == y
+            }
+            (ScopeText::Shared(key), Probe::Long) => key.as_str() == text,
+            _ => false,
+        }
+    }
+}
+
+/// What a lookup compares keys with: the inline form of a short value (a
+/// long one is compared as text, and never copied for it).
+enum Probe {
+    Short { len: u8, bytes: [u8; INLINE_SCOPE] },
+    Long,
+}
+
+impl Probe {
+    fn new(scope: &str) -> Probe {
+        match ScopeText::inline(scope) {
+            Some(ScopeText::Inline { len, bytes }) => Probe::Short { len, bytes },
+            _ => Probe::Long,
+        }
+    }
+}
+
+impl PartialEq for ScopeText {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl std::fmt::Debug for ScopeText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.as_str().fmt(f)
+    }
+}
+
+/// One instance: its key and its state in one cache line (when `V` is at
+/// most 48 bytes).
+#[derive(Debug, Clone)]
+#[repr(align(64))]
+struct Instance<V> {
+    key: ScopeText,
+    value: V,
+}
+
+/// The size of one table entry holding a `V` (a whole number of cache
+/// lines; one when `V` is at most 48 bytes).
+pub(crate) const fn entry_size<V>() -> usize {
+    std::mem::size_of::<Instance<V>>()
+}
+
+/// One counter's instances by scope value (hashbrown, foldhash randomly
+/// seeded).
+#[derive(Clone)]
+pub(crate) struct Instances<V> {
+    table: hashbrown::HashTable<Instance<V>>,
+    hasher: hashbrown::DefaultHashBuilder,
+}
+
+impl<V> Default for Instances<V> {
+    fn default() -> Self {
+        Instances {
+            table: hashbrown::HashTable::new(),
+            hasher: hashbrown::DefaultHashBuilder::default(),
+        }
+    }
+}
+
+impl<V: std::fmt::Debug> std::fmt::Debug for Instances<V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map()
+            .entries(self.table.iter().map(|i| (&i.key, &i.value)))
+            .finish()
+    }
+}
+
+impl<V> Instances<V> {
+    fn hash(&self, scope: &str) -> u64 {
+        use std::hash::BuildHasher;
+        self.hasher.hash_one(scope)
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    pub(crate) fn get(&self, scope: &str) -> Option<&V> {
+        let probe = Probe::new(scope);
+        self.table
+            .find(self.hash(scope), |i| i.key.matches(&probe, scope))
+            .map(|i| &i.value)
+    }
+
+    pub(crate) fn get_mut(&mut self, scope: &str) -> Option<&mut V> {
+        let hash = self.hash(scope);
+        let probe = Probe::new(scope);
+        self.table
+            .find_mut(hash, |i| i.key.matches(&probe, scope))
+            .map(|i| &mut i.value)
+    }
+
+    /// The instance of `scope`, made with `fresh` if there is none; also
+    /// its key (to copy into a reservation) and whether it is new.
+    pub(crate) fn get_or_insert_with(
+        &mut self,
+        scope: &str,
+        fresh: impl FnOnce() -> V,
+    ) -> (&ScopeText, &mut V, bool) {
+        let hash = self.hash(scope);
+        let probe = Probe::new(scope);
+        let hasher = &self.hasher;
+        let entry = self.table.entry(
+            hash,
+            |i| i.key.matches(&probe, scope),
+            |i| {
+                use std::hash::BuildHasher;
+                hasher.hash_one(i.key.as_str())
+            },
+        );
+        let (instance, created) = match entry {
+            hashbrown::hash_table::Entry::Occupied(o) => (o.into_mut(), false),
+            hashbrown::hash_table::Entry::Vacant(v) => (
+                v.insert(Instance {
+                    key: match probe {
+                        Probe::Short { len, bytes } => ScopeText::Inline { len, bytes },
+                        Probe::Long => ScopeText::from(scope),
+                    },
+                    value: fresh(),
+                })
+                .into_mut(),
+                true,
+            ),
+        };
+        (&instance.key, &mut instance.value, created)
+    }
+
+    pub(crate) fn values_mut(&mut self) -> impl Iterator<Item = &mut V> {
+        self.table.iter_mut().map(|i| &mut i.value)
+    }
+
+    pub(crate) fn retain(&mut self, mut keep: impl FnMut(&mut V) -> bool) {
+        self.table.retain(|i| keep(&mut i.value));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_and_long_scope_values_are_distinct_keys() {
+        let mut t: Instances<u32> = Instances::default();
+        let long = "a-session-id-longer-than-fourteen-bytes";
+        for (n, scope) in ["", "s", "fourteen-bytes", long, "fifteen-bytes!!"]
+            .into_iter()
+            .enumerate()
+        {
+            let (key, v, created) = t.get_or_insert_with(scope, || n as u32);
+            assert!(created);
+            assert_eq!(key.as_str(), scope);
+            assert_eq!(*v, n as u32);
+        }
+        assert_eq!(t.len(), 5);
+        assert_eq!(t.get(long), Some(&3));
+        assert_eq!(t.get("fourteen-bytes"), Some(&2));
+        assert_eq!(t.get("fourteen-byte"), None);
+        let (_, v, created) = t.get_or_insert_with("s", || 99);
+        assert!(!created);
+        *v += 10;
+        assert_eq!(t.get_mut("s").copied(), Some(11));
+        t.retain(|v| *v % 2 == 1);
+        assert_eq!(t.len(), 2);
+        assert!(matches!(ScopeText::from(long), ScopeText::Shared(_)));
+        assert!(matches!(
+            ScopeText::from("fourteen-bytes"),
+            ScopeText::Inline { len: 14, .. }
+        ));
+    }
+}
