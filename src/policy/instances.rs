@@ -60,13 +60,13 @@ impl From<&str> for ScopeText {
 
 impl ScopeText {
     /// Whether this key is the value `probe` was made from (`text` is that
-    /// value): short values compare as fixed-size arrays, without a call
-    /// to `memcmp` or another look at `text`.
+    /// value): short values compare as two words, without a call to
+    /// `memcmp` or another look at `text`.
     #[inline]
     fn matches(&self, probe: &Probe, text: &str) -> bool {
         match (self, probe) {
-            (ScopeText::Inline { len: a, bytes: x }, Probe::Short { len: b, bytes: y }) => {
-                a == b && x == y
+            (ScopeText::Inline { len: a, bytes }, Probe::Short { len: b, words }) => {
+                a == b && words_of(bytes) == *words
             }
             (ScopeText::Shared(key), Probe::Long) => key.as_str() == text,
             _ => false,
@@ -74,18 +74,72 @@ impl ScopeText {
     }
 }
 
-/// What a lookup compares keys with: the inline form of a short value (a
-/// long one is compared as text, and never copied for it).
+/// The 14 inline bytes as two little-endian words (the second one's top
+/// two bytes zero).
+#[inline]
+fn words_of(bytes: &[u8; INLINE_SCOPE]) -> (u64, u64) {
+    let (lo, hi) = bytes.split_at(8);
+    let mut high = [0; 8];
+    high[..INLINE_SCOPE - 8].copy_from_slice(hi);
+    (
+        u64::from_le_bytes(lo.try_into().unwrap_or_default()),
+        u64::from_le_bytes(high),
+    )
+}
+
+/// What a lookup compares keys with: a short value as the two words of
+/// its inline form, built with register loads (no copy through memory that
+/// the compare would then wait for); a long one is compared as text.
 enum Probe {
-    Short { len: u8, bytes: [u8; INLINE_SCOPE] },
+    Short { len: u8, words: (u64, u64) },
     Long,
 }
 
 impl Probe {
+    #[inline]
     fn new(scope: &str) -> Probe {
-        match ScopeText::inline(scope) {
-            Some(ScopeText::Inline { len, bytes }) => Probe::Short { len, bytes },
-            _ => Probe::Long,
+        let b = scope.as_bytes();
+        let n = b.len();
+        let load8 = |at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap_or_default());
+        let load4 = |at: usize| {
+            u64::from(u32::from_le_bytes(
+                b[at..at + 4].try_into().unwrap_or_default(),
+            ))
+        };
+        // Overlapping loads of the first and the last bytes: the overlap
+        // holds the same bytes in both, so OR-ing them is exact.
+        let words = match n {
+            0 => (0, 0),
+            1..=3 => (
+                u64::from(b[0])
+                    | u64::from(b[n / 2]) << (8 * (n / 2))
+                    | u64::from(b[n - 1]) << (8 * (n - 1)),
+                0,
+            ),
+            4..=7 => (load4(0) | load4(n - 4) << (8 * (n - 4)), 0),
+            8 => (load8(0), 0),
+            9..=INLINE_SCOPE => (load8(0), load8(n - 8) >> (8 * (16 - n))),
+            _ => return Probe::Long,
+        };
+        Probe::Short {
+            len: n as u8,
+            words,
+        }
+    }
+
+    /// The key of a new instance for the value this probe was made from.
+    fn key(&self, text: &str) -> ScopeText {
+        match *self {
+            Probe::Short {
+                len,
+                words: (lo, hi),
+            } => {
+                let mut bytes = [0; INLINE_SCOPE];
+                bytes[..8].copy_from_slice(&lo.to_le_bytes());
+                bytes[8..].copy_from_slice(&hi.to_le_bytes()[..INLINE_SCOPE - 8]);
+                ScopeText::Inline { len, bytes }
+            }
+            Probe::Long => ScopeText::from(text),
         }
     }
 }
@@ -189,10 +243,7 @@ impl<V> Instances<V> {
             hashbrown::hash_table::Entry::Occupied(o) => (o.into_mut(), false),
             hashbrown::hash_table::Entry::Vacant(v) => (
                 v.insert(Instance {
-                    key: match probe {
-                        Probe::Short { len, bytes } => ScopeText::Inline { len, bytes },
-                        Probe::Long => ScopeText::from(scope),
-                    },
+                    key: probe.key(scope),
                     value: fresh(),
                 })
                 .into_mut(),
@@ -239,6 +290,28 @@ mod tests {
         t.retain(|v| *v % 2 == 1);
         assert_eq!(t.len(), 2);
         assert!(matches!(ScopeText::from(long), ScopeText::Shared(_)));
+        // Every length's probe is the inline key's words, and its key the
+        // value itself.
+        let text = "abcdefghijklmnopq";
+        for n in 0..=INLINE_SCOPE {
+            let value = &text[..n];
+            let Some(ScopeText::Inline { len, bytes }) = ScopeText::inline(value) else {
+                panic!("{n} bytes not inline");
+            };
+            let probe = Probe::new(value);
+            assert!(
+                matches!(probe, Probe::Short { len: l, words } if l == len && words == words_of(&bytes)),
+                "{n} bytes"
+            );
+            assert_eq!(probe.key(value).as_str(), value);
+            // One byte changed anywhere is another key.
+            for at in 0..n {
+                let mut other = value.as_bytes().to_vec();
+                other[at] = b'_';
+                let other = std::str::from_utf8(&other).unwrap();
+                assert!(!ScopeText::from(value).matches(&Probe::new(other), other));
+            }
+        }
         assert!(matches!(
             ScopeText::from("fourteen-bytes"),
             ScopeText::Inline { len: 14, .. }
