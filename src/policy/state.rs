@@ -14,7 +14,7 @@
 //! Layout: each counter's instances sit in an [`Instances`] table, one
 //! 64-byte cache line per instance holding its scope key inline and its
 //! slot; a short sliding log of single calls stays inside the slot
-//! ([`LogEntries`]), so deciding a call waits for one line per counter it
+//! ([`SlidingLog::Units`]), so deciding a call waits for one line per counter it
 //! reserves, not for a key, a table entry and a log buffer apart.
 //!
 //! The decision core talks to counters only through the [`CounterStore`]
@@ -119,100 +119,116 @@ struct Breaker {
 
 /// The reservations still inside a sliding window, oldest first, with their
 /// running total (so a decision does not re-add the whole log).
-#[derive(Debug, Clone, Default)]
-struct SlidingLog {
-    entries: LogEntries,
-    total: i64,
+///
+/// Short logs of single calls (most per-session rate limits) stay inside
+/// the slot, so a decision finds them in the cache line its table lookup
+/// already brought in; longer logs, and logs with other amounts, live in a
+/// ring buffer of their own.
+#[derive(Debug, Clone)]
+enum SlidingLog {
+    /// Up to [`INLINE_ENTRIES`] entries of amount 1 (the total is their
+    /// number): call times, and reservation ids as offsets from `base`.
+    Units {
+        len: u8,
+        ts: [i64; INLINE_ENTRIES],
+        base: u64,
+        offsets: [u32; INLINE_ENTRIES],
+    },
+    Ring {
+        entries: VecDeque<LogEntry>,
+        total: i64,
+    },
 }
 
 /// How many entries of amount 1 a log keeps inside its slot.
-const INLINE_ENTRIES: usize = 2;
+const INLINE_ENTRIES: usize = 3;
 
-/// A sliding log's entries, oldest first. Short logs of single calls (most
-/// per-session rate limits) stay inside the slot, so a decision finds them
-/// in the cache line its table lookup already brought in; longer logs, and
-/// logs with other amounts, live in a ring buffer of their own.
-#[derive(Debug, Clone)]
-enum LogEntries {
-    /// `len` entries of amount 1: (time, id).
-    Units {
-        len: u8,
-        items: [(i64, u64); INLINE_ENTRIES],
-    },
-    Ring(VecDeque<LogEntry>),
-}
-
-impl Default for LogEntries {
+impl Default for SlidingLog {
     fn default() -> Self {
-        LogEntries::Units {
+        SlidingLog::Units {
             len: 0,
-            items: [(0, 0); INLINE_ENTRIES],
+            ts: [0; INLINE_ENTRIES],
+            base: 0,
+            offsets: [0; INLINE_ENTRIES],
         }
     }
 }
 
-impl LogEntries {
+impl SlidingLog {
+    fn total(&self) -> i64 {
+        match self {
+            SlidingLog::Units { len, .. } => i64::from(*len),
+            SlidingLog::Ring { total, .. } => *total,
+        }
+    }
+
     fn len(&self) -> usize {
         match self {
-            LogEntries::Units { len, .. } => *len as usize,
-            LogEntries::Ring(ring) => ring.len(),
+            SlidingLog::Units { len, .. } => *len as usize,
+            SlidingLog::Ring { entries, .. } => entries.len(),
         }
     }
 
-    fn get(&self, at: usize) -> Option<LogEntry> {
-        match self {
-            LogEntries::Units { len, items } => (at < *len as usize).then(|| {
-                let (ts_us, id) = items[at];
-                LogEntry {
-                    ts_us,
-                    amount: 1,
-                    id,
-                }
-            }),
-            LogEntries::Ring(ring) => ring.get(at).copied(),
-        }
-    }
-
+    /// The entries, oldest first.
     fn iter(&self) -> impl DoubleEndedIterator<Item = LogEntry> + '_ {
-        let (units, ring) = match self {
-            LogEntries::Units { len, items } => (&items[..*len as usize], None),
-            LogEntries::Ring(ring) => (&[][..], Some(ring)),
+        let (n, ts, base, offsets, ring) = match self {
+            SlidingLog::Units {
+                len,
+                ts,
+                base,
+                offsets,
+            } => (*len as usize, ts, *base, offsets, None),
+            SlidingLog::Ring { entries, .. } => (
+                0,
+                &[0; INLINE_ENTRIES],
+                0,
+                &[0; INLINE_ENTRIES],
+                Some(entries),
+            ),
         };
-        units
-            .iter()
-            .map(|&(ts_us, id)| LogEntry {
-                ts_us,
+        (0..n)
+            .map(move |i| LogEntry {
+                ts_us: ts[i],
                 amount: 1,
-                id,
+                id: base + u64::from(offsets[i]),
             })
             .chain(ring.into_iter().flat_map(|r| r.iter().copied()))
     }
 
-    /// Drops the entries at or before `horizon`; returns their total.
-    fn prune(&mut self, horizon: i64) -> i64 {
+    fn back_ts(&self) -> Option<i64> {
         match self {
-            LogEntries::Units { len, items } => {
+            SlidingLog::Units { len, ts, .. } => (*len > 0).then(|| ts[*len as usize - 1]),
+            SlidingLog::Ring { entries, .. } => entries.back().map(|e| e.ts_us),
+        }
+    }
+
+    /// Drops entries at or before `horizon` (outside (t - W, t]).
+    fn prune(&mut self, horizon: i64) {
+        match self {
+            SlidingLog::Units {
+                len, ts, offsets, ..
+            } => {
                 let n = *len as usize;
-                let gone = items[..n].iter().take_while(|e| e.0 <= horizon).count();
+                let gone = ts[..n].iter().take_while(|t| **t <= horizon).count();
                 if gone > 0 {
-                    items.copy_within(gone..n, 0);
+                    ts.copy_within(gone..n, 0);
+                    offsets.copy_within(gone..n, 0);
                     *len -= gone as u8;
                 }
-                gone as i64
             }
-            LogEntries::Ring(ring) => {
-                let mut total = 0;
-                while let Some(e) = ring.front() {
+            SlidingLog::Ring { entries, total } => {
+                let mut pruned = false;
+                while let Some(e) = entries.front() {
                     if e.ts_us > horizon {
                         break;
                     }
-                    total += e.amount;
-                    ring.pop_front();
+                    *total -= e.amount;
+                    entries.pop_front();
+                    pruned = true;
                 }
-                if total != 0 || ring.is_empty() {
+                if pruned {
                     self.back_inline();
                 }
-                total
             }
         }
     }
@@ -221,83 +237,105 @@ impl LogEntries {
     /// log hovering at it does not move back and forth) and holds only
     /// single calls moves back inside the slot.
     fn back_inline(&mut self) {
-        if let LogEntries::Ring(ring) = self
-            && ring.len() < INLINE_ENTRIES
-            && ring.iter().all(|e| e.amount == 1)
+        if let SlidingLog::Ring { entries, .. } = self
+            && entries.len() < INLINE_ENTRIES
+            && entries.iter().all(|e| e.amount == 1)
         {
-            let mut units = LogEntries::default();
-            for (i, e) in ring.iter().enumerate() {
-                units.insert(i, *e);
+            let base = entries.iter().map(|e| e.id).min().unwrap_or(0);
+            let mut units = SlidingLog::default();
+            if let SlidingLog::Units {
+                len,
+                ts,
+                base: b,
+                offsets,
+            } = &mut units
+            {
+                *b = base;
+                for (i, e) in entries.iter().enumerate() {
+                    let Ok(offset) = u32::try_from(e.id - base) else {
+                        return;
+                    };
+                    ts[i] = e.ts_us;
+                    offsets[i] = offset;
+                    *len += 1;
+                }
             }
             *self = units;
         }
     }
 
-    fn back(&self) -> Option<LogEntry> {
-        self.len().checked_sub(1).and_then(|i| self.get(i))
-    }
-
-    /// Removes the entry at `at` (0 is the oldest).
-    fn remove(&mut self, at: usize) {
-        match self {
-            LogEntries::Units { len, items } => {
-                items.copy_within(at + 1..*len as usize, at);
-                *len -= 1;
-            }
-            LogEntries::Ring(ring) => {
-                ring.remove(at);
-                self.back_inline();
-            }
-        }
-    }
-
-    /// Inserts `entry` at position `at`.
-    fn insert(&mut self, at: usize, entry: LogEntry) {
-        match self {
-            LogEntries::Units { len, items }
-                if (*len as usize) < INLINE_ENTRIES && entry.amount == 1 =>
-            {
-                items.copy_within(at..*len as usize, at + 1);
-                items[at] = (entry.ts_us, entry.id);
-                *len += 1;
-            }
-            LogEntries::Units { .. } => {
-                let mut ring = VecDeque::with_capacity(2 * INLINE_ENTRIES);
-                ring.extend(self.iter());
-                ring.insert(at, entry);
-                *self = LogEntries::Ring(ring);
-            }
-            LogEntries::Ring(ring) => ring.insert(at, entry),
-        }
-    }
-}
-
-impl SlidingLog {
-    /// Drops entries at or before `horizon` (outside (t - W, t]).
-    fn prune(&mut self, horizon: i64) {
-        self.total -= self.entries.prune(horizon);
-    }
-
     fn insert(&mut self, entry: LogEntry) {
-        self.total += entry.amount;
         // Time order even if calls arrive out of order (in order, the common
         // case, is a plain push).
-        let at = if self.entries.back().is_none_or(|e| e.ts_us <= entry.ts_us) {
-            self.entries.len()
+        let at = if self.back_ts().is_none_or(|t| t <= entry.ts_us) {
+            self.len()
         } else {
-            self.entries
-                .iter()
-                .take_while(|e| e.ts_us <= entry.ts_us)
-                .count()
+            self.iter().take_while(|e| e.ts_us <= entry.ts_us).count()
         };
-        self.entries.insert(at, entry);
+        match self {
+            SlidingLog::Units {
+                len,
+                ts,
+                base,
+                offsets,
+            } => {
+                let n = *len as usize;
+                if n == 0 {
+                    *base = entry.id;
+                }
+                let offset = entry
+                    .id
+                    .checked_sub(*base)
+                    .and_then(|o| u32::try_from(o).ok());
+                match offset {
+                    Some(offset) if n < INLINE_ENTRIES && entry.amount == 1 => {
+                        ts.copy_within(at..n, at + 1);
+                        offsets.copy_within(at..n, at + 1);
+                        ts[at] = entry.ts_us;
+                        offsets[at] = offset;
+                        *len += 1;
+                    }
+                    _ => {
+                        let mut entries: VecDeque<LogEntry> =
+                            VecDeque::with_capacity(2 * INLINE_ENTRIES);
+                        entries.extend(self.iter());
+                        entries.insert(at, entry);
+                        let total = entries.iter().map(|e| e.amount).sum();
+                        *self = SlidingLog::Ring { entries, total };
+                    }
+                }
+            }
+            SlidingLog::Ring { entries, total } => {
+                *total += entry.amount;
+                if at == entries.len() {
+                    entries.push_back(entry);
+                } else {
+                    entries.insert(at, entry);
+                }
+            }
+        }
     }
 
+    /// Gives back the reservation `id`, if its entry is still here.
     fn remove(&mut self, id: u64) {
-        let found = self.entries.iter().enumerate().find(|(_, e)| e.id == id);
-        if let Some((i, e)) = found {
-            self.total -= e.amount;
-            self.entries.remove(i);
+        let Some(at) = self.iter().position(|e| e.id == id) else {
+            return;
+        };
+        match self {
+            SlidingLog::Units {
+                len, ts, offsets, ..
+            } => {
+                let n = *len as usize;
+                ts.copy_within(at + 1..n, at);
+                offsets.copy_within(at + 1..n, at);
+                *len -= 1;
+            }
+            SlidingLog::Ring { entries, total } => {
+                if let Some(e) = entries.remove(at) {
+                    *total -= e.amount;
+                }
+                self.back_inline();
+            }
         }
     }
 }
@@ -535,8 +573,7 @@ impl PolicyState {
             Some(Slot::Fixed { .. }) => 0,
             Some(Slot::Sliding(log)) => {
                 let horizon = now_us - window.len_us;
-                log.entries
-                    .iter()
+                log.iter()
                     .filter(|e| e.ts_us > horizon)
                     .map(|e| e.amount)
                     .sum()
@@ -609,16 +646,9 @@ impl PolicyState {
             Slot::Sliding(log) => {
                 log.prune(now_us - window.len_us);
                 if let Some(max) = max {
-                    let total = log.total;
+                    let total = log.total();
                     if total > max || total.saturating_add(amount) > max {
-                        return Err(sliding_retry_after(
-                            &log.entries,
-                            total,
-                            amount,
-                            max,
-                            window,
-                            now_us,
-                        ));
+                        return Err(sliding_retry_after(log, total, amount, max, window, now_us));
                     }
                 }
                 let id = self.next_entry;
@@ -651,10 +681,7 @@ impl PolicyState {
                     window_start,
                     total,
                 } => *total != 0 && *window_start + window.len_us > now_us,
-                Slot::Sliding(log) => log
-                    .entries
-                    .back()
-                    .is_some_and(|e| e.ts_us > now_us - window.len_us),
+                Slot::Sliding(log) => log.back_ts().is_some_and(|t| t > now_us - window.len_us),
                 // A circuit that was ever opened stays until a success
                 // closes it (so a half-open circuit still takes one trial).
                 Slot::Breaker(b) => {
@@ -736,7 +763,7 @@ pub fn window_start_of(ts_us: i64, len_us: i64) -> i64 {
 
 /// Time until enough old entries leave the window for `amount` to fit.
 fn sliding_retry_after(
-    log: &LogEntries,
+    log: &SlidingLog,
     total: i64,
     amount: i64,
     max: i64,
@@ -935,7 +962,8 @@ mod tests {
                         let ts_us = now - next(4) as i64 * i64::from(next(3) == 0);
                         let amount = if next(5) == 0 { next(4) as i64 } else { 1 };
                         let entry = LogEntry { ts_us, amount, id };
-                        id += 1;
+                        // Now and then a gap wider than an inline offset.
+                        id += if next(25) == 0 { 1 << 33 } else { 1 };
                         log.insert(entry);
                         let at = reference.partition_point(|e| e.ts_us <= ts_us);
                         reference.insert(at, entry);
@@ -948,23 +976,22 @@ mod tests {
                         }
                     }
                     _ => {
-                        let gone = next(id.max(1));
+                        let gone = reference
+                            .get(next(reference.len() as u64 + 1) as usize)
+                            .map_or(id, |e| e.id);
                         log.remove(gone);
                         reference.retain(|e| e.id != gone);
                     }
                 }
-                let got: Vec<(i64, i64, u64)> = log
-                    .entries
-                    .iter()
-                    .map(|e| (e.ts_us, e.amount, e.id))
-                    .collect();
+                let got: Vec<(i64, i64, u64)> =
+                    log.iter().map(|e| (e.ts_us, e.amount, e.id)).collect();
                 let want: Vec<(i64, i64, u64)> = reference
                     .iter()
                     .map(|e| (e.ts_us, e.amount, e.id))
                     .collect();
                 assert_eq!(got, want);
-                assert_eq!(log.total, reference.iter().map(|e| e.amount).sum::<i64>());
-                let inline = matches!(log.entries, LogEntries::Units { .. });
+                assert_eq!(log.total(), reference.iter().map(|e| e.amount).sum::<i64>());
+                let inline = matches!(log, SlidingLog::Units { .. });
                 if reference.len() > INLINE_ENTRIES || reference.iter().any(|e| e.amount != 1) {
                     assert!(!inline, "{} entries kept inline", reference.len());
                 }
