@@ -322,10 +322,13 @@ impl Accumulator {
         if never_forwarded && verdict == Verdict::Allow {
             self.assumed_successful += 1;
         }
-        let bucket = ts_us.div_euclid(self.bucket_us) * self.bucket_us;
+        // The current bucket's start is always aligned to the width: the
+        // common case is a range check, not a division.
+        let width = self.bucket_us;
         match &mut self.current {
-            Some((b, c)) if *b == bucket => c.add(verdict),
+            Some((b, c)) if ts_us >= *b && ts_us - *b < width => c.add(verdict),
             _ => {
+                let bucket = ts_us.div_euclid(width) * width;
                 self.flush_bucket();
                 let mut c = Counts::default();
                 c.add(verdict);
