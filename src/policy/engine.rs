@@ -309,7 +309,11 @@ impl Policy {
                 // The tool is part of "the same call": a rule on "*" or
                 // a glob key sees several tools.
                 let scope = scope_value(self.counters[limit.counter].scope, call);
-                owned.push(format!("{scope}\u{1f}{}\u{1f}{hash}", call.tool));
+                let mut key = String::with_capacity(scope.len() + call.tool.len() + hash.len() + 2);
+                for part in [scope, "\u{1f}", call.tool, "\u{1f}", hash] {
+                    key.push_str(part);
+                }
+                owned.push(key);
             }
         }
         let mut owned_scopes = owned.iter();

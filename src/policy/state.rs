@@ -92,13 +92,9 @@ pub(crate) enum Mark {
 
 #[derive(Debug, Clone)]
 enum Slot {
-    Fixed {
-        window_start: i64,
-        total: i64,
-    },
+    Fixed { window_start: i64, total: i64 },
     Sliding(SlidingLog),
-    /// Boxed: circuits are few, and the common slots stay small.
-    Breaker(Box<Breaker>),
+    Breaker(Breaker),
 }
 
 // An instance (key and slot) fills exactly one cache line.
@@ -106,15 +102,41 @@ const _: () = assert!(crate::policy::instances::entry_size::<Slot>() == 64);
 
 /// One circuit: the recent failing outcomes in a row, and whether (until
 /// when) it is open.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 struct Breaker {
     /// Call times of the failures since the last success (or opening)
-    /// within the window of the newest, oldest first.
-    failures: VecDeque<i64>,
-    /// Open until then; past it the circuit is half-open.
-    open_until: Option<i64>,
+    /// within the window of the newest, oldest first (no buffer until the
+    /// first failure).
+    failures: Vec<i64>,
+    /// Open until then (past it the circuit is half-open); [`CLOSED`]
+    /// when closed. A plain integer rather than an `Option`, so the
+    /// circuit fits in its table entry's cache line.
+    open_until: i64,
     /// The half-open circuit's trial call is in flight.
     trial: bool,
+}
+
+/// [`Breaker::open_until`] of a closed circuit.
+const CLOSED: i64 = i64::MIN;
+
+impl Default for Breaker {
+    fn default() -> Self {
+        Breaker {
+            failures: Vec::new(),
+            open_until: CLOSED,
+            trial: false,
+        }
+    }
+}
+
+impl Breaker {
+    fn open_until(&self) -> Option<i64> {
+        (self.open_until != CLOSED).then_some(self.open_until)
+    }
+
+    fn set_open_until(&mut self, until: Option<i64>) {
+        self.open_until = until.unwrap_or(CLOSED);
+    }
 }
 
 /// The reservations still inside a sliding window, oldest first, with their
@@ -503,10 +525,10 @@ impl PolicyState {
             if trial {
                 b.trial = false;
                 if failing {
-                    b.open_until = Some(at + cooldown_us);
+                    b.set_open_until(Some(at + cooldown_us));
                     b.failures.clear();
                 } else if success {
-                    b.open_until = None;
+                    b.set_open_until(None);
                     b.failures.clear();
                 }
             } else if failing {
@@ -515,16 +537,11 @@ impl PolicyState {
                 // within the window of the newest.
                 let pos = b.failures.partition_point(|t| *t <= at);
                 b.failures.insert(pos, at);
-                let newest = b.failures.back().copied().unwrap_or(at);
-                while b
-                    .failures
-                    .front()
-                    .is_some_and(|t| *t <= newest - window.len_us)
-                {
-                    b.failures.pop_front();
-                }
-                if b.failures.len() >= errors as usize && b.open_until.is_none() {
-                    b.open_until = Some(newest + cooldown_us);
+                let newest = b.failures.last().copied().unwrap_or(at);
+                let expired = b.failures.partition_point(|t| *t <= newest - window.len_us);
+                b.failures.drain(..expired);
+                if b.failures.len() >= errors as usize && b.open_until().is_none() {
+                    b.set_open_until(Some(newest + cooldown_us));
                     b.failures.clear();
                 }
             } else if success {
@@ -602,12 +619,12 @@ impl PolicyState {
                     total: 0,
                 },
                 WindowMode::Sliding => Slot::Sliding(SlidingLog::default()),
-                WindowMode::Breaker { .. } => Slot::Breaker(Box::default()),
+                WindowMode::Breaker { .. } => Slot::Breaker(Breaker::default()),
             });
         let scope_key = scope_key.clone();
         self.live_slots += usize::from(created);
         let mark = match slot {
-            Slot::Breaker(b) => match b.open_until {
+            Slot::Breaker(b) => match b.open_until() {
                 Some(until) if now_us < until => return Err(Some(until - now_us)),
                 // Half-open: one trial call at a time.
                 Some(_) if b.trial => return Err(None),
@@ -686,9 +703,9 @@ impl PolicyState {
                 // closes it (so a half-open circuit still takes one trial).
                 Slot::Breaker(b) => {
                     b.trial
-                        || b.open_until.is_some()
+                        || b.open_until().is_some()
                         || b.failures
-                            .back()
+                            .last()
                             .is_some_and(|t| *t > now_us - window.len_us)
                 }
             });
