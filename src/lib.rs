@@ -18,6 +18,14 @@
 //! The public API is what the binary, the integration tests and the
 //! benchmarks use; everything else is crate-private, so the compiler reports
 //! code nothing uses. docs/architecture.md states the dependency rules.
+//!
+//! The module docs describe each stage's crate-private parts and link to
+//! them: read them with `cargo doc --document-private-items --open`.
+
+// Module docs link to the crate-private parts they describe; those links
+// resolve with `--document-private-items`, the way this crate is meant to
+// be read.
+#![allow(rustdoc::private_intra_doc_links)]
 
 pub mod audit;
 mod cli;

@@ -191,6 +191,8 @@ pub struct ProxyArgs {
     /// Keep the counters in Redis or Valkey, shared by every proxy pointing
     /// at it: redis://[USER:PASSWORD@]HOST[:PORT][/DB] (no warm start then:
     /// the store holds the state)
+    // The brackets are the URL's syntax in `--help`, not doc links.
+    #[allow(rustdoc::broken_intra_doc_links)]
     #[arg(long, value_name = "URL")]
     pub state: Option<String>,
     /// Prefix of every key in the state store

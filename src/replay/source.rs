@@ -1,8 +1,9 @@
 //! Where replayed events come from, and how they are put in time order.
 //!
 //! A recorded input is audit Parquet (files, directories, globs): rows are
-//! read with only the columns replay needs, `tools/call` rows become
-//! [`ReplayEvent`]s, and everything else is counted and skipped. Rows are
+//! read with only the columns replay needs into [`EventBatch`]es whose
+//! `tools/call` rows are the events; everything else is counted and
+//! skipped. The pipeline moves [`Segment`]s (in-order runs of a batch). Rows are
 //! written in completion order, which is nearly but not exactly `ts` order,
 //! so each input passes through a [`Reorder`] buffer (events within a window
 //! of event time are sorted; an event later than that is replayed where it
