@@ -349,7 +349,7 @@ impl RecordedDecider {
         acc.add(
             Seen {
                 ts_us: call.ts_us,
-                event_id: e.event_id(),
+                event_id: &|| e.event_id(),
                 tool: call.tool,
                 agent: call.agent,
                 session: call.session,

@@ -58,10 +58,10 @@ pub struct Change {
 }
 
 impl Change {
-    fn add(&mut self, event_id: &str) {
+    fn add<'a>(&mut self, event_id: &dyn Fn() -> &'a str) {
         self.count += 1;
         if self.examples.len() < EXAMPLES {
-            self.examples.push(event_id.to_string());
+            self.examples.push(event_id().to_string());
         }
     }
 }
@@ -201,7 +201,9 @@ pub struct Accumulator {
 /// One decided call, as the report sees it.
 pub struct Seen<'a> {
     pub ts_us: i64,
-    pub event_id: &'a str,
+    /// The event's id, read only when the report keeps it (an example
+    /// of a change, a rule's first firing, a guard's first trip).
+    pub event_id: &'a dyn Fn() -> &'a str,
     pub tool: &'a str,
     pub agent: &'a str,
     pub session: &'a str,
@@ -279,7 +281,7 @@ impl Accumulator {
                             guard: kind,
                             rule: rule.unwrap_or_default().to_string(),
                             ts: format_us(ts_us),
-                            event_id: event_id.to_string(),
+                            event_id: event_id().to_string(),
                             refused: 1,
                         },
                     );
@@ -302,7 +304,7 @@ impl Accumulator {
                         FirstFired {
                             rule: rule.to_string(),
                             ts: format_us(ts_us),
-                            event_id: event_id.to_string(),
+                            event_id: event_id().to_string(),
                             verdict,
                             count: 1,
                         },

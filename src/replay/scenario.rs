@@ -101,7 +101,7 @@ impl<I: Iterator<Item = Result<Pending, AuditError>>> Background for Recorded<'_
         self.acc.add(
             Seen {
                 ts_us: e.ts_us,
-                event_id: &id,
+                event_id: &|| id.as_str(),
                 tool: &e.tool,
                 agent: &e.agent,
                 session: &e.session,
