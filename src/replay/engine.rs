@@ -334,17 +334,20 @@ impl RecordedDecider {
         // breaker hears) take effect when the answer arrived.
         let matters =
             (settled.rolls_back() && !reservation.is_empty()) || reservation.has_breaker();
-        match e.latency_us() {
-            Some(latency) if matters => {
-                self.seq += 1;
-                self.deferred.push(Reverse(Deferred {
-                    at: call.ts_us.saturating_add(latency as i64),
-                    seq: self.seq,
-                    reservation,
-                    outcome: settled,
-                }));
+        // Otherwise settling would change nothing: the counts are kept.
+        if matters {
+            match e.latency_us() {
+                Some(latency) => {
+                    self.seq += 1;
+                    self.deferred.push(Reverse(Deferred {
+                        at: call.ts_us.saturating_add(latency as i64),
+                        seq: self.seq,
+                        reservation,
+                        outcome: settled,
+                    }));
+                }
+                None => state.settle(reservation, settled),
             }
-            _ => state.settle(reservation, settled),
         }
         acc.add(
             Seen {
