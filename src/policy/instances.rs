@@ -36,24 +36,11 @@ impl ScopeText {
     }
 }
 
-impl ScopeText {
-    /// The inline form of a short value (unused bytes zero, so equal values
-    /// have equal arrays).
-    fn inline(text: &str) -> Option<ScopeText> {
-        (text.len() <= INLINE_SCOPE).then(|| {
-            let mut bytes = [0; INLINE_SCOPE];
-            bytes[..text.len()].copy_from_slice(text.as_bytes());
-            ScopeText::Inline {
-                len: text.len() as u8,
-                bytes,
-            }
-        })
-    }
-}
-
 impl From<&str> for ScopeText {
+    /// Short values inline (unused bytes zero, so equal values have equal
+    /// arrays), longer ones shared.
     fn from(text: &str) -> ScopeText {
-        ScopeText::inline(text).unwrap_or_else(|| ScopeText::Shared(Arc::new(text.to_owned())))
+        Probe::new(text).key(text)
     }
 }
 
@@ -138,7 +125,7 @@ impl Probe {
                 bytes[8..].copy_from_slice(&hi.to_le_bytes()[..INLINE_SCOPE - 8]);
                 ScopeText::Inline { len, bytes }
             }
-            Probe::Long => ScopeText::from(text),
+            Probe::Long => ScopeText::Shared(Arc::new(text.to_owned())),
         }
     }
 }
@@ -294,12 +281,17 @@ mod tests {
         let text = "abcdefghijklmnopq";
         for n in 0..=INLINE_SCOPE {
             let value = &text[..n];
-            let Some(ScopeText::Inline { len, bytes }) = ScopeText::inline(value) else {
-                panic!("{n} bytes not inline");
-            };
+            // The inline form built byte by byte, independently of the
+            // probe's word loads.
+            let mut bytes = [0; INLINE_SCOPE];
+            bytes[..n].copy_from_slice(value.as_bytes());
             let probe = Probe::new(value);
             assert!(
-                matches!(probe, Probe::Short { len: l, words } if l == len && words == words_of(&bytes)),
+                matches!(probe, Probe::Short { len, words } if len as usize == n && words == words_of(&bytes)),
+                "{n} bytes"
+            );
+            assert!(
+                matches!(ScopeText::from(value), ScopeText::Inline { len, bytes: b } if len as usize == n && b == bytes),
                 "{n} bytes"
             );
             assert_eq!(probe.key(value).as_str(), value);
