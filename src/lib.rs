@@ -36,6 +36,8 @@ pub mod proxy;
 pub mod replay;
 pub mod scenario;
 pub mod store;
+#[cfg(test)]
+mod test_support;
 pub mod time;
 
 pub use cli::main;

@@ -960,13 +960,7 @@ mod tests {
     /// prunes and rollbacks.
     #[test]
     fn sliding_logs_match_a_sorted_list() {
-        let mut x: u64 = 0x2545_F491_4F6C_DD1D;
-        let mut next = move |n: u64| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x % n
-        };
+        let mut next = crate::test_support::rng(0x2545_F491_4F6C_DD1D);
         for _round in 0..200 {
             let mut log = SlidingLog::default();
             let mut reference: Vec<LogEntry> = Vec::new();

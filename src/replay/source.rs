@@ -747,13 +747,7 @@ mod tests {
 
     #[test]
     fn reorder_of_segments_matches_the_event_by_event_contract() {
-        let mut x: u64 = 0x2545_F491_4F6C_DD1D;
-        let mut next = move |m: u64| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x % m
-        };
+        let mut next = crate::test_support::rng(0x2545_F491_4F6C_DD1D);
         for round in 0..200 {
             let n = 1 + next(60) as usize;
             let window = next(30) as i64;
