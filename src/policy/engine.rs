@@ -16,7 +16,7 @@
 
 use crate::policy::call::Call;
 use crate::policy::condition::{Condition, PathRef, resolve_args, resolve_call_str};
-use crate::policy::model::{Action, Amount, Policy, Rule, Scope, WindowMode};
+use crate::policy::model::{Action, Amount, Policy, Rule, Scope, ToolRoute, WindowMode};
 use crate::policy::state::{CounterStore, Reservation, ReserveError, StoreError, Want};
 use crate::policy::vocab::{Outcome, Verdict};
 use serde_json::Value;
@@ -127,7 +127,7 @@ impl ApprovalMode {
 
 /// How `require_approval` rules are taken in one decision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Approvals {
+pub(crate) enum Approvals {
     /// Nobody said yes: the verdict is `approval`, nothing reserved.
     Deny,
     /// Replay's grant: evaluation goes on, the verdict stays `approval`.
@@ -138,6 +138,17 @@ enum Approvals {
     /// A later round of a call already decided and counted: approval rules
     /// are passed and no counter is reserved (conditions still apply).
     Continuation,
+}
+
+impl From<ApprovalMode> for Approvals {
+    fn from(mode: ApprovalMode) -> Approvals {
+        match mode {
+            // `Recorded` is resolved per call by the caller
+            // (`ApprovalMode::for_call`); without a recording, nobody said yes.
+            ApprovalMode::Deny | ApprovalMode::Recorded => Approvals::Deny,
+            ApprovalMode::Grant => Approvals::Grant,
+        }
+    }
 }
 
 pub const HIDDEN_RULE: &str = "(hidden)";
@@ -168,16 +179,7 @@ impl Policy {
         call: &Call<'_>,
         approvals: ApprovalMode,
     ) -> Decision {
-        self.decide_in(
-            state,
-            call,
-            match approvals {
-                // `Recorded` is resolved per call by the caller
-                // (`ApprovalMode::for_call`); without a recording, nobody said yes.
-                ApprovalMode::Deny | ApprovalMode::Recorded => Approvals::Deny,
-                ApprovalMode::Grant => Approvals::Grant,
-            },
-        )
+        self.decide_in(state, call, &self.route(call.tool), approvals.into())
     }
 
     /// Decides a call a human has just approved: `require_approval` rules
@@ -190,7 +192,7 @@ impl Policy {
         state: &mut S,
         call: &Call<'_>,
     ) -> Decision {
-        self.decide_in(state, call, Approvals::Approved)
+        self.decide_in(state, call, &self.route(call.tool), Approvals::Approved)
     }
 
     /// Decides a later round of a multi-round call (a 2026-07-28 retry
@@ -203,24 +205,28 @@ impl Policy {
         state: &mut S,
         call: &Call<'_>,
     ) -> Decision {
-        self.decide_in(state, call, Approvals::Continuation)
+        self.decide_in(state, call, &self.route(call.tool), Approvals::Continuation)
     }
 
-    fn decide_in<S: CounterStore + ?Sized>(
+    /// Every decision: `route` is [`Policy::route`] of `call.tool` (a
+    /// caller that sees a tool many times resolves it once).
+    pub(crate) fn decide_in<S: CounterStore + ?Sized>(
         &self,
         state: &mut S,
         call: &Call<'_>,
+        route: &ToolRoute,
         approvals: Approvals,
     ) -> Decision {
+        debug_assert_eq!(*route, self.route(call.tool), "a stale tool route");
         let tool = call.tool;
-        if self.is_hidden(tool) {
+        if route.hidden {
             return Decision::refuse(
                 Verdict::Deny,
                 Arc::from(HIDDEN_RULE),
                 Arc::from(format!("Tool \"{tool}\" is hidden by policy")),
             );
         }
-        let own = self.tool_entry(tool);
+        let own = self.route_entry(route);
         if self.default_deny && own.is_none() {
             return Decision::refuse(
                 Verdict::Deny,
@@ -228,7 +234,7 @@ impl Policy {
                 Arc::from(format!("Tool \"{tool}\" is not permitted by policy")),
             );
         }
-        let (category, risk) = self.classify(tool, call.category, call.risk);
+        let (category, risk) = route.classify(call.category, call.risk);
         let mut ctx = EvalCtx {
             call,
             category: category.as_str(),

@@ -164,17 +164,76 @@ pub(crate) struct CategoryOverride {
     pub risk: Option<Risk>,
 }
 
+/// What a policy says about one tool name before any call is looked at:
+/// whether `hide` removes it, which `tools:` entry holds its own rules, and
+/// the category and risk its `categories:` give it.
+///
+/// A pure function of the policy and the name ([`Policy::route`]), so a
+/// caller that sees the same tool many times (replay) resolves it once and
+/// decides every call with it; the live proxy resolves it per call. Either
+/// way [`Policy::decide`] and its variants run the same rules.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ToolRoute {
+    pub(crate) hidden: bool,
+    /// Index into [`Policy::entries`] of the tool's exact or glob entry.
+    pub(crate) own: Option<u32>,
+    /// From the policy's `categories:`; `None` leaves it to the call.
+    pub(crate) category: Option<Category>,
+    pub(crate) risk: Option<Risk>,
+}
+
+impl ToolRoute {
+    /// The category and risk of a call to the routed tool, given what the
+    /// call (or the server's annotations) said: the policy's override,
+    /// else the call's, else `unknown` (and the category's default risk).
+    pub fn classify(
+        &self,
+        known_category: Option<Category>,
+        known_risk: Option<Risk>,
+    ) -> (Category, Risk) {
+        let category = self
+            .category
+            .or(known_category)
+            .unwrap_or(Category::Unknown);
+        let risk = self
+            .risk
+            .or(known_risk)
+            .unwrap_or_else(|| category.default_risk());
+        (category, risk)
+    }
+}
+
 impl Policy {
-    /// The entry holding a tool's own rules: its exact key, else the first
-    /// glob key (file order) that matches it.
-    pub(crate) fn tool_entry(&self, tool: &str) -> Option<&ToolEntry> {
+    /// Resolves what the policy says about `tool` (see [`ToolRoute`]).
+    pub fn route(&self, tool: &str) -> ToolRoute {
+        let (category, risk) = self.category_override(tool);
+        ToolRoute {
+            hidden: self.is_hidden(tool),
+            own: self.tool_entry_index(tool).map(|i| i as u32),
+            category,
+            risk,
+        }
+    }
+
+    fn tool_entry_index(&self, tool: &str) -> Option<usize> {
         if let Some(&i) = self.exact.get(tool) {
-            return Some(&self.entries[i]);
+            return Some(i);
         }
         self.globs
             .iter()
             .find(|(g, _)| g.is_match(tool))
-            .map(|&(_, i)| &self.entries[i])
+            .map(|&(_, i)| i)
+    }
+
+    /// The entry holding a tool's own rules: its exact key, else the first
+    /// glob key (file order) that matches it.
+    pub(crate) fn tool_entry(&self, tool: &str) -> Option<&ToolEntry> {
+        self.tool_entry_index(tool).map(|i| &self.entries[i])
+    }
+
+    /// The entry a route names.
+    pub(crate) fn route_entry(&self, route: &ToolRoute) -> Option<&ToolEntry> {
+        route.own.map(|i| &self.entries[i as usize])
     }
 
     pub(crate) fn wildcard_entry(&self) -> Option<&ToolEntry> {
@@ -216,6 +275,12 @@ impl Policy {
         known_category: Option<Category>,
         known_risk: Option<Risk>,
     ) -> (Category, Risk) {
+        self.route(tool).classify(known_category, known_risk)
+    }
+
+    /// What `categories:` say about a tool (the first override that sets
+    /// each of the two).
+    fn category_override(&self, tool: &str) -> (Option<Category>, Option<Risk>) {
         let mut category = None;
         let mut risk = None;
         for o in &self.categories {
@@ -227,10 +292,6 @@ impl Policy {
                 }
             }
         }
-        let category = category.or(known_category).unwrap_or(Category::Unknown);
-        let risk = risk
-            .or(known_risk)
-            .unwrap_or_else(|| category.default_risk());
         (category, risk)
     }
 

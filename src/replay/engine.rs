@@ -12,11 +12,13 @@ use crate::audit::AuditError;
 use crate::audit::filter::RowFilter;
 use crate::audit::read::resolve_inputs;
 use crate::audit::remote::{DataFile, StoreOptions};
+use crate::policy::ToolRoute;
+use crate::policy::engine::Approvals;
 use crate::policy::{
     ApprovalMode, Call, CounterStore, Decision, Outcome, Policy, PolicyState, Reservation,
 };
 use crate::replay::decisions::DecisionsWriter;
-use crate::replay::report::{Accumulator, CandidateReport, Report, Seen};
+use crate::replay::report::{Accumulator, CandidateReport, Report, Seen, ToolSlot};
 use crate::replay::source::{EventRef, Reorder, Segment, SourceStats, merge, recorded_events};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -249,10 +251,78 @@ pub fn run_events(
 /// breaker hears a call's outcome at that moment too. Calls decided in
 /// between (pipelined calls, other sessions) see the state as the proxy
 /// did. Without a recorded latency the outcome applies at once.
+///
+/// One decider serves one candidate: the same policy and report for every
+/// call (it remembers each tool's route under the policy and slot in the
+/// report).
 #[derive(Default)]
 pub(crate) struct RecordedDecider {
     deferred: BinaryHeap<Reverse<Deferred>>,
     seq: u64,
+    tools: ToolCache,
+}
+
+/// Each tool's [`ToolRoute`] and report slot, resolved once per distinct
+/// name and found again per call by the row's [`EventRef::tool_key`] (two
+/// integer compares instead of hashing and comparing the name, twice).
+struct ToolCache {
+    /// Direct-mapped by key; a collision or a new batch only costs a
+    /// lookup by name.
+    lines: Vec<ToolLine>,
+    by_name: hashbrown::HashMap<String, (ToolRoute, ToolSlot)>,
+}
+
+#[derive(Clone, Copy)]
+struct ToolLine {
+    key: (u64, u128),
+    route: ToolRoute,
+    slot: ToolSlot,
+}
+
+const TOOL_LINES: usize = 64;
+
+impl Default for ToolCache {
+    fn default() -> Self {
+        ToolCache {
+            // No batch has serial u64::MAX: every line starts empty.
+            lines: vec![
+                ToolLine {
+                    key: (u64::MAX, 0),
+                    route: ToolRoute::default(),
+                    slot: ToolSlot::default(),
+                };
+                TOOL_LINES
+            ],
+            by_name: Default::default(),
+        }
+    }
+}
+
+impl ToolCache {
+    fn get(
+        &mut self,
+        policy: &Policy,
+        acc: &mut Accumulator,
+        e: &EventRef<'_>,
+    ) -> (ToolRoute, ToolSlot) {
+        let key = e.tool_key();
+        let mix = (key.1 as u64) ^ ((key.1 >> 64) as u64) ^ key.0;
+        let line =
+            &mut self.lines[(mix.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58) as usize % TOOL_LINES];
+        if line.key != key {
+            let tool = e.tool();
+            let (route, slot) = match self.by_name.get(tool) {
+                Some(&found) => found,
+                None => {
+                    let found = (policy.route(tool), acc.tool_slot(tool));
+                    self.by_name.insert(tool.to_string(), found);
+                    found
+                }
+            };
+            *line = ToolLine { key, route, slot };
+        }
+        (line.route, line.slot)
+    }
 }
 
 /// A rollback waiting for the recorded time of its answer.
@@ -315,12 +385,14 @@ impl RecordedDecider {
         };
         self.settle_until(state, call.ts_us);
         let granted = e.approval() == Some(crate::audit::schema::ApprovalOutcome::Granted);
-        let mut d = if e.continues() {
+        let (route, tool) = self.tools.get(policy, acc, e);
+        let mode = if e.continues() {
             // A later round: decided again, counted in its first round.
-            policy.decide_continuation(state, &call)
+            Approvals::Continuation
         } else {
-            policy.decide_with(state, &call, approvals.for_call(granted))
+            approvals.for_call(granted).into()
         };
+        let mut d = policy.decide_in(state, &call, &route, mode);
         let outcome = e.outcome();
         // As live, with the recorded outcome. A call the recording never
         // forwarded has no outcome under this candidate: it counts, as if it
@@ -353,7 +425,7 @@ impl RecordedDecider {
             Seen {
                 ts_us: call.ts_us,
                 event_id: &|| e.event_id(),
-                tool: call.tool,
+                tool,
                 agent: call.agent,
                 session: call.session,
                 recorded: e.recorded(),
@@ -405,4 +477,79 @@ fn worker(
         w.finish()?;
     }
     Ok((acc.finish(), part))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::schema::{AuditRow, rows_to_batch};
+    use crate::replay::source::decode_batch_for_tests;
+
+    /// One batch of calls to the given tools, one per millisecond from `t0`.
+    fn batch(tools: &[&str], t0: i64) -> Arc<crate::replay::source::EventBatch> {
+        let rows: Vec<AuditRow> = tools
+            .iter()
+            .enumerate()
+            .map(|(i, tool)| AuditRow {
+                event_id: format!("{t0}-{i}"),
+                ts_us: t0 + i as i64 * 1000,
+                tool: Some(tool.to_string()),
+                ..AuditRow::default()
+            })
+            .collect();
+        Arc::new(decode_batch_for_tests(&rows_to_batch(&rows)))
+    }
+
+    /// Replay's per-tool cache must never take one tool for another, even
+    /// where the Arrow views of two different names are bit for bit equal
+    /// (same length, same first four bytes, same place in their own
+    /// batch's buffer), and must find a tool again across batches and in
+    /// columns that repeat a value at other offsets.
+    #[test]
+    fn the_tool_cache_tells_equal_looking_names_apart() {
+        let (policy, _) = Policy::from_yaml(
+            "version: \"1\"\ntools:\n  long-tool-name-alpha:\n    rules:\n      - name: no alpha\n        action: deny\n",
+            "t.yaml",
+        )
+        .unwrap();
+        let a = "long-tool-name-alpha";
+        let o = "long-tool-name-omega";
+        let batches = [
+            batch(&[a], 0),
+            batch(&[o], 10_000),
+            batch(&[o, a, o, a], 20_000),
+            batch(&[a], 30_000),
+        ];
+        assert_eq!(
+            batches[0].event(0).tool_key().1,
+            batches[1].event(0).tool_key().1,
+            "the test needs two names with equal views"
+        );
+        let mut state = PolicyState::new(&policy);
+        let mut decider = RecordedDecider::default();
+        let mut acc = Accumulator::new("p", "p.yaml", &policy.sha256);
+        let mut verdicts = Vec::new();
+        for b in &batches {
+            for &row in &b.rows {
+                let e = b.event(row);
+                let d = decider.decide(&policy, &mut state, &e, ApprovalMode::Deny, &mut acc);
+                verdicts.push((e.tool(), d.verdict));
+            }
+        }
+        for (tool, verdict) in &verdicts {
+            let expected = if *tool == a {
+                crate::policy::Verdict::Deny
+            } else {
+                crate::policy::Verdict::Allow
+            };
+            assert_eq!(*verdict, expected, "{tool}");
+        }
+        let report = acc.finish();
+        let by_tool: Vec<_> = report
+            .by_tool
+            .iter()
+            .map(|n| (n.name.as_str(), n.counts.allow, n.counts.deny))
+            .collect();
+        assert_eq!(by_tool, [(a, 0, 4), (o, 3, 0)]);
+    }
 }

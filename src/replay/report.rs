@@ -182,7 +182,9 @@ pub struct Accumulator {
     file: String,
     sha256: String,
     totals: Counts,
-    by_tool: HashMap<String, Counts>,
+    /// Each tool seen, in the order first seen ([`ToolSlot`] indexes it).
+    tools: Vec<Named>,
+    tool_slots: HashMap<String, ToolSlot>,
     by_agent: HashMap<String, Counts>,
     by_session: HashMap<String, Counts>,
     rules: HashMap<String, FirstFired>,
@@ -198,13 +200,18 @@ pub struct Accumulator {
     recorded_approvals: BTreeMap<String, u64>,
 }
 
+/// Where one tool's counts sit in an [`Accumulator`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ToolSlot(u32);
+
 /// One decided call, as the report sees it.
 pub struct Seen<'a> {
     pub ts_us: i64,
     /// The event's id, read only when the report keeps it (an example
     /// of a change, a rule's first firing, a guard's first trip).
     pub event_id: &'a dyn Fn() -> &'a str,
-    pub tool: &'a str,
+    /// The tool's place in this report ([`Accumulator::tool_slot`]).
+    pub tool: ToolSlot,
     pub agent: &'a str,
     pub session: &'a str,
     /// The recorded verdict (`None` for generated calls).
@@ -222,7 +229,8 @@ impl Accumulator {
             file: file.to_string(),
             sha256: sha256.to_string(),
             totals: Counts::default(),
-            by_tool: HashMap::default(),
+            tools: Vec::new(),
+            tool_slots: HashMap::default(),
             by_agent: HashMap::default(),
             by_session: HashMap::default(),
             rules: HashMap::default(),
@@ -235,6 +243,21 @@ impl Accumulator {
             guard: None,
             recorded_approvals: BTreeMap::new(),
         }
+    }
+
+    /// The place of a tool's counts in this report (made on first sight):
+    /// find it once per distinct tool, then count calls by it.
+    pub fn tool_slot(&mut self, tool: &str) -> ToolSlot {
+        if let Some(&slot) = self.tool_slots.get(tool) {
+            return slot;
+        }
+        let slot = ToolSlot(u32::try_from(self.tools.len()).expect("fewer than 2^32 tools"));
+        self.tools.push(Named {
+            name: tool.to_string(),
+            counts: Counts::default(),
+        });
+        self.tool_slots.insert(tool.to_string(), slot);
+        slot
     }
 
     /// Adds the guard section (for a candidate with runaway guards).
@@ -277,7 +300,7 @@ impl Accumulator {
                         Trip {
                             session: session.to_string(),
                             agent: agent.to_string(),
-                            tool: tool.to_string(),
+                            tool: self.tools[tool.0 as usize].name.clone(),
                             guard: kind,
                             rule: rule.unwrap_or_default().to_string(),
                             ts: format_us(ts_us),
@@ -289,7 +312,7 @@ impl Accumulator {
             }
         }
         self.totals.add(verdict);
-        counts_for(&mut self.by_tool, tool).add(verdict);
+        self.tools[tool.0 as usize].counts.add(verdict);
         if verdict != Verdict::Allow {
             counts_for(&mut self.by_agent, agent).add(verdict);
             counts_for(&mut self.by_session, session).add(verdict);
@@ -379,11 +402,7 @@ impl Accumulator {
             v.truncate(limit);
             v
         };
-        let mut by_tool: Vec<Named> = self
-            .by_tool
-            .into_iter()
-            .map(|(name, counts)| Named { name, counts })
-            .collect();
+        let mut by_tool = self.tools;
         by_tool.sort_by(|a, b| {
             b.counts
                 .total()

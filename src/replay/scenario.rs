@@ -98,11 +98,12 @@ impl<I: Iterator<Item = Result<Pending, AuditError>>> Background for Recorded<'_
         let d = e.decision.as_ref().expect("simulated with a policy");
         self.seq[scenario] += 1;
         let id = format!("{}#{}", self.names[scenario], self.seq[scenario]);
+        let tool = self.acc.tool_slot(&e.tool);
         self.acc.add(
             Seen {
                 ts_us: e.ts_us,
                 event_id: &|| id.as_str(),
-                tool: &e.tool,
+                tool,
                 agent: &e.agent,
                 session: &e.session,
                 recorded: None,

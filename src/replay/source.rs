@@ -29,6 +29,9 @@ use std::sync::Arc;
 /// that need parsing.
 pub struct EventBatch {
     pub input: usize,
+    /// This batch's number, unique in the process: with a string's Arrow
+    /// view it names the string exactly ([`EventRef::tool_key`]).
+    serial: u64,
     event_id: StringViewArray,
     ts: PrimitiveArray<TimestampMicrosecondType>,
     session: StringViewArray,
@@ -99,6 +102,17 @@ impl<'b> EventRef<'b> {
     }
     pub fn tool(&self) -> &'b str {
         self.batch.tool.value(self.row)
+    }
+    /// A key that names this row's tool text exactly and costs no look at
+    /// the text: the batch's serial and the Arrow view of the value. A
+    /// view holds the length and either the whole text (up to 12 bytes)
+    /// or where in the batch's buffers it lies, so within one batch equal
+    /// views are equal texts; a dictionary-encoded column (what the audit
+    /// writer makes) gives every row of one value the same view. Equal
+    /// texts may still have different keys (a plain-encoded column): a
+    /// cache keyed by it misses, it never mixes two tools up.
+    pub fn tool_key(&self) -> (u64, u128) {
+        (self.batch.serial, self.batch.tool.views()[self.row])
     }
     pub fn category(&self) -> Option<Category> {
         self.batch.category.get(self.row).copied().flatten()
@@ -454,6 +468,7 @@ fn decode_batch(
     Ok((
         EventBatch {
             input,
+            serial: next_serial(),
             category: parse(&category, n, |c| Category::from_str(c).ok()),
             risk: parse(&risk, n, |r| Risk::from_str(r).ok()),
             recorded: parse(&decision, n, |d| crate::policy::Verdict::from_str(d).ok()),
@@ -481,6 +496,20 @@ fn decode_batch(
         non_calls,
         filtered,
     ))
+}
+
+/// Decodes a batch as replay does (calls only, no filter, no arguments).
+#[cfg(test)]
+pub(crate) fn decode_batch_for_tests(batch: &arrow::array::RecordBatch) -> EventBatch {
+    decode_batch(batch, 0, &RowFilter::default(), false)
+        .expect("decodes")
+        .0
+}
+
+/// A new [`EventBatch::serial`].
+fn next_serial() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Sorts a nearly-sorted stream by `ts` within a window of event time.
