@@ -234,11 +234,9 @@ impl Policy {
                 Arc::from(format!("Tool \"{tool}\" is not permitted by policy")),
             );
         }
-        let (category, risk) = route.classify(call.category, call.risk);
         let mut ctx = EvalCtx {
             call,
-            category: category.as_str(),
-            risk: risk.as_str(),
+            route,
             state,
             failed: None,
         };
@@ -248,7 +246,8 @@ impl Policy {
             .into_iter()
             .chain(self.wildcard_entry())
             .flat_map(|e| e.rules.iter());
-        let mut applied: SmallVec<[&Rule; 8]> = SmallVec::new();
+        // The rules that passed and hold a counter, in order.
+        let mut applied: SmallVec<[&Rule; 4]> = SmallVec::new();
         let mut approval: Option<&Rule> = None;
         for rule in rules {
             let applies = rule.when.iter().all(|c| ctx.holds(c));
@@ -299,11 +298,18 @@ impl Policy {
         // amount cannot be read (increment_from) ends the list: the rules
         // before it may still throttle the call, else it is denied.
         let EvalCtx { state, .. } = ctx;
+        if applied.is_empty() {
+            state.sweep(call.ts_us);
+            return match approval {
+                Some(a) => Decision::refuse(Verdict::Approval, a.name.clone(), a.message.clone()),
+                None => Decision::allow(Reservation::default()),
+            };
+        }
         // repeat_limit counters are kept per identical call: their scope
         // value carries the tool and the SHA-256 of the canonical arguments
         // (computed only when a rule needs it).
         let mut args_hash: Option<String> = None;
-        let mut owned: SmallVec<[String; 2]> = SmallVec::new();
+        let mut owned: Vec<String> = Vec::new();
         for rule in &applied {
             if let Some(limit) = &rule.limit
                 && limit.by_args
@@ -323,10 +329,10 @@ impl Policy {
             }
         }
         let mut owned_scopes = owned.iter();
+        // `wants[i]` is the counter of `applied[i]`.
         let mut wants: SmallVec<[Want<'_>; 4]> = SmallVec::new();
-        let mut wanting: SmallVec<[&Rule; 4]> = SmallVec::new();
         let mut unreadable: Option<(&Rule, &str, &'static str)> = None;
-        for rule in applied {
+        for rule in &applied {
             let Some(limit) = &rule.limit else { continue };
             let amount = match &limit.amount {
                 Amount::Fixed(n) => *n,
@@ -353,7 +359,6 @@ impl Policy {
                 max: limit.max,
             };
             wants.push(want);
-            wanting.push(rule);
         }
         let reservation = match state.reserve(&wants, call.ts_us) {
             Ok(r) => r,
@@ -362,7 +367,7 @@ impl Policy {
                 if let Some(a) = approval {
                     return Decision::refuse(Verdict::Approval, a.name.clone(), a.message.clone());
                 }
-                let rule = wanting[exhausted.index];
+                let rule = applied[exhausted.index];
                 let guard = rule.limit.as_ref().and_then(|l| {
                     if l.by_args {
                         Some(Guard::RepeatLimit)
@@ -468,8 +473,7 @@ fn increment_value(value: Option<&Value>) -> Result<i64, &'static str> {
 
 struct EvalCtx<'c, 'a, S: ?Sized> {
     call: &'c Call<'a>,
-    category: &'static str,
-    risk: &'static str,
+    route: &'c ToolRoute,
     state: &'c mut S,
     /// The store could not answer a read: the decision ends there.
     failed: Option<StoreError>,
@@ -489,10 +493,13 @@ impl<S: CounterStore + ?Sized> EvalCtx<'_, '_, S> {
                     }
                 }
             }
-            other => match resolve_call_str(other, self.call, self.category, self.risk) {
-                Some(s) => c.test_str(s),
-                None => c.test(None),
-            },
+            other => {
+                let (category, risk) = self.route.classify(self.call.category, self.call.risk);
+                match resolve_call_str(other, self.call, category.as_str(), risk.as_str()) {
+                    Some(s) => c.test_str(s),
+                    None => c.test(None),
+                }
+            }
         }
     }
 }

@@ -428,26 +428,36 @@ fn decode_batch(
         rows.push(i as u32);
     }
     // Parse the small per-row fields once, here, for every candidate.
-    /// Parses a column's values, reusing the previous row's result when the
-    /// text repeats (these columns take a handful of values).
+    /// Parses a column's values, each distinct value once: these columns
+    /// take a handful of values, so results are kept by the value's Arrow
+    /// view (within one array, equal views are equal texts; a
+    /// dictionary-encoded column gives all rows of a value one view), and
+    /// the text is read only when a view is new.
     fn parse<T: Copy>(
         a: &Option<StringViewArray>,
         n: usize,
         f: impl Fn(&str) -> Option<T>,
     ) -> Vec<Option<T>> {
+        let Some(a) = a else {
+            return vec![None; n];
+        };
+        let views = a.views();
+        let mut known: [Option<(u128, Option<T>)>; 8] = [None; 8];
         let mut out = Vec::with_capacity(n);
-        let mut last: Option<(&str, Option<T>)> = None;
-        for i in 0..n {
-            let v = match get(a, i) {
-                None => None,
-                Some(text) => match last {
-                    Some((t, v)) if t == text => v,
-                    _ => {
-                        let v = f(text);
-                        last = Some((text, v));
-                        v
-                    }
-                },
+        for (i, &view) in views.iter().enumerate().take(n) {
+            if a.is_null(i) {
+                out.push(None);
+                continue;
+            }
+            let mix = (view as u64 ^ (view >> 64) as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            let slot = &mut known[(mix >> 61) as usize];
+            let v = match *slot {
+                Some((seen, v)) if seen == view => v,
+                _ => {
+                    let v = f(a.value(i));
+                    *slot = Some((view, v));
+                    v
+                }
             };
             out.push(v);
         }
