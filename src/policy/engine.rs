@@ -64,9 +64,47 @@ impl Guard {
     }
 }
 
-impl Decision {
-    pub(crate) fn allow(reservation: Reservation) -> Decision {
-        Decision {
+/// A rule's name or message in a [`Decided`]: borrowed from the policy, or
+/// made for this call (a hidden tool's message, a store's error).
+#[derive(Debug, Clone)]
+pub(crate) enum Text<'p> {
+    Policy(&'p Arc<str>),
+    Made(Arc<str>),
+}
+
+impl Text<'_> {
+    pub(crate) fn as_str(&self) -> &str {
+        match self {
+            Text::Policy(t) => t,
+            Text::Made(t) => t,
+        }
+    }
+
+    fn shared(self) -> Arc<str> {
+        match self {
+            Text::Policy(t) => t.clone(),
+            Text::Made(t) => t,
+        }
+    }
+}
+
+/// A [`Decision`] as the core makes it, before it leaves the policy's
+/// hands: the deciding rule's name and message are borrowed, so a caller
+/// that only reads them (replay, deciding millions of calls) pays no
+/// reference counting; [`Decision::from`] makes the owned form.
+#[derive(Debug)]
+pub(crate) struct Decided<'p> {
+    pub verdict: Verdict,
+    pub rule: Option<Text<'p>>,
+    pub message: Option<Text<'p>>,
+    pub retry_after_ms: Option<u64>,
+    pub guard: Option<Guard>,
+    pub reservation: Reservation,
+}
+
+impl<'p> Decided<'p> {
+    fn allow(reservation: Reservation) -> Self {
+        Decided {
             verdict: Verdict::Allow,
             rule: None,
             message: None,
@@ -76,14 +114,36 @@ impl Decision {
         }
     }
 
-    pub(crate) fn refuse(verdict: Verdict, rule: Arc<str>, message: Arc<str>) -> Decision {
-        Decision {
+    /// Refused by a rule of the policy.
+    fn by(verdict: Verdict, rule: &'p Rule) -> Self {
+        Decided {
             verdict,
-            rule: Some(rule),
-            message: Some(message),
-            retry_after_ms: None,
-            guard: None,
-            reservation: Reservation::default(),
+            rule: Some(Text::Policy(&rule.name)),
+            message: Some(Text::Policy(&rule.message)),
+            ..Decided::allow(Reservation::default())
+        }
+    }
+
+    /// Refused with a name and message made for this call.
+    fn made(verdict: Verdict, rule: Arc<str>, message: Arc<str>) -> Self {
+        Decided {
+            verdict,
+            rule: Some(Text::Made(rule)),
+            message: Some(Text::Made(message)),
+            ..Decided::allow(Reservation::default())
+        }
+    }
+}
+
+impl From<Decided<'_>> for Decision {
+    fn from(d: Decided<'_>) -> Decision {
+        Decision {
+            verdict: d.verdict,
+            rule: d.rule.map(Text::shared),
+            message: d.message.map(Text::shared),
+            retry_after_ms: d.retry_after_ms,
+            guard: d.guard,
+            reservation: d.reservation,
         }
     }
 }
@@ -180,6 +240,7 @@ impl Policy {
         approvals: ApprovalMode,
     ) -> Decision {
         self.decide_in(state, call, &self.route(call.tool), approvals.into())
+            .into()
     }
 
     /// Decides a call a human has just approved: `require_approval` rules
@@ -193,6 +254,7 @@ impl Policy {
         call: &Call<'_>,
     ) -> Decision {
         self.decide_in(state, call, &self.route(call.tool), Approvals::Approved)
+            .into()
     }
 
     /// Decides a later round of a multi-round call (a 2026-07-28 retry
@@ -206,21 +268,22 @@ impl Policy {
         call: &Call<'_>,
     ) -> Decision {
         self.decide_in(state, call, &self.route(call.tool), Approvals::Continuation)
+            .into()
     }
 
     /// Every decision: `route` is [`Policy::route`] of `call.tool` (a
     /// caller that sees a tool many times resolves it once).
-    pub(crate) fn decide_in<S: CounterStore + ?Sized>(
-        &self,
+    pub(crate) fn decide_in<'p, S: CounterStore + ?Sized>(
+        &'p self,
         state: &mut S,
         call: &Call<'_>,
         route: &ToolRoute,
         approvals: Approvals,
-    ) -> Decision {
+    ) -> Decided<'p> {
         debug_assert_eq!(*route, self.route(call.tool), "a stale tool route");
         let tool = call.tool;
         if route.hidden {
-            return Decision::refuse(
+            return Decided::made(
                 Verdict::Deny,
                 Arc::from(HIDDEN_RULE),
                 Arc::from(format!("Tool \"{tool}\" is hidden by policy")),
@@ -228,7 +291,7 @@ impl Policy {
         }
         let own = self.route_entry(route);
         if self.default_deny && own.is_none() {
-            return Decision::refuse(
+            return Decided::made(
                 Verdict::Deny,
                 Arc::from(DEFAULT_DENY_RULE),
                 Arc::from(format!("Tool \"{tool}\" is not permitted by policy")),
@@ -265,11 +328,7 @@ impl Policy {
                     }
                     if approval.is_none() {
                         if approvals == Approvals::Deny {
-                            return Decision::refuse(
-                                Verdict::Approval,
-                                rule.name.clone(),
-                                rule.message.clone(),
-                            );
+                            return Decided::by(Verdict::Approval, rule);
                         }
                         // Granted: the human's yes lets evaluation go on.
                         approval = Some(rule);
@@ -292,7 +351,7 @@ impl Policy {
 
         if approvals == Approvals::Continuation {
             // Counted once, in the call's first round.
-            return Decision::allow(Reservation::default());
+            return Decided::allow(Reservation::default());
         }
         // Phase 2: reserve counters in rule order, all at once. A rule whose
         // amount cannot be read (increment_from) ends the list: the rules
@@ -301,8 +360,8 @@ impl Policy {
         if applied.is_empty() {
             state.sweep(call.ts_us);
             return match approval {
-                Some(a) => Decision::refuse(Verdict::Approval, a.name.clone(), a.message.clone()),
-                None => Decision::allow(Reservation::default()),
+                Some(a) => Decided::by(Verdict::Approval, a),
+                None => Decided::allow(Reservation::default()),
             };
         }
         // repeat_limit counters are kept per identical call: their scope
@@ -365,7 +424,7 @@ impl Policy {
             Err(ReserveError::Unavailable(e)) => return store_unavailable(e),
             Err(ReserveError::Exhausted(exhausted)) => {
                 if let Some(a) = approval {
-                    return Decision::refuse(Verdict::Approval, a.name.clone(), a.message.clone());
+                    return Decided::by(Verdict::Approval, a);
                 }
                 let rule = applied[exhausted.index];
                 let guard = rule.limit.as_ref().and_then(|l| {
@@ -380,10 +439,10 @@ impl Policy {
                         None
                     }
                 });
-                return Decision {
+                return Decided {
                     verdict: Verdict::Throttle,
-                    rule: Some(rule.name.clone()),
-                    message: Some(rule.message.clone()),
+                    rule: Some(Text::Policy(&rule.name)),
+                    message: Some(Text::Policy(&rule.message)),
                     retry_after_ms: exhausted
                         .retry_after_us
                         .map(|us| (us as u64).div_ceil(1000)),
@@ -398,26 +457,21 @@ impl Policy {
                 "Rule \"{}\" cannot count this call: increment_from {path_text} {problem} (fail closed)",
                 rule.name
             );
-            return refuse_with(
-                approval,
-                Verdict::Deny,
-                &Rule {
-                    message: Arc::from(message),
-                    ..rule.clone()
+            return match approval {
+                Some(a) => Decided::by(Verdict::Approval, a),
+                None => Decided {
+                    message: Some(Text::Made(Arc::from(message))),
+                    ..Decided::by(Verdict::Deny, rule)
                 },
-            );
+            };
         }
         state.sweep(call.ts_us);
         match approval {
-            Some(a) => Decision {
-                verdict: Verdict::Approval,
-                rule: Some(a.name.clone()),
-                message: Some(a.message.clone()),
-                retry_after_ms: None,
-                guard: None,
+            Some(a) => Decided {
                 reservation,
+                ..Decided::by(Verdict::Approval, a)
             },
-            None => Decision::allow(reservation),
+            None => Decided::allow(reservation),
         }
     }
 }
@@ -425,23 +479,21 @@ impl Policy {
 /// The decision when the counter store could not answer: refused (fail
 /// closed), or allowed without counting when the store fails open; both
 /// name [`STORE_UNAVAILABLE_RULE`] so the audit row shows it.
-fn store_unavailable(e: StoreError) -> Decision {
-    if e.fail_open {
-        Decision {
-            rule: Some(Arc::from(STORE_UNAVAILABLE_RULE)),
-            message: Some(e.message),
-            ..Decision::allow(Reservation::default())
-        }
+fn store_unavailable(e: StoreError) -> Decided<'static> {
+    // Failing open allows the call, uncounted, and still names the cause.
+    let verdict = if e.fail_open {
+        Verdict::Allow
     } else {
-        Decision::refuse(Verdict::Deny, Arc::from(STORE_UNAVAILABLE_RULE), e.message)
-    }
+        Verdict::Deny
+    };
+    Decided::made(verdict, Arc::from(STORE_UNAVAILABLE_RULE), e.message)
 }
 
 /// A refusal; under a granted approval the verdict reported stays `approval`.
-fn refuse_with(approval: Option<&Rule>, verdict: Verdict, rule: &Rule) -> Decision {
+fn refuse_with<'p>(approval: Option<&'p Rule>, verdict: Verdict, rule: &'p Rule) -> Decided<'p> {
     match approval {
-        Some(a) => Decision::refuse(Verdict::Approval, a.name.clone(), a.message.clone()),
-        None => Decision::refuse(verdict, rule.name.clone(), rule.message.clone()),
+        Some(a) => Decided::by(Verdict::Approval, a),
+        None => Decided::by(verdict, rule),
     }
 }
 

@@ -13,10 +13,8 @@ use crate::audit::filter::RowFilter;
 use crate::audit::read::resolve_inputs;
 use crate::audit::remote::{DataFile, StoreOptions};
 use crate::policy::ToolRoute;
-use crate::policy::engine::Approvals;
-use crate::policy::{
-    ApprovalMode, Call, CounterStore, Decision, Outcome, Policy, PolicyState, Reservation,
-};
+use crate::policy::engine::{Approvals, Decided, Text};
+use crate::policy::{ApprovalMode, Call, CounterStore, Outcome, Policy, PolicyState, Reservation};
 use crate::replay::decisions::DecisionsWriter;
 use crate::replay::report::{Accumulator, CandidateReport, Report, Seen, ToolSlot};
 use crate::replay::source::{EventRef, Reorder, Segment, SourceStats, merge, recorded_events};
@@ -364,14 +362,14 @@ impl RecordedDecider {
         self.settle_until(state, i64::MAX);
     }
 
-    pub(crate) fn decide(
+    pub(crate) fn decide<'p>(
         &mut self,
-        policy: &Policy,
+        policy: &'p Policy,
         state: &mut PolicyState,
         e: &EventRef<'_>,
         approvals: ApprovalMode,
         acc: &mut Accumulator,
-    ) -> Decision {
+    ) -> Decided<'p> {
         let call = Call {
             ts_us: e.ts_us(),
             session: e.session_id(),
@@ -421,19 +419,19 @@ impl RecordedDecider {
                 None => state.settle(reservation, settled),
             }
         }
-        acc.add(
-            Seen {
-                ts_us: call.ts_us,
-                event_id: &|| e.event_id(),
-                tool,
-                agent: call.agent,
-                session: call.session,
-                recorded: e.recorded(),
-                never_forwarded: outcome == Outcome::NotForwarded,
-                approval: e.approval(),
-            },
-            &d,
-        );
+        acc.add(Seen {
+            ts_us: call.ts_us,
+            event_id: &|| e.event_id(),
+            tool,
+            agent: call.agent,
+            session: call.session,
+            recorded: e.recorded(),
+            never_forwarded: outcome == Outcome::NotForwarded,
+            approval: e.approval(),
+            verdict: d.verdict,
+            rule: d.rule.as_ref().map(Text::as_str),
+            guard: d.guard,
+        });
         d
     }
 }
@@ -466,8 +464,8 @@ fn worker(
                     &e,
                     &c.name,
                     d.verdict,
-                    d.rule.as_deref(),
-                    d.message.as_deref(),
+                    d.rule.as_ref().map(Text::as_str),
+                    d.message.as_ref().map(Text::as_str),
                     d.retry_after_ms,
                 )?;
             }

@@ -4,7 +4,7 @@
 //! table, JSON (the stable structure documented in docs/replay.md), Markdown
 //! or one self-contained HTML page.
 
-use crate::policy::{Decision, Guard, Verdict};
+use crate::policy::{Guard, Verdict};
 use crate::time::format_us;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -220,6 +220,11 @@ pub struct Seen<'a> {
     pub never_forwarded: bool,
     /// How the recorded approval ended, if the call needed one.
     pub approval: Option<crate::audit::schema::ApprovalOutcome>,
+    /// The candidate's verdict, the rule that decided and, for a throttle
+    /// by a runaway guard, which one.
+    pub verdict: Verdict,
+    pub rule: Option<&'a str>,
+    pub guard: Option<Guard>,
 }
 
 impl Accumulator {
@@ -268,7 +273,7 @@ impl Accumulator {
         self
     }
 
-    pub fn add(&mut self, e: Seen<'_>, d: &Decision) {
+    pub fn add(&mut self, e: Seen<'_>) {
         let Seen {
             ts_us,
             event_id,
@@ -278,13 +283,14 @@ impl Accumulator {
             recorded,
             never_forwarded,
             approval,
+            verdict,
+            rule,
+            guard,
         } = e;
         if let Some(a) = approval {
             *self.recorded_approvals.entry(a.to_string()).or_default() += 1;
         }
-        let verdict = d.verdict;
-        let rule = d.rule.as_deref();
-        if let (Some(kind), Some((g, trips))) = (d.guard, &mut self.guard) {
+        if let (Some(kind), Some((g, trips))) = (guard, &mut self.guard) {
             match kind {
                 Guard::RepeatLimit => g.repeat_limit += 1,
                 Guard::CircuitBreaker => g.circuit_breaker += 1,

@@ -99,19 +99,19 @@ impl<I: Iterator<Item = Result<Pending, AuditError>>> Background for Recorded<'_
         self.seq[scenario] += 1;
         let id = format!("{}#{}", self.names[scenario], self.seq[scenario]);
         let tool = self.acc.tool_slot(&e.tool);
-        self.acc.add(
-            Seen {
-                ts_us: e.ts_us,
-                event_id: &|| id.as_str(),
-                tool,
-                agent: &e.agent,
-                session: &e.session,
-                recorded: None,
-                never_forwarded: false,
-                approval: None,
-            },
-            d,
-        );
+        self.acc.add(Seen {
+            ts_us: e.ts_us,
+            event_id: &|| id.as_str(),
+            tool,
+            agent: &e.agent,
+            session: &e.session,
+            recorded: None,
+            never_forwarded: false,
+            approval: None,
+            verdict: d.verdict,
+            rule: d.rule.as_deref(),
+            guard: d.guard,
+        });
         let a = self
             .per_agent
             .entry(e.agent.clone())
