@@ -419,8 +419,10 @@ impl Policy {
             };
             wants.push(want);
         }
-        let reservation = match state.reserve(&wants, call.ts_us) {
-            Ok(r) => r,
+        // The reservation is made where the decision will hold it.
+        let mut decided = Decided::allow(Reservation::default());
+        match state.reserve_into(&wants, call.ts_us, &mut decided.reservation) {
+            Ok(()) => {}
             Err(ReserveError::Unavailable(e)) => return store_unavailable(e),
             Err(ReserveError::Exhausted(exhausted)) => {
                 if let Some(a) = approval {
@@ -452,7 +454,7 @@ impl Policy {
             }
         };
         if let Some((rule, path_text, problem)) = unreadable {
-            state.settle(reservation, Outcome::NotForwarded);
+            state.settle(decided.reservation, Outcome::NotForwarded);
             let message = format!(
                 "Rule \"{}\" cannot count this call: increment_from {path_text} {problem} (fail closed)",
                 rule.name
@@ -466,13 +468,12 @@ impl Policy {
             };
         }
         state.sweep(call.ts_us);
-        match approval {
-            Some(a) => Decided {
-                reservation,
-                ..Decided::by(Verdict::Approval, a)
-            },
-            None => Decided::allow(reservation),
+        if let Some(a) = approval {
+            decided.verdict = Verdict::Approval;
+            decided.rule = Some(Text::Policy(&a.name));
+            decided.message = Some(Text::Policy(&a.message));
         }
+        decided
     }
 }
 

@@ -422,6 +422,19 @@ pub trait CounterStore {
     /// its counter past `max` fails the whole call and nothing is kept.
     fn reserve(&mut self, wants: &[Want<'_>], now_us: i64) -> Result<Reservation, ReserveError>;
 
+    /// As [`CounterStore::reserve`], writing into `into` (empty on entry;
+    /// left empty on an error): the decision core's way, which spares the
+    /// in-memory home moving the reservation through a return value.
+    fn reserve_into(
+        &mut self,
+        wants: &[Want<'_>],
+        now_us: i64,
+        into: &mut Reservation,
+    ) -> Result<(), ReserveError> {
+        *into = self.reserve(wants, now_us)?;
+        Ok(())
+    }
+
     /// Settles a decided call's reservation with its outcome: a JSON-RPC
     /// error (the call never ran) or a call that was not forwarded gives the
     /// amounts back; any other outcome keeps them.
@@ -727,23 +740,28 @@ impl CounterStore for PolicyState {
 
     fn reserve(&mut self, wants: &[Want<'_>], now_us: i64) -> Result<Reservation, ReserveError> {
         let mut reservation = Reservation::default();
+        self.reserve_into(wants, now_us, &mut reservation)?;
+        Ok(reservation)
+    }
+
+    fn reserve_into(
+        &mut self,
+        wants: &[Want<'_>],
+        now_us: i64,
+        into: &mut Reservation,
+    ) -> Result<(), ReserveError> {
         for (index, w) in wants.iter().enumerate() {
-            if let Err(retry_after_us) = self.reserve_one(
-                w.counter,
-                w.scope,
-                w.amount,
-                w.max,
-                now_us,
-                &mut reservation,
-            ) {
-                self.roll_back(reservation);
+            if let Err(retry_after_us) =
+                self.reserve_one(w.counter, w.scope, w.amount, w.max, now_us, into)
+            {
+                self.roll_back(std::mem::take(into));
                 return Err(ReserveError::Exhausted(Exhausted {
                     index,
                     retry_after_us,
                 }));
             }
         }
-        Ok(reservation)
+        Ok(())
     }
 
     fn settle(&mut self, reservation: Reservation, outcome: Outcome) {

@@ -399,13 +399,14 @@ impl RecordedDecider {
             Outcome::NotForwarded => Outcome::Ok,
             o => o,
         };
-        let reservation = std::mem::take(&mut d.reservation);
         // Outcomes that change the state (a rollback; anything a circuit
         // breaker hears) take effect when the answer arrived.
         let matters =
-            (settled.rolls_back() && !reservation.is_empty()) || reservation.has_breaker();
-        // Otherwise settling would change nothing: the counts are kept.
+            (settled.rolls_back() && !d.reservation.is_empty()) || d.reservation.has_breaker();
+        // Otherwise settling would change nothing: the counts are kept
+        // (and the reservation is dropped with the decision).
         if matters {
+            let reservation = std::mem::take(&mut d.reservation);
             match e.latency_us() {
                 Some(latency) => {
                     self.seq += 1;
