@@ -362,14 +362,18 @@ impl RecordedDecider {
         self.settle_until(state, i64::MAX);
     }
 
-    pub(crate) fn decide<'p>(
+    /// Decides one recorded call and counts it in the report; `then` sees
+    /// the decision (which is dropped after it, not moved out: the
+    /// decision is large and most callers only count it).
+    pub(crate) fn decide<'p, R>(
         &mut self,
         policy: &'p Policy,
         state: &mut PolicyState,
         e: &EventRef<'_>,
         approvals: ApprovalMode,
         acc: &mut Accumulator,
-    ) -> Decided<'p> {
+        then: impl FnOnce(&Decided<'p>) -> R,
+    ) -> R {
         let call = Call {
             ts_us: e.ts_us(),
             session: e.session_id(),
@@ -433,7 +437,7 @@ impl RecordedDecider {
             rule: d.rule.as_ref().map(Text::as_str),
             guard: d.guard,
         });
-        d
+        then(&d)
     }
 }
 
@@ -459,17 +463,24 @@ fn worker(
             .flat_map(|s| s.rows().iter().map(|r| (&s.batch, *r)))
         {
             let e = batch.event(row);
-            let d = decider.decide(&c.policy, &mut state, &e, approvals, &mut acc);
-            if let Some(w) = &mut out {
-                w.push(
-                    &e,
-                    &c.name,
-                    d.verdict,
-                    d.rule.as_ref().map(Text::as_str),
-                    d.message.as_ref().map(Text::as_str),
-                    d.retry_after_ms,
-                )?;
-            }
+            decider.decide(
+                &c.policy,
+                &mut state,
+                &e,
+                approvals,
+                &mut acc,
+                |d| match &mut out {
+                    Some(w) => w.push(
+                        &e,
+                        &c.name,
+                        d.verdict,
+                        d.rule.as_ref().map(Text::as_str),
+                        d.message.as_ref().map(Text::as_str),
+                        d.retry_after_ms,
+                    ),
+                    None => Ok(()),
+                },
+            )?;
         }
     }
     if let Some(w) = out {
@@ -531,8 +542,11 @@ mod tests {
         for b in &batches {
             for &row in &b.rows {
                 let e = b.event(row);
-                let d = decider.decide(&policy, &mut state, &e, ApprovalMode::Deny, &mut acc);
-                verdicts.push((e.tool(), d.verdict));
+                let verdict =
+                    decider.decide(&policy, &mut state, &e, ApprovalMode::Deny, &mut acc, |d| {
+                        d.verdict
+                    });
+                verdicts.push((e.tool(), verdict));
             }
         }
         for (tool, verdict) in &verdicts {

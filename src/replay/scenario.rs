@@ -78,7 +78,8 @@ impl<I: Iterator<Item = Result<Pending, AuditError>>> Background for Recorded<'_
             match self.events.next() {
                 Some(Ok((batch, row))) => {
                     let e = batch.event(row);
-                    self.decider.decide(policy, state, &e, approvals, self.acc);
+                    self.decider
+                        .decide(policy, state, &e, approvals, self.acc, |_| ());
                     self.count += 1;
                     self.seen(e.ts_us());
                 }

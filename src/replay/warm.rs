@@ -67,6 +67,7 @@ pub fn warm_state(policy: &Policy, dir: &Path, now_us: i64) -> Result<Warm, Audi
             &batch.event(row),
             ApprovalMode::Deny,
             &mut acc,
+            |_| (),
         );
         calls += 1;
     }
