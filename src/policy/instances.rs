@@ -8,7 +8,9 @@
 //! holding its key inline (scope values of up to [`INLINE_SCOPE`] bytes:
 //! most session, agent and tool ids) next to its state, so a lookup waits
 //! for one line instead of three (table entry, key text, log buffer) — see
-//! docs/performance.md for the measurements.
+//! docs/performance.md for the measurements. A short key is hashed from
+//! the same two words (one folded multiply with seeds drawn from the
+//! table's random hasher), so a lookup reads its text once.
 
 use std::sync::Arc;
 
@@ -142,6 +144,58 @@ impl std::fmt::Debug for ScopeText {
     }
 }
 
+/// How a table hashes its keys: foldhash (randomly seeded) for long
+/// values; for short ones, one folded multiply of their two inline words
+/// with two seeds drawn from the same random hasher.
+#[derive(Clone)]
+struct KeyHasher {
+    long: hashbrown::DefaultHashBuilder,
+    seeds: (u64, u64),
+}
+
+impl Default for KeyHasher {
+    fn default() -> Self {
+        use std::hash::BuildHasher;
+        let long = hashbrown::DefaultHashBuilder::default();
+        let seeds = (long.hash_one(0u8), long.hash_one(1u8));
+        KeyHasher { long, seeds }
+    }
+}
+
+impl KeyHasher {
+    #[inline]
+    fn short(&self, len: u8, (lo, hi): (u64, u64)) -> u64 {
+        // `hi`'s top two bytes are zero: the length goes there.
+        folded_multiply(
+            lo ^ self.seeds.0,
+            hi ^ self.seeds.1 ^ (u64::from(len) << 56),
+        )
+    }
+
+    fn long(&self, text: &str) -> u64 {
+        use std::hash::BuildHasher;
+        self.long.hash_one(text)
+    }
+
+    /// A lookup's hash, from the words its probe already holds (no second
+    /// pass over a short text).
+    #[inline]
+    fn probe(&self, probe: &Probe, text: &str) -> u64 {
+        match *probe {
+            Probe::Short { len, words } => self.short(len, words),
+            Probe::Long => self.long(text),
+        }
+    }
+
+    /// A stored key's hash: the same as its probe's.
+    fn key(&self, key: &ScopeText) -> u64 {
+        match key {
+            ScopeText::Inline { len, bytes } => self.short(*len, words_of(bytes)),
+            ScopeText::Shared(text) => self.long(text),
+        }
+    }
+}
+
 /// One instance: its key and its state in one cache line (when `V` is at
 /// most 48 bytes).
 #[derive(Debug, Clone)]
@@ -162,14 +216,14 @@ pub(crate) const fn entry_size<V>() -> usize {
 #[derive(Clone)]
 pub(crate) struct Instances<V> {
     table: hashbrown::HashTable<Instance<V>>,
-    hasher: hashbrown::DefaultHashBuilder,
+    hasher: KeyHasher,
 }
 
 impl<V> Default for Instances<V> {
     fn default() -> Self {
         Instances {
             table: hashbrown::HashTable::new(),
-            hasher: hashbrown::DefaultHashBuilder::default(),
+            hasher: KeyHasher::default(),
         }
     }
 }
@@ -182,10 +236,18 @@ impl<V: std::fmt::Debug> std::fmt::Debug for Instances<V> {
     }
 }
 
+/// `a × b` folded to 64 bits (the high and low halves XORed): what
+/// foldhash is built on.
+#[inline]
+fn folded_multiply(a: u64, b: u64) -> u64 {
+    let full = u128::from(a) * u128::from(b);
+    (full as u64) ^ ((full >> 64) as u64)
+}
+
 impl<V> Instances<V> {
-    fn hash(&self, scope: &str) -> u64 {
-        use std::hash::BuildHasher;
-        self.hasher.hash_one(scope)
+    #[inline]
+    fn hash_probe(&self, probe: &Probe, scope: &str) -> u64 {
+        self.hasher.probe(probe, scope)
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -195,13 +257,15 @@ impl<V> Instances<V> {
     pub(crate) fn get(&self, scope: &str) -> Option<&V> {
         let probe = Probe::new(scope);
         self.table
-            .find(self.hash(scope), |i| i.key.matches(&probe, scope))
+            .find(self.hash_probe(&probe, scope), |i| {
+                i.key.matches(&probe, scope)
+            })
             .map(|i| &i.value)
     }
 
     pub(crate) fn get_mut(&mut self, scope: &str) -> Option<&mut V> {
-        let hash = self.hash(scope);
         let probe = Probe::new(scope);
+        let hash = self.hash_probe(&probe, scope);
         self.table
             .find_mut(hash, |i| i.key.matches(&probe, scope))
             .map(|i| &mut i.value)
@@ -214,16 +278,13 @@ impl<V> Instances<V> {
         scope: &str,
         fresh: impl FnOnce() -> V,
     ) -> (&ScopeText, &mut V, bool) {
-        let hash = self.hash(scope);
         let probe = Probe::new(scope);
+        let hash = self.hash_probe(&probe, scope);
         let hasher = &self.hasher;
         let entry = self.table.entry(
             hash,
             |i| i.key.matches(&probe, scope),
-            |i| {
-                use std::hash::BuildHasher;
-                hasher.hash_one(i.key.as_str())
-            },
+            |i| hasher.key(&i.key),
         );
         let (instance, created) = match entry {
             hashbrown::hash_table::Entry::Occupied(o) => (o.into_mut(), false),
@@ -307,5 +368,29 @@ mod tests {
             ScopeText::from("fourteen-bytes"),
             ScopeText::Inline { len: 14, .. }
         ));
+    }
+
+    /// A stored key hashes as its probe did: every value is found again
+    /// after the table has grown (and rehashed its keys) many times over.
+    #[test]
+    fn keys_are_found_after_the_table_grows() {
+        let mut t: Instances<usize> = Instances::default();
+        let values: Vec<String> = (0..5000)
+            .map(|i| match i % 3 {
+                0 => format!("a{i}"),
+                1 => format!("session-{i:05}"),
+                _ => format!("a-value-longer-than-fourteen-bytes-{i}"),
+            })
+            .collect();
+        for (i, v) in values.iter().enumerate() {
+            let (_, _, created) = t.get_or_insert_with(v, || i);
+            assert!(created, "{v}");
+        }
+        for (i, v) in values.iter().enumerate() {
+            assert_eq!(t.get(v), Some(&i), "{v}");
+            let (_, found, created) = t.get_or_insert_with(v, || usize::MAX);
+            assert!(!created && *found == i, "{v}");
+        }
+        assert_eq!(t.len(), values.len());
     }
 }
