@@ -4,6 +4,7 @@
 //! table, JSON (the stable structure documented in docs/replay.md), Markdown
 //! or one self-contained HTML page.
 
+use crate::audit::schema::{ApprovalOutcome, ColumnValue};
 use crate::policy::{Guard, Verdict};
 use crate::time::format_us;
 use serde::Serialize;
@@ -197,7 +198,8 @@ pub struct Accumulator {
     current: Option<(i64, Counts)>,
     /// `Some` when the candidate has runaway guards; trips per session.
     guard: Option<(GuardReport, HashMap<String, Trip>)>,
-    recorded_approvals: BTreeMap<String, u64>,
+    /// Calls by recorded approval outcome (indexed by the outcome).
+    recorded_approvals: [u64; ApprovalOutcome::VALUES.len()],
 }
 
 /// Where one tool's counts sit in an [`Accumulator`].
@@ -246,7 +248,7 @@ impl Accumulator {
             buckets: BTreeMap::new(),
             current: None,
             guard: None,
-            recorded_approvals: BTreeMap::new(),
+            recorded_approvals: [0; ApprovalOutcome::VALUES.len()],
         }
     }
 
@@ -288,7 +290,7 @@ impl Accumulator {
             guard,
         } = e;
         if let Some(a) = approval {
-            *self.recorded_approvals.entry(a.to_string()).or_default() += 1;
+            self.recorded_approvals[a as usize] += 1;
         }
         if let (Some(kind), Some((g, trips))) = (guard, &mut self.guard) {
             match kind {
@@ -452,7 +454,12 @@ impl Accumulator {
                 .collect(),
             agents_made: Vec::new(),
             guard,
-            recorded_approvals: self.recorded_approvals,
+            recorded_approvals: ApprovalOutcome::VALUES
+                .iter()
+                .zip(self.recorded_approvals)
+                .filter(|(_, n)| *n > 0)
+                .map(|(a, n)| (a.to_string(), n))
+                .collect(),
         }
     }
 }
@@ -956,4 +963,50 @@ fn html(s: &str) -> String {
         .replace('<', "&lt;")
         .replace('>', "&gt;")
         .replace('"', "&quot;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The report counts recorded approvals in an array indexed by the
+    /// outcome: each outcome's index must be its place in `VALUES`, and
+    /// the report must name each by its column text.
+    #[test]
+    fn recorded_approvals_are_counted_by_outcome() {
+        for (i, a) in ApprovalOutcome::VALUES.iter().enumerate() {
+            assert_eq!(*a as usize, i, "{a}");
+        }
+        let mut acc = Accumulator::new("p", "p.yaml", "");
+        let tool = acc.tool_slot("t");
+        for (n, a) in [
+            ApprovalOutcome::Denied,
+            ApprovalOutcome::Granted,
+            ApprovalOutcome::Denied,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            acc.add(Seen {
+                ts_us: n as i64,
+                event_id: &|| "e",
+                tool,
+                agent: "a",
+                session: "s",
+                recorded: Some(Verdict::Approval),
+                never_forwarded: false,
+                approval: Some(a),
+                verdict: Verdict::Approval,
+                rule: Some("r"),
+                guard: None,
+            });
+        }
+        let report = acc.finish();
+        let counts: Vec<_> = report
+            .recorded_approvals
+            .iter()
+            .map(|(k, n)| (k.as_str(), *n))
+            .collect();
+        assert_eq!(counts, [("denied", 2), ("granted", 1)]);
+    }
 }
