@@ -188,8 +188,11 @@ pub struct Accumulator {
     tool_slots: HashMap<String, ToolSlot>,
     by_agent: HashMap<String, Counts>,
     by_session: HashMap<String, Counts>,
-    rules: HashMap<String, FirstFired>,
-    rule_order: Vec<String>,
+    /// Each rule's first firing, in the order they first fired; the first
+    /// few are found by a scan (a policy's refusals come from a handful of
+    /// rules), the rest through `rule_index`.
+    rules: Vec<FirstFired>,
+    rule_index: HashMap<String, usize>,
     diff: Diff,
     assumed_successful: u64,
     bucket_us: i64,
@@ -240,8 +243,8 @@ impl Accumulator {
             tool_slots: HashMap::default(),
             by_agent: HashMap::default(),
             by_session: HashMap::default(),
-            rules: HashMap::default(),
-            rule_order: Vec::new(),
+            rules: Vec::new(),
+            rule_index: HashMap::default(),
             diff: Diff::default(),
             assumed_successful: 0,
             bucket_us: 60_000_000,
@@ -326,20 +329,28 @@ impl Accumulator {
             counts_for(&mut self.by_session, session).add(verdict);
         }
         if let Some(rule) = rule {
-            match self.rules.get_mut(rule) {
-                Some(f) => f.count += 1,
+            const SCANNED: usize = 8;
+            let known = self
+                .rules
+                .iter()
+                .take(SCANNED)
+                .position(|f| f.rule == rule)
+                .or_else(|| {
+                    (self.rules.len() > SCANNED)
+                        .then(|| self.rule_index.get(rule).copied())
+                        .flatten()
+                });
+            match known {
+                Some(i) => self.rules[i].count += 1,
                 None => {
-                    self.rule_order.push(rule.to_string());
-                    self.rules.insert(
-                        rule.to_string(),
-                        FirstFired {
-                            rule: rule.to_string(),
-                            ts: format_us(ts_us),
-                            event_id: event_id().to_string(),
-                            verdict,
-                            count: 1,
-                        },
-                    );
+                    self.rule_index.insert(rule.to_string(), self.rules.len());
+                    self.rules.push(FirstFired {
+                        rule: rule.to_string(),
+                        ts: format_us(ts_us),
+                        event_id: event_id().to_string(),
+                        verdict,
+                        count: 1,
+                    });
                 }
             }
         }
@@ -426,12 +437,7 @@ impl Accumulator {
             g.first_trips = first;
             g
         });
-        let mut rules = self.rules;
-        let rules = self
-            .rule_order
-            .iter()
-            .filter_map(|r| rules.remove(r))
-            .collect();
+        let rules = self.rules;
         CandidateReport {
             policy: self.policy,
             file: self.file,
@@ -1008,5 +1014,44 @@ mod tests {
             .map(|(k, n)| (k.as_str(), *n))
             .collect();
         assert_eq!(counts, [("denied", 2), ("granted", 1)]);
+    }
+
+    /// Rules are listed in the order they first fired, each with its
+    /// count, however many there are (the first few are found by a scan,
+    /// the rest by name).
+    #[test]
+    fn rules_keep_first_fired_order_and_counts() {
+        let mut acc = Accumulator::new("p", "p.yaml", "");
+        let tool = acc.tool_slot("t");
+        let names: Vec<String> = (0..20).map(|i| format!("rule {}", 19 - i)).collect();
+        for round in 0..3 {
+            for (i, name) in names.iter().enumerate().skip(round) {
+                acc.add(Seen {
+                    ts_us: (round * 100 + i) as i64,
+                    event_id: &|| "e",
+                    tool,
+                    agent: "a",
+                    session: "s",
+                    recorded: None,
+                    never_forwarded: false,
+                    approval: None,
+                    verdict: Verdict::Deny,
+                    rule: Some(name),
+                    guard: None,
+                });
+            }
+        }
+        let report = acc.finish();
+        let got: Vec<_> = report
+            .rules
+            .iter()
+            .map(|f| (f.rule.clone(), f.count, f.ts.clone()))
+            .collect();
+        let expected: Vec<_> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.clone(), (i.min(2) + 1) as u64, format_us(i as i64)))
+            .collect();
+        assert_eq!(got, expected);
     }
 }
