@@ -38,6 +38,14 @@ impl ScopeText {
     }
 }
 
+impl ScopeText {
+    /// The empty value.
+    pub(crate) const EMPTY: ScopeText = ScopeText::Inline {
+        len: 0,
+        bytes: [0; INLINE_SCOPE],
+    };
+}
+
 impl From<&str> for ScopeText {
     /// Short values inline (unused bytes zero, so equal values have equal
     /// arrays), longer ones shared.

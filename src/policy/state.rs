@@ -78,6 +78,15 @@ struct Reserved {
     mark: Mark,
 }
 
+impl Reserved {
+    const UNFILLED: Reserved = Reserved {
+        counter: 0,
+        scope: ScopeText::EMPTY,
+        amount: 0,
+        mark: Mark::Window(0),
+    };
+}
+
 /// Where a reserved amount went, so it can be given back exactly.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) enum Mark {
@@ -691,12 +700,17 @@ impl PolicyState {
                 Mark::Entry(id)
             }
         };
-        into.items.push(Reserved {
-            counter: counter as u32,
-            scope: scope_key,
-            amount,
-            mark,
-        });
+        // Pushed as a constant, then filled in place: a value built on the
+        // stack and copied into the list is read back (16 bytes at a time)
+        // right after its fields were stored one by one, which stalls the
+        // load (no store forwarding across stores) on every reservation.
+        into.items.push(Reserved::UNFILLED);
+        if let Some(r) = into.items.last_mut() {
+            r.counter = counter as u32;
+            r.scope = scope_key;
+            r.amount = amount;
+            r.mark = mark;
+        }
         Ok(())
     }
 
