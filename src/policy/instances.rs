@@ -11,6 +11,9 @@
 //! docs/performance.md for the measurements. A short key is hashed from
 //! the same two words (one folded multiply with seeds drawn from the
 //! table's random hasher), so a lookup reads its text once.
+//!
+//! Replay's report keeps its per-agent and per-session refusal counts in
+//! the same kind of table, for the same reasons.
 
 use std::sync::Arc;
 
@@ -306,6 +309,11 @@ impl<V> Instances<V> {
             ),
         };
         (&instance.key, &mut instance.value, created)
+    }
+
+    /// Every instance's scope value and state, in no particular order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&str, &V)> {
+        self.table.iter().map(|i| (i.key.as_str(), &i.value))
     }
 
     pub(crate) fn values_mut(&mut self) -> impl Iterator<Item = &mut V> {

@@ -5,6 +5,7 @@
 //! or one self-contained HTML page.
 
 use crate::audit::schema::{ApprovalOutcome, ColumnValue};
+use crate::policy::instances::Instances;
 use crate::policy::{Guard, Verdict};
 use crate::time::format_us;
 use serde::Serialize;
@@ -186,8 +187,11 @@ pub struct Accumulator {
     /// Each tool seen, in the order first seen ([`ToolSlot`] indexes it).
     tools: Vec<Named>,
     tool_slots: HashMap<String, ToolSlot>,
-    by_agent: HashMap<String, Counts>,
-    by_session: HashMap<String, Counts>,
+    /// Refusals by agent and by session, in the counters' table (a short
+    /// id is found by two word compares: no string hash or `memcmp` per
+    /// refused call).
+    by_agent: Instances<Counts>,
+    by_session: Instances<Counts>,
     /// Each rule's first firing, in the order they first fired; the first
     /// few are found by a scan (a policy's refusals come from a handful of
     /// rules), the rest through `rule_index`.
@@ -241,8 +245,8 @@ impl Accumulator {
             totals: Counts::default(),
             tools: Vec::new(),
             tool_slots: HashMap::default(),
-            by_agent: HashMap::default(),
-            by_session: HashMap::default(),
+            by_agent: Instances::default(),
+            by_session: Instances::default(),
             rules: Vec::new(),
             rule_index: HashMap::default(),
             diff: Diff::default(),
@@ -325,8 +329,14 @@ impl Accumulator {
         self.totals.add(verdict);
         self.tools[tool.0 as usize].counts.add(verdict);
         if verdict != Verdict::Allow {
-            counts_for(&mut self.by_agent, agent).add(verdict);
-            counts_for(&mut self.by_session, session).add(verdict);
+            self.by_agent
+                .get_or_insert_with(agent, Counts::default)
+                .1
+                .add(verdict);
+            self.by_session
+                .get_or_insert_with(session, Counts::default)
+                .1
+                .add(verdict);
         }
         if let Some(rule) = rule {
             const SCANNED: usize = 8;
@@ -407,10 +417,13 @@ impl Accumulator {
 
     pub fn finish(mut self) -> CandidateReport {
         self.flush_bucket();
-        let top = |m: HashMap<String, Counts>, limit: usize| {
+        let top = |m: Instances<Counts>, limit: usize| {
             let mut v: Vec<Named> = m
-                .into_iter()
-                .map(|(name, counts)| Named { name, counts })
+                .iter()
+                .map(|(name, counts)| Named {
+                    name: name.to_string(),
+                    counts: *counts,
+                })
                 .collect();
             v.sort_by(|a, b| {
                 b.counts
@@ -478,10 +491,6 @@ impl GuardReport {
             self.repeat_limit, self.circuit_breaker, self.sessions_tripped, self.calls_saved
         )
     }
-}
-
-fn counts_for<'m>(map: &'m mut HashMap<String, Counts>, key: &str) -> &'m mut Counts {
-    map.entry_ref(key).or_default()
 }
 
 /// The whole replay report.
