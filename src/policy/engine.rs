@@ -91,7 +91,10 @@ impl Text<'_> {
 /// A [`Decision`] as the core makes it, before it leaves the policy's
 /// hands: the deciding rule's name and message are borrowed, so a caller
 /// that only reads them (replay, deciding millions of calls) pays no
-/// reference counting; [`Decision::from`] makes the owned form.
+/// reference counting; the counts reserved for an allowed call are in the
+/// caller's [`Reservation`] (see [`Policy::decide_in`]), so the decision
+/// itself is small and returned without a copy of the reservation's
+/// entries. [`Decision::from_parts`] makes the owned form.
 #[derive(Debug)]
 pub(crate) struct Decided<'p> {
     pub verdict: Verdict,
@@ -99,20 +102,16 @@ pub(crate) struct Decided<'p> {
     pub message: Option<Text<'p>>,
     pub retry_after_ms: Option<u64>,
     pub guard: Option<Guard>,
-    pub reservation: Reservation,
 }
 
 impl<'p> Decided<'p> {
-    fn allow(reservation: Reservation) -> Self {
-        Decided {
-            verdict: Verdict::Allow,
-            rule: None,
-            message: None,
-            retry_after_ms: None,
-            guard: None,
-            reservation,
-        }
-    }
+    const ALLOW: Decided<'static> = Decided {
+        verdict: Verdict::Allow,
+        rule: None,
+        message: None,
+        retry_after_ms: None,
+        guard: None,
+    };
 
     /// Refused by a rule of the policy.
     fn by(verdict: Verdict, rule: &'p Rule) -> Self {
@@ -120,7 +119,7 @@ impl<'p> Decided<'p> {
             verdict,
             rule: Some(Text::Policy(&rule.name)),
             message: Some(Text::Policy(&rule.message)),
-            ..Decided::allow(Reservation::default())
+            ..Decided::ALLOW
         }
     }
 
@@ -130,20 +129,22 @@ impl<'p> Decided<'p> {
             verdict,
             rule: Some(Text::Made(rule)),
             message: Some(Text::Made(message)),
-            ..Decided::allow(Reservation::default())
+            ..Decided::ALLOW
         }
     }
 }
 
-impl From<Decided<'_>> for Decision {
-    fn from(d: Decided<'_>) -> Decision {
+impl Decision {
+    /// The owned decision: the core's [`Decided`] and the reservation it
+    /// made (empty unless the call is allowed and counted).
+    pub(crate) fn from_parts(d: Decided<'_>, reservation: Reservation) -> Decision {
         Decision {
             verdict: d.verdict,
             rule: d.rule.map(Text::shared),
             message: d.message.map(Text::shared),
             retry_after_ms: d.retry_after_ms,
             guard: d.guard,
-            reservation: d.reservation,
+            reservation,
         }
     }
 }
@@ -239,8 +240,7 @@ impl Policy {
         call: &Call<'_>,
         approvals: ApprovalMode,
     ) -> Decision {
-        self.decide_in(state, call, &self.route(call.tool), approvals.into())
-            .into()
+        self.decide_owned(state, call, approvals.into())
     }
 
     /// Decides a call a human has just approved: `require_approval` rules
@@ -253,8 +253,7 @@ impl Policy {
         state: &mut S,
         call: &Call<'_>,
     ) -> Decision {
-        self.decide_in(state, call, &self.route(call.tool), Approvals::Approved)
-            .into()
+        self.decide_owned(state, call, Approvals::Approved)
     }
 
     /// Decides a later round of a multi-round call (a 2026-07-28 retry
@@ -267,20 +266,41 @@ impl Policy {
         state: &mut S,
         call: &Call<'_>,
     ) -> Decision {
-        self.decide_in(state, call, &self.route(call.tool), Approvals::Continuation)
-            .into()
+        self.decide_owned(state, call, Approvals::Continuation)
+    }
+
+    /// [`Policy::decide_in`] for one call, made into a [`Decision`].
+    fn decide_owned<S: CounterStore + ?Sized>(
+        &self,
+        state: &mut S,
+        call: &Call<'_>,
+        approvals: Approvals,
+    ) -> Decision {
+        let mut reservation = Reservation::default();
+        let d = self.decide_in(
+            state,
+            call,
+            &self.route(call.tool),
+            approvals,
+            &mut reservation,
+        );
+        Decision::from_parts(d, reservation)
     }
 
     /// Every decision: `route` is [`Policy::route`] of `call.tool` (a
-    /// caller that sees a tool many times resolves it once).
+    /// caller that sees a tool many times resolves it once). The counts an
+    /// allowed call takes are added to `reservation`, which must be empty;
+    /// it stays empty when nothing is counted or the call is refused.
     pub(crate) fn decide_in<'p, S: CounterStore + ?Sized>(
         &'p self,
         state: &mut S,
         call: &Call<'_>,
         route: &ToolRoute,
         approvals: Approvals,
+        reservation: &mut Reservation,
     ) -> Decided<'p> {
         debug_assert_eq!(*route, self.route(call.tool), "a stale tool route");
+        debug_assert!(reservation.is_empty(), "a reservation left over");
         let tool = call.tool;
         if route.hidden {
             return Decided::made(
@@ -351,7 +371,7 @@ impl Policy {
 
         if approvals == Approvals::Continuation {
             // Counted once, in the call's first round.
-            return Decided::allow(Reservation::default());
+            return Decided::ALLOW;
         }
         // Phase 2: reserve counters in rule order, all at once. A rule whose
         // amount cannot be read (increment_from) ends the list: the rules
@@ -361,7 +381,7 @@ impl Policy {
             state.sweep(call.ts_us);
             return match approval {
                 Some(a) => Decided::by(Verdict::Approval, a),
-                None => Decided::allow(Reservation::default()),
+                None => Decided::ALLOW,
             };
         }
         // repeat_limit counters are kept per identical call: their scope
@@ -419,9 +439,7 @@ impl Policy {
             };
             wants.push(want);
         }
-        // The reservation is made where the decision will hold it.
-        let mut decided = Decided::allow(Reservation::default());
-        match state.reserve_into(&wants, call.ts_us, &mut decided.reservation) {
+        match state.reserve_into(&wants, call.ts_us, reservation) {
             Ok(()) => {}
             Err(ReserveError::Unavailable(e)) => return store_unavailable(e),
             Err(ReserveError::Exhausted(exhausted)) => {
@@ -449,12 +467,11 @@ impl Policy {
                         .retry_after_us
                         .map(|us| (us as u64).div_ceil(1000)),
                     guard,
-                    reservation: Reservation::default(),
                 };
             }
         };
         if let Some((rule, path_text, problem)) = unreadable {
-            state.settle(decided.reservation, Outcome::NotForwarded);
+            state.settle(std::mem::take(reservation), Outcome::NotForwarded);
             let message = format!(
                 "Rule \"{}\" cannot count this call: increment_from {path_text} {problem} (fail closed)",
                 rule.name
@@ -468,12 +485,11 @@ impl Policy {
             };
         }
         state.sweep(call.ts_us);
-        if let Some(a) = approval {
-            decided.verdict = Verdict::Approval;
-            decided.rule = Some(Text::Policy(&a.name));
-            decided.message = Some(Text::Policy(&a.message));
+        match approval {
+            // Granted: reported as the approval, counted as the call.
+            Some(a) => Decided::by(Verdict::Approval, a),
+            None => Decided::ALLOW,
         }
-        decided
     }
 }
 

@@ -52,6 +52,12 @@ impl Reservation {
         self.items.len()
     }
 
+    /// Forgets the reserved amounts (they stay counted), keeping the
+    /// buffer for the next call.
+    pub fn clear(&mut self) {
+        self.items.clear();
+    }
+
     /// Adds one reserved amount (for counter stores outside this module).
     pub(crate) fn push(&mut self, counter: usize, scope: Arc<str>, amount: i64, mark: Mark) {
         self.items.push(Reserved {

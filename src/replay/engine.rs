@@ -258,6 +258,8 @@ pub(crate) struct RecordedDecider {
     deferred: BinaryHeap<Reverse<Deferred>>,
     seq: u64,
     tools: ToolCache,
+    /// Where each call's counts are reserved (empty between calls).
+    reservation: Reservation,
 }
 
 /// Each tool's [`ToolRoute`] and report slot, resolved once per distinct
@@ -394,7 +396,7 @@ impl RecordedDecider {
         } else {
             approvals.for_call(granted).into()
         };
-        let mut d = policy.decide_in(state, &call, &route, mode);
+        let d = policy.decide_in(state, &call, &route, mode, &mut self.reservation);
         let outcome = e.outcome();
         // As live, with the recorded outcome. A call the recording never
         // forwarded has no outcome under this candidate: it counts, as if it
@@ -405,12 +407,14 @@ impl RecordedDecider {
         };
         // Outcomes that change the state (a rollback; anything a circuit
         // breaker hears) take effect when the answer arrived.
-        let matters =
-            (settled.rolls_back() && !d.reservation.is_empty()) || d.reservation.has_breaker();
+        let matters = (settled.rolls_back() && !self.reservation.is_empty())
+            || self.reservation.has_breaker();
         // Otherwise settling would change nothing: the counts are kept
-        // (and the reservation is dropped with the decision).
-        if matters {
-            let reservation = std::mem::take(&mut d.reservation);
+        // (and the reservation's buffer serves the next call).
+        if !matters {
+            self.reservation.clear();
+        } else {
+            let reservation = std::mem::take(&mut self.reservation);
             match e.latency_us() {
                 Some(latency) => {
                     self.seq += 1;
