@@ -73,9 +73,11 @@ fn main() {
         let mut rows = 0usize;
         for b in scan(
             files.clone(),
+            // As replay reads: its columns, row numbers instead of ids.
             ScanOptions::default()
                 .columns(&REPLAY_COLUMNS)
-                .string_views(),
+                .string_views()
+                .row_numbers(),
         ) {
             rows += b.unwrap().num_rows();
         }

@@ -39,7 +39,15 @@ pub struct ScanOptions {
     /// copied row by row. Replay reads this way; readers that hand batches
     /// on unchanged (export) keep the schema's `Utf8`.
     pub string_views: bool,
+    /// Add each row's number in its file (from 0, counting every row
+    /// group) as an `Int64` column named [`ROW_NUMBER`], so a reader can
+    /// come back for columns it did not read ([`read_event_ids`]).
+    pub row_numbers: bool,
 }
+
+/// The column [`ScanOptions::row_numbers`] adds (not an audit column: a
+/// position the reader makes, never stored).
+pub const ROW_NUMBER: &str = "flightrec.row_number";
 
 impl Default for ScanOptions {
     fn default() -> Self {
@@ -49,6 +57,7 @@ impl Default for ScanOptions {
             to_us: None,
             batch_size: 8192,
             string_views: false,
+            row_numbers: false,
         }
     }
 }
@@ -57,6 +66,12 @@ impl ScanOptions {
     /// Strings as views (see [`ScanOptions::string_views`]).
     pub fn string_views(mut self) -> Self {
         self.string_views = true;
+        self
+    }
+
+    /// Rows numbered (see [`ScanOptions::row_numbers`]).
+    pub fn row_numbers(mut self) -> Self {
+        self.row_numbers = true;
         self
     }
 
@@ -89,7 +104,7 @@ pub fn file_meta(file: &DataFile) -> Result<layout::FileMeta, AuditError> {
     match file {
         DataFile::Local(p) => layout::read_meta(p),
         DataFile::Remote { .. } => {
-            let builder = remote_builder(file, false)?;
+            let builder = remote_builder(file, &ScanOptions::default())?;
             Ok(layout::meta_of(builder.metadata().file_metadata()))
         }
     }
@@ -200,14 +215,14 @@ enum Reader {
 /// A remote file's reader builder (its footer fetched).
 fn remote_builder(
     file: &DataFile,
-    string_views: bool,
+    options: &ScanOptions,
 ) -> Result<ParquetRecordBatchStreamBuilder<remote::StoreReader>, AuditError> {
-    remote::block_on(remote_builder_async(file, string_views))
+    remote::block_on(remote_builder_async(file, options))
 }
 
 async fn remote_builder_async(
     file: &DataFile,
-    string_views: bool,
+    options: &ScanOptions,
 ) -> Result<ParquetRecordBatchStreamBuilder<remote::StoreReader>, AuditError> {
     let DataFile::Remote { dir, key, size } = file else {
         unreachable!("remote_builder takes remote files")
@@ -220,35 +235,42 @@ async fn remote_builder_async(
     let meta = ArrowReaderMetadata::load_async(&mut reader, ArrowReaderOptions::new())
         .await
         .map_err(unreadable)?;
-    let meta = if string_views {
-        with_string_views(meta).map_err(unreadable)?
-    } else {
-        meta
-    };
+    let meta = as_scanned(meta, options).map_err(unreadable)?;
     Ok(ParquetRecordBatchStreamBuilder::new_with_metadata(
         reader, meta,
     ))
 }
 
-/// The same reader metadata with every `Utf8` column read as `Utf8View`.
-fn with_string_views(
+/// The same reader metadata as `options` read the file: every `Utf8`
+/// column as `Utf8View` when asked, and the row number column when asked.
+fn as_scanned(
     meta: ArrowReaderMetadata,
+    options: &ScanOptions,
 ) -> Result<ArrowReaderMetadata, parquet::errors::ParquetError> {
     use arrow::datatypes::{DataType, Field, Schema};
-    let fields: Vec<Field> = meta
-        .schema()
-        .fields()
-        .iter()
-        .map(|f| match f.data_type() {
-            DataType::Utf8 => f.as_ref().clone().with_data_type(DataType::Utf8View),
-            _ => f.as_ref().clone(),
-        })
-        .collect();
-    let schema = Schema::new_with_metadata(fields, meta.schema().metadata().clone());
-    ArrowReaderMetadata::try_new(
-        meta.metadata().clone(),
-        ArrowReaderOptions::new().with_schema(std::sync::Arc::new(schema)),
-    )
+    if !options.string_views && !options.row_numbers {
+        return Ok(meta);
+    }
+    let mut reader_options = ArrowReaderOptions::new();
+    if options.string_views {
+        let fields: Vec<Field> = meta
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| match f.data_type() {
+                DataType::Utf8 => f.as_ref().clone().with_data_type(DataType::Utf8View),
+                _ => f.as_ref().clone(),
+            })
+            .collect();
+        let schema = Schema::new_with_metadata(fields, meta.schema().metadata().clone());
+        reader_options = reader_options.with_schema(std::sync::Arc::new(schema));
+    }
+    if options.row_numbers {
+        let field = Field::new(ROW_NUMBER, DataType::Int64, false)
+            .with_extension_type(parquet::arrow::RowNumber);
+        reader_options = reader_options.with_virtual_columns(vec![std::sync::Arc::new(field)])?;
+    }
+    ArrowReaderMetadata::try_new(meta.metadata().clone(), reader_options)
 }
 
 /// Applies the projection and row-group pruning of `options` to a reader
@@ -316,18 +338,16 @@ impl FileScan {
         let (reader, skipped, total) = match file {
             DataFile::Local(local) => {
                 let f = File::open(local).map_err(|e| AuditError::io("open", local, e))?;
-                let mut meta = ArrowReaderMetadata::load(&f, ArrowReaderOptions::new())
+                let meta = ArrowReaderMetadata::load(&f, ArrowReaderOptions::new())
+                    .and_then(|m| as_scanned(m, options))
                     .map_err(|e| AuditError::parquet(local, e))?;
-                if options.string_views {
-                    meta = with_string_views(meta).map_err(|e| AuditError::parquet(local, e))?;
-                }
                 let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(f, meta);
                 let (builder, skipped, total) = configure(builder, options, local)?;
                 let reader = builder.build().map_err(|e| AuditError::parquet(local, e))?;
                 (Reader::Local(reader), skipped, total)
             }
             DataFile::Remote { .. } => {
-                let builder = remote_builder(file, options.string_views)?;
+                let builder = remote_builder(file, options)?;
                 let (builder, skipped, total) = configure(builder, options, &path)?;
                 let stream = builder.build().map_err(|e| AuditError::parquet(&path, e))?;
                 (Reader::Remote(Box::new(stream)), skipped, total)
@@ -406,6 +426,15 @@ pub fn scan(
     files: Vec<DataFile>,
     options: ScanOptions,
 ) -> Box<dyn Iterator<Item = Result<RecordBatch, AuditError>> + Send> {
+    Box::new(scan_indexed(files, options).map(|item| item.map(|(_, batch)| batch)))
+}
+
+/// As [`scan`], each batch with the index in `files` of the file it came
+/// from.
+pub fn scan_indexed(
+    files: Vec<DataFile>,
+    options: ScanOptions,
+) -> Box<dyn Iterator<Item = Result<(usize, RecordBatch), AuditError>> + Send> {
     if files.iter().any(|f| matches!(f, DataFile::Remote { .. })) {
         return Box::new(scan_ahead(files, options));
     }
@@ -421,7 +450,10 @@ const BATCHES_AHEAD: usize = 16;
 
 type BatchResult = Result<RecordBatch, AuditError>;
 
-fn scan_ahead(files: Vec<DataFile>, options: ScanOptions) -> impl Iterator<Item = BatchResult> {
+fn scan_ahead(
+    files: Vec<DataFile>,
+    options: ScanOptions,
+) -> impl Iterator<Item = Result<(usize, RecordBatch), AuditError>> {
     // Each file gets its own bounded channel; the reader drains them in
     // file order. A coordinator starts a file only when fewer than
     // FILES_AHEAD are in flight.
@@ -442,7 +474,7 @@ fn scan_ahead(files: Vec<DataFile>, options: ScanOptions) -> impl Iterator<Item 
                 DataFile::Local(_) => {
                     tokio::task::spawn_blocking(move || {
                         for item in scan_here(vec![file], options) {
-                            if tx.blocking_send(item).is_err() {
+                            if tx.blocking_send(item.map(|(_, batch)| batch)).is_err() {
                                 break;
                             }
                         }
@@ -458,16 +490,20 @@ fn scan_ahead(files: Vec<DataFile>, options: ScanOptions) -> impl Iterator<Item 
             }
         }
     });
-    let mut current: Option<tokio::sync::mpsc::Receiver<BatchResult>> = None;
+    // The coordinator sends one receiver per file, in file order: the
+    // n-th received is file n.
+    let mut current: Option<(usize, tokio::sync::mpsc::Receiver<BatchResult>)> = None;
+    let mut opened = 0;
     std::iter::from_fn(move || {
         loop {
-            if let Some(rx) = &mut current {
+            if let Some((index, rx)) = &mut current {
                 match rx.blocking_recv() {
-                    Some(item) => return Some(item),
+                    Some(item) => return Some(item.map(|batch| (*index, batch))),
                     None => current = None,
                 }
             }
-            current = Some(files_rx.blocking_recv()?);
+            current = Some((opened, files_rx.blocking_recv()?));
+            opened += 1;
         }
     })
 }
@@ -480,7 +516,7 @@ async fn stream_file(
 ) {
     let label = file.label();
     let opened = async {
-        let builder = remote_builder_async(file, options.string_views).await?;
+        let builder = remote_builder_async(file, options).await?;
         let (builder, _, _) = configure(builder, options, &label)?;
         let stream: ParquetRecordBatchStream<remote::StoreReader> = builder
             .build()
@@ -535,22 +571,147 @@ fn keep_rows(
 fn scan_here(
     files: Vec<DataFile>,
     options: ScanOptions,
-) -> impl Iterator<Item = Result<RecordBatch, AuditError>> {
-    let mut files = files.into_iter();
-    let mut current: Option<FileScan> = None;
+) -> impl Iterator<Item = Result<(usize, RecordBatch), AuditError>> {
+    let mut files = files.into_iter().enumerate();
+    let mut current: Option<(usize, FileScan)> = None;
     std::iter::from_fn(move || {
         loop {
-            if let Some(scan) = &mut current {
+            if let Some((index, scan)) = &mut current {
                 match scan.next() {
-                    Some(item) => return Some(item),
+                    Some(item) => return Some(item.map(|batch| (*index, batch))),
                     None => current = None,
                 }
             }
-            let next = files.next()?;
+            let (index, next) = files.next()?;
             match FileScan::open(&next, &options) {
-                Ok(s) => current = Some(s),
+                Ok(s) => current = Some((index, s)),
                 Err(e) => return Some(Err(e)),
             }
         }
     })
+}
+
+/// The `event_id` of each of `rows` (row numbers in `file`, as
+/// [`ScanOptions::row_numbers`] gives them), in the order asked: only the
+/// row groups holding them are read, and in them only the pages holding
+/// them (by the file's offset index, when it has one).
+pub fn read_event_ids(file: &DataFile, rows: &[u64]) -> Result<Vec<String>, AuditError> {
+    use parquet::arrow::arrow_reader::{RowSelection, RowSelector};
+    let mut wanted: Vec<u64> = rows.to_vec();
+    wanted.sort_unstable();
+    wanted.dedup();
+    let label = file.label();
+    let bad = |e: parquet::errors::ParquetError| AuditError::parquet(&label, e);
+    let ids =
+        |batches: Vec<RecordBatch>| -> Result<Vec<String>, AuditError> {
+            let mut out = Vec::with_capacity(wanted.len());
+            for b in &batches {
+                let column = b
+                    .column_by_name(col::EVENT_ID)
+                    .ok_or_else(|| AuditError::Schema {
+                        path: label.clone(),
+                        detail: format!("has no column `{}`", col::EVENT_ID),
+                    })?;
+                let text = arrow::compute::cast(column, &arrow::datatypes::DataType::Utf8)
+                    .map_err(|e| AuditError::Schema {
+                        path: label.clone(),
+                        detail: format!("column `{}`: {e}", col::EVENT_ID),
+                    })?;
+                let text = arrow::array::AsArray::as_string::<i32>(&text);
+                out.extend(text.iter().map(|v| v.unwrap_or_default().to_string()));
+            }
+            Ok(out)
+        };
+    // Which row groups hold the rows, and the selection within them.
+    let plan = |meta: &parquet::file::metadata::ParquetMetaData| {
+        let mut groups = Vec::new();
+        let mut selectors = Vec::new();
+        let mut next = wanted.iter().copied().peekable();
+        let mut start = 0u64;
+        for (i, rg) in meta.row_groups().iter().enumerate() {
+            let end = start + rg.num_rows() as u64;
+            if next.peek().is_some_and(|r| *r < end) {
+                groups.push(i);
+                let mut at = start;
+                while let Some(r) = next.next_if(|r| *r < end) {
+                    selectors.push(RowSelector::skip((r - at) as usize));
+                    selectors.push(RowSelector::select(1));
+                    at = r + 1;
+                }
+                selectors.push(RowSelector::skip((end - at) as usize));
+            }
+            start = end;
+        }
+        (groups, RowSelection::from(selectors), next.next())
+    };
+    let batches = match file {
+        DataFile::Local(path) => {
+            let f = File::open(path).map_err(|e| AuditError::io("open", path, e))?;
+            let builder = ParquetRecordBatchReaderBuilder::try_new_with_options(
+                f,
+                ArrowReaderOptions::new()
+                    .with_offset_index_policy(parquet::file::metadata::PageIndexPolicy::Optional),
+            )
+            .map_err(bad)?;
+            let (groups, selection, beyond) = plan(builder.metadata());
+            if let Some(r) = beyond {
+                return Err(beyond_end(&label, r));
+            }
+            let mask = ProjectionMask::columns(builder.parquet_schema(), [col::EVENT_ID]);
+            builder
+                .with_projection(mask)
+                .with_row_groups(groups)
+                .with_row_selection(selection)
+                .build()
+                .map_err(bad)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| AuditError::Corrupt {
+                    path: label.clone(),
+                    detail: format!("unreadable data: {e}"),
+                })?
+        }
+        DataFile::Remote { .. } => remote::block_on(async {
+            use futures::TryStreamExt;
+            let builder = remote_builder_async(file, &ScanOptions::default()).await?;
+            let (groups, selection, beyond) = plan(builder.metadata());
+            if let Some(r) = beyond {
+                return Err(beyond_end(&label, r));
+            }
+            let mask = ProjectionMask::columns(builder.parquet_schema(), [col::EVENT_ID]);
+            builder
+                .with_projection(mask)
+                .with_row_groups(groups)
+                .with_row_selection(selection)
+                .build()
+                .map_err(bad)?
+                .try_collect::<Vec<_>>()
+                .await
+                .map_err(|e| AuditError::Corrupt {
+                    path: label.clone(),
+                    detail: format!("unreadable data: {e}"),
+                })
+        })?,
+    };
+    let found = ids(batches)?;
+    if found.len() != wanted.len() {
+        return Err(AuditError::Corrupt {
+            path: label,
+            detail: format!(
+                "{} of {} event ids read back (has the file changed?)",
+                found.len(),
+                wanted.len()
+            ),
+        });
+    }
+    Ok(rows
+        .iter()
+        .map(|r| found[wanted.binary_search(r).expect("every row is wanted")].clone())
+        .collect())
+}
+
+fn beyond_end(path: &Path, row: u64) -> AuditError {
+    AuditError::Corrupt {
+        path: path.to_path_buf(),
+        detail: format!("has no row {row} any more (has the file changed?)"),
+    }
 }

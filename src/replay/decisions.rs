@@ -127,8 +127,14 @@ impl DecisionsWriter {
         reason: Option<&str>,
         retry_after_ms: Option<u64>,
     ) -> Result<(), AuditError> {
+        let Some(event_id) = e.event_id() else {
+            return Err(AuditError::Schema {
+                path: self.path.clone(),
+                detail: "the input was read without event ids".into(),
+            });
+        };
         let b = &mut self.b;
-        b.event_id.append_value(e.event_id());
+        b.event_id.append_value(event_id);
         b.ts.append_value(e.ts_us());
         b.session.append_value(e.session_id());
         b.tool.append_value(e.tool());

@@ -17,7 +17,9 @@ use crate::policy::engine::{Approvals, Decided, Text};
 use crate::policy::{ApprovalMode, Call, CounterStore, Outcome, Policy, PolicyState, Reservation};
 use crate::replay::decisions::DecisionsWriter;
 use crate::replay::report::{Accumulator, CandidateReport, Report, Seen, ToolSlot};
-use crate::replay::source::{EventRef, Reorder, Segment, SourceStats, merge, recorded_events};
+use crate::replay::source::{
+    EventNames, EventRef, Reads, Reorder, Segment, SourceStats, merge, recorded_events,
+};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::io::IsTerminal;
@@ -124,7 +126,11 @@ pub(crate) fn stream_files(
         // Each writer's chain is one stream (nearly in time order); the
         // writers of a directory are merged by time like separate inputs.
         for (_, files) in crate::audit::layout::files_by_writer(&files) {
-            let events = recorded_events(files, i, config.filter.clone(), with_args, stats.clone());
+            let reads = Reads {
+                args: with_args,
+                ids: config.decisions_out.is_some(),
+            };
+            let events = recorded_events(files, i, config.filter.clone(), reads, stats.clone());
             streams.push(Reorder::new(
                 events,
                 config.reorder_window_us,
@@ -206,14 +212,14 @@ pub fn run_events(
     }
     drop(senders);
     progress.finish();
-    let mut reports = Vec::new();
+    let mut accumulators = Vec::new();
     let mut parts = Vec::new();
     for w in workers {
-        let (report, part) = w
+        let (acc, part) = w
             .join()
             .map_err(|_| ReplayError::Worker("a replay thread panicked".into()))?
             .map_err(ReplayError::Audit)?;
-        reports.push(report);
+        accumulators.push(acc);
         parts.extend(part);
     }
     if let Some(e) = source_error {
@@ -225,6 +231,11 @@ pub fn run_events(
     if let Some(out) = &config.decisions_out {
         crate::replay::decisions::concatenate(&parts, out)?;
     }
+    let names = EventNames::read(accumulators.iter().flat_map(Accumulator::rows_to_name))?;
+    let reports: Vec<CandidateReport> = accumulators
+        .into_iter()
+        .map(|acc| acc.finish(&mut |key| names.name(key)))
+        .collect();
     let s = stats.lock().expect("stats lock").clone();
     Ok(Report {
         flightrec_replay_report: 1,
@@ -430,7 +441,7 @@ impl RecordedDecider {
         }
         acc.add(Seen {
             ts_us: call.ts_us,
-            event_id: &|| e.event_id(),
+            event_id: &|| e.event_key(),
             tool,
             agent: call.agent,
             session: call.session,
@@ -445,7 +456,7 @@ impl RecordedDecider {
     }
 }
 
-type WorkerResult = Result<(CandidateReport, Option<PathBuf>), AuditError>;
+type WorkerResult = Result<(Accumulator, Option<PathBuf>), AuditError>;
 
 fn worker(
     c: Candidate,
@@ -490,14 +501,14 @@ fn worker(
     if let Some(w) = out {
         w.finish()?;
     }
-    Ok((acc.finish(), part))
+    Ok((acc, part))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::audit::schema::{AuditRow, rows_to_batch};
-    use crate::replay::source::decode_batch_for_tests;
+    use crate::replay::source::{EventNames, decode_batch_for_tests};
 
     /// One batch of calls to the given tools, one per millisecond from `t0`.
     fn batch(tools: &[&str], t0: i64) -> Arc<crate::replay::source::EventBatch> {
@@ -561,7 +572,7 @@ mod tests {
             };
             assert_eq!(*verdict, expected, "{tool}");
         }
-        let report = acc.finish();
+        let report = acc.finish(&mut |k| EventNames::default().name(k));
         let by_tool: Vec<_> = report
             .by_tool
             .iter()

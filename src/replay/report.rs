@@ -7,6 +7,7 @@
 use crate::audit::schema::{ApprovalOutcome, ColumnValue};
 use crate::policy::instances::Instances;
 use crate::policy::{Guard, Verdict};
+use crate::replay::source::{EventKey, RowAt};
 use crate::time::format_us;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -53,41 +54,103 @@ impl Counts {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct Change {
+/// Events that changed verdict, with a few examples' ids (`Id` is an
+/// [`EventKey`] while the report is being made).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Change<Id = String> {
     pub count: u64,
-    pub examples: Vec<String>,
+    pub examples: Vec<Id>,
 }
 
-impl Change {
-    fn add<'a>(&mut self, event_id: &dyn Fn() -> &'a str) {
-        self.count += 1;
-        if self.examples.len() < EXAMPLES {
-            self.examples.push(event_id().to_string());
+impl<Id> Default for Change<Id> {
+    fn default() -> Self {
+        Change {
+            count: 0,
+            examples: Vec::new(),
         }
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct Diff {
+impl Change<EventKey> {
+    fn add(&mut self, event_id: &dyn Fn() -> EventKey) {
+        self.count += 1;
+        if self.examples.len() < EXAMPLES {
+            self.examples.push(event_id());
+        }
+    }
+}
+
+impl<Id> Change<Id> {
+    fn named<N>(self, name: &mut dyn FnMut(Id) -> N) -> Change<N> {
+        Change {
+            count: self.count,
+            examples: self.examples.into_iter().map(name).collect(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Diff<Id = String> {
     /// Events with a recorded decision to compare against.
     pub compared: u64,
     pub unchanged: u64,
     /// Recorded allow, now refused (deny, throttle or approval).
-    pub newly_blocked: Change,
+    pub newly_blocked: Change<Id>,
     /// Recorded refused, now allowed.
-    pub newly_allowed: Change,
+    pub newly_allowed: Change<Id>,
     /// Refused both times, but with another verdict (e.g. deny → throttle).
-    pub changed: Change,
+    pub changed: Change<Id>,
+}
+
+impl<Id> Default for Diff<Id> {
+    fn default() -> Self {
+        Diff {
+            compared: 0,
+            unchanged: 0,
+            newly_blocked: Change::default(),
+            newly_allowed: Change::default(),
+            changed: Change::default(),
+        }
+    }
+}
+
+impl<Id> Diff<Id> {
+    fn named<N>(self, name: &mut dyn FnMut(Id) -> N) -> Diff<N> {
+        Diff {
+            compared: self.compared,
+            unchanged: self.unchanged,
+            newly_blocked: self.newly_blocked.named(name),
+            newly_allowed: self.newly_allowed.named(name),
+            changed: self.changed.named(name),
+        }
+    }
+
+    fn ids(&self) -> impl Iterator<Item = &Id> {
+        [&self.newly_blocked, &self.newly_allowed, &self.changed]
+            .into_iter()
+            .flat_map(|c| &c.examples)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct FirstFired {
+pub struct FirstFired<Id = String> {
     pub rule: String,
     pub ts: String,
-    pub event_id: String,
+    pub event_id: Id,
     pub verdict: Verdict,
     pub count: u64,
+}
+
+impl<Id> FirstFired<Id> {
+    fn named<N>(self, name: &mut dyn FnMut(Id) -> N) -> FirstFired<N> {
+        FirstFired {
+            rule: self.rule,
+            ts: self.ts,
+            event_id: name(self.event_id),
+            verdict: self.verdict,
+            count: self.count,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -154,16 +217,43 @@ pub struct GuardReport {
 
 /// The first call a guard refused in one session.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Trip {
+pub struct Trip<Id = String> {
     pub session: String,
     pub agent: String,
     pub tool: String,
     pub guard: Guard,
     pub rule: String,
     pub ts: String,
-    pub event_id: String,
+    pub event_id: Id,
     /// Calls the guards refused in this session in all.
     pub refused: u64,
+}
+
+impl<Id> Trip<Id> {
+    fn named<N>(self, name: &mut dyn FnMut(Id) -> N) -> Trip<N> {
+        Trip {
+            session: self.session,
+            agent: self.agent,
+            tool: self.tool,
+            guard: self.guard,
+            rule: self.rule,
+            ts: self.ts,
+            event_id: name(self.event_id),
+            refused: self.refused,
+        }
+    }
+}
+
+/// The trips a report shows: the earliest [`TRIPS`] (RFC 3339 text in
+/// UTC sorts by time; ties by session).
+fn first_trips<'t, Id>(trips: impl Iterator<Item = &'t Trip<Id>>) -> Vec<&'t Trip<Id>>
+where
+    Id: 't,
+{
+    let mut first: Vec<&Trip<Id>> = trips.collect();
+    first.sort_by(|a, b| a.ts.cmp(&b.ts).then_with(|| a.session.cmp(&b.session)));
+    first.truncate(TRIPS);
+    first
 }
 
 const TRIPS: usize = 20;
@@ -195,16 +285,16 @@ pub struct Accumulator {
     /// Each rule's first firing, in the order they first fired; the first
     /// few are found by a scan (a policy's refusals come from a handful of
     /// rules), the rest through `rule_index`.
-    rules: Vec<FirstFired>,
+    rules: Vec<FirstFired<EventKey>>,
     rule_index: HashMap<String, usize>,
-    diff: Diff,
+    diff: Diff<EventKey>,
     assumed_successful: u64,
     bucket_us: i64,
     buckets: BTreeMap<i64, Counts>,
     /// The bucket being filled (events arrive in time order).
     current: Option<(i64, Counts)>,
     /// `Some` when the candidate has runaway guards; trips per session.
-    guard: Option<(GuardReport, HashMap<String, Trip>)>,
+    guard: Option<(GuardReport, HashMap<String, Trip<EventKey>>)>,
     /// Calls by recorded approval outcome (indexed by the outcome).
     recorded_approvals: [u64; ApprovalOutcome::VALUES.len()],
 }
@@ -218,7 +308,7 @@ pub struct Seen<'a> {
     pub ts_us: i64,
     /// The event's id, read only when the report keeps it (an example
     /// of a change, a rule's first firing, a guard's first trip).
-    pub event_id: &'a dyn Fn() -> &'a str,
+    pub event_id: &'a dyn Fn() -> EventKey,
     /// The tool's place in this report ([`Accumulator::tool_slot`]).
     pub tool: ToolSlot,
     pub agent: &'a str,
@@ -319,7 +409,7 @@ impl Accumulator {
                             guard: kind,
                             rule: rule.unwrap_or_default().to_string(),
                             ts: format_us(ts_us),
-                            event_id: event_id().to_string(),
+                            event_id: event_id(),
                             refused: 1,
                         },
                     );
@@ -357,7 +447,7 @@ impl Accumulator {
                     self.rules.push(FirstFired {
                         rule: rule.to_string(),
                         ts: format_us(ts_us),
-                        event_id: event_id().to_string(),
+                        event_id: event_id(),
                         verdict,
                         count: 1,
                     });
@@ -415,7 +505,25 @@ impl Accumulator {
         }
     }
 
-    pub fn finish(mut self) -> CandidateReport {
+    /// The rows whose ids the finished report will show and that were
+    /// not read with their events (read them, then [`Accumulator::finish`]).
+    pub fn rows_to_name(&self) -> Vec<RowAt> {
+        let trips = self.guard.iter().flat_map(|(_, t)| first_trips(t.values()));
+        let kept = self
+            .diff
+            .ids()
+            .chain(self.rules.iter().map(|r| &r.event_id))
+            .chain(trips.map(|t| &t.event_id));
+        kept.filter_map(|k| match k {
+            EventKey::Id(_) => None,
+            EventKey::At(at) => Some(at.clone()),
+        })
+        .collect()
+    }
+
+    /// The report, each kept event named by `name` (see
+    /// [`Accumulator::rows_to_name`]).
+    pub fn finish(mut self, name: &mut dyn FnMut(EventKey) -> String) -> CandidateReport {
         self.flush_bucket();
         let top = |m: Instances<Counts>, limit: usize| {
             let mut v: Vec<Named> = m
@@ -443,14 +551,13 @@ impl Accumulator {
         });
         let guard = self.guard.map(|(mut g, trips)| {
             g.sessions_tripped = trips.len() as u64;
-            let mut first: Vec<Trip> = trips.into_values().collect();
-            // RFC 3339 text in UTC sorts by time.
-            first.sort_by(|a, b| a.ts.cmp(&b.ts).then_with(|| a.session.cmp(&b.session)));
-            first.truncate(TRIPS);
-            g.first_trips = first;
+            g.first_trips = first_trips(trips.values())
+                .into_iter()
+                .map(|t| t.clone().named(name))
+                .collect();
             g
         });
-        let rules = self.rules;
+        let rules = self.rules.into_iter().map(|r| r.named(name)).collect();
         CandidateReport {
             policy: self.policy,
             file: self.file,
@@ -460,7 +567,7 @@ impl Accumulator {
             top_agents: top(self.by_agent, TOP),
             top_sessions: top(self.by_session, TOP),
             rules,
-            diff: self.diff,
+            diff: self.diff.named(name),
             assumed_successful: self.assumed_successful,
             timeline_bucket_seconds: (self.bucket_us / 1_000_000) as u64,
             timeline: self
@@ -983,6 +1090,7 @@ fn html(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::replay::source::EventNames;
 
     /// The report counts recorded approvals in an array indexed by the
     /// outcome: each outcome's index must be its place in `VALUES`, and
@@ -1004,7 +1112,7 @@ mod tests {
         {
             acc.add(Seen {
                 ts_us: n as i64,
-                event_id: &|| "e",
+                event_id: &|| EventKey::Id("e".into()),
                 tool,
                 agent: "a",
                 session: "s",
@@ -1016,7 +1124,7 @@ mod tests {
                 guard: None,
             });
         }
-        let report = acc.finish();
+        let report = acc.finish(&mut |k| EventNames::default().name(k));
         let counts: Vec<_> = report
             .recorded_approvals
             .iter()
@@ -1037,7 +1145,7 @@ mod tests {
             for (i, name) in names.iter().enumerate().skip(round) {
                 acc.add(Seen {
                     ts_us: (round * 100 + i) as i64,
-                    event_id: &|| "e",
+                    event_id: &|| EventKey::Id("e".into()),
                     tool,
                     agent: "a",
                     session: "s",
@@ -1050,7 +1158,7 @@ mod tests {
                 });
             }
         }
-        let report = acc.finish();
+        let report = acc.finish(&mut |k| EventNames::default().name(k));
         let got: Vec<_> = report
             .rules
             .iter()

@@ -10,7 +10,7 @@ use crate::replay::engine::{
     Candidate, RecordedDecider, ReplayConfig, ReplayError, recorded_stream,
 };
 use crate::replay::report::{Accumulator, AgentCalls, Report, Seen};
-use crate::replay::source::{Pending, SourceStats};
+use crate::replay::source::{EventKey, EventNames, Pending, SourceStats};
 use crate::scenario::Scenario;
 use crate::scenario::sim::{Background, SimEvent, plan, simulate_with};
 use std::collections::BTreeMap;
@@ -102,7 +102,7 @@ impl<I: Iterator<Item = Result<Pending, AuditError>>> Background for Recorded<'_
         let tool = self.acc.tool_slot(&e.tool);
         self.acc.add(Seen {
             ts_us: e.ts_us,
-            event_id: &|| id.as_str(),
+            event_id: &|| EventKey::Id(id.clone()),
             tool,
             agent: &e.agent,
             session: &e.session,
@@ -175,7 +175,8 @@ pub fn replay_mixed(
         recorded_count = background.count;
         first_ts = background.first_ts;
         last_ts = background.last_ts;
-        let mut report = acc.finish();
+        let names = EventNames::read(acc.rows_to_name())?;
+        let mut report = acc.finish(&mut |key| names.name(key));
         report.agents_made = per_agent.into_values().collect();
         reports.push(report);
         all_events.push(decided.into_iter().map(|(_, e)| e).collect());

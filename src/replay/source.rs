@@ -12,7 +12,8 @@
 
 use crate::audit::AuditError;
 use crate::audit::filter::RowFilter;
-use crate::audit::read::{ScanOptions, scan};
+use crate::audit::read::{ROW_NUMBER, ScanOptions, scan_indexed};
+use crate::audit::remote::DataFile;
 use crate::audit::schema::{ApprovalOutcome, ColumnValue};
 use crate::audit::schema::{BatchView, col};
 use crate::policy::{Category, Outcome, Risk};
@@ -32,7 +33,11 @@ pub struct EventBatch {
     /// This batch's number, unique in the process: with a string's Arrow
     /// view it names the string exactly ([`EventRef::tool_key`]).
     serial: u64,
-    event_id: StringViewArray,
+    /// Each row's `event_id`, or where the row is to read it later: a
+    /// report keeps a few dozen ids of millions of events, so replay reads
+    /// the column (the widest it would read) only to write every
+    /// decision.
+    ids: EventIds,
     ts: PrimitiveArray<TimestampMicrosecondType>,
     session: StringViewArray,
     agent: StringViewArray,
@@ -53,6 +58,72 @@ pub struct EventBatch {
     args: Vec<Arc<serde_json::Value>>,
     /// Rows that are calls and pass the filters.
     pub rows: Vec<u32>,
+}
+
+/// How a batch knows its events' ids.
+enum EventIds {
+    Read(StringViewArray),
+    /// The file the batch came from and each row's number in it.
+    At(Arc<DataFile>, PrimitiveArray<arrow::datatypes::Int64Type>),
+}
+
+/// An event's id as a report keeps it: the text, or the row to read it
+/// from once the report is finished ([`crate::audit::read::read_event_ids`]).
+#[derive(Debug, Clone)]
+pub enum EventKey {
+    Id(String),
+    At(RowAt),
+}
+
+/// A row of an audit file.
+#[derive(Debug, Clone)]
+pub struct RowAt {
+    pub file: Arc<DataFile>,
+    pub row: u64,
+}
+
+/// Event ids read back for the rows reports keep ([`EventKey::At`]).
+#[derive(Debug, Default)]
+pub struct EventNames(std::collections::HashMap<(PathBuf, u64), String>);
+
+impl EventNames {
+    /// Reads the ids of `rows`, file by file (each file once, only the
+    /// row groups and pages holding them).
+    pub fn read(rows: impl IntoIterator<Item = RowAt>) -> Result<EventNames, AuditError> {
+        let mut by_file: std::collections::HashMap<PathBuf, (Arc<DataFile>, Vec<u64>)> =
+            Default::default();
+        for at in rows {
+            by_file
+                .entry(at.file.label())
+                .or_insert_with(|| (at.file.clone(), Vec::new()))
+                .1
+                .push(at.row);
+        }
+        let mut names = std::collections::HashMap::new();
+        for (label, (file, rows)) in by_file {
+            let ids = crate::audit::read::read_event_ids(&file, &rows)?;
+            for (row, id) in rows.into_iter().zip(ids) {
+                names.insert((label.clone(), row), id);
+            }
+        }
+        Ok(EventNames(names))
+    }
+
+    /// The id of a kept event.
+    pub fn name(&self, key: EventKey) -> String {
+        match key {
+            EventKey::Id(id) => id,
+            EventKey::At(at) => {
+                let label = at.file.label();
+                match self.0.get(&(label.clone(), at.row)) {
+                    Some(id) => id.clone(),
+                    // Not asked for (a report that kept more than it said):
+                    // still names the event exactly.
+                    None => format!("{}#row{}", label.display(), at.row),
+                }
+            }
+        }
+    }
 }
 
 /// One call to replay: a row of an [`EventBatch`].
@@ -79,8 +150,22 @@ impl EventBatch {
 }
 
 impl<'b> EventRef<'b> {
-    pub fn event_id(&self) -> &'b str {
-        self.batch.event_id.value(self.row)
+    /// The event's id, when it was read with the event.
+    pub fn event_id(&self) -> Option<&'b str> {
+        match &self.batch.ids {
+            EventIds::Read(ids) => Some(ids.value(self.row)),
+            EventIds::At(..) => None,
+        }
+    }
+    /// The event's id, or where to read it.
+    pub fn event_key(&self) -> EventKey {
+        match &self.batch.ids {
+            EventIds::Read(ids) => EventKey::Id(ids.value(self.row).to_string()),
+            EventIds::At(file, rows) => EventKey::At(RowAt {
+                file: file.clone(),
+                row: rows.value(self.row) as u64,
+            }),
+        }
     }
     pub fn ts_us(&self) -> i64 {
         self.batch.ts.value(self.row)
@@ -287,9 +372,9 @@ pub struct SourceStats {
 }
 
 /// The columns replay reads (plus `args_json` when a candidate looks at
-/// arguments).
-pub const REPLAY_COLUMNS: [&str; 14] = [
-    col::EVENT_ID,
+/// arguments, and `event_id` when every decision is written; otherwise
+/// each row's number in its file, to read the few ids a report keeps).
+pub const REPLAY_COLUMNS: [&str; 13] = [
     col::TS,
     col::SESSION_ID,
     col::AGENT_ID,
@@ -308,25 +393,37 @@ pub const REPLAY_COLUMNS: [&str; 14] = [
 /// Reads a recorded input's `tools/call` rows as segments of events,
 /// batch by batch (each batch's in-order runs).
 pub fn recorded_events(
-    files: Vec<crate::audit::remote::DataFile>,
+    files: Vec<DataFile>,
     input: usize,
     filter: RowFilter,
-    with_args: bool,
+    reads: Reads,
     stats: Arc<std::sync::Mutex<SourceStats>>,
 ) -> impl Iterator<Item = Result<Segment, AuditError>> {
+    let with_args = reads.args;
     let mut columns = REPLAY_COLUMNS.to_vec();
     if with_args {
         columns.push(col::ARGS_JSON);
         columns.push(col::ARGS_SHA256);
     }
-    let options = ScanOptions {
+    if reads.ids {
+        columns.push(col::EVENT_ID);
+    }
+    let mut options = ScanOptions {
         from_us: filter.from_us,
         to_us: filter.to_us,
         ..ScanOptions::default().columns(&columns).string_views()
     };
-    scan(files, options).flat_map(
+    if !reads.ids {
+        options = options.row_numbers();
+    }
+    let files: Vec<Arc<DataFile>> = files.into_iter().map(Arc::new).collect();
+    let scanned = files.iter().map(|f| DataFile::clone(f)).collect();
+    scan_indexed(scanned, options).flat_map(
         move |batch| -> Box<dyn Iterator<Item = Result<Segment, AuditError>>> {
-            match batch.and_then(|b| decode_batch(&b, input, &filter, with_args)) {
+            let decoded = batch.and_then(|(file, b)| {
+                decode_batch(&b, input, &filter, with_args, Some(&files[file]))
+            });
+            match decoded {
                 Err(e) => Box::new(std::iter::once(Err(e))),
                 Ok((batch, non_calls, filtered)) => {
                     let mut s = stats.lock().expect("stats lock");
@@ -338,6 +435,16 @@ pub fn recorded_events(
             }
         },
     )
+}
+
+/// What replay reads beyond [`REPLAY_COLUMNS`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Reads {
+    /// `args_json` and `args_sha256` (a candidate looks at arguments).
+    pub args: bool,
+    /// `event_id` of every row (every decision is written); otherwise
+    /// row numbers.
+    pub ids: bool,
 }
 
 /// Any Arrow string layout as string views (what replay scans read;
@@ -364,6 +471,7 @@ fn decode_batch(
     input: usize,
     filter: &RowFilter,
     with_args: bool,
+    file: Option<&Arc<DataFile>>,
 ) -> Result<(EventBatch, u64, u64), AuditError> {
     let schema_err = |detail: String| AuditError::Schema {
         path: PathBuf::from(format!("input {}", input + 1)),
@@ -383,7 +491,17 @@ fn decode_batch(
         .map_err(|e| schema_err(e.to_string()))?
         .ok_or_else(|| schema_err("column `ts` is missing".into()))?
         .clone();
-    let event_id = required(col::EVENT_ID)?;
+    let ids = match (column(col::EVENT_ID), column(ROW_NUMBER), file) {
+        (Some(_), _, _) | (None, None, _) | (None, Some(_), None) => {
+            EventIds::Read(required(col::EVENT_ID)?)
+        }
+        (None, Some(rows), Some(file)) => EventIds::At(
+            file.clone(),
+            rows.as_primitive_opt()
+                .cloned()
+                .ok_or_else(|| schema_err("row numbers are not Int64".into()))?,
+        ),
+    };
     let session = required(col::SESSION_ID)?;
     let agent = required(col::AGENT_ID)?;
     let tool = required(col::TOOL)?;
@@ -495,7 +613,7 @@ fn decode_batch(
             latency,
             args_hash,
             args,
-            event_id,
+            ids,
             ts,
             session,
             agent,
@@ -511,7 +629,7 @@ fn decode_batch(
 /// Decodes a batch as replay does (calls only, no filter, no arguments).
 #[cfg(test)]
 pub(crate) fn decode_batch_for_tests(batch: &arrow::array::RecordBatch) -> EventBatch {
-    decode_batch(batch, 0, &RowFilter::default(), false)
+    decode_batch(batch, 0, &RowFilter::default(), false, None)
         .expect("decodes")
         .0
 }
@@ -706,8 +824,14 @@ mod tests {
                 ..AuditRow::default()
             })
             .collect();
-        let (batch, _, _) =
-            decode_batch(&rows_to_batch(&rows), input, &RowFilter::default(), false).unwrap();
+        let (batch, _, _) = decode_batch(
+            &rows_to_batch(&rows),
+            input,
+            &RowFilter::default(),
+            false,
+            None,
+        )
+        .unwrap();
         segments_of(Arc::new(batch)).into_iter().map(Ok).collect()
     }
 
@@ -715,7 +839,7 @@ mod tests {
         events_of(it)
             .map(|e| {
                 let (b, r) = e.unwrap();
-                b.event(r).event_id().to_string()
+                b.event(r).event_id().unwrap_or_default().to_string()
             })
             .collect()
     }
