@@ -277,7 +277,10 @@ pub(crate) struct RecordedDecider {
 /// name and found again per call by the row's [`EventRef::tool_key`] (two
 /// integer compares instead of hashing and comparing the name, twice).
 struct ToolCache {
-    /// Direct-mapped by key; a collision or a new batch only costs a
+    /// Open addressing by key, probing up to [`TOOL_PROBES`] lines from
+    /// the key's own; a line of an earlier batch is free (nothing is
+    /// removed within a batch, so a probe that meets a free line has not
+    /// passed its key). A new batch, or more tools than fit, only costs a
     /// lookup by name.
     lines: Vec<ToolLine>,
     by_name: hashbrown::HashMap<String, (ToolRoute, ToolSlot)>,
@@ -291,6 +294,7 @@ struct ToolLine {
 }
 
 const TOOL_LINES: usize = 64;
+const TOOL_PROBES: usize = 4;
 
 impl Default for ToolCache {
     fn default() -> Self {
@@ -318,21 +322,32 @@ impl ToolCache {
     ) -> (ToolRoute, ToolSlot) {
         let key = e.tool_key();
         let mix = (key.1 as u64) ^ ((key.1 >> 64) as u64) ^ key.0;
-        let line =
-            &mut self.lines[(mix.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58) as usize % TOOL_LINES];
-        if line.key != key {
-            let tool = e.tool();
-            let (route, slot) = match self.by_name.get(tool) {
-                Some(&found) => found,
-                None => {
-                    let found = (policy.route(tool), acc.tool_slot(tool));
-                    self.by_name.insert(tool.to_string(), found);
-                    found
-                }
-            };
-            *line = ToolLine { key, route, slot };
+        let home = (mix.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58) as usize % TOOL_LINES;
+        // A dictionary-encoded column (what the audit writer makes) gives a
+        // batch one key per tool: the first probe nearly always hits.
+        let mut free = home;
+        for i in 0..TOOL_PROBES {
+            let at = (home + i) % TOOL_LINES;
+            let line = &self.lines[at];
+            if line.key == key {
+                return (line.route, line.slot);
+            }
+            if line.key.0 != key.0 {
+                free = at;
+                break;
+            }
         }
-        (line.route, line.slot)
+        let tool = e.tool();
+        let (route, slot) = match self.by_name.get(tool) {
+            Some(&found) => found,
+            None => {
+                let found = (policy.route(tool), acc.tool_slot(tool));
+                self.by_name.insert(tool.to_string(), found);
+                found
+            }
+        };
+        self.lines[free] = ToolLine { key, route, slot };
+        (route, slot)
     }
 }
 
@@ -579,5 +594,46 @@ mod tests {
             .map(|n| (n.name.as_str(), n.counts.allow, n.counts.deny))
             .collect();
         assert_eq!(by_tool, [(a, 0, 4), (o, 3, 0)]);
+    }
+
+    /// More distinct tools in one batch than the cache has lines, met in
+    /// an order that makes keys share and lose lines: every call is still
+    /// decided by its own tool's rules and counted under its own name.
+    #[test]
+    fn the_tool_cache_stays_exact_when_tools_outnumber_its_lines() {
+        let (policy, _) = Policy::from_yaml(
+            "version: \"1\"\ntools:\n  \"tool-*-odd\":\n    rules:\n      - name: no odd\n        action: deny\n",
+            "t.yaml",
+        )
+        .unwrap();
+        let names: Vec<String> = (0..3 * TOOL_LINES)
+            .map(|i| format!("tool-{i:03}-{}", if i % 2 == 1 { "odd" } else { "even" }))
+            .collect();
+        // Each name three times, far apart, in one batch.
+        let order: Vec<&str> = (0..3)
+            .flat_map(|_| names.iter().map(String::as_str))
+            .collect();
+        let b = batch(&order, 0);
+        let mut state = PolicyState::new(&policy);
+        let mut decider = RecordedDecider::default();
+        let mut acc = Accumulator::new("p", "p.yaml", &policy.sha256);
+        for &row in &b.rows {
+            let e = b.event(row);
+            let verdict =
+                decider.decide(&policy, &mut state, &e, ApprovalMode::Deny, &mut acc, |d| {
+                    d.verdict
+                });
+            let expected = if e.tool().ends_with("-odd") {
+                crate::policy::Verdict::Deny
+            } else {
+                crate::policy::Verdict::Allow
+            };
+            assert_eq!(verdict, expected, "{}", e.tool());
+        }
+        let report = acc.finish(&mut |k| EventNames::default().name(k));
+        assert_eq!(report.by_tool.len(), names.len());
+        for n in &report.by_tool {
+            assert_eq!(n.counts.total(), 3, "{}", n.name);
+        }
     }
 }
