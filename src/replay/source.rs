@@ -527,8 +527,18 @@ fn decode_batch(
     let mut rows = Vec::with_capacity(n);
     let (mut non_calls, mut filtered) = (0u64, 0u64);
     let field_filters = filter.has_field_filters();
+    // A row is a call when its method is `tools/call` (or absent): the
+    // method column's view is compared first (this text fits in a view),
+    // its text only when the view differs.
+    const CALL: &str = "tools/call";
+    let call_view = arrow::array::builder::make_view(CALL.as_bytes(), 0, 0);
+    let is_call = |i: usize| match &method {
+        Some(m) => m.is_null(i) || m.views()[i] == call_view || m.value(i) == CALL,
+        None => true,
+    };
+    let tool_nulls = tool.null_count() > 0;
     for i in 0..n {
-        if tool.is_null(i) || get(&method, i).is_some_and(|m| m != "tools/call") {
+        if (tool_nulls && tool.is_null(i)) || !is_call(i) {
             non_calls += 1;
             continue;
         }
@@ -561,10 +571,19 @@ fn decode_batch(
         };
         let views = a.views();
         let mut known: [Option<(u128, Option<T>)>; 8] = [None; 8];
+        // Runs of one value are the rule: the last view is checked first.
+        let mut last: Option<(u128, Option<T>)> = None;
+        let nulls = a.null_count() > 0;
         let mut out = Vec::with_capacity(n);
         for (i, &view) in views.iter().enumerate().take(n) {
-            if a.is_null(i) {
+            if nulls && a.is_null(i) {
                 out.push(None);
+                continue;
+            }
+            if let Some((seen, v)) = last
+                && seen == view
+            {
+                out.push(v);
                 continue;
             }
             let mix = (view as u64 ^ (view >> 64) as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
@@ -577,6 +596,7 @@ fn decode_batch(
                     v
                 }
             };
+            last = Some((view, v));
             out.push(v);
         }
         out
