@@ -895,3 +895,77 @@ fn report_ids_read_back_are_the_ids_read_with_the_events() {
         assert!(named >= 10, "the report names events ({named})");
     }
 }
+
+/// Replay reads `server`, `category` and `risk` only for a candidate whose
+/// rules look at them: with such a candidate (alone or among others that
+/// do not), the recorded values decide as they did live.
+#[test]
+fn the_call_fields_a_condition_reads_are_read() {
+    use flightrec::policy::{Category, Risk};
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    let mut rec = Recorder::open(&log, RecorderConfig::default()).unwrap();
+    let n = 60;
+    for i in 0..n {
+        rec.record(AuditRow {
+            event_id: format!("e{i}"),
+            ts_us: T0 + i as i64 * 1_000,
+            session_id: "s".into(),
+            agent_id: "a".into(),
+            server: if i % 3 == 0 { "billing" } else { "imaging" }.into(),
+            method: "tools/call".into(),
+            tool: Some("update".into()),
+            category: Some(if i % 4 == 0 {
+                Category::Destructive
+            } else {
+                Category::Write
+            }),
+            risk: Some(if i % 5 == 0 {
+                Risk::High
+            } else {
+                Risk::Medium
+            }),
+            decision: "allow".parse().unwrap(),
+            ..AuditRow::default()
+        })
+        .unwrap();
+    }
+    rec.close().unwrap();
+    let policy = |name: &str, path: &str, value: &str| {
+        common::write_file(
+            dir.path(),
+            name,
+            &format!(
+                "version: \"1\"\ntools:\n  \"*\":\n    rules:\n      - name: no {value}\n        action: deny\n        when: [{{path: {path}, op: eq, value: {value}}}]\n"
+            ),
+        )
+    };
+    let by_server = policy("server.yaml", "call.server", "billing");
+    let by_category = policy("category.yaml", "tool.category", "destructive");
+    let by_risk = policy("risk.yaml", "tool.risk", "high");
+    let plain = common::write_file(dir.path(), "plain.yaml", "version: \"1\"\ntools: {}\n");
+    let expect = [
+        (&by_server, (0..n).filter(|i| i % 3 == 0).count()),
+        (&by_category, (0..n).filter(|i| i % 4 == 0).count()),
+        (&by_risk, (0..n).filter(|i| i % 5 == 0).count()),
+    ];
+    for (candidate, denied) in expect {
+        for others in [vec![], vec![plain.to_str().unwrap()]] {
+            let mut args = vec![
+                log.to_str().unwrap(),
+                "--policy",
+                candidate.to_str().unwrap(),
+            ];
+            for o in &others {
+                args.extend(["--policy", o]);
+            }
+            let r = replay_json(&args);
+            assert_eq!(
+                r["candidates"][0]["totals"]["deny"],
+                denied as u64,
+                "{} with {others:?}",
+                candidate.display()
+            );
+        }
+    }
+}

@@ -24,7 +24,7 @@ pub use call::Call;
 pub use engine::{ApprovalMode, DEFAULT_DENY_RULE, HIDDEN_RULE, STORE_UNAVAILABLE_RULE};
 pub use engine::{Decision, Guard};
 pub use error::{PolicyError, Problem};
-pub use model::{Policy, ToolRoute};
+pub use model::{CallReads, Policy, ToolRoute};
 pub use state::{
     CounterStore, Exhausted, PolicyState, Reservation, ReserveError, StoreError, Want,
 };

@@ -164,6 +164,28 @@ pub(crate) struct CategoryOverride {
     pub risk: Option<Risk>,
 }
 
+/// The optional fields of a call a policy's rules read ([`Policy::reads`]):
+/// its arguments (`args.*` conditions, `increment_from`, `repeat_limit`),
+/// its server (`call.server`), its category and risk (`tool.category`,
+/// `tool.risk`). The tool, agent, session and time are always read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CallReads {
+    pub args: bool,
+    pub server: bool,
+    pub class: bool,
+}
+
+impl std::ops::BitOr for CallReads {
+    type Output = CallReads;
+    fn bitor(self, o: CallReads) -> CallReads {
+        CallReads {
+            args: self.args || o.args,
+            server: self.server || o.server,
+            class: self.class || o.class,
+        }
+    }
+}
+
 /// What a policy says about one tool name before any call is looked at:
 /// whether `hide` removes it, which `tools:` entry holds its own rules, and
 /// the category and risk its `categories:` give it.
@@ -295,21 +317,23 @@ impl Policy {
         (category, risk)
     }
 
-    /// Whether any rule reads the call's arguments (an `args.*` condition or
-    /// `increment_from`). Replay skips decoding arguments when none does.
-    pub fn reads_args(&self) -> bool {
+    /// Which of a call's optional fields any rule looks at. Replay reads
+    /// (and decodes) a field's column only when some candidate does.
+    pub fn reads(&self) -> CallReads {
         use crate::policy::condition::PathRef;
-        self.entries.iter().flat_map(|e| e.rules.iter()).any(|r| {
-            r.when
-                .iter()
-                .chain(&r.checks)
-                .any(|c| matches!(c.path, PathRef::Args(_)))
-                || matches!(
-                    r.limit.as_ref().map(|l| &l.amount),
-                    Some(Amount::FromArgs { .. })
-                )
-                || r.limit.as_ref().is_some_and(|l| l.by_args)
-        })
+        let rules = || self.entries.iter().flat_map(|e| e.rules.iter());
+        let paths = || rules().flat_map(|r| r.when.iter().chain(&r.checks).map(|c| &c.path));
+        CallReads {
+            args: paths().any(|p| matches!(p, PathRef::Args(_)))
+                || rules().any(|r| {
+                    matches!(
+                        r.limit.as_ref().map(|l| &l.amount),
+                        Some(Amount::FromArgs { .. })
+                    ) || r.limit.as_ref().is_some_and(|l| l.by_args)
+                }),
+            server: paths().any(|p| matches!(p, PathRef::CallServer)),
+            class: paths().any(|p| matches!(p, PathRef::ToolCategory | PathRef::ToolRisk)),
+        }
     }
 
     pub fn counters(&self) -> &[CounterDef] {

@@ -14,7 +14,9 @@ use crate::audit::read::resolve_inputs;
 use crate::audit::remote::{DataFile, StoreOptions};
 use crate::policy::ToolRoute;
 use crate::policy::engine::{Approvals, Decided, Text};
-use crate::policy::{ApprovalMode, Call, CounterStore, Outcome, Policy, PolicyState, Reservation};
+use crate::policy::{
+    ApprovalMode, Call, CallReads, CounterStore, Outcome, Policy, PolicyState, Reservation,
+};
 use crate::replay::decisions::DecisionsWriter;
 use crate::replay::report::{Accumulator, CandidateReport, Report, Seen, ToolSlot};
 use crate::replay::source::{
@@ -84,8 +86,8 @@ pub fn replay(
     config: &ReplayConfig,
 ) -> Result<Report, ReplayError> {
     let stats = Arc::new(Mutex::new(SourceStats::default()));
-    let with_args = candidates.iter().any(|c| c.policy.reads_args());
-    let events = recorded_stream(inputs, config, with_args, stats.clone())?;
+    let fields = reads_of(&candidates);
+    let events = recorded_stream(inputs, config, fields, stats.clone())?;
     let input_names = inputs.iter().map(|p| p.display().to_string()).collect();
     run_events(events, input_names, candidates, config, stats)
 }
@@ -96,7 +98,7 @@ pub fn replay(
 pub(crate) fn recorded_stream(
     inputs: &[PathBuf],
     config: &ReplayConfig,
-    with_args: bool,
+    fields: CallReads,
     stats: Arc<Mutex<SourceStats>>,
 ) -> Result<impl Iterator<Item = Result<Segment, AuditError>> + use<>, AuditError> {
     let mut groups = Vec::new();
@@ -110,7 +112,14 @@ pub(crate) fn recorded_stream(
             },
         )?);
     }
-    stream_files(groups, config, with_args, stats)
+    stream_files(groups, config, fields, stats)
+}
+
+/// The call fields any of `candidates` reads.
+pub(crate) fn reads_of(candidates: &[Candidate]) -> CallReads {
+    candidates
+        .iter()
+        .fold(CallReads::default(), |r, c| r | c.policy.reads())
 }
 
 /// As [`recorded_stream`], for inputs already listed as files (one list per
@@ -118,7 +127,7 @@ pub(crate) fn recorded_stream(
 pub(crate) fn stream_files(
     inputs: Vec<Vec<DataFile>>,
     config: &ReplayConfig,
-    with_args: bool,
+    fields: CallReads,
     stats: Arc<Mutex<SourceStats>>,
 ) -> Result<impl Iterator<Item = Result<Segment, AuditError>> + use<>, AuditError> {
     let mut streams = Vec::new();
@@ -127,7 +136,7 @@ pub(crate) fn stream_files(
         // writers of a directory are merged by time like separate inputs.
         for (_, files) in crate::audit::layout::files_by_writer(&files) {
             let reads = Reads {
-                args: with_args,
+                fields,
                 ids: config.decisions_out.is_some(),
             };
             let events = recorded_events(files, i, config.filter.clone(), reads, stats.clone());

@@ -141,7 +141,7 @@ pub fn replay_mixed(
         .iter()
         .map(|s| plan(&s.scenario).len() as u64)
         .sum();
-    let with_args = candidates.iter().any(|c| c.policy.reads_args());
+    let fields = crate::replay::engine::reads_of(candidates);
     let refs: Vec<&Scenario> = scenarios.iter().map(|s| &s.scenario).collect();
     let names: Vec<String> = scenarios.iter().map(|s| s.scenario.name.clone()).collect();
     let mut reports = Vec::new();
@@ -152,7 +152,7 @@ pub fn replay_mixed(
         // Each candidate reads the logs again: the simulation decides them
         // in step with its agents, on the candidate's own counters.
         let run_stats = Arc::new(Mutex::new(SourceStats::default()));
-        let events = recorded_stream(recorded, config, with_args, run_stats.clone())?;
+        let events = recorded_stream(recorded, config, fields, run_stats.clone())?;
         let mut acc =
             Accumulator::new(&c.name, &c.file, &c.policy.sha256).with_guards(c.policy.has_guards());
         let mut per_agent = BTreeMap::new();

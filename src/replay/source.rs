@@ -16,7 +16,7 @@ use crate::audit::read::{ROW_NUMBER, ScanOptions, scan_indexed};
 use crate::audit::remote::DataFile;
 use crate::audit::schema::{ApprovalOutcome, ColumnValue};
 use crate::audit::schema::{BatchView, col};
-use crate::policy::{Category, Outcome, Risk};
+use crate::policy::{CallReads, Category, Outcome, Risk};
 use arrow::array::{Array, AsArray, PrimitiveArray, StringViewArray};
 use arrow::datatypes::{TimestampMicrosecondType, UInt64Type};
 use std::cmp::Reverse;
@@ -371,18 +371,17 @@ pub struct SourceStats {
     pub late: u64,
 }
 
-/// The columns replay reads (plus `args_json` when a candidate looks at
-/// arguments, and `event_id` when every decision is written; otherwise
-/// each row's number in its file, to read the few ids a report keeps).
-pub const REPLAY_COLUMNS: [&str; 13] = [
+/// The columns replay always reads. A call's other fields are read when a
+/// candidate's rules look at them ([`CallReads`]): `server`, `category`
+/// and `risk`, `args_json` and `args_sha256`; `event_id` when every
+/// decision is written (otherwise each row's number in its file, to read
+/// the few ids a report keeps).
+pub const REPLAY_COLUMNS: [&str; 10] = [
     col::TS,
     col::SESSION_ID,
     col::AGENT_ID,
-    col::SERVER,
     col::METHOD,
     col::TOOL,
-    col::CATEGORY,
-    col::RISK,
     col::DECISION,
     col::OUTCOME,
     col::LATENCY_US,
@@ -399,11 +398,18 @@ pub fn recorded_events(
     reads: Reads,
     stats: Arc<std::sync::Mutex<SourceStats>>,
 ) -> impl Iterator<Item = Result<Segment, AuditError>> {
-    let with_args = reads.args;
+    let with_args = reads.fields.args;
     let mut columns = REPLAY_COLUMNS.to_vec();
     if with_args {
         columns.push(col::ARGS_JSON);
         columns.push(col::ARGS_SHA256);
+    }
+    if reads.fields.server {
+        columns.push(col::SERVER);
+    }
+    if reads.fields.class {
+        columns.push(col::CATEGORY);
+        columns.push(col::RISK);
     }
     if reads.ids {
         columns.push(col::EVENT_ID);
@@ -440,8 +446,8 @@ pub fn recorded_events(
 /// What replay reads beyond [`REPLAY_COLUMNS`].
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Reads {
-    /// `args_json` and `args_sha256` (a candidate looks at arguments).
-    pub args: bool,
+    /// The call's fields some candidate looks at.
+    pub fields: CallReads,
     /// `event_id` of every row (every decision is written); otherwise
     /// row numbers.
     pub ids: bool,
@@ -617,8 +623,17 @@ fn decode_batch(
         EventBatch {
             input,
             serial: next_serial(),
-            category: parse(&category, n, |c| Category::from_str(c).ok()),
-            risk: parse(&risk, n, |r| Risk::from_str(r).ok()),
+            // Read only for a candidate that looks at them (absent: none).
+            category: if category.is_some() {
+                parse(&category, n, |c| Category::from_str(c).ok())
+            } else {
+                Vec::new()
+            },
+            risk: if risk.is_some() {
+                parse(&risk, n, |r| Risk::from_str(r).ok())
+            } else {
+                Vec::new()
+            },
             recorded: parse(&decision, n, |d| crate::policy::Verdict::from_str(d).ok()),
             continues,
             approval: if approval.is_some() {

@@ -55,7 +55,7 @@ pub fn warm_state(policy: &Policy, dir: &Path, now_us: i64) -> Result<Warm, Audi
         ..ReplayConfig::default()
     };
     let stats = Arc::new(Mutex::new(SourceStats::default()));
-    let events = stream_files(vec![files], &config, policy.reads_args(), stats)?;
+    let events = stream_files(vec![files], &config, policy.reads(), stats)?;
     let mut decider = RecordedDecider::default();
     let mut acc = Accumulator::new("warm start", "", &policy.sha256);
     let mut calls = 0u64;
