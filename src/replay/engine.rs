@@ -78,6 +78,14 @@ pub enum ReplayError {
 
 const CHUNK: usize = 4096;
 
+/// Chunks the reader may hand a candidate before it has decided them: a
+/// candidate's turn on a core may come late (three candidates and the
+/// reader share two cores), and with too short a queue the others then
+/// wait for the reader, which waits for it. 16 chunks (about 130,000
+/// events, some 30 MB shared by all candidates) keep them apart; peak
+/// memory stays bounded, whatever the number of events.
+const CHUNKS_AHEAD: usize = 16;
+
 /// Replays recorded inputs (each a file, directory or glob of audit Parquet)
 /// against the candidates.
 pub fn replay(
@@ -165,7 +173,7 @@ pub fn run_events(
     let mut senders = Vec::new();
     let mut workers = Vec::new();
     for (index, c) in candidates.into_iter().enumerate() {
-        let (tx, rx) = sync_channel::<Arc<Vec<Segment>>>(4);
+        let (tx, rx) = sync_channel::<Arc<Vec<Segment>>>(CHUNKS_AHEAD);
         senders.push(tx);
         let approvals = config.approvals;
         let part = decisions_dir.as_ref().map(|d| {
