@@ -633,12 +633,17 @@ pub fn read_event_ids(file: &DataFile, rows: &[u64]) -> Result<Vec<String>, Audi
             if next.peek().is_some_and(|r| *r < end) {
                 groups.push(i);
                 let mut at = start;
+                let skip = |selectors: &mut Vec<RowSelector>, n: u64| {
+                    if n > 0 {
+                        selectors.push(RowSelector::skip(n as usize));
+                    }
+                };
                 while let Some(r) = next.next_if(|r| *r < end) {
-                    selectors.push(RowSelector::skip((r - at) as usize));
+                    skip(&mut selectors, r - at);
                     selectors.push(RowSelector::select(1));
                     at = r + 1;
                 }
-                selectors.push(RowSelector::skip((end - at) as usize));
+                skip(&mut selectors, end - at);
             }
             start = end;
         }
@@ -713,5 +718,51 @@ fn beyond_end(path: &Path, row: u64) -> AuditError {
     AuditError::Corrupt {
         path: path.to_path_buf(),
         detail: format!("has no row {row} any more (has the file changed?)"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::schema::AuditRow;
+    use crate::audit::{Recorder, RecorderConfig};
+
+    /// Ids read back by row number: first and last rows of row groups,
+    /// neighbours, repeats and any order, from a file of 4-row groups; a
+    /// row past the end is an error naming the file.
+    #[test]
+    fn event_ids_are_read_back_by_row_number() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = RecorderConfig {
+            row_group_rows: 4,
+            ..RecorderConfig::default()
+        };
+        let mut rec = Recorder::open(dir.path(), config).unwrap();
+        for i in 0..30 {
+            rec.record(AuditRow {
+                event_id: format!("id-{i:02}"),
+                ts_us: 1_000 + i,
+                method: "tools/call".into(),
+                tool: Some("t".into()),
+                decision: "allow".parse().unwrap(),
+                ..AuditRow::default()
+            })
+            .unwrap();
+        }
+        rec.close().unwrap();
+        let files = layout::data_files(dir.path()).unwrap();
+        assert_eq!(files.len(), 1);
+        let file = DataFile::Local(files[0].clone());
+        let meta =
+            ArrowReaderMetadata::load(&File::open(&files[0]).unwrap(), ArrowReaderOptions::new())
+                .unwrap();
+        assert!(meta.metadata().num_row_groups() > 5, "small row groups");
+        let rows = [29, 0, 3, 4, 5, 3, 17, 28, 8];
+        let ids = read_event_ids(&file, &rows).unwrap();
+        let expected: Vec<String> = rows.iter().map(|r| format!("id-{r:02}")).collect();
+        assert_eq!(ids, expected);
+        let err = read_event_ids(&file, &[2, 30]).unwrap_err().to_string();
+        assert!(err.contains("row 30"), "{err}");
+        assert!(err.contains(files[0].to_str().unwrap()), "{err}");
     }
 }
