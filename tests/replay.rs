@@ -920,11 +920,7 @@ fn the_call_fields_a_condition_reads_are_read() {
             } else {
                 Category::Write
             }),
-            risk: Some(if i % 5 == 0 {
-                Risk::High
-            } else {
-                Risk::Medium
-            }),
+            risk: Some(if i % 5 == 0 { Risk::High } else { Risk::Medium }),
             decision: "allow".parse().unwrap(),
             ..AuditRow::default()
         })
