@@ -596,58 +596,14 @@ fn scan_here(
 /// row groups holding them are read, and in them only the pages holding
 /// them (by the file's offset index, when it has one).
 pub fn read_event_ids(file: &DataFile, rows: &[u64]) -> Result<Vec<String>, AuditError> {
-    use parquet::arrow::arrow_reader::{RowSelection, RowSelector};
     let mut wanted: Vec<u64> = rows.to_vec();
     wanted.sort_unstable();
     wanted.dedup();
     let label = file.label();
     let bad = |e: parquet::errors::ParquetError| AuditError::parquet(&label, e);
-    let ids =
-        |batches: Vec<RecordBatch>| -> Result<Vec<String>, AuditError> {
-            let mut out = Vec::with_capacity(wanted.len());
-            for b in &batches {
-                let column = b
-                    .column_by_name(col::EVENT_ID)
-                    .ok_or_else(|| AuditError::Schema {
-                        path: label.clone(),
-                        detail: format!("has no column `{}`", col::EVENT_ID),
-                    })?;
-                let text = arrow::compute::cast(column, &arrow::datatypes::DataType::Utf8)
-                    .map_err(|e| AuditError::Schema {
-                        path: label.clone(),
-                        detail: format!("column `{}`: {e}", col::EVENT_ID),
-                    })?;
-                let text = arrow::array::AsArray::as_string::<i32>(&text);
-                out.extend(text.iter().map(|v| v.unwrap_or_default().to_string()));
-            }
-            Ok(out)
-        };
-    // Which row groups hold the rows, and the selection within them.
-    let plan = |meta: &parquet::file::metadata::ParquetMetaData| {
-        let mut groups = Vec::new();
-        let mut selectors = Vec::new();
-        let mut next = wanted.iter().copied().peekable();
-        let mut start = 0u64;
-        for (i, rg) in meta.row_groups().iter().enumerate() {
-            let end = start + rg.num_rows() as u64;
-            if next.peek().is_some_and(|r| *r < end) {
-                groups.push(i);
-                let mut at = start;
-                let skip = |selectors: &mut Vec<RowSelector>, n: u64| {
-                    if n > 0 {
-                        selectors.push(RowSelector::skip(n as usize));
-                    }
-                };
-                while let Some(r) = next.next_if(|r| *r < end) {
-                    skip(&mut selectors, r - at);
-                    selectors.push(RowSelector::select(1));
-                    at = r + 1;
-                }
-                skip(&mut selectors, end - at);
-            }
-            start = end;
-        }
-        (groups, RowSelection::from(selectors), next.next())
+    let unreadable = |e: parquet::errors::ParquetError| AuditError::Corrupt {
+        path: label.clone(),
+        detail: format!("unreadable data: {e}"),
     };
     let batches = match file {
         DataFile::Local(path) => {
@@ -658,46 +614,37 @@ pub fn read_event_ids(file: &DataFile, rows: &[u64]) -> Result<Vec<String>, Audi
                     .with_offset_index_policy(parquet::file::metadata::PageIndexPolicy::Optional),
             )
             .map_err(bad)?;
-            let (groups, selection, beyond) = plan(builder.metadata());
-            if let Some(r) = beyond {
-                return Err(beyond_end(&label, r));
-            }
-            let mask = ProjectionMask::columns(builder.parquet_schema(), [col::EVENT_ID]);
-            builder
-                .with_projection(mask)
-                .with_row_groups(groups)
-                .with_row_selection(selection)
+            select_rows(builder, &wanted, &label)?
                 .build()
                 .map_err(bad)?
                 .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| AuditError::Corrupt {
-                    path: label.clone(),
-                    detail: format!("unreadable data: {e}"),
-                })?
+                .map_err(|e| unreadable(e.into()))?
         }
         DataFile::Remote { .. } => remote::block_on(async {
             use futures::TryStreamExt;
             let builder = remote_builder_async(file, &ScanOptions::default()).await?;
-            let (groups, selection, beyond) = plan(builder.metadata());
-            if let Some(r) = beyond {
-                return Err(beyond_end(&label, r));
-            }
-            let mask = ProjectionMask::columns(builder.parquet_schema(), [col::EVENT_ID]);
-            builder
-                .with_projection(mask)
-                .with_row_groups(groups)
-                .with_row_selection(selection)
+            select_rows(builder, &wanted, &label)?
                 .build()
                 .map_err(bad)?
                 .try_collect::<Vec<_>>()
                 .await
-                .map_err(|e| AuditError::Corrupt {
-                    path: label.clone(),
-                    detail: format!("unreadable data: {e}"),
-                })
+                .map_err(unreadable)
         })?,
     };
-    let found = ids(batches)?;
+    let mut found = Vec::with_capacity(wanted.len());
+    for b in &batches {
+        let not_text = |detail: String| AuditError::Schema {
+            path: label.clone(),
+            detail,
+        };
+        let column = b
+            .column_by_name(col::EVENT_ID)
+            .ok_or_else(|| not_text(format!("has no column `{}`", col::EVENT_ID)))?;
+        let text = arrow::compute::cast(column, &arrow::datatypes::DataType::Utf8)
+            .map_err(|e| not_text(format!("column `{}`: {e}", col::EVENT_ID)))?;
+        let text = arrow::array::AsArray::as_string::<i32>(&text);
+        found.extend(text.iter().map(|v| v.unwrap_or_default().to_string()));
+    }
     if found.len() != wanted.len() {
         return Err(AuditError::Corrupt {
             path: label,
@@ -712,6 +659,48 @@ pub fn read_event_ids(file: &DataFile, rows: &[u64]) -> Result<Vec<String>, Audi
         .iter()
         .map(|r| found[wanted.binary_search(r).expect("every row is wanted")].clone())
         .collect())
+}
+
+/// A reader builder (local or remote: the same decisions) narrowed to the
+/// `event_id` of the sorted, distinct `rows`: the row groups that hold
+/// them, and a selection of those rows within them.
+fn select_rows<T>(
+    builder: ArrowReaderBuilder<T>,
+    rows: &[u64],
+    path: &Path,
+) -> Result<ArrowReaderBuilder<T>, AuditError> {
+    use parquet::arrow::arrow_reader::{RowSelection, RowSelector};
+    let mut groups = Vec::new();
+    let mut selectors = Vec::new();
+    let skip = |selectors: &mut Vec<RowSelector>, n: u64| {
+        if n > 0 {
+            selectors.push(RowSelector::skip(n as usize));
+        }
+    };
+    let mut next = rows.iter().copied().peekable();
+    let mut start = 0u64;
+    for (i, rg) in builder.metadata().row_groups().iter().enumerate() {
+        let end = start + rg.num_rows() as u64;
+        if next.peek().is_some_and(|r| *r < end) {
+            groups.push(i);
+            let mut at = start;
+            while let Some(r) = next.next_if(|r| *r < end) {
+                skip(&mut selectors, r - at);
+                selectors.push(RowSelector::select(1));
+                at = r + 1;
+            }
+            skip(&mut selectors, end - at);
+        }
+        start = end;
+    }
+    if let Some(r) = next.next() {
+        return Err(beyond_end(path, r));
+    }
+    let mask = ProjectionMask::columns(builder.parquet_schema(), [col::EVENT_ID]);
+    Ok(builder
+        .with_projection(mask)
+        .with_row_groups(groups)
+        .with_row_selection(RowSelection::from(selectors)))
 }
 
 fn beyond_end(path: &Path, row: u64) -> AuditError {
