@@ -207,12 +207,12 @@ fn the_queue_answers_held_calls_from_another_process_in_any_order() {
     let a = by_set("\"a\"");
     assert_eq!(a.decision, RecordedDecision::Approval);
     assert_eq!(a.approval, Some(ApprovalOutcome::Granted));
-    assert_eq!(a.approved_by.as_deref(), Some("alice"));
+    assert_eq!(a.approved_by.as_deref(), Some("queue:alice"));
     assert_eq!(a.outcome.as_str(), "ok");
     assert!(a.approval_ms.is_some());
     let b = by_set("\"b\"");
     assert_eq!(b.approval, Some(ApprovalOutcome::Denied));
-    assert_eq!(b.approved_by.as_deref(), Some("bob"));
+    assert_eq!(b.approved_by.as_deref(), Some("queue:bob"));
     assert_eq!(b.outcome.as_str(), "not_forwarded");
     common::assert_verified(&audit);
 }
@@ -468,7 +468,7 @@ fn approvals_over_the_http_proxy() {
         ]
     );
     assert_eq!(rows[4].approved_by.as_deref(), Some("client:mcp"));
-    assert_eq!(rows[5].approved_by.as_deref(), Some("ops"));
+    assert_eq!(rows[5].approved_by.as_deref(), Some("queue:ops"));
 }
 
 /// 2026-07-28 retries with a `requestState` the proxy did not issue for
@@ -675,6 +675,6 @@ fn approvals_through_the_bridge() {
     let rows = copies(&audit);
     let last = rows.last().unwrap();
     assert_eq!(last.approval, Some(ApprovalOutcome::Granted));
-    assert_eq!(last.approved_by.as_deref(), Some("ops"));
+    assert_eq!(last.approved_by.as_deref(), Some("queue:ops"));
     assert_eq!(last.transport.as_str(), "bridge");
 }

@@ -7,7 +7,7 @@
 //! [`verify`] checks the chain; [`export`] and [`import`] convert formats;
 //! [`filter`] is the row filter export and replay share.
 
-pub(crate) mod args;
+pub mod args;
 pub(crate) mod chain;
 pub(crate) mod codec;
 pub(crate) mod error;

@@ -215,6 +215,11 @@ pub struct ProxyArgs {
     /// refused (recorded as timeout)
     #[arg(long, default_value = "120s")]
     pub approval_timeout: String,
+    /// Who may answer a call held for approval: the local queue, the MCP
+    /// client's dialog, or both (default: queue with --tokens, where the
+    /// client is a remote agent that could approve its own calls; else both)
+    #[arg(long, value_enum)]
+    pub approve_via: Option<crate::proxy::gateway::ApproveVia>,
     /// HTTP proxy: most requests to the upstream at once
     #[arg(long, default_value_t = 64)]
     pub max_concurrent: usize,
@@ -781,6 +786,11 @@ fn run_proxy(args: &ProxyArgs, rotate_age: std::time::Duration) -> ExitCode {
         upstream_timeout,
         warm_start: !args.no_warm_start,
         rotate_age: Some(rotate_age),
+        approve_via: args.approve_via.unwrap_or(if args.tokens.is_some() {
+            crate::proxy::gateway::ApproveVia::Queue
+        } else {
+            crate::proxy::gateway::ApproveVia::Both
+        }),
     };
     match (&args.listen, &args.upstream) {
         (Some(listen), Some(upstream)) => return http_proxy(args, gateway, Some(listen), upstream),

@@ -336,6 +336,28 @@ impl Policy {
         }
     }
 
+    /// Every argument path a rule reads (`args.*` conditions and
+    /// `increment_from`), as its segments: where a proxy must be sure the
+    /// server reads the same member as the policy.
+    pub fn arg_paths(&self) -> Vec<&[String]> {
+        use crate::policy::condition::PathRef;
+        let mut paths: Vec<&[String]> = Vec::new();
+        for rule in self.entries.iter().flat_map(|e| e.rules.iter()) {
+            for c in rule.when.iter().chain(&rule.checks) {
+                if let PathRef::Args(segments) = &c.path {
+                    paths.push(segments);
+                }
+            }
+            if let Some(Amount::FromArgs { segments, .. }) = rule.limit.as_ref().map(|l| &l.amount)
+            {
+                paths.push(segments);
+            }
+        }
+        paths.sort();
+        paths.dedup();
+        paths
+    }
+
     pub fn counters(&self) -> &[CounterDef] {
         &self.counters
     }

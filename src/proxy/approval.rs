@@ -37,6 +37,12 @@ pub enum Answer {
     Cancelled,
 }
 
+/// Who answered through the local queue, as rows name it: `queue:NAME`
+/// (rows name the channel: `client:NAME` is the MCP client's dialog).
+fn queue_answerer(by: Option<String>) -> String {
+    format!("queue:{}", by.as_deref().unwrap_or("unknown"))
+}
+
 /// What a human sees of a held call (`approvals list`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct HeldCall {
@@ -225,7 +231,7 @@ impl Approvals {
                 let r = self.answer(
                     id,
                     Answer::Granted {
-                        by: by.unwrap_or_else(|| "local queue".into()),
+                        by: queue_answerer(by),
                     },
                 );
                 reply(&mut out, result_json(r));
@@ -234,7 +240,7 @@ impl Approvals {
                 let r = self.answer(
                     id,
                     Answer::Denied {
-                        by: by.unwrap_or_else(|| "local queue".into()),
+                        by: queue_answerer(by),
                         reason,
                     },
                 );

@@ -38,11 +38,15 @@ pub struct Generation {
     state: Mutex<Box<dyn CounterStore + Send>>,
     /// Set (under the state lock) when a reload replaced this generation.
     retired: AtomicBool,
+    /// The argument paths the policy reads ([`Policy::arg_paths`]).
+    arg_paths: Vec<Vec<String>>,
 }
 
 impl Generation {
     fn new(policy: Policy, state: Box<dyn CounterStore + Send>) -> Arc<Generation> {
+        let arg_paths = policy.arg_paths().into_iter().map(<[_]>::to_vec).collect();
         Arc::new(Generation {
+            arg_paths,
             policy: Arc::new(policy),
             state: Mutex::new(state),
             retired: AtomicBool::new(false),
@@ -51,6 +55,11 @@ impl Generation {
 
     pub fn policy(&self) -> &Arc<Policy> {
         &self.policy
+    }
+
+    /// The argument paths the policy reads.
+    pub fn arg_paths(&self) -> &[Vec<String>] {
+        &self.arg_paths
     }
 
     /// Locks the counters; decide and settle through the guard.
@@ -91,6 +100,33 @@ pub struct GatewayConfig {
     pub approval_timeout: Option<std::time::Duration>,
     /// Seal the open audit file after this long (default 5 minutes).
     pub rotate_age: Option<std::time::Duration>,
+    /// Through which channels a human's approval may come.
+    pub approve_via: ApproveVia,
+}
+
+/// `--approve-via`: who may answer a call held for approval. The MCP
+/// client's own dialog is answered by whoever runs the client, which for a
+/// remote agent may be the agent itself; the local queue is answered by a
+/// person on the proxy's machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum ApproveVia {
+    /// Only the local approval queue (`flightrec approvals`)
+    Queue,
+    /// Only the MCP client's approval dialog (elicitation)
+    Client,
+    /// The client's dialog when it can show one, else the queue
+    #[default]
+    Both,
+}
+
+impl ApproveVia {
+    pub fn client(self) -> bool {
+        matches!(self, ApproveVia::Client | ApproveVia::Both)
+    }
+
+    pub fn queue(self) -> bool {
+        matches!(self, ApproveVia::Queue | ApproveVia::Both)
+    }
 }
 
 impl GatewayConfig {

@@ -7,25 +7,135 @@ use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 /// The parts of a frame the proxy looks at. Everything else stays raw.
-#[derive(Debug, Deserialize)]
+///
+/// Read strictly: a known member (`jsonrpc`, `id`, `method`, `params`,
+/// `result`, `error`) given twice is an error, and a member whose name
+/// differs from a known one only by case (`"Method"`, `"ID"`) is noted in
+/// [`Envelope::variant`]: a server that matches members case-insensitively
+/// (Go's `encoding/json`) would read it as the known member, so the proxy
+/// refuses the frame rather than read it otherwise.
+#[derive(Debug, Default)]
 pub struct Envelope<'a> {
     /// `Some("null")` for `"id": null`, `None` when there is no `id`.
-    #[serde(borrow, default, deserialize_with = "present")]
     pub id: Option<&'a RawValue>,
-    #[serde(default)]
     pub method: Option<String>,
-    #[serde(borrow, default)]
     pub params: Option<&'a RawValue>,
-    #[serde(borrow, default)]
     pub result: Option<&'a RawValue>,
-    #[serde(borrow, default)]
     pub error: Option<&'a RawValue>,
+    /// The first member whose name equals a known member's only up to
+    /// case (e.g. `Method`), when there is one.
+    pub variant: Option<String>,
 }
 
-/// A member that is present, `null` included (serde's `Option` would read
-/// `null` as absent).
-fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
-    <&RawValue>::deserialize(d).map(Some)
+/// The members of a JSON-RPC envelope.
+const ENVELOPE_MEMBERS: [&str; 6] = ["jsonrpc", "id", "method", "params", "result", "error"];
+
+/// The members of `tools/call` params a server reads into its own fields
+/// (MCP's `CallToolParams` and the 2026-07-28 retry fields).
+pub const TOOL_CALL_MEMBERS: [&str; 6] = [
+    "name",
+    "arguments",
+    "_meta",
+    "requestState",
+    "inputResponses",
+    "task",
+];
+
+/// A member name, borrowed from the frame when it has no escapes.
+struct Key<'a>(std::borrow::Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a member name")
+            }
+            fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(std::borrow::Cow::Borrowed(s)))
+            }
+            fn visit_str<E>(self, s: &str) -> Result<Key<'de>, E> {
+                Ok(Key(std::borrow::Cow::Owned(s.to_string())))
+            }
+            fn visit_string<E>(self, s: String) -> Result<Key<'de>, E> {
+                Ok(Key(std::borrow::Cow::Owned(s)))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for Envelope<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{Error, IgnoredAny, MapAccess, Visitor};
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Envelope<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON-RPC message (an object)")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Envelope<'de>, A::Error> {
+                let mut env = Envelope::default();
+                let mut seen = [false; ENVELOPE_MEMBERS.len()];
+                while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+                    let Some(i) = ENVELOPE_MEMBERS.iter().position(|m| *m == key) else {
+                        if env.variant.is_none()
+                            && ENVELOPE_MEMBERS.iter().any(|m| same_but_case(m, &key))
+                        {
+                            env.variant = Some(key.into_owned());
+                        }
+                        map.next_value::<IgnoredAny>()?;
+                        continue;
+                    };
+                    if std::mem::replace(&mut seen[i], true) {
+                        return Err(A::Error::custom(format_args!("duplicate member `{key}`")));
+                    }
+                    match i {
+                        1 => env.id = Some(map.next_value()?),
+                        2 => env.method = map.next_value()?,
+                        3 => env.params = map.next_value::<Option<&RawValue>>()?,
+                        4 => env.result = map.next_value::<Option<&RawValue>>()?,
+                        5 => env.error = map.next_value::<Option<&RawValue>>()?,
+                        _ => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(env)
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// One character as Unicode simple case folding compares it (close to
+/// Go's `strings.EqualFold`: `K`, `k` and the Kelvin sign are one; `s`,
+/// `S` and `ſ` are one).
+fn fold(c: char) -> char {
+    if c.is_ascii() {
+        return c.to_ascii_lowercase();
+    }
+    let mut up = c.to_uppercase();
+    let u = match (up.next(), up.next()) {
+        (Some(u), None) => u,
+        _ => c,
+    };
+    let mut low = u.to_lowercase();
+    match (low.next(), low.next()) {
+        (Some(l), None) => l,
+        _ => c,
+    }
+}
+
+/// Whether two member names are equal when case is ignored.
+pub fn fold_eq(a: &str, b: &str) -> bool {
+    a.chars().map(fold).eq(b.chars().map(fold))
+}
+
+/// Equal up to case, but not equal.
+fn same_but_case(a: &str, b: &str) -> bool {
+    a != b && fold_eq(a, b)
 }
 
 /// What a frame's `id` is, as far as forwarding it safely goes.
@@ -71,61 +181,152 @@ impl Envelope<'_> {
     }
 }
 
-/// Whether any JSON object in `text` has the same key twice. Parsers
-/// disagree on which one wins, so a proxy that reads one value while the
-/// server reads the other could be shown another call than the one that
-/// runs. `None` when `text` is not JSON.
-pub fn has_duplicate_keys(text: &str) -> Option<bool> {
-    use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
-    struct Check;
-    impl<'de> DeserializeSeed<'de> for Check {
-        type Value = bool;
-        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
-            d.deserialize_any(Check)
+/// Why two JSON readers could read `text` differently, naming where:
+/// an object that repeats a member (parsers disagree on which one wins),
+/// two members that differ only by case (a case-insensitive reader, as
+/// Go's `encoding/json` is for struct fields, takes the last), at any
+/// depth; and, in the top-level object, a member equal to one of `known`
+/// only up to case (such a reader takes it for the known member). `Err`
+/// when `text` is not JSON.
+pub fn ambiguity(text: &str, known: &[&str]) -> Result<Option<String>, serde_json::Error> {
+    use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+    /// What is wrong, and the member path to it (innermost first).
+    struct Found {
+        path: Vec<String>,
+        what: String,
+    }
+    struct Check<'k> {
+        known: &'k [&'k str],
+        depth: usize,
+    }
+    impl<'de> DeserializeSeed<'de> for Check<'_> {
+        type Value = Option<Found>;
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Option<Found>, D::Error> {
+            d.deserialize_any(self)
         }
     }
-    impl<'de> Visitor<'de> for Check {
-        type Value = bool;
+    impl<'de> Visitor<'de> for Check<'_> {
+        type Value = Option<Found>;
         fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
             f.write_str("JSON")
         }
-        fn visit_bool<E>(self, _: bool) -> Result<bool, E> {
-            Ok(false)
+        fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+            Ok(None)
         }
-        fn visit_i64<E>(self, _: i64) -> Result<bool, E> {
-            Ok(false)
+        fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+            Ok(None)
         }
-        fn visit_u64<E>(self, _: u64) -> Result<bool, E> {
-            Ok(false)
+        fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+            Ok(None)
         }
-        fn visit_f64<E>(self, _: f64) -> Result<bool, E> {
-            Ok(false)
+        fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+            Ok(None)
         }
-        fn visit_str<E>(self, _: &str) -> Result<bool, E> {
-            Ok(false)
+        fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+            Ok(None)
         }
-        fn visit_unit<E>(self) -> Result<bool, E> {
-            Ok(false)
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
         }
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<bool, A::Error> {
-            let mut dup = false;
-            while let Some(d) = seq.next_element_seed(Check)? {
-                dup |= d;
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut found = None;
+            let mut i = 0usize;
+            loop {
+                let child = Check {
+                    known: &[],
+                    depth: self.depth + 1,
+                };
+                match seq.next_element_seed(child)? {
+                    None => break,
+                    Some(Some(mut f)) if found.is_none() => {
+                        f.path.push(format!("[{i}]"));
+                        found = Some(f);
+                    }
+                    Some(_) => {}
+                }
+                i += 1;
             }
-            Ok(dup)
+            Ok(found)
         }
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
-            let mut keys = std::collections::HashSet::new();
-            let mut dup = false;
-            while let Some(k) = map.next_key::<String>()? {
-                dup |= !keys.insert(k);
-                dup |= map.next_value_seed(Check)?;
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            // Folded name → the name as written.
+            let mut names: std::collections::HashMap<String, String> =
+                std::collections::HashMap::new();
+            let mut found: Option<Found> = None;
+            while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+                if found.is_some() {
+                    map.next_value::<IgnoredAny>()?;
+                    continue;
+                }
+                let folded: String = key.chars().map(fold).collect();
+                if let Some(before) = names.get(&folded) {
+                    let what = if *before == *key {
+                        format!("repeats the member `{key}`")
+                    } else {
+                        format!("has members `{before}` and `{key}`, which differ only by case")
+                    };
+                    found = Some(Found {
+                        path: Vec::new(),
+                        what,
+                    });
+                    map.next_value::<IgnoredAny>()?;
+                    continue;
+                }
+                if let Some(k) = self.known.iter().find(|k| same_but_case(k, &key)) {
+                    found = Some(Found {
+                        path: Vec::new(),
+                        what: format!(
+                            "has a member `{key}`, which a case-insensitive reader takes for `{k}`"
+                        ),
+                    });
+                    map.next_value::<IgnoredAny>()?;
+                    continue;
+                }
+                let child = Check {
+                    known: &[],
+                    depth: self.depth + 1,
+                };
+                if let Some(mut f) = map.next_value_seed(child)? {
+                    f.path.push(key.to_string());
+                    found = Some(f);
+                }
+                names.insert(folded, key.into_owned());
             }
-            Ok(dup)
+            Ok(found)
         }
     }
     let mut de = serde_json::Deserializer::from_str(text);
-    Check.deserialize(&mut de).ok()
+    let found = Check { known, depth: 0 }.deserialize(&mut de)?;
+    de.end()?;
+    Ok(found.map(|f| {
+        if f.path.is_empty() {
+            format!("the object {}", f.what)
+        } else {
+            let path: Vec<&str> = f.path.iter().rev().map(String::as_str).collect();
+            format!("`{}` {}", path.join("."), f.what)
+        }
+    }))
+}
+
+/// Whether an argument path the policy reads (`args.a.b`) is written in
+/// `args` with another case at some step (`{"A": …}`) and not as the
+/// policy names it: the policy would see nothing there while a
+/// case-insensitive server reads the value. Names the member found.
+pub fn case_variant_on_path(args: &Value, segments: &[String]) -> Option<String> {
+    let mut current = args;
+    for segment in segments {
+        let object = current.as_object()?;
+        match object.get(segment) {
+            Some(next) => current = next,
+            None => {
+                return object
+                    .keys()
+                    .find(|k| same_but_case(k, segment))
+                    .map(|k| format!("`{k}` (the policy reads `{segment}`)"));
+            }
+        }
+    }
+    None
 }
 
 /// The id of a frame from its first bytes (the rest was too long to keep):
@@ -470,17 +671,41 @@ mod tests {
         ] {
             assert_eq!(kind(bad), IdKind::Invalid, "{bad}");
         }
+        let amb = |t: &str| ambiguity(t, &TOOL_CALL_MEMBERS).unwrap();
+        assert_eq!(amb(r#"{"a":{"b":1,"c":[{"d":1}]}}"#), None);
         assert_eq!(
-            has_duplicate_keys(r#"{"a":{"b":1,"c":[{"d":1}]}}"#),
-            Some(false)
+            amb(r#"{"a":{"b":1,"b":2}}"#).as_deref(),
+            Some("`a` repeats the member `b`")
         );
-        assert_eq!(has_duplicate_keys(r#"{"a":{"b":1,"b":2}}"#), Some(true));
         assert_eq!(
-            has_duplicate_keys(r#"[{"x":1},{"y":[{"z":1,"z":1}]}]"#),
-            Some(true)
+            amb(r#"[{"x":1},{"y":[{"z":1,"z":1}]}]"#).as_deref(),
+            Some("`[1].y.[0]` repeats the member `z`")
         );
-        assert_eq!(has_duplicate_keys(r#"{"a\u0062":1,"ab":2}"#), Some(true));
-        assert_eq!(has_duplicate_keys("{"), None);
+        assert!(amb(r#"{"a\u0062":1,"ab":2}"#).is_some());
+        assert!(ambiguity("{", &[]).is_err());
+        assert!(ambiguity("{} {}", &[]).is_err());
+        // Case: a duplicate up to case at any depth, a known member's variant
+        // at the top only.
+        assert_eq!(
+            amb(r#"{"name":"a","arguments":{"amount":1,"AMOUNT":2}}"#).as_deref(),
+            Some("`arguments` has members `amount` and `AMOUNT`, which differ only by case")
+        );
+        assert!(amb(r#"{"name":"list","Name":"reboot"}"#).is_some());
+        assert!(amb(r#"{"nAme":"reboot"}"#).is_some());
+        assert!(amb(r#"{"name":"x","arguments":{"Name":"y"}}"#).is_none());
+        // Unicode simple folding: the Kelvin sign is a `k`, a long s an `s`.
+        assert!(amb("{\"name\":\"a\",\"arguments\":{\"k\":1,\"\u{212A}\":2}}").is_some());
+        assert!(amb("{\"name\":\"a\",\"requeſtState\":\"x\"}").is_some());
+        // Envelopes note a variant of a known member and refuse a repeat.
+        let env: Envelope =
+            serde_json::from_str(r#"{"jsonrpc":"2.0","id":1,"Method":"tools/call"}"#).unwrap();
+        assert_eq!(env.variant.as_deref(), Some("Method"));
+        assert!(env.method.is_none());
+        assert!(serde_json::from_str::<Envelope>(r#"{"id":1,"id":2}"#).is_err());
+        let args = json!({"Amount": 5, "nested": {"Deep": 1}});
+        assert!(case_variant_on_path(&args, &["amount".into()]).is_some());
+        assert!(case_variant_on_path(&args, &["nested".into(), "deep".into()]).is_some());
+        assert!(case_variant_on_path(&json!({"amount": 1}), &["amount".into()]).is_none());
     }
 
     #[test]

@@ -78,6 +78,10 @@ impl std::fmt::Debug for Held {
     }
 }
 
+/// The rule a frame is refused by when two readers could read it
+/// differently (repeated members, members that differ only by case).
+const AMBIGUOUS_RULE: &str = "(ambiguous member)";
+
 /// The key of the proxy's approval question in an input-required result.
 const APPROVAL_KEY: &str = "flightrec_approval";
 
@@ -196,8 +200,24 @@ pub struct Session {
     /// Multi-round calls: the `requestState` of each input-required result
     /// the server sent in this session → (the call's first `event_id`, the
     /// round that result ended). A retry carrying one continues that call.
-    rounds: Mutex<HashMap<String, (String, u64)>>,
+    rounds: Mutex<HashMap<String, Round>>,
 }
+
+/// A round of a multi-round call the server ended with an input-required
+/// result: the call it belongs to, which a retry must repeat exactly.
+#[derive(Debug, Clone)]
+struct Round {
+    /// The call's first `event_id`.
+    first: String,
+    /// The round that result ended.
+    round: u64,
+    tool: String,
+    args_sha256: String,
+}
+
+/// At most this many rounds are remembered per session (clients that
+/// never retry): the oldest are forgotten first.
+const MAX_ROUNDS: usize = 10_000;
 
 impl Session {
     pub(crate) fn new(
@@ -389,6 +409,27 @@ impl Session {
                 ));
             }
         };
+        if let Some(variant) = &env.variant {
+            // A member a case-insensitive server would read as `method`,
+            // `params`, …: the proxy would decide one message and the server
+            // run another.
+            let message = format!(
+                "flightrec: the message has a member `{variant}`, which differs from a JSON-RPC member only by case; it is not forwarded (servers disagree on how to read it)"
+            );
+            let id = match env.id_kind() {
+                IdKind::Valid(id) => Some(id),
+                _ => None,
+            };
+            let method = env.method.clone().unwrap_or_else(|| "<invalid>".into());
+            return Route::refused(self.refuse(
+                &method,
+                id,
+                frame.len(),
+                AMBIGUOUS_RULE,
+                -32600,
+                &message,
+            ));
+        }
         let Some(method) = env.method.as_deref() else {
             // The client's answer to the proxy's own question: consumed here.
             if let Some(id) = env.id_text()
@@ -585,18 +626,28 @@ impl Session {
         other: &mut Option<Route>,
     ) -> Option<Vec<u8>> {
         let modern = jsonrpc::speaks_2026(env.params);
-        if env
-            .params
-            .is_some_and(|p| jsonrpc::has_duplicate_keys(p.get()) != Some(false))
-        {
-            return self.refuse(
-                "tools/call",
-                id,
-                bytes,
-                "(duplicate keys)",
-                -32600,
-                "flightrec: a tools/call whose params repeat a key is not forwarded (parsers disagree on which value wins)",
-            );
+        if let Some(p) = env.params {
+            let problem = match jsonrpc::ambiguity(p.get(), &jsonrpc::TOOL_CALL_MEMBERS) {
+                Ok(found) => found,
+                Err(e) => Some(format!("could not be read ({e})")),
+            };
+            if let Some(problem) = problem {
+                let exact_repeat = problem.contains("repeats the member");
+                return self.refuse(
+                    "tools/call",
+                    id,
+                    bytes,
+                    if exact_repeat {
+                        "(duplicate keys)"
+                    } else {
+                        AMBIGUOUS_RULE
+                    },
+                    -32600,
+                    &format!(
+                        "flightrec: a tools/call is not forwarded when its params could be read two ways: params: {problem}"
+                    ),
+                );
+            }
         }
         // Only an object: serde would also read `["name", {args}]` as the
         // same params, and a server may read an array otherwise.
@@ -630,13 +681,22 @@ impl Session {
             args_sha256: Some(&hash),
         };
         // A retry carrying a requestState the server sent in this session
-        // continues that call: decided again, counted once (in its first
-        // round). Any other state is a new call.
+        // for this very call (same tool, same canonical arguments), not used
+        // before, continues that call: decided again, counted once (in its
+        // first round). Any other state is a new call, decided and counted
+        // as one (and the state stays for the call it was issued to).
         let continues = params
             .request_state
             .as_deref()
             .filter(|s| !crate::proxy::approval::is_ours(s))
-            .and_then(|s| lock(&self.rounds).remove(s));
+            .and_then(|s| {
+                let mut rounds = lock(&self.rounds);
+                let same_call = rounds
+                    .get(s)
+                    .is_some_and(|r| r.tool == params.name && r.args_sha256 == hash);
+                if same_call { rounds.remove(s) } else { None }
+            })
+            .map(|r| (r.first, r.round));
         let decide = |policy: &crate::policy::Policy,
                       state: &mut (dyn crate::policy::CounterStore + Send)| {
             if continues.is_some() {
@@ -647,13 +707,42 @@ impl Session {
         };
         // Policy and counters as one unit: the decision, its reservation and
         // the policy hash in the row all come from the same generation.
-        let (generation, decision, category, risk) =
-            self.gateway.with_current(|generation, state| {
-                let policy = generation.policy();
-                let (category, risk) = policy.classify(&params.name, call.category, None);
-                let decision = decide(policy, state);
-                (generation.clone(), decision, category, risk)
-            });
+        let decided = self.gateway.with_current(|generation, state| {
+            // An argument the policy reads, written with another case: the
+            // policy would not see it, a case-insensitive server would.
+            if let Some(variant) = generation
+                .arg_paths()
+                .iter()
+                .find_map(|path| jsonrpc::case_variant_on_path(&params.arguments, path))
+            {
+                return Err(variant);
+            }
+            let policy = generation.policy();
+            let (category, risk) = policy.classify(&params.name, call.category, None);
+            let decision = decide(policy, state);
+            Ok((generation.clone(), decision, category, risk))
+        });
+        let (generation, decision, category, risk) = match decided {
+            Ok(d) => d,
+            Err(variant) => {
+                if let Some((first, round)) = continues {
+                    // Not this call's continuation after all: it stays usable.
+                    if let Some(state) = params.request_state.clone() {
+                        self.remember_round(state, first, round, &params.name, &hash);
+                    }
+                }
+                return self.refuse(
+                    "tools/call",
+                    id,
+                    bytes,
+                    AMBIGUOUS_RULE,
+                    -32600,
+                    &format!(
+                        "flightrec: a tools/call is not forwarded when an argument the policy reads is written with another case: {variant}"
+                    ),
+                );
+            }
+        };
         let mut reservations: SmallVec<[(Arc<Generation>, Reservation); 2]> = SmallVec::new();
         let shadow: Vec<ShadowDecision> = self
             .gateway
@@ -773,7 +862,8 @@ impl Session {
     fn ask_approval(&self, a: AskContext<'_, '_>) -> Result<Route, Vec<u8>> {
         use crate::audit::schema::ApprovalOutcome;
         use crate::proxy::approval::{self, HeldCall, StateClaims};
-        let can_elicit = *lock(&self.can_elicit);
+        let via = self.gateway.config().approve_via;
+        let can_elicit = *lock(&self.can_elicit) && via.client();
         let server = a.row.server.clone();
         let reason = a.message.trim_end();
         let stop = if reason.ends_with(['.', '!', '?']) {
@@ -827,7 +917,7 @@ impl Session {
             }
         }
         let ask_in_client = can_elicit && !a.modern && a.in_band;
-        if !ask_in_client && self.gateway.approvals().socket().is_none() {
+        if !ask_in_client && (!via.queue() || self.gateway.approvals().socket().is_none()) {
             return Err(self.refuse_approval(
                 a.env.id,
                 a.row,
@@ -835,8 +925,19 @@ impl Session {
                 None,
                 a.rule,
                 &format!(
-                    "it requires approval ({}), and there is no way to ask: the client cannot show an approval form and no local approval queue is open",
-                    a.message
+                    "it requires approval ({}), and there is no way to ask: {}",
+                    a.message,
+                    match via {
+                        crate::proxy::gateway::ApproveVia::Client => {
+                            "approvals come only from the client (--approve-via client), and it cannot show an approval form here"
+                        }
+                        crate::proxy::gateway::ApproveVia::Queue => {
+                            "approvals come only from the local queue (--approve-via queue), and none is open"
+                        }
+                        crate::proxy::gateway::ApproveVia::Both => {
+                            "the client cannot show an approval form and no local approval queue is open"
+                        }
+                    }
                 ),
                 a.modern,
             ));
@@ -889,6 +990,9 @@ impl Session {
         use crate::proxy::approval;
         let now_ms = (crate::time::now_us() / 1000) as u64;
         let problem = match approval::open(self.gateway.state_key(), state) {
+            _ if !self.gateway.config().approve_via.client() => {
+                Some("approvals do not come from the client (--approve-via queue)".into())
+            }
             Err(why) => Some(format!("its requestState is {why}")),
             Ok(c) if c.s != self.id => Some("its requestState belongs to another session".into()),
             Ok(c) if c.t != a.params.name => {
@@ -1195,6 +1299,24 @@ impl Session {
         ))
     }
 
+    /// Remembers the `requestState` an input-required result carried, for
+    /// the retry of the same call.
+    fn remember_round(&self, state: String, first: String, round: u64, tool: &str, hash: &str) {
+        let mut rounds = lock(&self.rounds);
+        if rounds.len() >= MAX_ROUNDS {
+            rounds.clear(); // bounded: clients that never retry
+        }
+        rounds.insert(
+            state,
+            Round {
+                first,
+                round,
+                tool: tool.to_string(),
+                args_sha256: hash.to_string(),
+            },
+        );
+    }
+
     /// Remembers an id the proxy answered itself, so that the server's late
     /// answer is not delivered as a second one.
     fn abandon(&self, id: String) {
@@ -1298,6 +1420,18 @@ impl Session {
                 completion: None,
             };
         };
+        if let Some(variant) = &env.variant {
+            // The client could read it as an answer (or a request) the proxy
+            // did not see as one: not delivered. A request it was meant to
+            // answer ends by the upstream timeout.
+            eprintln!(
+                "flightrec: dropped a frame from the server with a member `{variant}`, which differs from a JSON-RPC member only by case"
+            );
+            return ServerAction {
+                send: None,
+                completion: None,
+            };
+        }
         let id = env
             .id_text()
             .filter(|_| env.is_response())
@@ -1352,11 +1486,10 @@ impl Session {
                     .continues
                     .clone()
                     .unwrap_or_else(|| ticket.row.event_id.clone());
-                let mut rounds = lock(&self.rounds);
-                if rounds.len() >= 10_000 {
-                    rounds.clear(); // bounded: clients that never retry
+                if let (Some(tool), Some(hash)) = (&ticket.row.tool, &ticket.row.args_sha256) {
+                    let (tool, hash) = (tool.clone(), hash.clone());
+                    self.remember_round(state, first, round, &tool, &hash);
                 }
-                rounds.insert(state, (first, round));
             }
         }
         let filtered = if ticket.tools_list {
