@@ -63,6 +63,10 @@ struct Entry {
     tx: SyncSender<Answer>,
 }
 
+/// At most this many calls wait for a human at once, process-wide; a call
+/// over it is refused at once (fail closed).
+pub const MAX_HELD: usize = 256;
+
 /// The calls waiting for a human, process-wide.
 #[derive(Default)]
 pub struct Approvals {
@@ -80,8 +84,12 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Approvals {
     /// Registers a held call; returns its id and the channel its answer
-    /// comes on.
-    pub fn hold(&self, mut call: HeldCall) -> (u64, Receiver<Answer>) {
+    /// comes on, or `None` when [`MAX_HELD`] calls already wait (each
+    /// waiting call holds a thread until it is answered or times out).
+    pub fn hold(&self, mut call: HeldCall) -> Option<(u64, Receiver<Answer>)> {
+        if self.active.load(std::sync::atomic::Ordering::Acquire) >= MAX_HELD {
+            return None;
+        }
         let id = {
             let mut n = lock(&self.next);
             *n += 1;
@@ -99,7 +107,7 @@ impl Approvals {
                 tx,
             },
         );
-        (id, rx)
+        Some((id, rx))
     }
 
     /// Answers a held call; `Err` when no such call waits (answered,
@@ -476,11 +484,21 @@ mod tests {
             reason: "why".into(),
             waiting_ms: 0,
         };
-        let (id, rx) = a.hold(call);
+        let (id, rx) = a.hold(call.clone()).unwrap();
         assert_eq!(a.list().len(), 1);
         a.answer(id, Answer::Granted { by: "me".into() }).unwrap();
         assert!(a.answer(id, Answer::Cancelled).is_err());
         assert_eq!(rx.recv().unwrap(), Answer::Granted { by: "me".into() });
         assert!(a.list().is_empty());
+        a.done();
+        // Bounded: past MAX_HELD waiting calls, a new one is refused, and
+        // room comes back as waiters finish.
+        let waiting: Vec<_> = (0..MAX_HELD)
+            .map(|_| a.hold(call.clone()).expect("room"))
+            .collect();
+        assert!(a.hold(call.clone()).is_none());
+        a.forget(waiting[0].0);
+        a.done();
+        assert!(a.hold(call).is_some());
     }
 }

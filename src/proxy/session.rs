@@ -942,7 +942,7 @@ impl Session {
                 a.modern,
             ));
         }
-        let (approval_id, answer) = self.gateway.approvals().hold(HeldCall {
+        let held = self.gateway.approvals().hold(HeldCall {
             id: 0,
             tool: a.params.name.clone(),
             session: self.id.clone(),
@@ -952,6 +952,20 @@ impl Session {
             reason: a.message.to_string(),
             waiting_ms: 0,
         });
+        let Some((approval_id, answer)) = held else {
+            return Err(self.refuse_approval(
+                a.env.id,
+                a.row,
+                None,
+                None,
+                a.rule,
+                &format!(
+                    "{} calls are already waiting for a human (the most the proxy holds at once); try again later",
+                    approval::MAX_HELD
+                ),
+                a.modern,
+            ));
+        };
         lock(&self.held).insert(a.key.clone(), approval_id);
         let (ask, ask_id) = if ask_in_client {
             let id = format!("flightrec-approval-{approval_id}");
