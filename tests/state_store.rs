@@ -432,3 +432,135 @@ fn keys_expire_with_their_windows() {
     std::thread::sleep(Duration::from_millis(3_300));
     assert_eq!(redis.cmd(&["KEYS", "t:*"]), json!([]));
 }
+
+/// Amounts and stored totals that cannot be added exactly are refused by
+/// the store itself (a limit, never a store error that failing open would
+/// turn into an uncounted call): an amount given straight to the store
+/// past the core's checks, and totals an older flightrec or another
+/// writer left at the edge of `i64` or not a number at all.
+#[test]
+fn the_store_refuses_what_it_cannot_count_and_never_fails_open_on_it() {
+    use flightrec::policy::{ReserveError, Want};
+    let redis = Redis::start();
+    let policy = Policy::from_yaml(
+        "version: \"1\"\ntools:\n  t:\n    rules:\n      - name: track\n        conditions: [{path: state.t.n, op: gte, value: 0}]\n        state: {counter: n, window: day}\n      - name: s\n        rate_limit: {max: 5, window: 10m, per: session, mode: sliding}\n",
+        "p.yaml",
+    )
+    .unwrap()
+    .0;
+    let mut shared = store(&redis, &policy, true);
+    let now = flightrec::time::now_us();
+    let want = |counter: usize, scope: &'static str, amount: i64| Want {
+        counter,
+        scope,
+        amount,
+        max: if counter == 0 { None } else { Some(5) },
+    };
+    let refused = |r: Result<Reservation, ReserveError>| match r {
+        Err(ReserveError::Exhausted(_)) => true,
+        Ok(_) => false,
+        Err(ReserveError::Unavailable(e)) => panic!("a store error: {}", e.message),
+    };
+    for counter in [0, 1] {
+        for amount in [i64::MAX, -5, i64::MIN] {
+            assert!(
+                refused(shared.reserve(&[want(counter, "a", amount)], now)),
+                "counter {counter}, amount {amount}"
+            );
+        }
+    }
+    // One legitimate call each (the `state` counter of an exact tool key
+    // is one for the tool: its scope value is empty),
+    // then the stored totals are tampered with.
+    assert!(!refused(shared.reserve(&[want(0, "", 1)], now)));
+    assert!(!refused(shared.reserve(&[want(1, "p", 1)], now)));
+    let keys = redis.cmd(&["KEYS", "t:*"]);
+    let keys: Vec<&str> = keys
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k.as_str().unwrap())
+        .collect();
+    let of_type = |t: &str| -> String {
+        let found: Vec<&&str> = keys
+            .iter()
+            .filter(|k| redis.cmd(&["TYPE", k]) == json!(t))
+            .collect();
+        assert_eq!(found.len(), 1, "{t}: {keys:?}");
+        found[0].to_string()
+    };
+    let (fixed, total) = (of_type("hash"), of_type("string"));
+    for bad in ["9223372036854775807", "9007199254740992", "-1", "junk"] {
+        // A fixed window's total is all there is: refused (fail closed).
+        redis.cmd(&["HSET", &fixed, "n", bad]);
+        assert!(refused(shared.reserve(&[want(0, "", 1)], now)), "{bad}");
+        // A sliding log's running total is rebuilt from the log itself.
+        redis.cmd(&["SET", &total, bad, "KEEPTTL"]);
+        assert!(!refused(shared.reserve(&[want(1, "p", 1)], now)), "{bad}");
+    }
+    assert_eq!(shared.read(1, "p", now), Ok(5));
+    assert!(refused(shared.reserve(&[want(1, "p", 1)], now)));
+    assert_eq!(redis.cmd(&["GET", &total]), json!("5"));
+    // Through the decision core, failing open: still refused, and named.
+    let args = json!({});
+    let call = Call {
+        ts_us: now,
+        session: "p",
+        agent: "a",
+        server: "x",
+        tool: "t",
+        category: None,
+        risk: None,
+        args: &args,
+        args_sha256: None,
+    };
+    let d = policy.decide(&mut shared, &call);
+    assert_eq!(d.verdict, flightrec::policy::Verdict::Throttle);
+    assert_eq!(d.rule.as_deref(), Some("track"));
+}
+
+/// Through the decision core with a shared store that fails open: a
+/// negative or out-of-range `increment_from` amount is denied before the
+/// store sees it, and gives no budget back.
+#[test]
+fn negative_amounts_are_refused_before_the_store_even_failing_open() {
+    let redis = Redis::start();
+    let policy = Policy::from_yaml(
+        "version: \"1\"\ntools:\n  charge:\n    rules:\n      - name: budget\n        conditions: [{path: state.charge.spent, op: lte, value: 100}]\n        state: {counter: spent, window: day, increment_from: args.amount}\n",
+        "p.yaml",
+    )
+    .unwrap()
+    .0;
+    let mut shared = store(&redis, &policy, true);
+    let now = flightrec::time::now_us();
+    let mut verdicts = Vec::new();
+    for amount in [json!(-1_000_000), json!(1e300), json!(100), json!(50)] {
+        let args = json!({ "amount": amount });
+        let call = Call {
+            ts_us: now,
+            session: "s",
+            agent: "a",
+            server: "x",
+            tool: "charge",
+            category: None,
+            risk: None,
+            args: &args,
+            args_sha256: None,
+        };
+        let d = policy.decide(&mut shared, &call);
+        verdicts.push((
+            d.verdict.as_str().to_string(),
+            d.rule.as_deref().map(str::to_string),
+        ));
+    }
+    let budget = Some("budget".to_string());
+    assert_eq!(
+        verdicts,
+        [
+            ("deny".to_string(), budget.clone()),
+            ("deny".to_string(), budget.clone()),
+            ("allow".to_string(), None),
+            ("throttle".to_string(), budget),
+        ]
+    );
+}

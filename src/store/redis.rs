@@ -25,6 +25,12 @@
 //! `PREFIX` + a hash of the counter's definition (identity, window, scope
 //! kind) + `:` + the scope value, so replicas running the same policy share
 //! counters and a reload keeps those whose definition did not change.
+//! Amounts and totals stay within 2^53 − 1
+//! ([`crate::policy::state::MAX_AMOUNT`]), where Lua's numbers are exact:
+//! the script refuses an amount or a stored total outside it
+//! (as a limit would, never as an unavailable store), so a total another
+//! writer left out of range or not a number cannot turn into an uncounted
+//! call; a sliding log's running total is then rebuilt from the log.
 //!
 //! When the store is unreachable or slower than the timeout, a decision
 //! gets a [`StoreError`]: the core refuses the call (fail closed) or allows
@@ -34,10 +40,11 @@
 //! on stderr when the store goes away and when it is back.
 
 use crate::policy::state::Mark;
+use crate::policy::state::{MAX_AMOUNT, ceiling, window_start_of};
 use crate::policy::{
     CounterStore, Exhausted, Outcome, Policy, Reservation, ReserveError, StoreError, Want,
 };
-use crate::policy::{model::CounterDef, model::WindowMode, state::window_start_of};
+use crate::policy::{model::CounterDef, model::WindowMode};
 use crate::store::resp::{Connection, Reply};
 use sha2::{Digest, Sha256};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -134,45 +141,72 @@ pub struct RedisConfig {
     pub timeout: Duration,
 }
 
+/// The server-side reservation. Every number it adds is checked first:
+/// an amount outside `0..=MAX` (2^53 − 1, [`MAX_AMOUNT`]; Lua numbers are
+/// doubles, exact up to there) or a stored total that is not such a number
+/// refuses the call like a limit (never a script error, which would be
+/// "store unavailable" and, failing open, an uncounted call). A sliding
+/// log's running total that is not a valid number is rebuilt from the log.
+/// Writes that could still fail are made with `pcall`, and a failure
+/// undoes the call's other writes and refuses it.
+// The scripts' `MAX` is the core's.
+const _: () = assert!(MAX_AMOUNT == 9_007_199_254_740_991);
+
 const RESERVE: &str = r#"
 local now = tonumber(ARGV[1])
+local MAX = 9007199254740991
 local function str(x) return string.format('%.0f', x) end
 local function amount_of(m) return tonumber(string.match(m, ':(%-?%d+)$')) end
+local function valid(x) return x ~= nil and x >= 0 and x <= MAX and x == math.floor(x) end
+local function ok(r) return type(r) ~= 'table' or r.err == nil end
 local undo = {}
 local out = {1}
 local function fail(i, retry)
   for j = #undo, 1, -1 do
     local u = undo[j]
-    if u[1] == 'F' then redis.call('HINCRBY', u[2], 'n', -u[3])
+    if u[1] == 'F' then redis.pcall('HINCRBY', u[2], 'n', -u[3])
     elseif u[1] == 'S' then
       redis.call('ZREM', u[2], u[3])
-      redis.call('DECRBY', u[2] .. '#n', u[4])
+      redis.pcall('DECRBY', u[2] .. '#n', u[4])
     else redis.call('HDEL', u[2], 't') end
   end
   return {0, i, retry}
+end
+-- The amounts in a log, or nil when one is not a valid amount.
+local function log_total(key)
+  local t = 0
+  for _, m in ipairs(redis.call('ZRANGE', key, 0, -1)) do
+    local a = amount_of(m)
+    if not valid(a) then return nil end
+    t = t + a
+  end
+  return t
 end
 for i = 1, #KEYS do
   local b = 1 + (i - 1) * 6
   local kind = ARGV[b + 1]
   local len = tonumber(ARGV[b + 2])
   local amount = tonumber(ARGV[b + 3])
-  local max = tonumber(ARGV[b + 4])
+  local max = math.min(tonumber(ARGV[b + 4]), MAX)
   local key = KEYS[i]
   local mark = 0
+  if not valid(amount) then return fail(i, -1) end
   if kind == 'F' then
     local cur = tonumber(ARGV[b + 5])
     local h = redis.call('HMGET', key, 's', 'n')
     local s = tonumber(h[1])
-    local n = tonumber(h[2]) or 0
+    local n = 0
+    if h[2] then n = tonumber(h[2]) end
     if s == nil or cur > s then
       s = cur
       n = 0
       redis.call('HSET', key, 's', ARGV[b + 5], 'n', 0)
+      redis.call('PEXPIREAT', key, str(math.floor((s + len) / 1000) + 1000))
     end
-    if max >= 0 and (n > max or n + amount > max) then
+    if not valid(n) or n > max or amount > max - n then
       return fail(i, math.max(s + len - now, 1))
     end
-    redis.call('HINCRBY', key, 'n', amount)
+    if not ok(redis.pcall('HINCRBY', key, 'n', amount)) then return fail(i, -1) end
     redis.call('PEXPIREAT', key, str(math.floor((s + len) / 1000) + 1000))
     undo[#undo + 1] = {'F', key, amount}
     mark = s
@@ -181,19 +215,28 @@ for i = 1, #KEYS do
     local horizon = str(now - len)
     local total = tonumber(redis.call('GET', tkey) or '0')
     local old = redis.call('ZRANGEBYSCORE', key, '-inf', horizon)
-    if #old > 0 then
-      for j = 1, #old do total = total - amount_of(old[j]) end
+    local dirty = #old > 0
+    if dirty then
+      for j = 1, #old do
+        local a = amount_of(old[j])
+        if total and valid(a) then total = total - a else total = nil end
+      end
       redis.call('ZREMRANGEBYSCORE', key, '-inf', horizon)
-      redis.call('SET', tkey, str(total), 'KEEPTTL')
     end
-    if max >= 0 and (total > max or total + amount > max) then
+    if not valid(total) then
+      total = log_total(key)
+      dirty = true
+      if not valid(total) then return fail(i, -1) end
+    end
+    if dirty then redis.call('SET', tkey, str(total), 'KEEPTTL') end
+    if total > max or amount > max - total then
       local retry = -1
       if amount <= max then
         local entries = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
         local remaining = total
         for j = 1, #entries, 2 do
           remaining = remaining - amount_of(entries[j])
-          if remaining + amount <= max then
+          if remaining <= max and amount <= max - remaining then
             retry = math.max(tonumber(entries[j + 1]) + len - now, 1)
             break
           end
@@ -202,7 +245,10 @@ for i = 1, #KEYS do
       return fail(i, retry)
     end
     redis.call('ZADD', key, ARGV[1], ARGV[b + 5])
-    redis.call('INCRBY', tkey, amount)
+    if not ok(redis.pcall('INCRBY', tkey, amount)) then
+      redis.call('ZREM', key, ARGV[b + 5])
+      return fail(i, -1)
+    end
     local ttl = str(math.ceil(len / 1000) + 1000)
     redis.call('PEXPIRE', key, ttl)
     redis.call('PEXPIRE', tkey, ttl)
@@ -225,6 +271,9 @@ end
 return out
 "#;
 
+/// Settles a call: feeds breakers their outcome, rolls amounts back.
+/// Rollbacks use `pcall`, so a total another writer broke cannot stop the
+/// call's other keys from settling.
 const SETTLE: &str = r#"
 local class = ARGV[1]
 local rollback = ARGV[2] == '1'
@@ -274,10 +323,10 @@ for i = 1, #KEYS do
   elseif rollback then
     if kind == 'F' then
       if redis.call('HGET', key, 's') == ARGV[b + 2] then
-        redis.call('HINCRBY', key, 'n', -tonumber(ARGV[b + 3]))
+        redis.pcall('HINCRBY', key, 'n', -tonumber(ARGV[b + 3]))
       end
     elseif redis.call('ZREM', key, ARGV[b + 2]) == 1 then
-      redis.call('DECRBY', key .. '#n', tonumber(string.match(ARGV[b + 2], ':(%-?%d+)$')))
+      redis.pcall('DECRBY', key .. '#n', tonumber(string.match(ARGV[b + 2], ':(%-?%d+)$')))
     end
   end
 end
@@ -576,13 +625,14 @@ impl CounterStore for RedisStore {
                     _ => 0,
                 }
             }
+            // Members come from the store: added without overflowing.
             _ => items
                 .iter()
                 .filter_map(|m| match m {
                     Reply::Bulk(Some(b)) => member_amount(b),
                     _ => None,
                 })
-                .sum(),
+                .fold(0i64, i64::saturating_add),
         })
     }
 
@@ -619,7 +669,7 @@ impl CounterStore for RedisStore {
             args.push(kind.into());
             args.push(def.len_us.to_string().into_bytes());
             args.push(w.amount.to_string().into_bytes());
-            args.push(w.max.unwrap_or(-1).to_string().into_bytes());
+            args.push(ceiling(w.max).to_string().into_bytes());
             args.push(extra1.into_bytes());
             args.push(extra2.into_bytes());
         }
