@@ -433,6 +433,124 @@ fn keys_expire_with_their_windows() {
     assert_eq!(redis.cmd(&["KEYS", "t:*"]), json!([]));
 }
 
+/// One stdio proxy whose agent is what the client says its name is
+/// (`clientInfo.name` in `initialize`: the wire decides the scope value).
+fn proxy_as_client(policy: &Path, audit: &Path, redis: &Redis, client_name: &str) -> Proxy {
+    let mut child = Command::new(flightrec())
+        .args(["proxy", "--policy"])
+        .arg(policy)
+        .arg("--audit-dir")
+        .arg(audit)
+        .args(["--state", &redis.url(), "--state-fail-mode", "open"])
+        .arg("--")
+        .arg(test_server())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = common::line_channel(child.stdout.take().unwrap());
+    let stdin = child.stdin.as_mut().unwrap();
+    let init = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {},
+        "clientInfo": {"name": client_name, "version": "1"}}});
+    writeln!(stdin, "{init}").unwrap();
+    writeln!(
+        stdin,
+        r#"{{"jsonrpc":"2.0","method":"notifications/initialized"}}"#
+    )
+    .unwrap();
+    stdin.flush().unwrap();
+    let answer = lines
+        .recv_timeout(Duration::from_secs(10))
+        .expect("an initialize answer");
+    assert!(answer.contains("serverInfo"), "{answer}");
+    Proxy {
+        child,
+        lines,
+        id: 0,
+    }
+}
+
+/// Hex SHA-256 of a text.
+fn sha256_hex(text: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Scope values come from the wire (here the client's own name, the
+/// agent of a `per: agent` limit). However hostile — naming another
+/// agent's running total (`#n`), with `:`, `{`, `}`, equal to another's
+/// hashed key part, 64 KiB long — every agent keeps its own exact count
+/// in the shared store, and no call ever meets a store error (which,
+/// failing open as here, would let it through uncounted).
+#[test]
+fn hostile_scope_values_cannot_name_other_keys() {
+    let redis = Redis::start();
+    let dir = tempfile::tempdir().unwrap();
+    let policy = policy_file(dir.path()); // sliding, max 3 per agent
+    let victim = "victim";
+    let long = format!("{}#n", "x".repeat(64 * 1024));
+    let names: Vec<String> = vec![
+        victim.into(),
+        format!("{victim}#n"),
+        format!("{victim}#n#n"),
+        format!("{victim}:x"),
+        format!("{{{victim}}}"),
+        "a{b}c:#n".into(),
+        "}{".into(),
+        sha256_hex(victim),
+        long.clone(),
+        format!("{long}#n"),
+    ];
+    let mut proxies: Vec<Proxy> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| proxy_as_client(&policy, &dir.path().join(format!("audit-{i}")), &redis, n))
+        .collect();
+    let mut seen: Vec<Vec<String>> = vec![Vec::new(); names.len()];
+    for _round in 0..5 {
+        for (p, s) in proxies.iter_mut().zip(&mut seen) {
+            s.push(p.copy().0);
+        }
+    }
+    for p in proxies {
+        p.finish();
+    }
+    for (i, s) in seen.iter().enumerate() {
+        assert_eq!(
+            s,
+            &["allow", "allow", "allow", "throttle", "throttle"],
+            "agent #{i} ({} bytes, ending {:?})",
+            names[i].len(),
+            &names[i][names[i].len().saturating_sub(12)..]
+        );
+        let rows = dir_rows(&dir.path().join(format!("audit-{i}")));
+        let calls: Vec<_> = rows.iter().filter(|r| r.method == "tools/call").collect();
+        assert_eq!(calls.len(), 5);
+        for r in calls {
+            assert_eq!(r.agent_id, names[i]);
+            assert_ne!(
+                r.rule.as_deref(),
+                Some("(state store unavailable)"),
+                "{r:?}"
+            );
+        }
+    }
+    // No key names a scope value in the clear, so none can carry a hash
+    // tag or a derived key's suffix.
+    for k in redis.cmd(&["KEYS", "*"]).as_array().unwrap() {
+        let k = k.as_str().unwrap();
+        assert!(
+            !k.contains(victim) && !k.contains('{') && k.len() < 200,
+            "{k}"
+        );
+    }
+}
+
 /// Amounts and stored totals that cannot be added exactly are refused by
 /// the store itself (a limit, never a store error that failing open would
 /// turn into an uncounted call): an amount given straight to the store

@@ -2,16 +2,31 @@
 //! Valkey) shares one set of counters, with the in-memory semantics kept
 //! exactly.
 //!
+//! Keys: `PREFIX` + `v2:` (the layout's version) + a hash of the counter's
+//! definition (identity, window, scope kind) + `:` + the hex SHA-256 of the
+//! scope value (session id, agent, tool, a repeat limit's identical-call
+//! key, or nothing). A scope value comes from the wire, so it is never
+//! part of a key in the clear: whatever it holds (`:`, `{…}`, a trailing
+//! `#n`, 64 KiB), its key is 64 hex digits after the counter's base and
+//! cannot name another instance's key, a derived key, another counter's or
+//! a shadow policy's (`PREFIX` + `shadowN:`) keys, nor form a Redis
+//! Cluster hash tag. Replicas running the same policy share counters and a
+//! reload keeps those whose definition did not change. Keys of an older
+//! layout (before `v2:`, with the scope value in the clear) are not read:
+//! on upgrade the live windows start again from zero, once, and the old
+//! keys expire with their windows.
+//!
 //! - Fixed windows: one hash per counter instance (`s` window start, `n`
 //!   total), expiring at the window's end; a clock behind the newest window
 //!   counts against it (stricter), as in memory.
 //! - Sliding windows (`rate_limit` sliding, `repeat_limit`): a sorted set
 //!   per instance, one member per counted call (`NONCE:ID:AMOUNT`, scored by
 //!   its call time), pruned to (t − W, t] on every reservation, with its
-//!   running total beside it (`KEY#n`), so a decision costs the entries
-//!   that left the window, not the whole log; both expire one window after
-//!   the last call. (Scripts touch these derived keys: a standalone Redis or
-//!   Valkey, not a cluster.)
+//!   running total beside it (`KEY#n`, a suffix no instance key can end
+//!   in), so a decision costs the entries that left the window, not the
+//!   whole log; both expire one window after the last call. (Scripts touch
+//!   these derived keys, and one call's keys are in no common slot: a
+//!   standalone Redis or Valkey, not a cluster.)
 //! - Circuit breakers: a hash (`o` open until, `f` recent failure times,
 //!   `t` the half-open trial's start), kept while the circuit is open and a
 //!   day past its cooldown. A trial unanswered for 10 minutes is taken as
@@ -21,13 +36,9 @@
 //! round trip per decision; all or nothing, as
 //! [`crate::policy::CounterStore::reserve`] requires); settling is a second
 //! script. Time is the proxy's clock, passed in (the decision core never
-//! reads a clock): replicas should run NTP. Keys are
-//! `PREFIX` + a hash of the counter's definition (identity, window, scope
-//! kind) + `:` + the scope value, so replicas running the same policy share
-//! counters and a reload keeps those whose definition did not change.
-//! Amounts and totals stay within 2^53 − 1
-//! ([`crate::policy::state::MAX_AMOUNT`]), where Lua's numbers are exact:
-//! the script refuses an amount or a stored total outside it
+//! reads a clock): replicas should run NTP. Amounts and totals stay within
+//! 2^53 − 1 ([`crate::policy::state::MAX_AMOUNT`]), where Lua's numbers
+//! are exact: the script refuses an amount or a stored total outside it
 //! (as a limit would, never as an unavailable store), so a total another
 //! writer left out of range or not a number cannot turn into an uncounted
 //! call; a sliding log's running total is then rebuilt from the log.
@@ -485,10 +496,15 @@ impl Link {
 /// which a live proxy settles the trial itself as `timeout`.
 const STALE_TRIAL_US: i64 = 10 * 60 * 1_000_000;
 
+/// The key layout's version, right after the prefix: keys of another
+/// layout (an older flightrec's scope values in the clear) are never read
+/// as this one's. A change of layout changes it.
+const KEY_LAYOUT: &str = "v2:";
+
 /// What the store needs to know of one counter of the policy.
 #[derive(Debug, Clone)]
 struct Def {
-    /// `PREFIX` + hash of the definition + `:`.
+    /// `PREFIX` + [`KEY_LAYOUT`] + hash of the definition + `:`.
     base: String,
     len_us: i64,
     mode: WindowMode,
@@ -537,7 +553,7 @@ impl RedisStore {
             .counters()
             .iter()
             .map(|d| Def {
-                base: format!("{prefix}{}:", def_hash(d)),
+                base: format!("{prefix}{KEY_LAYOUT}{}:", def_hash(d)),
                 len_us: d.window.len_us,
                 mode: d.window.mode,
             })
@@ -574,15 +590,31 @@ impl RedisStore {
         }
     }
 
+    /// The key of one counter instance: the counter's base and the hex
+    /// SHA-256 of the scope value, never the value itself, so no value
+    /// (from the wire: a session id, an agent's name) can name another
+    /// key, reach a derived key (`#n`), or carry a hash tag.
     fn key(&self, counter: usize, scope: &str) -> Vec<u8> {
-        let mut k = self.defs[counter].base.clone().into_bytes();
-        k.extend_from_slice(scope.as_bytes());
+        let base = self.defs[counter].base.as_bytes();
+        let mut k = Vec::with_capacity(base.len() + 64);
+        k.extend_from_slice(base);
+        push_hex(&mut k, &Sha256::digest(scope.as_bytes()));
         k
     }
 }
 
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    let mut out = Vec::with_capacity(2 * bytes.len());
+    push_hex(&mut out, bytes);
+    String::from_utf8(out).expect("hex digits are ASCII")
+}
+
+fn push_hex(out: &mut Vec<u8>, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)]);
+        out.push(DIGITS[usize::from(b & 0xf)]);
+    }
 }
 
 /// A short, stable name for a counter definition: what reloads and
@@ -826,6 +858,59 @@ mod tests {
         for bad in ["http://x", "redis://", "redis://h:port", "redis://h:1/db"] {
             assert!(RedisTarget::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    /// Every scope value, however hostile, gets a key of its own of one
+    /// length, which no other value's key, derived key (`#n`) or shadow
+    /// policy's key equals or contains.
+    #[test]
+    fn scope_values_never_reach_keys_in_the_clear() {
+        let policy = Policy::from_yaml(
+            "version: \"1\"\ntools:\n  t:\n    rules:\n      - name: r\n        rate_limit: {max: 3, window: 10m, per: session, mode: sliding}\n",
+            "p.yaml",
+        )
+        .unwrap()
+        .0;
+        let store = |prefix: &str| {
+            RedisStore::new(
+                RedisConfig {
+                    target: RedisTarget::parse("redis://127.0.0.1:1").unwrap(),
+                    prefix: prefix.into(),
+                    fail_open: false,
+                    timeout: Duration::from_millis(10),
+                },
+                &policy,
+            )
+        };
+        let (enforced, shadow) = (store("p:"), store("p:shadow0:"));
+        let victim = enforced.key(0, "v");
+        let long = "x".repeat(64 * 1024);
+        let hostile = ["v#n", "v#n#n", "v:", ":v", "{v}", "a{b}c", "}{", "", &long];
+        let mut keys = vec![victim.clone(), shadow.key(0, "v")];
+        for value in hostile {
+            keys.push(enforced.key(0, value));
+            keys.push(shadow.key(0, value));
+        }
+        let derived: Vec<Vec<u8>> = keys
+            .iter()
+            .map(|k| [k.as_slice(), b"#n"].concat())
+            .collect();
+        for (i, k) in keys.iter().enumerate() {
+            assert!(k.starts_with(b"p:v2:") || k.starts_with(b"p:shadow0:v2:"));
+            assert!(!k.contains(&b'{') && !k.contains(&b'#'), "{i}");
+            assert!(!derived.contains(k), "{i}");
+            for (j, other) in keys.iter().enumerate() {
+                assert!(i == j || k != other, "{i} and {j}");
+            }
+        }
+        assert_eq!(
+            std::str::from_utf8(&victim).unwrap(),
+            format!(
+                "p:v2:{}:{}",
+                def_hash(&policy.counters()[0]),
+                hex(&Sha256::digest(b"v"))
+            )
+        );
     }
 
     #[test]
