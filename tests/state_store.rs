@@ -682,3 +682,36 @@ fn negative_amounts_are_refused_before_the_store_even_failing_open() {
         ]
     );
 }
+
+/// A limit below zero (`lt: 0`) refuses every call in Redis as in memory
+/// (the store once read the -1 it was sent as "no limit").
+#[test]
+fn a_limit_below_zero_refuses_in_redis_as_in_memory() {
+    let redis = Redis::start();
+    let policy = Policy::from_yaml(
+        "version: \"1\"\ntools:\n  t:\n    rules:\n      - name: never\n        conditions: [{path: state.t.n, op: lt, value: 0}]\n        state: {counter: n, window: day}\n",
+        "p.yaml",
+    )
+    .unwrap()
+    .0;
+    let mut memory = PolicyState::new(&policy);
+    let mut shared = store(&redis, &policy, false);
+    let args = json!({});
+    let call = Call {
+        ts_us: flightrec::time::now_us(),
+        session: "s",
+        agent: "a",
+        server: "x",
+        tool: "t",
+        category: None,
+        risk: None,
+        args: &args,
+        args_sha256: None,
+    };
+    for _ in 0..2 {
+        let a = policy.decide(&mut memory, &call);
+        let b = policy.decide(&mut shared, &call);
+        assert_eq!(a.verdict, flightrec::policy::Verdict::Throttle);
+        assert_eq!((b.verdict, &b.rule), (a.verdict, &a.rule));
+    }
+}
