@@ -715,3 +715,37 @@ fn a_limit_below_zero_refuses_in_redis_as_in_memory() {
         assert_eq!((b.verdict, &b.rule), (a.verdict, &a.rule));
     }
 }
+
+/// A fixed window's first call that is refused (its amount alone passes
+/// the limit) still leaves a key that expires with the window.
+#[test]
+fn a_refused_first_call_leaves_no_key_without_expiry() {
+    let redis = Redis::start();
+    let policy = Policy::from_yaml(
+        "version: \"1\"\ntools:\n  t:\n    rules:\n      - name: budget\n        conditions: [{path: state.t.n, op: lte, value: 100}]\n        state: {counter: n, window: minute, increment_from: args.n}\n",
+        "p.yaml",
+    )
+    .unwrap()
+    .0;
+    let mut shared = store(&redis, &policy, false);
+    let args = json!({"n": 500});
+    let call = Call {
+        ts_us: flightrec::time::now_us(),
+        session: "s",
+        agent: "a",
+        server: "x",
+        tool: "t",
+        category: None,
+        risk: None,
+        args: &args,
+        args_sha256: None,
+    };
+    let d = policy.decide(&mut shared, &call);
+    assert_eq!(d.verdict, flightrec::policy::Verdict::Throttle);
+    let keys = redis.cmd(&["KEYS", "t:*"]);
+    assert!(!keys.as_array().unwrap().is_empty(), "{keys}");
+    for k in keys.as_array().unwrap() {
+        let ttl = redis.cmd(&["PTTL", k.as_str().unwrap()]).as_i64().unwrap();
+        assert!((1..=61_000).contains(&ttl), "{k}: {ttl} ms");
+    }
+}
