@@ -283,3 +283,35 @@ fn proxy_usage_errors_exit_2_and_help_lists_all() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("missing.yaml"), "{}", stderr(&out));
 }
+
+/// `policy eval` (the core replay and the proxy share): a negative
+/// `increment_from` amount is denied naming the argument and gives no
+/// budget back, so the calls after it see the budget as it was.
+#[test]
+fn eval_refuses_a_negative_increment_and_keeps_the_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = write_file(
+        dir.path(),
+        "p.yaml",
+        "version: \"1\"\ntools:\n  charge:\n    rules:\n      - name: budget\n        conditions: [{path: state.charge.spent, op: lte, value: 100}]\n        state: {counter: spent, window: day, increment_from: args.amount}\n",
+    );
+    let input = [-1_000_000, 100, 50]
+        .iter()
+        .enumerate()
+        .map(|(i, amount)| {
+            format!(
+                r#"{{"ts":"2026-11-25T10:00:0{i}Z","session":"a","agent":"x","server":"s","tool":"charge","args":{{"amount":{amount}}},"outcome":"ok"}}"#
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let out = eval_with_stdin(&policy, &input, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let d = decisions(&out);
+    let verdicts: Vec<&str> = d.iter().map(|v| v["decision"].as_str().unwrap()).collect();
+    assert_eq!(verdicts, ["deny", "allow", "throttle"]);
+    assert_eq!(
+        d[0]["message"],
+        "Rule \"budget\" cannot count this call: increment_from args.amount is negative (fail closed)"
+    );
+}

@@ -792,3 +792,156 @@ fn repeat_limit_on_the_wildcard_tells_tools_apart() {
     );
     assert_eq!(c.call(DAY0 + 2, "copy_image_set", args), Verdict::Throttle);
 }
+
+const BUDGET: &str = r#"
+version: "1"
+tools:
+  create_charge:
+    rules:
+      - name: spend cap
+        conditions:
+          - {path: state.create_charge.spent, op: lte, value: 100}
+        state: {counter: spent, window: day, increment_from: args.amount}
+"#;
+
+/// The message of a call to `create_charge` with `args`.
+fn charge(c: &mut Caller<'_>, ts: i64, args: Value) -> (Verdict, String) {
+    let call = plain_call(ts, "s1", "a1", "create_charge", &args);
+    let d = c.policy.decide(&mut c.state, &call);
+    let message = d.message.as_deref().unwrap_or("").to_string();
+    c.state.settle(d.reservation, Outcome::Ok);
+    (d.verdict, message)
+}
+
+/// A negative amount would give budget back: it is refused (fail closed)
+/// and counts nothing, so the budget stays what it was.
+#[test]
+fn increment_from_refuses_a_negative_amount() {
+    let p = policy(BUDGET);
+    let mut c = Caller::new(&p);
+    let (v, message) = charge(&mut c, DAY0, json!({"amount": -1_000_000}));
+    assert_eq!(v, Verdict::Deny);
+    assert_eq!(
+        message,
+        "Rule \"spend cap\" cannot count this call: increment_from args.amount is negative (fail closed)"
+    );
+    assert_eq!(
+        charge(&mut c, DAY0 + 1, json!({"amount": 100})).0,
+        Verdict::Allow
+    );
+    assert_eq!(
+        charge(&mut c, DAY0 + 2, json!({"amount": 50})).0,
+        Verdict::Throttle
+    );
+    // A negative fraction is negative too, though its integer part is 0.
+    let (v, message) = charge(&mut c, DAY0 + 3, json!({"amount": -0.5}));
+    assert_eq!(v, Verdict::Deny);
+    assert!(message.contains("args.amount is negative"), "{message}");
+}
+
+/// Amounts no counter can add exactly (beyond 2^53 − 1, the largest
+/// integer every JSON reader and the store's scripts hold exactly) are
+/// refused naming the argument; up to it they are counted (here: too much
+/// for the budget, a throttle). Zero counts nothing.
+#[test]
+fn increment_from_refuses_amounts_out_of_range() {
+    let p = policy(BUDGET);
+    let mut c = Caller::new(&p);
+    for amount in [
+        json!(9_007_199_254_740_992_i64),
+        json!(i64::MAX),
+        json!(u64::MAX),
+        json!(1e300),
+        json!(-1e300),
+    ] {
+        let (v, message) = charge(&mut c, DAY0, json!({ "amount": amount }));
+        assert_eq!(v, Verdict::Deny, "{amount}");
+        assert!(
+            message.starts_with(
+                "Rule \"spend cap\" cannot count this call: increment_from args.amount is "
+            ) && message.ends_with("(fail closed)"),
+            "{amount}: {message}"
+        );
+    }
+    let (v, _) = charge(&mut c, DAY0, json!({"amount": 9_007_199_254_740_991_i64}));
+    assert_eq!(v, Verdict::Throttle);
+    for _ in 0..3 {
+        assert_eq!(charge(&mut c, DAY0, json!({"amount": 0})).0, Verdict::Allow);
+    }
+    assert_eq!(
+        charge(&mut c, DAY0, json!({"amount": 100})).0,
+        Verdict::Allow
+    );
+    assert_eq!(charge(&mut c, DAY0, json!({"amount": 0})).0, Verdict::Allow);
+    assert_eq!(
+        charge(&mut c, DAY0, json!({"amount": 1})).0,
+        Verdict::Throttle
+    );
+}
+
+/// A counter with no limit of its own (read by another rule) still never
+/// passes 2^53 − 1: the call that would take it past is refused, and its
+/// total stays exact (no overflow, however many calls).
+#[test]
+fn a_counter_without_a_limit_stops_at_the_largest_exact_total() {
+    let p = policy(
+        r#"
+version: "1"
+tools:
+  create_charge:
+    rules:
+      - name: track spend
+        conditions: [{path: state.create_charge.spent, op: gte, value: 0}]
+        state: {counter: spent, window: day, increment_from: args.amount}
+  report:
+    rules:
+      - name: big spenders only
+        conditions: [{path: state.create_charge.spent, op: gte, value: 1}]
+"#,
+    );
+    let mut c = Caller::new(&p);
+    let big = json!({"amount": 4_503_599_627_370_496_i64}); // 2^52
+    assert_eq!(charge(&mut c, DAY0, big.clone()).0, Verdict::Allow);
+    assert_eq!(
+        charge(&mut c, DAY0, json!({"amount": 4_503_599_627_370_495_i64})).0,
+        Verdict::Allow
+    );
+    for i in 0..2_000 {
+        assert_eq!(charge(&mut c, DAY0 + i, big.clone()).0, Verdict::Throttle);
+    }
+    assert_eq!(c.state.read(0, "", DAY0), Ok(9_007_199_254_740_991));
+    assert_eq!(c.call(DAY0, "report", json!({})), Verdict::Allow);
+}
+
+/// A fixed `increment` that is negative or beyond 2^53 − 1 is a load
+/// error at its place.
+#[test]
+fn a_negative_or_huge_fixed_increment_is_a_load_error() {
+    for (increment, says) in [
+        ("-5", "increment must not be negative, got -5"),
+        (
+            "9007199254740992",
+            "increment must be at most 9007199254740991, got 9007199254740992",
+        ),
+    ] {
+        let yaml = format!(
+            "version: \"1\"\ntools:\n  t:\n    rules:\n      - name: r\n        conditions: [{{path: state.t.n, op: lte, value: 10}}]\n        state: {{counter: n, window: hour, increment: {increment}}}\n"
+        );
+        let err = Policy::from_yaml(&yaml, "p.yaml").unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("p.yaml:7:54: tools.t.rules[0].state: {says}")),
+            "{err}"
+        );
+    }
+}
+
+/// A limit below any total (`lt` the most negative number a YAML float
+/// can say) loads, and refuses every call, in memory as in any store.
+#[test]
+fn a_limit_below_zero_refuses_every_call() {
+    let p = policy(
+        "version: \"1\"\ntools:\n  t:\n    rules:\n      - name: never\n        conditions: [{path: state.t.n, op: lt, value: -1.0e300}]\n        state: {counter: n, window: hour}\n",
+    );
+    let mut c = Caller::new(&p);
+    assert_eq!(c.call(DAY0, "t", json!({})), Verdict::Throttle);
+}

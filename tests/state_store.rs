@@ -432,3 +432,320 @@ fn keys_expire_with_their_windows() {
     std::thread::sleep(Duration::from_millis(3_300));
     assert_eq!(redis.cmd(&["KEYS", "t:*"]), json!([]));
 }
+
+/// One stdio proxy whose agent is what the client says its name is
+/// (`clientInfo.name` in `initialize`: the wire decides the scope value).
+fn proxy_as_client(policy: &Path, audit: &Path, redis: &Redis, client_name: &str) -> Proxy {
+    let mut child = Command::new(flightrec())
+        .args(["proxy", "--policy"])
+        .arg(policy)
+        .arg("--audit-dir")
+        .arg(audit)
+        .args(["--state", &redis.url(), "--state-fail-mode", "open"])
+        .arg("--")
+        .arg(test_server())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = common::line_channel(child.stdout.take().unwrap());
+    let stdin = child.stdin.as_mut().unwrap();
+    let init = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {},
+        "clientInfo": {"name": client_name, "version": "1"}}});
+    writeln!(stdin, "{init}").unwrap();
+    writeln!(
+        stdin,
+        r#"{{"jsonrpc":"2.0","method":"notifications/initialized"}}"#
+    )
+    .unwrap();
+    stdin.flush().unwrap();
+    let answer = lines
+        .recv_timeout(Duration::from_secs(10))
+        .expect("an initialize answer");
+    assert!(answer.contains("serverInfo"), "{answer}");
+    Proxy {
+        child,
+        lines,
+        id: 0,
+    }
+}
+
+/// Hex SHA-256 of a text.
+fn sha256_hex(text: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Scope values come from the wire (here the client's own name, the
+/// agent of a `per: agent` limit). However hostile — naming another
+/// agent's running total (`#n`), with `:`, `{`, `}`, equal to another's
+/// hashed key part, 64 KiB long — every agent keeps its own exact count
+/// in the shared store, and no call ever meets a store error (which,
+/// failing open as here, would let it through uncounted).
+#[test]
+fn hostile_scope_values_cannot_name_other_keys() {
+    let redis = Redis::start();
+    let dir = tempfile::tempdir().unwrap();
+    let policy = policy_file(dir.path()); // sliding, max 3 per agent
+    let victim = "victim";
+    let long = format!("{}#n", "x".repeat(64 * 1024));
+    let names: Vec<String> = vec![
+        victim.into(),
+        format!("{victim}#n"),
+        format!("{victim}#n#n"),
+        format!("{victim}:x"),
+        format!("{{{victim}}}"),
+        "a{b}c:#n".into(),
+        "}{".into(),
+        sha256_hex(victim),
+        long.clone(),
+        format!("{long}#n"),
+    ];
+    let mut proxies: Vec<Proxy> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| proxy_as_client(&policy, &dir.path().join(format!("audit-{i}")), &redis, n))
+        .collect();
+    let mut seen: Vec<Vec<String>> = vec![Vec::new(); names.len()];
+    for _round in 0..5 {
+        for (p, s) in proxies.iter_mut().zip(&mut seen) {
+            s.push(p.copy().0);
+        }
+    }
+    for p in proxies {
+        p.finish();
+    }
+    for (i, s) in seen.iter().enumerate() {
+        assert_eq!(
+            s,
+            &["allow", "allow", "allow", "throttle", "throttle"],
+            "agent #{i} ({} bytes, ending {:?})",
+            names[i].len(),
+            &names[i][names[i].len().saturating_sub(12)..]
+        );
+        let rows = dir_rows(&dir.path().join(format!("audit-{i}")));
+        let calls: Vec<_> = rows.iter().filter(|r| r.method == "tools/call").collect();
+        assert_eq!(calls.len(), 5);
+        for r in calls {
+            assert_eq!(r.agent_id, names[i]);
+            assert_ne!(
+                r.rule.as_deref(),
+                Some("(state store unavailable)"),
+                "{r:?}"
+            );
+        }
+    }
+    // No key names a scope value in the clear, so none can carry a hash
+    // tag or a derived key's suffix.
+    for k in redis.cmd(&["KEYS", "*"]).as_array().unwrap() {
+        let k = k.as_str().unwrap();
+        assert!(
+            !k.contains(victim) && !k.contains('{') && k.len() < 200,
+            "{k}"
+        );
+    }
+}
+
+/// Amounts and stored totals that cannot be added exactly are refused by
+/// the store itself (a limit, never a store error that failing open would
+/// turn into an uncounted call): an amount given straight to the store
+/// past the core's checks, and totals an older flightrec or another
+/// writer left at the edge of `i64` or not a number at all.
+#[test]
+fn the_store_refuses_what_it_cannot_count_and_never_fails_open_on_it() {
+    use flightrec::policy::{ReserveError, Want};
+    let redis = Redis::start();
+    let policy = Policy::from_yaml(
+        "version: \"1\"\ntools:\n  t:\n    rules:\n      - name: track\n        conditions: [{path: state.t.n, op: gte, value: 0}]\n        state: {counter: n, window: day}\n      - name: s\n        rate_limit: {max: 5, window: 10m, per: session, mode: sliding}\n",
+        "p.yaml",
+    )
+    .unwrap()
+    .0;
+    let mut shared = store(&redis, &policy, true);
+    let now = flightrec::time::now_us();
+    let want = |counter: usize, scope: &'static str, amount: i64| Want {
+        counter,
+        scope,
+        amount,
+        max: if counter == 0 { None } else { Some(5) },
+    };
+    let refused = |r: Result<Reservation, ReserveError>| match r {
+        Err(ReserveError::Exhausted(_)) => true,
+        Ok(_) => false,
+        Err(ReserveError::Unavailable(e)) => panic!("a store error: {}", e.message),
+    };
+    for counter in [0, 1] {
+        for amount in [i64::MAX, -5, i64::MIN] {
+            assert!(
+                refused(shared.reserve(&[want(counter, "a", amount)], now)),
+                "counter {counter}, amount {amount}"
+            );
+        }
+    }
+    // One legitimate call each (the `state` counter of an exact tool key
+    // is one for the tool: its scope value is empty),
+    // then the stored totals are tampered with.
+    assert!(!refused(shared.reserve(&[want(0, "", 1)], now)));
+    assert!(!refused(shared.reserve(&[want(1, "p", 1)], now)));
+    let keys = redis.cmd(&["KEYS", "t:*"]);
+    let keys: Vec<&str> = keys
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k.as_str().unwrap())
+        .collect();
+    let of_type = |t: &str| -> String {
+        let found: Vec<&&str> = keys
+            .iter()
+            .filter(|k| redis.cmd(&["TYPE", k]) == json!(t))
+            .collect();
+        assert_eq!(found.len(), 1, "{t}: {keys:?}");
+        found[0].to_string()
+    };
+    let (fixed, total) = (of_type("hash"), of_type("string"));
+    for bad in ["9223372036854775807", "9007199254740992", "-1", "junk"] {
+        // A fixed window's total is all there is: refused (fail closed).
+        redis.cmd(&["HSET", &fixed, "n", bad]);
+        assert!(refused(shared.reserve(&[want(0, "", 1)], now)), "{bad}");
+        // A sliding log's running total is rebuilt from the log itself.
+        redis.cmd(&["SET", &total, bad, "KEEPTTL"]);
+        assert!(!refused(shared.reserve(&[want(1, "p", 1)], now)), "{bad}");
+    }
+    assert_eq!(shared.read(1, "p", now), Ok(5));
+    assert!(refused(shared.reserve(&[want(1, "p", 1)], now)));
+    assert_eq!(redis.cmd(&["GET", &total]), json!("5"));
+    // Through the decision core, failing open: still refused, and named.
+    let args = json!({});
+    let call = Call {
+        ts_us: now,
+        session: "p",
+        agent: "a",
+        server: "x",
+        tool: "t",
+        category: None,
+        risk: None,
+        args: &args,
+        args_sha256: None,
+    };
+    let d = policy.decide(&mut shared, &call);
+    assert_eq!(d.verdict, flightrec::policy::Verdict::Throttle);
+    assert_eq!(d.rule.as_deref(), Some("track"));
+}
+
+/// Through the decision core with a shared store that fails open: a
+/// negative or out-of-range `increment_from` amount is denied before the
+/// store sees it, and gives no budget back.
+#[test]
+fn negative_amounts_are_refused_before_the_store_even_failing_open() {
+    let redis = Redis::start();
+    let policy = Policy::from_yaml(
+        "version: \"1\"\ntools:\n  charge:\n    rules:\n      - name: budget\n        conditions: [{path: state.charge.spent, op: lte, value: 100}]\n        state: {counter: spent, window: day, increment_from: args.amount}\n",
+        "p.yaml",
+    )
+    .unwrap()
+    .0;
+    let mut shared = store(&redis, &policy, true);
+    let now = flightrec::time::now_us();
+    let mut verdicts = Vec::new();
+    for amount in [json!(-1_000_000), json!(1e300), json!(100), json!(50)] {
+        let args = json!({ "amount": amount });
+        let call = Call {
+            ts_us: now,
+            session: "s",
+            agent: "a",
+            server: "x",
+            tool: "charge",
+            category: None,
+            risk: None,
+            args: &args,
+            args_sha256: None,
+        };
+        let d = policy.decide(&mut shared, &call);
+        verdicts.push((
+            d.verdict.as_str().to_string(),
+            d.rule.as_deref().map(str::to_string),
+        ));
+    }
+    let budget = Some("budget".to_string());
+    assert_eq!(
+        verdicts,
+        [
+            ("deny".to_string(), budget.clone()),
+            ("deny".to_string(), budget.clone()),
+            ("allow".to_string(), None),
+            ("throttle".to_string(), budget),
+        ]
+    );
+}
+
+/// A limit below zero (`lt: 0`) refuses every call in Redis as in memory
+/// (the store once read the -1 it was sent as "no limit").
+#[test]
+fn a_limit_below_zero_refuses_in_redis_as_in_memory() {
+    let redis = Redis::start();
+    let policy = Policy::from_yaml(
+        "version: \"1\"\ntools:\n  t:\n    rules:\n      - name: never\n        conditions: [{path: state.t.n, op: lt, value: 0}]\n        state: {counter: n, window: day}\n",
+        "p.yaml",
+    )
+    .unwrap()
+    .0;
+    let mut memory = PolicyState::new(&policy);
+    let mut shared = store(&redis, &policy, false);
+    let args = json!({});
+    let call = Call {
+        ts_us: flightrec::time::now_us(),
+        session: "s",
+        agent: "a",
+        server: "x",
+        tool: "t",
+        category: None,
+        risk: None,
+        args: &args,
+        args_sha256: None,
+    };
+    for _ in 0..2 {
+        let a = policy.decide(&mut memory, &call);
+        let b = policy.decide(&mut shared, &call);
+        assert_eq!(a.verdict, flightrec::policy::Verdict::Throttle);
+        assert_eq!((b.verdict, &b.rule), (a.verdict, &a.rule));
+    }
+}
+
+/// A fixed window's first call that is refused (its amount alone passes
+/// the limit) still leaves a key that expires with the window.
+#[test]
+fn a_refused_first_call_leaves_no_key_without_expiry() {
+    let redis = Redis::start();
+    let policy = Policy::from_yaml(
+        "version: \"1\"\ntools:\n  t:\n    rules:\n      - name: budget\n        conditions: [{path: state.t.n, op: lte, value: 100}]\n        state: {counter: n, window: minute, increment_from: args.n}\n",
+        "p.yaml",
+    )
+    .unwrap()
+    .0;
+    let mut shared = store(&redis, &policy, false);
+    let args = json!({"n": 500});
+    let call = Call {
+        ts_us: flightrec::time::now_us(),
+        session: "s",
+        agent: "a",
+        server: "x",
+        tool: "t",
+        category: None,
+        risk: None,
+        args: &args,
+        args_sha256: None,
+    };
+    let d = policy.decide(&mut shared, &call);
+    assert_eq!(d.verdict, flightrec::policy::Verdict::Throttle);
+    let keys = redis.cmd(&["KEYS", "t:*"]);
+    assert!(!keys.as_array().unwrap().is_empty(), "{keys}");
+    for k in keys.as_array().unwrap() {
+        let ttl = redis.cmd(&["PTTL", k.as_str().unwrap()]).as_i64().unwrap();
+        assert!((1..=61_000).contains(&ttl), "{k}: {ttl} ms");
+    }
+}

@@ -17,7 +17,7 @@
 use crate::policy::call::Call;
 use crate::policy::condition::{Condition, PathRef, resolve_args, resolve_call_str};
 use crate::policy::model::{Action, Amount, Policy, Rule, Scope, ToolRoute, WindowMode};
-use crate::policy::state::{CounterStore, Reservation, ReserveError, StoreError, Want};
+use crate::policy::state::{CounterStore, MAX_AMOUNT, Reservation, ReserveError, StoreError, Want};
 use crate::policy::vocab::{Outcome, Verdict};
 use serde_json::Value;
 use smallvec::SmallVec;
@@ -524,19 +524,37 @@ fn scope_value<'a>(scope: Scope, call: &Call<'a>) -> &'a str {
     }
 }
 
-/// Intercept reads `increment_from` as a number truncated to an integer.
+/// The amount an `increment_from` argument counts: its integer part, as
+/// Intercept reads it, when it is a number in `0..=`[`MAX_AMOUNT`].
+/// Anything else cannot be counted and the call fails closed: a negative
+/// amount would give budget back, and a larger one cannot be added exactly
+/// (nor, repeated, without overflowing a total). Zero counts nothing (the
+/// call passes unless its counter is already past its limit).
 fn increment_value(value: Option<&Value>) -> Result<i64, &'static str> {
-    match value {
-        None | Some(Value::Null) => Err("is missing from the arguments"),
-        Some(Value::Number(n)) => n
-            .as_i64()
-            .or_else(|| {
-                n.as_f64()
-                    .filter(|f| f.is_finite())
-                    .map(|f| f.trunc() as i64)
-            })
-            .ok_or("is not a finite number"),
-        Some(_) => Err("is not a number"),
+    const TOO_LARGE: &str =
+        "is larger than 9007199254740991 (2^53 - 1), the most a counter can take";
+    const _: () = assert!(MAX_AMOUNT == 9_007_199_254_740_991);
+    let n = match value {
+        None | Some(Value::Null) => return Err("is missing from the arguments"),
+        Some(Value::Number(n)) => n,
+        Some(_) => return Err("is not a number"),
+    };
+    if let Some(i) = n.as_i64() {
+        return match i {
+            ..0 => Err("is negative"),
+            i if i > MAX_AMOUNT => Err(TOO_LARGE),
+            i => Ok(i),
+        };
+    }
+    if n.is_u64() {
+        return Err(TOO_LARGE); // above i64::MAX
+    }
+    match n.as_f64() {
+        Some(f) if !f.is_finite() => Err("is not a finite number"),
+        Some(f) if f < 0.0 => Err("is negative"),
+        Some(f) if f.trunc() > MAX_AMOUNT as f64 => Err(TOO_LARGE),
+        Some(f) => Ok(f.trunc() as i64),
+        None => Err("is not a finite number"),
     }
 }
 

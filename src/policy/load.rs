@@ -14,6 +14,7 @@ use crate::policy::model::{
     Action, Amount, CategoryOverride, CounterDef, KeyKind, Limit, Policy, Rule, Scope, ToolEntry,
     ToolSet, Window, WindowMode,
 };
+use crate::policy::state::MAX_AMOUNT;
 use crate::policy::vocab::{Category, Risk};
 use crate::policy::yaml::get;
 use crate::policy::yaml::{self, Node, NodeKind, Pos, Scalar};
@@ -1047,6 +1048,20 @@ impl<'s> Loader<'s> {
                     );
                     1
                 }
+                NodeKind::Scalar(Scalar::Int(n), _) if *n < 0 => {
+                    self.error(
+                        i.pos,
+                        format!("{prefix}.state: increment must not be negative, got {n}"),
+                    );
+                    1
+                }
+                NodeKind::Scalar(Scalar::Int(n), _) if *n > MAX_AMOUNT => {
+                    self.error(
+                        i.pos,
+                        format!("{prefix}.state: increment must be at most {MAX_AMOUNT}, got {n}"),
+                    );
+                    1
+                }
                 NodeKind::Scalar(Scalar::Int(n), _) => *n,
                 _ => {
                     self.error(
@@ -1137,7 +1152,7 @@ impl<'s> Loader<'s> {
                             c.path_text == own && matches!(c.op, Op::Lt(_) | Op::Lte(_))
                         });
                         found.map(|i| match checks.remove(i).op {
-                            Op::Lt(v) => v as i64 - 1,
+                            Op::Lt(v) => (v as i64).saturating_sub(1),
                             Op::Lte(v) => v as i64,
                             _ => unreachable!("matched above"),
                         })

@@ -384,6 +384,34 @@ struct LogEntry {
     id: u64,
 }
 
+/// The most one call may add to a counter, and the most a counter's total
+/// may reach: 2^53 − 1, the largest integer that JSON readers, the
+/// shared store's scripts (Lua numbers are doubles) and `i64` all hold
+/// exactly. With every amount in `0..=MAX_AMOUNT` and every total kept at
+/// or below it, no sum of a total and an amount can overflow anywhere
+/// (memory, replay, the store).
+pub const MAX_AMOUNT: i64 = (1 << 53) - 1;
+
+/// Whether one call may add `amount` to a counter at all (the decision
+/// core refuses other amounts before any store sees them; the stores
+/// refuse them again rather than trust their callers).
+pub(crate) fn amount_in_range(amount: i64) -> bool {
+    (0..=MAX_AMOUNT).contains(&amount)
+}
+
+/// The largest total a reservation may take a counter to: the rule's
+/// `max` (`None`: no limit of its own), never past [`MAX_AMOUNT`]. Every
+/// negative `max` (an `lt: 0` limit) refuses every call, as `-1` does.
+pub(crate) fn ceiling(max: Option<i64>) -> i64 {
+    max.map_or(MAX_AMOUNT, |m| m.clamp(-1, MAX_AMOUNT))
+}
+
+/// Whether adding `amount` to `total` stays within `ceiling` (a
+/// [`ceiling`]); never overflows.
+fn fits(total: i64, amount: i64, ceiling: i64) -> bool {
+    amount_in_range(amount) && total <= ceiling && amount <= ceiling.saturating_sub(total)
+}
+
 /// One amount a decision wants to add to one counter instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Want<'a> {
@@ -391,8 +419,10 @@ pub struct Want<'a> {
     pub counter: usize,
     /// The scope value (session id, agent id, tool name, `""` for global).
     pub scope: &'a str,
+    /// In `0..=`[`MAX_AMOUNT`]; a store refuses any other amount.
     pub amount: i64,
-    /// `None`: no limit, the amount is always added.
+    /// `None`: no limit of the rule's own (the total still stops at
+    /// [`MAX_AMOUNT`]).
     pub max: Option<i64>,
 }
 
@@ -628,7 +658,8 @@ impl PolicyState {
     }
 
     /// Adds `amount` to a counter instance unless that would take its total
-    /// past `max` (`None`: no limit, always adds). On success the amount is
+    /// past `max` (`None`: no limit of its own; never past [`MAX_AMOUNT`]),
+    /// or the amount is out of range. On success the amount is
     /// recorded in `into`; on failure, the microseconds until it would fit.
     fn reserve_one(
         &mut self,
@@ -679,9 +710,7 @@ impl PolicyState {
                     *window_start = current;
                     *total = 0;
                 }
-                if let Some(max) = max
-                    && (*total > max || total.saturating_add(amount) > max)
-                {
+                if !fits(*total, amount, ceiling(max)) {
                     let window_end = *window_start + window.len_us;
                     return Err(Some((window_end - now_us).max(1)));
                 }
@@ -690,11 +719,9 @@ impl PolicyState {
             }
             Slot::Sliding(log) => {
                 log.prune(now_us - window.len_us);
-                if let Some(max) = max {
-                    let total = log.total();
-                    if total > max || total.saturating_add(amount) > max {
-                        return Err(sliding_retry_after(log, total, amount, max, window, now_us));
-                    }
+                let (total, max) = (log.total(), ceiling(max));
+                if !fits(total, amount, max) {
+                    return Err(sliding_retry_after(log, total, amount, max, window, now_us));
                 }
                 let id = self.next_entry;
                 self.next_entry += 1;
@@ -825,13 +852,13 @@ fn sliding_retry_after(
     window: Window,
     now_us: i64,
 ) -> Option<i64> {
-    if amount > max {
+    if !fits(0, amount, max) {
         return None;
     }
     let mut remaining = total;
     for e in log.iter() {
         remaining -= e.amount;
-        if remaining + amount <= max {
+        if fits(remaining, amount, max) {
             return Some((e.ts_us + window.len_us - now_us).max(1));
         }
     }

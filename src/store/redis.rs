@@ -2,16 +2,31 @@
 //! Valkey) shares one set of counters, with the in-memory semantics kept
 //! exactly.
 //!
+//! Keys: `PREFIX` + `v2:` (the layout's version) + a hash of the counter's
+//! definition (identity, window, scope kind) + `:` + the hex SHA-256 of the
+//! scope value (session id, agent, tool, a repeat limit's identical-call
+//! key, or nothing). A scope value comes from the wire, so it is never
+//! part of a key in the clear: whatever it holds (`:`, `{…}`, a trailing
+//! `#n`, 64 KiB), its key is 64 hex digits after the counter's base and
+//! cannot name another instance's key, a derived key, another counter's or
+//! a shadow policy's (`PREFIX` + `shadowN:`) keys, nor form a Redis
+//! Cluster hash tag. Replicas running the same policy share counters and a
+//! reload keeps those whose definition did not change. Keys of an older
+//! layout (before `v2:`, with the scope value in the clear) are not read:
+//! on upgrade the live windows start again from zero, once, and the old
+//! keys expire with their windows.
+//!
 //! - Fixed windows: one hash per counter instance (`s` window start, `n`
 //!   total), expiring at the window's end; a clock behind the newest window
 //!   counts against it (stricter), as in memory.
 //! - Sliding windows (`rate_limit` sliding, `repeat_limit`): a sorted set
 //!   per instance, one member per counted call (`NONCE:ID:AMOUNT`, scored by
 //!   its call time), pruned to (t − W, t] on every reservation, with its
-//!   running total beside it (`KEY#n`), so a decision costs the entries
-//!   that left the window, not the whole log; both expire one window after
-//!   the last call. (Scripts touch these derived keys: a standalone Redis or
-//!   Valkey, not a cluster.)
+//!   running total beside it (`KEY#n`, a suffix no instance key can end
+//!   in), so a decision costs the entries that left the window, not the
+//!   whole log; both expire one window after the last call. (Scripts touch
+//!   these derived keys, and one call's keys are in no common slot: a
+//!   standalone Redis or Valkey, not a cluster.)
 //! - Circuit breakers: a hash (`o` open until, `f` recent failure times,
 //!   `t` the half-open trial's start), kept while the circuit is open and a
 //!   day past its cooldown. A trial unanswered for 10 minutes is taken as
@@ -21,10 +36,12 @@
 //! round trip per decision; all or nothing, as
 //! [`crate::policy::CounterStore::reserve`] requires); settling is a second
 //! script. Time is the proxy's clock, passed in (the decision core never
-//! reads a clock): replicas should run NTP. Keys are
-//! `PREFIX` + a hash of the counter's definition (identity, window, scope
-//! kind) + `:` + the scope value, so replicas running the same policy share
-//! counters and a reload keeps those whose definition did not change.
+//! reads a clock): replicas should run NTP. Amounts and totals stay within
+//! 2^53 − 1 ([`crate::policy::state::MAX_AMOUNT`]), where Lua's numbers
+//! are exact: the script refuses an amount or a stored total outside it
+//! (as a limit would, never as an unavailable store), so a total another
+//! writer left out of range or not a number cannot turn into an uncounted
+//! call; a sliding log's running total is then rebuilt from the log.
 //!
 //! When the store is unreachable or slower than the timeout, a decision
 //! gets a [`StoreError`]: the core refuses the call (fail closed) or allows
@@ -34,10 +51,11 @@
 //! on stderr when the store goes away and when it is back.
 
 use crate::policy::state::Mark;
+use crate::policy::state::{MAX_AMOUNT, ceiling, window_start_of};
 use crate::policy::{
     CounterStore, Exhausted, Outcome, Policy, Reservation, ReserveError, StoreError, Want,
 };
-use crate::policy::{model::CounterDef, model::WindowMode, state::window_start_of};
+use crate::policy::{model::CounterDef, model::WindowMode};
 use crate::store::resp::{Connection, Reply};
 use sha2::{Digest, Sha256};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -134,45 +152,72 @@ pub struct RedisConfig {
     pub timeout: Duration,
 }
 
+/// The server-side reservation. Every number it adds is checked first:
+/// an amount outside `0..=MAX` (2^53 − 1, [`MAX_AMOUNT`]; Lua numbers are
+/// doubles, exact up to there) or a stored total that is not such a number
+/// refuses the call like a limit (never a script error, which would be
+/// "store unavailable" and, failing open, an uncounted call). A sliding
+/// log's running total that is not a valid number is rebuilt from the log.
+/// Writes that could still fail are made with `pcall`, and a failure
+/// undoes the call's other writes and refuses it.
+// The scripts' `MAX` is the core's.
+const _: () = assert!(MAX_AMOUNT == 9_007_199_254_740_991);
+
 const RESERVE: &str = r#"
 local now = tonumber(ARGV[1])
+local MAX = 9007199254740991
 local function str(x) return string.format('%.0f', x) end
 local function amount_of(m) return tonumber(string.match(m, ':(%-?%d+)$')) end
+local function valid(x) return x ~= nil and x >= 0 and x <= MAX and x == math.floor(x) end
+local function ok(r) return type(r) ~= 'table' or r.err == nil end
 local undo = {}
 local out = {1}
 local function fail(i, retry)
   for j = #undo, 1, -1 do
     local u = undo[j]
-    if u[1] == 'F' then redis.call('HINCRBY', u[2], 'n', -u[3])
+    if u[1] == 'F' then redis.pcall('HINCRBY', u[2], 'n', -u[3])
     elseif u[1] == 'S' then
       redis.call('ZREM', u[2], u[3])
-      redis.call('DECRBY', u[2] .. '#n', u[4])
+      redis.pcall('DECRBY', u[2] .. '#n', u[4])
     else redis.call('HDEL', u[2], 't') end
   end
   return {0, i, retry}
+end
+-- The amounts in a log, or nil when one is not a valid amount.
+local function log_total(key)
+  local t = 0
+  for _, m in ipairs(redis.call('ZRANGE', key, 0, -1)) do
+    local a = amount_of(m)
+    if not valid(a) then return nil end
+    t = t + a
+  end
+  return t
 end
 for i = 1, #KEYS do
   local b = 1 + (i - 1) * 6
   local kind = ARGV[b + 1]
   local len = tonumber(ARGV[b + 2])
   local amount = tonumber(ARGV[b + 3])
-  local max = tonumber(ARGV[b + 4])
+  local max = math.min(tonumber(ARGV[b + 4]), MAX)
   local key = KEYS[i]
   local mark = 0
+  if not valid(amount) then return fail(i, -1) end
   if kind == 'F' then
     local cur = tonumber(ARGV[b + 5])
     local h = redis.call('HMGET', key, 's', 'n')
     local s = tonumber(h[1])
-    local n = tonumber(h[2]) or 0
+    local n = 0
+    if h[2] then n = tonumber(h[2]) end
     if s == nil or cur > s then
       s = cur
       n = 0
       redis.call('HSET', key, 's', ARGV[b + 5], 'n', 0)
+      redis.call('PEXPIREAT', key, str(math.floor((s + len) / 1000) + 1000))
     end
-    if max >= 0 and (n > max or n + amount > max) then
+    if not valid(n) or n > max or amount > max - n then
       return fail(i, math.max(s + len - now, 1))
     end
-    redis.call('HINCRBY', key, 'n', amount)
+    if not ok(redis.pcall('HINCRBY', key, 'n', amount)) then return fail(i, -1) end
     redis.call('PEXPIREAT', key, str(math.floor((s + len) / 1000) + 1000))
     undo[#undo + 1] = {'F', key, amount}
     mark = s
@@ -181,19 +226,28 @@ for i = 1, #KEYS do
     local horizon = str(now - len)
     local total = tonumber(redis.call('GET', tkey) or '0')
     local old = redis.call('ZRANGEBYSCORE', key, '-inf', horizon)
-    if #old > 0 then
-      for j = 1, #old do total = total - amount_of(old[j]) end
+    local dirty = #old > 0
+    if dirty then
+      for j = 1, #old do
+        local a = amount_of(old[j])
+        if total and valid(a) then total = total - a else total = nil end
+      end
       redis.call('ZREMRANGEBYSCORE', key, '-inf', horizon)
-      redis.call('SET', tkey, str(total), 'KEEPTTL')
     end
-    if max >= 0 and (total > max or total + amount > max) then
+    if not valid(total) then
+      total = log_total(key)
+      dirty = true
+      if not valid(total) then return fail(i, -1) end
+    end
+    if dirty then redis.call('SET', tkey, str(total), 'KEEPTTL') end
+    if total > max or amount > max - total then
       local retry = -1
       if amount <= max then
         local entries = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
         local remaining = total
         for j = 1, #entries, 2 do
           remaining = remaining - amount_of(entries[j])
-          if remaining + amount <= max then
+          if remaining <= max and amount <= max - remaining then
             retry = math.max(tonumber(entries[j + 1]) + len - now, 1)
             break
           end
@@ -202,7 +256,10 @@ for i = 1, #KEYS do
       return fail(i, retry)
     end
     redis.call('ZADD', key, ARGV[1], ARGV[b + 5])
-    redis.call('INCRBY', tkey, amount)
+    if not ok(redis.pcall('INCRBY', tkey, amount)) then
+      redis.call('ZREM', key, ARGV[b + 5])
+      return fail(i, -1)
+    end
     local ttl = str(math.ceil(len / 1000) + 1000)
     redis.call('PEXPIRE', key, ttl)
     redis.call('PEXPIRE', tkey, ttl)
@@ -225,6 +282,9 @@ end
 return out
 "#;
 
+/// Settles a call: feeds breakers their outcome, rolls amounts back.
+/// Rollbacks use `pcall`, so a total another writer broke cannot stop the
+/// call's other keys from settling.
 const SETTLE: &str = r#"
 local class = ARGV[1]
 local rollback = ARGV[2] == '1'
@@ -274,10 +334,10 @@ for i = 1, #KEYS do
   elseif rollback then
     if kind == 'F' then
       if redis.call('HGET', key, 's') == ARGV[b + 2] then
-        redis.call('HINCRBY', key, 'n', -tonumber(ARGV[b + 3]))
+        redis.pcall('HINCRBY', key, 'n', -tonumber(ARGV[b + 3]))
       end
     elseif redis.call('ZREM', key, ARGV[b + 2]) == 1 then
-      redis.call('DECRBY', key .. '#n', tonumber(string.match(ARGV[b + 2], ':(%-?%d+)$')))
+      redis.pcall('DECRBY', key .. '#n', tonumber(string.match(ARGV[b + 2], ':(%-?%d+)$')))
     end
   end
 end
@@ -436,10 +496,15 @@ impl Link {
 /// which a live proxy settles the trial itself as `timeout`.
 const STALE_TRIAL_US: i64 = 10 * 60 * 1_000_000;
 
+/// The key layout's version, right after the prefix: keys of another
+/// layout (an older flightrec's scope values in the clear) are never read
+/// as this one's. A change of layout changes it.
+const KEY_LAYOUT: &str = "v2:";
+
 /// What the store needs to know of one counter of the policy.
 #[derive(Debug, Clone)]
 struct Def {
-    /// `PREFIX` + hash of the definition + `:`.
+    /// `PREFIX` + [`KEY_LAYOUT`] + hash of the definition + `:`.
     base: String,
     len_us: i64,
     mode: WindowMode,
@@ -488,7 +553,7 @@ impl RedisStore {
             .counters()
             .iter()
             .map(|d| Def {
-                base: format!("{prefix}{}:", def_hash(d)),
+                base: format!("{prefix}{KEY_LAYOUT}{}:", def_hash(d)),
                 len_us: d.window.len_us,
                 mode: d.window.mode,
             })
@@ -525,15 +590,31 @@ impl RedisStore {
         }
     }
 
+    /// The key of one counter instance: the counter's base and the hex
+    /// SHA-256 of the scope value, never the value itself, so no value
+    /// (from the wire: a session id, an agent's name) can name another
+    /// key, reach a derived key (`#n`), or carry a hash tag.
     fn key(&self, counter: usize, scope: &str) -> Vec<u8> {
-        let mut k = self.defs[counter].base.clone().into_bytes();
-        k.extend_from_slice(scope.as_bytes());
+        let base = self.defs[counter].base.as_bytes();
+        let mut k = Vec::with_capacity(base.len() + 64);
+        k.extend_from_slice(base);
+        push_hex(&mut k, &Sha256::digest(scope.as_bytes()));
         k
     }
 }
 
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    let mut out = Vec::with_capacity(2 * bytes.len());
+    push_hex(&mut out, bytes);
+    String::from_utf8(out).expect("hex digits are ASCII")
+}
+
+fn push_hex(out: &mut Vec<u8>, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)]);
+        out.push(DIGITS[usize::from(b & 0xf)]);
+    }
 }
 
 /// A short, stable name for a counter definition: what reloads and
@@ -576,13 +657,14 @@ impl CounterStore for RedisStore {
                     _ => 0,
                 }
             }
+            // Members come from the store: added without overflowing.
             _ => items
                 .iter()
                 .filter_map(|m| match m {
                     Reply::Bulk(Some(b)) => member_amount(b),
                     _ => None,
                 })
-                .sum(),
+                .fold(0i64, i64::saturating_add),
         })
     }
 
@@ -619,7 +701,7 @@ impl CounterStore for RedisStore {
             args.push(kind.into());
             args.push(def.len_us.to_string().into_bytes());
             args.push(w.amount.to_string().into_bytes());
-            args.push(w.max.unwrap_or(-1).to_string().into_bytes());
+            args.push(ceiling(w.max).to_string().into_bytes());
             args.push(extra1.into_bytes());
             args.push(extra2.into_bytes());
         }
@@ -776,6 +858,59 @@ mod tests {
         for bad in ["http://x", "redis://", "redis://h:port", "redis://h:1/db"] {
             assert!(RedisTarget::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    /// Every scope value, however hostile, gets a key of its own of one
+    /// length, which no other value's key, derived key (`#n`) or shadow
+    /// policy's key equals or contains.
+    #[test]
+    fn scope_values_never_reach_keys_in_the_clear() {
+        let policy = Policy::from_yaml(
+            "version: \"1\"\ntools:\n  t:\n    rules:\n      - name: r\n        rate_limit: {max: 3, window: 10m, per: session, mode: sliding}\n",
+            "p.yaml",
+        )
+        .unwrap()
+        .0;
+        let store = |prefix: &str| {
+            RedisStore::new(
+                RedisConfig {
+                    target: RedisTarget::parse("redis://127.0.0.1:1").unwrap(),
+                    prefix: prefix.into(),
+                    fail_open: false,
+                    timeout: Duration::from_millis(10),
+                },
+                &policy,
+            )
+        };
+        let (enforced, shadow) = (store("p:"), store("p:shadow0:"));
+        let victim = enforced.key(0, "v");
+        let long = "x".repeat(64 * 1024);
+        let hostile = ["v#n", "v#n#n", "v:", ":v", "{v}", "a{b}c", "}{", "", &long];
+        let mut keys = vec![victim.clone(), shadow.key(0, "v")];
+        for value in hostile {
+            keys.push(enforced.key(0, value));
+            keys.push(shadow.key(0, value));
+        }
+        let derived: Vec<Vec<u8>> = keys
+            .iter()
+            .map(|k| [k.as_slice(), b"#n"].concat())
+            .collect();
+        for (i, k) in keys.iter().enumerate() {
+            assert!(k.starts_with(b"p:v2:") || k.starts_with(b"p:shadow0:v2:"));
+            assert!(!k.contains(&b'{') && !k.contains(&b'#'), "{i}");
+            assert!(!derived.contains(k), "{i}");
+            for (j, other) in keys.iter().enumerate() {
+                assert!(i == j || k != other, "{i} and {j}");
+            }
+        }
+        assert_eq!(
+            std::str::from_utf8(&victim).unwrap(),
+            format!(
+                "p:v2:{}:{}",
+                def_hash(&policy.counters()[0]),
+                hex(&Sha256::digest(b"v"))
+            )
+        );
     }
 
     #[test]
