@@ -678,3 +678,74 @@ fn approvals_through_the_bridge() {
     assert_eq!(last.approved_by.as_deref(), Some("queue:ops"));
     assert_eq!(last.transport.as_str(), "bridge");
 }
+
+/// `flightrec proxy` with `extra` flags and environment; its output once
+/// it exits.
+fn proxy_output(dir: &Path, extra: &[&str], env: &[(&str, &Path)]) -> std::process::Output {
+    let policy = common::write_file(dir, "p.yaml", POLICY);
+    let mut cmd = Command::new(flightrec());
+    cmd.args(["proxy", "--policy"])
+        .arg(&policy)
+        .arg("--audit-dir")
+        .arg(dir.join("audit"))
+        .args(extra)
+        .arg("--")
+        .arg(test_server())
+        .stdin(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    common::output_within(&mut cmd, Duration::from_secs(60))
+}
+
+#[test]
+fn a_socket_directory_others_could_write_stops_the_proxy() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    // Given with --approval-socket: world-writable, then another user's.
+    let queue = tmp.path().join("queue");
+    std::fs::create_dir(&queue).unwrap();
+    std::fs::set_permissions(&queue, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let socket = queue.join("approvals.sock");
+    let out = proxy_output(
+        tmp.path(),
+        &["--approval-socket", socket.to_str().unwrap()],
+        &[],
+    );
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&queue.display().to_string()) && err.contains("0777"),
+        "{err}"
+    );
+    assert!(!socket.exists());
+    std::fs::set_permissions(&queue, std::fs::Permissions::from_mode(0o700)).unwrap();
+    if std::os::unix::fs::chown(&queue, Some(65534), Some(65534)).is_ok() {
+        let out = proxy_output(
+            tmp.path(),
+            &["--approval-socket", socket.to_str().unwrap()],
+            &[],
+        );
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(
+            err.contains(&queue.display().to_string()) && err.contains("65534"),
+            "{err}"
+        );
+    }
+    // The default place ($XDG_RUNTIME_DIR/flightrec), pre-made group-writable.
+    let run = tmp.path().join("run");
+    std::fs::create_dir_all(run.join("flightrec")).unwrap();
+    std::fs::set_permissions(
+        run.join("flightrec"),
+        std::fs::Permissions::from_mode(0o770),
+    )
+    .unwrap();
+    let out = proxy_output(tmp.path(), &[], &[("XDG_RUNTIME_DIR", &run)]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&run.join("flightrec").display().to_string()) && err.contains("0770"),
+        "{err}"
+    );
+}

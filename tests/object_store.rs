@@ -649,3 +649,121 @@ fn verify_export_and_replay_read_the_bucket_as_they_read_the_directory() {
         "{err}"
     );
 }
+
+/// A bucket with a small shipped log; its URL.
+fn small_shipped_log(moto: &Moto, bucket: &str, audit: &Path) -> String {
+    use flightrec::audit::{AuditRow, Recorder, RecorderConfig};
+    moto.bucket(bucket, false);
+    let mut rec = Recorder::open(audit, RecorderConfig::default()).unwrap();
+    for i in 0..5u64 {
+        rec.record(AuditRow {
+            event_id: format!("e{i}"),
+            ts_us: 1_795_000_000_000_000 + i as i64,
+            session_id: "s".into(),
+            server: "imaging".into(),
+            tool: Some("list_image_sets".into()),
+            ..AuditRow::default()
+        })
+        .unwrap();
+    }
+    rec.close().unwrap();
+    let url = format!("s3://{bucket}/team");
+    let out = run_with(
+        &moto.endpoint(),
+        &["audit", "ship", audit.to_str().unwrap(), &url],
+    );
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    url
+}
+
+/// `flightrec ARGS…` with test credentials and no endpoint but `env`'s.
+fn run_with_env(env: &[(&str, &str)], args: &[&str]) -> Output {
+    let mut cmd = Command::new(flightrec());
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_CONFIG_FILE", "/nonexistent")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent");
+    for k in [
+        "AWS_PROFILE",
+        "AWS_ENDPOINT_URL",
+        "AWS_ENDPOINT_URL_S3",
+        "AWS_ENDPOINT",
+        "AWS_ALLOW_HTTP",
+    ] {
+        cmd.env_remove(k);
+    }
+    cmd.envs(env.iter().copied());
+    common::output_within(&mut cmd, Duration::from_secs(300))
+}
+
+#[test]
+fn a_plain_http_endpoint_off_loopback_is_refused_wherever_it_is_given() {
+    let moto = Moto::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let url = small_shipped_log(&moto, "audit-endpoints", &tmp.path().join("audit"));
+    // The legitimate loopback endpoint reads the bucket.
+    let good = moto.endpoint();
+    let out = run_with_env(&[("AWS_ENDPOINT_URL", &good)], &["audit", "verify", &url]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    assert!(stdout(&out).contains("5 rows"), "{}", stdout(&out));
+
+    // The host a client reaches here is evil.example, whatever the `@`
+    // after the `?` suggests.
+    let hostile = format!("http://evil.example?@127.0.0.1:{}", moto.port);
+    let config = write_file(
+        tmp.path(),
+        "config",
+        &format!("[default]\nendpoint_url = {hostile}\n"),
+    );
+    let config = config.to_str().unwrap();
+    // Each place an endpoint comes from: the flag (""), or a variable.
+    for (var, value) in [
+        ("", hostile.as_str()),
+        ("AWS_ENDPOINT_URL", &hostile),
+        ("AWS_ENDPOINT_URL_S3", &hostile),
+        ("AWS_ENDPOINT", &hostile),
+        ("AWS_CONFIG_FILE", config),
+    ] {
+        let mut args = vec!["audit", "verify", &url];
+        let mut env = vec![];
+        if var.is_empty() {
+            args.extend(["--endpoint", value]);
+        } else {
+            env.push((var, value));
+        }
+        let out = run_with_env(&env, &args);
+        let err = common::stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{var}: {err}");
+        assert!(
+            err.contains(&hostile)
+                && err.contains("loopback")
+                && err.contains("evil.example (use https://)"),
+            "{var}: {err}"
+        );
+    }
+}
+
+#[test]
+fn the_endpoint_checked_is_the_endpoint_used() {
+    let moto = Moto::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let url = small_shipped_log(&moto, "audit-one-endpoint", &tmp.path().join("audit"));
+    // Nothing listens on the other endpoint: a client that went there
+    // instead of to the one given with --endpoint could not verify.
+    let elsewhere = format!("http://127.0.0.1:{}", common::s3::free_port());
+    for var in ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_ENDPOINT"] {
+        let out = run_with_env(
+            &[(var, &elsewhere)],
+            &["audit", "verify", &url, "--endpoint", &moto.endpoint()],
+        );
+        assert!(
+            out.status.success(),
+            "{var}={elsewhere} won over --endpoint: {}",
+            common::stderr(&out)
+        );
+        assert!(stdout(&out).contains("5 rows"), "{}", stdout(&out));
+    }
+}

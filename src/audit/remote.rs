@@ -9,9 +9,16 @@
 //! Credentials, region and endpoint come from the usual AWS environment
 //! variables (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
 //! `AWS_SESSION_TOKEN`, `AWS_REGION`/`AWS_DEFAULT_REGION`,
-//! `AWS_ENDPOINT_URL`), else from the shared credentials and config files of
-//! `AWS_PROFILE` (default `default`); `--endpoint` overrides the endpoint.
-//! Plain `http://` endpoints are accepted only on loopback addresses.
+//! `AWS_ENDPOINT_URL_S3`, `AWS_ENDPOINT_URL`, `AWS_ENDPOINT`), else from the
+//! shared credentials and config files of `AWS_PROFILE` (default
+//! `default`); `--endpoint` overrides the endpoint.
+//!
+//! An endpoint is parsed as a URL once ([`check_endpoint`]) and judged by
+//! the host a client connects to: `https://` anywhere, plain `http://` only
+//! to a loopback IP address or the name `localhost` itself; never with
+//! credentials, a query or a fragment in it. The S3 client is given that
+//! parsed URL and no other endpoint (the environment's endpoint variables
+//! are read here, never by the client on its own).
 //!
 //! Store I/O runs on one small tokio runtime of its own ([`block_on`]), so
 //! the synchronous readers and the shipper thread can use it from anywhere
@@ -154,23 +161,99 @@ fn store_error(url: String, e: impl std::fmt::Display) -> AuditError {
     }
 }
 
-fn is_loopback_host(host: &str) -> bool {
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    host == "localhost"
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
+/// An object store endpoint that passed [`check_endpoint`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Endpoint {
+    /// The parsed URL as serialized by the parser, without a trailing `/`:
+    /// exactly what the S3 client is given, and what our own signed
+    /// requests start with.
+    url: String,
+    /// A plain `http://` endpoint (then its host is loopback).
+    plain_http: bool,
 }
 
-/// The host of an `http(s)://HOST[:PORT]/…` URL.
-fn url_host(url: &str) -> Option<&str> {
-    let rest = url.split_once("://")?.1;
-    let authority = rest.split('/').next()?;
-    let authority = authority.rsplit('@').next()?;
-    if let Some(v6) = authority.strip_prefix('[') {
-        return v6.split(']').next();
+/// Parses an endpoint URL and judges it by the host an HTTP client would
+/// connect to. Accepted: `https://HOST[:PORT][/PATH]`, and
+/// `http://HOST[:PORT][/PATH]` when HOST is a loopback IP address
+/// (127.0.0.0/8, `::1`; other spellings of such an address, such as
+/// `2130706433`, are that address) or the name `localhost` itself — not
+/// a name under it, nor `localhost.`, and whatever /etc/hosts says of
+/// `localhost` is trusted. Refused: credentials (userinfo), a query or a
+/// fragment, whitespace, control characters and backslashes anywhere
+/// (no endpoint needs them; parsers differ on them).
+fn check_endpoint(text: &str) -> Result<Endpoint, String> {
+    let refuse = |why: &str| Err(format!("endpoint {text:?}: {why}"));
+    if text
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control() || c == '\\')
+    {
+        return refuse(
+            "whitespace, control characters and backslashes are not allowed in an endpoint URL",
+        );
     }
-    Some(authority.split(':').next().unwrap_or(authority))
+    let scheme = text.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+    if !matches!(scheme.as_deref(), Some("http" | "https")) {
+        return refuse("expected an http(s):// URL, e.g. https://s3.example.com");
+    }
+    let url = match url::Url::parse(text) {
+        Ok(url) => url,
+        Err(e) => return refuse(&format!("not a URL: {e}")),
+    };
+    // Anything between the `//` and the host ending in `@` is userinfo,
+    // even when the parser leaves nothing of it (`http://@host`).
+    let authority = text.split_once("://").map_or("", |(_, rest)| {
+        rest.split(['/', '?', '#']).next().unwrap_or("")
+    });
+    if authority.contains('@') || !url.username().is_empty() || url.password().is_some() {
+        return refuse(
+            "credentials do not belong in the endpoint URL (give them in AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or a profile)",
+        );
+    }
+    let plain_http = url.scheme() == "http";
+    let loopback = match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(name)) => name == "localhost",
+        None => return refuse("the URL names no host"),
+    };
+    if plain_http && !loopback {
+        return refuse(&format!(
+            "plain http:// is accepted only on loopback addresses (127.0.0.0/8, [::1], localhost), and this one connects to {} (use https://)",
+            url.host_str().unwrap_or_default()
+        ));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return refuse("an endpoint URL has no query (`?`) or fragment (`#`)");
+    }
+    Ok(Endpoint {
+        url: url.as_str().trim_end_matches('/').to_string(),
+        plain_http,
+    })
+}
+
+/// `AmazonS3Builder::from_env` over `vars`, without the endpoint
+/// variables: the only endpoint the client gets is the one
+/// [`check_endpoint`] passed (the client would otherwise prefer
+/// `AWS_ENDPOINT_URL_S3` to the endpoint it is given).
+fn s3_builder<I>(vars: I) -> AmazonS3Builder
+where
+    I: IntoIterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
+{
+    use object_store::aws::AmazonS3ConfigKey as Key;
+    let mut builder = AmazonS3Builder::new();
+    for (key, value) in vars {
+        let (Some(key), Some(value)) = (key.to_str(), value.to_str()) else {
+            continue;
+        };
+        if !key.starts_with("AWS_") {
+            continue;
+        }
+        match key.to_ascii_lowercase().parse::<Key>() {
+            Ok(Key::Endpoint | Key::S3Endpoint) | Err(_) => {}
+            Ok(key) => builder = builder.with_config(key, value),
+        }
+    }
+    builder
 }
 
 /// Values from the shared AWS credentials/config files for a profile.
@@ -253,7 +336,7 @@ impl StoreDir {
         }
         let prefix = ObjPath::parse(prefix.trim_end_matches('/'))
             .map_err(|e| bad(&format!("bad prefix: {e}")))?;
-        let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+        let mut builder = s3_builder(std::env::vars_os()).with_bucket_name(bucket);
         // The shared files of AWS_PROFILE fill what the environment left out.
         let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         let profile = env("AWS_PROFILE").unwrap_or_else(|| "default".to_string());
@@ -282,22 +365,17 @@ impl StoreDir {
             .clone()
             .or_else(|| env("AWS_ENDPOINT_URL_S3"))
             .or_else(|| env("AWS_ENDPOINT_URL"))
-            .or_else(|| from_profile("endpoint_url"));
+            .or_else(|| env("AWS_ENDPOINT"))
+            .or_else(|| from_profile("endpoint_url"))
+            .map(|text| check_endpoint(&text))
+            .transpose()
+            .map_err(|e| bad(&e))?;
         let base = match &endpoint {
             Some(ep) => {
-                let ep = ep.trim_end_matches('/');
-                if let Some(host) = ep.strip_prefix("http://").and(url_host(ep)) {
-                    if !is_loopback_host(host) {
-                        return Err(bad(&format!(
-                            "endpoint {ep}: plain http:// is accepted only on loopback addresses (use https://)"
-                        )));
-                    }
-                    builder = builder.with_allow_http(true);
-                } else if !ep.starts_with("https://") {
-                    return Err(bad(&format!("endpoint {ep}: expected an http(s):// URL")));
-                }
-                builder = builder.with_endpoint(ep);
-                format!("{ep}/{bucket}")
+                builder = builder
+                    .with_endpoint(&ep.url)
+                    .with_allow_http(ep.plain_http);
+                format!("{}/{bucket}", ep.url)
             }
             None => format!("https://s3.{region}.amazonaws.com/{bucket}"),
         };
@@ -311,11 +389,7 @@ impl StoreDir {
         let client_options = object_store::ClientOptions::new()
             .with_connect_timeout(Duration::from_secs(3))
             .with_timeout(Duration::from_secs(120))
-            .with_allow_http(
-                endpoint
-                    .as_deref()
-                    .is_some_and(|e| e.starts_with("http://")),
-            );
+            .with_allow_http(endpoint.as_ref().is_some_and(|e| e.plain_http));
         builder = builder
             .with_retry(retry)
             .with_client_options(client_options.clone())
@@ -523,6 +597,25 @@ mod tests {
     }
 
     #[test]
+    fn the_client_gets_no_endpoint_from_the_environment() {
+        use object_store::aws::AmazonS3ConfigKey as Key;
+        let var = |k: &str, v: &str| (k.into(), v.into());
+        let builder = s3_builder([
+            var("AWS_ENDPOINT_URL_S3", "http://evil.example"),
+            var("AWS_ENDPOINT_URL", "http://evil.example"),
+            var("AWS_ENDPOINT", "http://evil.example"),
+            var("AWS_REGION", "eu-west-1"),
+            var("HOME", "/root"),
+        ]);
+        assert_eq!(builder.get_config_value(&Key::S3Endpoint), None);
+        assert_eq!(builder.get_config_value(&Key::Endpoint), None);
+        assert_eq!(
+            builder.get_config_value(&Key::Region).as_deref(),
+            Some("eu-west-1")
+        );
+    }
+
+    #[test]
     fn plain_http_is_only_for_loopback() {
         let opts = |e: &str| StoreOptions {
             endpoint: Some(e.to_string()),
@@ -539,6 +632,97 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("unsupported store URL"), "{err}");
+    }
+
+    fn with_endpoint(endpoint: &str) -> Result<StoreDir, AuditError> {
+        StoreDir::parse(
+            "s3://bucket/p",
+            &StoreOptions {
+                endpoint: Some(endpoint.to_string()),
+            },
+        )
+    }
+
+    /// Endpoints that only look like loopback, or that smuggle another
+    /// host, credentials, a query or a fragment past a naive reading.
+    #[test]
+    fn endpoints_that_only_look_like_loopback_are_refused() {
+        for ep in [
+            "http://evil.example?@127.0.0.1",
+            "http://evil.example?@127.0.0.1:9000",
+            "http://evil.example#@127.0.0.1",
+            "http://evil.example/?@127.0.0.1",
+            "http://127.0.0.1.evil.example",
+            "http://localhost.evil.example",
+            "http://localhost.",
+            "http://user@evil.example",
+            "http://127.0.0.1@evil.example",
+            "http://[::1]@evil.example",
+            "http://user:secret@127.0.0.1:9000",
+            "http://:secret@127.0.0.1:9000",
+            "http://evil.example\\@127.0.0.1",
+            "http://127.0.0.1\\@evil.example",
+            "http://127.0.0.1%2eevil.example",
+            "http://127%2e0%2e0%2e1.evil.example",
+            "http://%6cocalhost.evil.example",
+            "HTTP://evil.example",
+            "http://evil.example\t@127.0.0.1",
+            "http://evil.example\n@127.0.0.1",
+            "http://evil.example\r\n@127.0.0.1",
+            " http://127.0.0.1:9000",
+            "http://127.0.0.1:9000 ",
+            "http://127.0.0.1:9000\u{0}",
+            "http://0.0.0.0:9000",
+            "http://169.254.169.254",
+            "http://10.0.0.5:9000",
+            "http:127.0.0.1:9000",
+            "http:/127.0.0.1:9000",
+            "http:\\\\127.0.0.1:9000",
+            "ftp://127.0.0.1",
+            "https://user:secret@s3.example.com",
+            "https://s3.example.com?x=1",
+            "https://s3.example.com/#frag",
+            "",
+        ] {
+            let err = match with_endpoint(ep) {
+                Ok(dir) => panic!(
+                    "{ep:?} was accepted (signed requests would go to {})",
+                    dir.bucket.s3.as_ref().unwrap().base
+                ),
+                Err(e) => e.to_string(),
+            };
+            assert!(err.contains("endpoint"), "{ep:?}: {err}");
+        }
+    }
+
+    /// What is checked is what the S3 client is given: the parsed URL,
+    /// serialized once.
+    #[test]
+    fn accepted_endpoints_are_handed_on_as_checked() {
+        for (ep, base) in [
+            ("http://127.0.0.1:9000", "http://127.0.0.1:9000/bucket"),
+            ("http://127.0.0.1:9000/", "http://127.0.0.1:9000/bucket"),
+            ("http://127.8.9.10:9000", "http://127.8.9.10:9000/bucket"),
+            ("http://localhost:9000", "http://localhost:9000/bucket"),
+            ("HTTP://LocalHost:9000", "http://localhost:9000/bucket"),
+            ("http://[::1]:9000", "http://[::1]:9000/bucket"),
+            // Other spellings of 127.0.0.1 are that address, and are
+            // handed on as it.
+            ("http://2130706433:9000", "http://127.0.0.1:9000/bucket"),
+            ("http://0x7f.1:9000", "http://127.0.0.1:9000/bucket"),
+            ("https://s3.example.com", "https://s3.example.com/bucket"),
+            (
+                "https://s3.example.com:8443/",
+                "https://s3.example.com:8443/bucket",
+            ),
+            (
+                "https://gw.example.com/s3/",
+                "https://gw.example.com/s3/bucket",
+            ),
+        ] {
+            let dir = with_endpoint(ep).unwrap_or_else(|e| panic!("{ep:?}: {e}"));
+            assert_eq!(dir.bucket.s3.as_ref().unwrap().base, base, "{ep:?}");
+        }
     }
 
     #[test]

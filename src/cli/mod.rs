@@ -383,8 +383,9 @@ pub enum AuditCommand {
 /// How to reach object stores.
 #[derive(Debug, Args, Clone, Default)]
 pub struct StoreArgs {
-    /// S3 endpoint URL (default: AWS_ENDPOINT_URL, else AWS); plain http://
-    /// only on loopback addresses
+    /// S3 endpoint URL (default: AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL or
+    /// AWS_ENDPOINT, else AWS); plain http:// only to a loopback address or
+    /// localhost, never with credentials, a query or a fragment
     #[arg(long, value_name = "URL")]
     pub endpoint: Option<String>,
 }

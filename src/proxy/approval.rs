@@ -15,13 +15,17 @@
 //! `{"op":"list"}` → one object per held call; `{"op":"approve","id":N,"as":"NAME"}`
 //! and `{"op":"deny","id":N,"reason":"…","as":"NAME"}` → `{"ok":true}` or
 //! `{"ok":false,"error":"…"}`. The socket is owner-only (0600, in a 0700
-//! directory when flightrec creates it).
+//! directory when flightrec creates it). Whoever can write the socket's
+//! directory could put a socket of their own in its place and answer
+//! approvals, so the queue opens only in a real directory (not a symlink)
+//! owned by the effective user and writable by no one else, and replaces
+//! only a stale socket of that user ([`ServeError::Unsafe`] otherwise).
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
@@ -168,32 +172,72 @@ impl Approvals {
     }
 
     /// Opens the approval queue on `path` (owner-only) and serves it on a
-    /// thread. A socket file left by a dead process is replaced; one a live
-    /// proxy answers on is not.
-    pub fn serve(self: &Arc<Self>, path: &Path) -> Result<(), String> {
-        if let Some(dir) = path.parent()
-            && !dir.exists()
-        {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-            let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+    /// thread. A missing directory is made (0700); an existing one must be
+    /// ours and writable by no one else. A socket of ours left by a dead
+    /// process is replaced; one a live proxy answers on is not, nor is
+    /// anything else in the socket's place.
+    pub fn serve(self: &Arc<Self>, path: &Path) -> Result<(), ServeError> {
+        use ServeError::{Unavailable, Unsafe};
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        if std::fs::symlink_metadata(dir).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound) {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| Unavailable(format!("cannot create {}: {e}", dir.display())))?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| Unavailable(format!("cannot restrict {}: {e}", dir.display())))?;
         }
-        if path.exists() {
-            if UnixStream::connect(path).is_ok() {
-                return Err(format!(
-                    "{} is in use by another running proxy (give this one its own --approval-socket)",
+        // Checked after making it too: someone may have made it first.
+        check_socket_dir(dir)?;
+        match std::fs::symlink_metadata(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(Unavailable(format!(
+                    "cannot inspect {}: {e}",
                     path.display()
-                ));
+                )));
             }
-            let _ = std::fs::remove_file(path);
+            Ok(meta) => {
+                let me = effective_uid();
+                if !meta.file_type().is_socket() {
+                    return Err(Unsafe(format!(
+                        "{} already exists and is not a socket (it is {}); flightrec replaces only a stale approval socket of its own: remove it, or give --approval-socket another path",
+                        path.display(),
+                        kind_of(&meta)
+                    )));
+                }
+                if meta.uid() != me {
+                    return Err(Unsafe(format!(
+                        "{} is a socket of uid {}, not of this user (uid {me}): whoever listens on it would answer the approvals; remove it, or give --approval-socket another path",
+                        path.display(),
+                        meta.uid()
+                    )));
+                }
+                if UnixStream::connect(path).is_ok() {
+                    return Err(Unavailable(format!(
+                        "{} is in use by another running proxy (give this one its own --approval-socket)",
+                        path.display()
+                    )));
+                }
+                std::fs::remove_file(path).map_err(|e| {
+                    Unavailable(format!("cannot remove the stale {}: {e}", path.display()))
+                })?;
+            }
         }
         // Owner-only from the start: no window in which others could connect.
         let old = unsafe { libc::umask(0o177) };
         let bound = UnixListener::bind(path);
         unsafe { libc::umask(old) };
-        let listener = bound.map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-            .map_err(|e| format!("cannot restrict {}: {e}", path.display()))?;
+        let listener = bound.map_err(|e| {
+            ServeError::Unavailable(format!("cannot listen on {}: {e}", path.display()))
+        })?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|e| {
+            ServeError::Unavailable(format!("cannot restrict {}: {e}", path.display()))
+        })?;
         *lock(&self.socket) = Some(path.to_path_buf());
         let me = self.clone();
         std::thread::spawn(move || {
@@ -282,6 +326,80 @@ pub enum Request {
         #[serde(default)]
         reason: Option<String>,
     },
+}
+
+/// Why the approval queue did not open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServeError {
+    /// The socket's directory, or something already at the socket's path,
+    /// could let another user take the socket: never listened on, and
+    /// always an error (for the default socket too).
+    Unsafe(String),
+    /// The socket could not be opened (in use by a live proxy, no such
+    /// parent, …).
+    Unavailable(String),
+}
+
+impl std::fmt::Display for ServeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ServeError::Unsafe(m) | ServeError::Unavailable(m) => f.write_str(m),
+        }
+    }
+}
+
+fn effective_uid() -> u32 {
+    // SAFETY: geteuid has no failure mode.
+    unsafe { libc::geteuid() }
+}
+
+/// What a file is, for messages.
+fn kind_of(meta: &std::fs::Metadata) -> &'static str {
+    let t = meta.file_type();
+    if t.is_symlink() {
+        "a symlink"
+    } else if t.is_dir() {
+        "a directory"
+    } else if t.is_file() {
+        "a regular file"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else {
+        "a device or other special file"
+    }
+}
+
+/// The approval socket's directory must be a directory (not a symlink to
+/// one), owned by the effective user, and not group- or world-writable:
+/// whoever can write it could put their own socket in ours' place.
+fn check_socket_dir(dir: &Path) -> Result<(), ServeError> {
+    let meta = std::fs::symlink_metadata(dir)
+        .map_err(|e| ServeError::Unavailable(format!("cannot inspect {}: {e}", dir.display())))?;
+    let me = effective_uid();
+    let what_to_do = "give --approval-socket a path in a directory of your own (mode 0700), or remove it and let flightrec make it";
+    if !meta.is_dir() {
+        return Err(ServeError::Unsafe(format!(
+            "the approval socket's directory {} is {}, not a directory: {what_to_do}",
+            dir.display(),
+            kind_of(&meta)
+        )));
+    }
+    if meta.uid() != me {
+        return Err(ServeError::Unsafe(format!(
+            "the approval socket's directory {} belongs to uid {} (mode {:04o}), not to this user (uid {me}): its owner could replace the socket and answer approvals; {what_to_do}",
+            dir.display(),
+            meta.uid(),
+            meta.mode() & 0o7777
+        )));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(ServeError::Unsafe(format!(
+            "the approval socket's directory {} is group- or world-writable (mode {:04o}): others could replace the socket and answer approvals; chmod 700 it, or {what_to_do}",
+            dir.display(),
+            meta.mode() & 0o7777
+        )));
+    }
+    Ok(())
 }
 
 /// The default socket: `$XDG_RUNTIME_DIR/flightrec/approvals.sock`, else
@@ -500,5 +618,120 @@ mod tests {
         a.forget(waiting[0].0);
         a.done();
         assert!(a.hold(call).is_some());
+    }
+
+    fn serve_in(path: &Path) -> Result<(), String> {
+        Arc::new(Approvals::default())
+            .serve(path)
+            .map_err(|e| e.to_string())
+    }
+
+    fn mode(dir: &Path, mode: u32) {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    #[test]
+    fn a_socket_directory_others_can_write_is_refused() {
+        for m in [0o777, 0o770, 0o730, 0o1777, 0o702] {
+            let tmp = tempfile::tempdir().unwrap();
+            let dir = tmp.path().join("q");
+            std::fs::create_dir(&dir).unwrap();
+            mode(&dir, m);
+            let err = serve_in(&dir.join("approvals.sock")).unwrap_err();
+            assert!(
+                err.contains(&dir.display().to_string()) && err.contains(&format!("{m:o}")),
+                "{m:o}: {err}"
+            );
+            assert!(
+                !dir.join("approvals.sock").exists(),
+                "{m:o}: listened anyway"
+            );
+        }
+    }
+
+    #[test]
+    fn a_socket_directory_of_another_user_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("q");
+        std::fs::create_dir(&dir).unwrap();
+        mode(&dir, 0o700);
+        if std::os::unix::fs::chown(&dir, Some(65534), Some(65534)).is_err() {
+            eprintln!("skipped: cannot chown (not root)");
+            return;
+        }
+        let err = serve_in(&dir.join("approvals.sock")).unwrap_err();
+        assert!(
+            err.contains(&dir.display().to_string()) && err.contains("65534"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_symlink_in_place_of_the_socket_directory_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let real = tmp.path().join("real");
+        std::fs::create_dir(&real).unwrap();
+        mode(&real, 0o700);
+        let link = tmp.path().join("q");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let err = serve_in(&link.join("approvals.sock")).unwrap_err();
+        assert!(
+            err.contains(&link.display().to_string()) && err.contains("symlink"),
+            "{err}"
+        );
+        assert!(!real.join("approvals.sock").exists());
+    }
+
+    #[test]
+    fn only_a_stale_socket_of_ours_is_replaced() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("q");
+        std::fs::create_dir(&dir).unwrap();
+        mode(&dir, 0o700);
+        // Not a socket: a file, a directory, a symlink to a socket.
+        let file = dir.join("file.sock");
+        std::fs::write(&file, "x").unwrap();
+        let err = serve_in(&file).unwrap_err();
+        assert!(err.contains(&file.display().to_string()), "{err}");
+        assert_eq!(std::fs::read(&file).unwrap(), b"x", "the file was removed");
+        let sub = dir.join("dir.sock");
+        std::fs::create_dir(&sub).unwrap();
+        assert!(serve_in(&sub).is_err());
+        let stale = dir.join("stale.sock");
+        drop(UnixListener::bind(&stale).unwrap());
+        let link = dir.join("link.sock");
+        std::os::unix::fs::symlink(&stale, &link).unwrap();
+        let err = serve_in(&link).unwrap_err();
+        assert!(err.contains(&link.display().to_string()), "{err}");
+        // A socket someone else left: refused, and left in place.
+        let theirs = dir.join("theirs.sock");
+        drop(UnixListener::bind(&theirs).unwrap());
+        if std::os::unix::fs::lchown(&theirs, Some(65534), Some(65534)).is_ok() {
+            let err = serve_in(&theirs).unwrap_err();
+            assert!(
+                err.contains(&theirs.display().to_string()) && err.contains("65534"),
+                "{err}"
+            );
+            assert!(theirs.exists());
+        }
+        // A stale socket of ours (its process gone) is replaced.
+        serve_in(&stale).unwrap();
+        assert!(UnixStream::connect(&stale).is_ok());
+        // A live one is not.
+        let err = serve_in(&stale).unwrap_err();
+        assert!(err.contains("in use"), "{err}");
+    }
+
+    #[test]
+    fn a_directory_of_ours_is_used_and_a_missing_one_made_owner_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("q");
+        std::fs::create_dir(&dir).unwrap();
+        mode(&dir, 0o755);
+        serve_in(&dir.join("approvals.sock")).unwrap();
+        let made = tmp.path().join("a/b");
+        serve_in(&made.join("approvals.sock")).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(std::fs::metadata(&made).unwrap().mode() & 0o777, 0o700);
     }
 }

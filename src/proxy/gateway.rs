@@ -227,10 +227,12 @@ impl Gateway {
 
     /// Opens the approval queue (when the policy has `require_approval`
     /// rules, or a socket is given): `--approval-socket`, else the per-user
-    /// default. An explicit socket that cannot be opened is an error; the
-    /// default one in use by another proxy only leaves this proxy without a
-    /// queue (held calls that cannot be asked in the client are refused),
-    /// which it says.
+    /// default. An explicit socket that cannot be opened is an error, and
+    /// so is an unsafe place for any socket (a directory others can write
+    /// or do own; something not ours at the socket's path); the default
+    /// one in use by another proxy only leaves this proxy without a queue
+    /// (held calls that cannot be asked in the client are refused), which
+    /// it says.
     pub fn open_approval_queue(&self) -> Result<(), ProxyError> {
         let explicit = self.config.approval_socket.clone();
         if explicit.is_none() && !self.current().policy().has_approval_rules() {
@@ -244,7 +246,12 @@ impl Gateway {
                 eprintln!("flightrec: approval queue on {}", path.display());
                 Ok(())
             }
-            Err(e) if explicit.is_some() => Err(ProxyError::Io(std::io::Error::other(e))),
+            Err(e @ crate::proxy::approval::ServeError::Unsafe(_)) => {
+                Err(ProxyError::Io(std::io::Error::other(e.to_string())))
+            }
+            Err(e) if explicit.is_some() => {
+                Err(ProxyError::Io(std::io::Error::other(e.to_string())))
+            }
             Err(e) => {
                 eprintln!("flightrec: no local approval queue: {e}");
                 Ok(())
