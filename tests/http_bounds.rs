@@ -59,10 +59,20 @@ fn upstream() -> (String, Arc<Upstream>) {
 /// One request per connection, answered and closed.
 fn serve_upstream(stream: TcpStream, state: &Upstream) {
     let mut reader = BufReader::new(stream.try_clone().unwrap());
-    let Some((_, body)) = read_request(&mut reader) else {
+    let Some((head, body)) = read_request(&mut reader) else {
         return;
     };
     let mut out = stream;
+    if head.first().is_some_and(|l| l.starts_with("GET ")) {
+        // The server's stream: an event, a pause longer than the proxy's
+        // header timeout in the tests, another event, the end.
+        let _ = out.write_all(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/one\"}\n\n",
+        );
+        std::thread::sleep(Duration::from_millis(2500));
+        let _ = out.write_all(b"data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/two\"}\n\n");
+        return;
+    }
     let Ok(msg) = serde_json::from_slice::<Value>(&body) else {
         return;
     };
@@ -356,6 +366,79 @@ fn a_slowloris_client_is_cut_off_while_others_are_served() {
         "a client sending its headers a byte at a time for a minute was never cut off"
     );
     assert_served(addr, &[], "after the slowloris client");
+    stop(proxy);
+}
+
+#[test]
+fn a_trickled_body_gets_408_and_the_connection_is_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, _up) = upstream();
+    let (proxy, addr) = http_proxy(dir.path(), &url, &["--body-timeout", "1s"]);
+    let mut s = TcpStream::connect(addr).unwrap();
+    let head = format!(
+        "POST /mcp HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nAccept: application/json\r\nContent-Length: 1000\r\n\r\n{{\"jsonrpc\":"
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    let mut closed = false;
+    let mut buf = [0u8; 4096];
+    s.set_nonblocking(true).unwrap();
+    for _ in 0..600 {
+        // A byte every 100 ms: the body never completes.
+        let _ = s.write_all(b" ");
+        match s.read(&mut buf) {
+            Ok(0) => {
+                closed = true;
+                break;
+            }
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+            Err(_) => {
+                closed = true;
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let text = String::from_utf8_lossy(&raw);
+    assert!(
+        closed,
+        "a body trickled for a minute was never cut off: {text:?}"
+    );
+    assert!(text.starts_with("HTTP/1.1 408"), "{text:?}");
+    assert!(text.contains("--body-timeout"), "{text:?}");
+    assert_served(addr, &[], "after");
+    stop(proxy);
+}
+
+/// The header timeout bounds waiting for a request, never a response that
+/// takes long: the server's stream (GET) lives past it.
+#[test]
+fn a_long_lived_stream_outlives_the_header_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, _up) = upstream();
+    let (proxy, addr) = http_proxy(dir.path(), &url, &["--header-timeout", "1s"]);
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    s.write_all(
+        format!("GET /mcp HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n")
+            .as_bytes(),
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&raw).contains("notifications/two") {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.contains("notifications/one"), "{text:?}");
+    assert!(
+        text.contains("notifications/two"),
+        "the stream was cut before its second event: {text:?}"
+    );
     stop(proxy);
 }
 
