@@ -182,6 +182,19 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
 /// `flightrec proxy --listen 127.0.0.1:0 --upstream URL ARGS…`: the
 /// process and the address it printed.
 fn http_proxy(dir: &Path, upstream: &str, args: &[&str]) -> (Guard, SocketAddr) {
+    let ((guard, errs), addr) = http_proxy_with_stderr(dir, upstream, args);
+    // Keep draining stderr so the proxy never blocks on it.
+    std::thread::spawn(move || for _ in errs {});
+    (guard, addr)
+}
+
+/// As [`http_proxy`], with the proxy's stderr lines after its address.
+#[allow(clippy::type_complexity)]
+fn http_proxy_with_stderr(
+    dir: &Path,
+    upstream: &str,
+    args: &[&str],
+) -> ((Guard, std::sync::mpsc::Receiver<String>), SocketAddr) {
     let policy = write(dir, "policy.yaml", POLICY);
     let audit = dir.join("audit");
     let mut child = Command::new(flightrec())
@@ -202,9 +215,7 @@ fn http_proxy(dir: &Path, upstream: &str, args: &[&str]) -> (Guard, SocketAddr) 
             .expect("the proxy prints its address");
         if let Some(rest) = line.strip_prefix("flightrec: listening on http://") {
             let addr = rest.split('/').next().unwrap().parse().unwrap();
-            // Keep draining stderr so the proxy never blocks on it.
-            std::thread::spawn(move || for _ in rx {});
-            return (guard, addr);
+            return ((guard, rx), addr);
         }
     }
 }
@@ -616,6 +627,83 @@ fn connections_over_the_cap_are_closed_while_open_ones_work() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(served, "a connection after one closed was never served");
+    stop(proxy);
+}
+
+/// CPU time the process has used, in clock ticks (utime + stime).
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = after.split(' ').collect();
+    // Fields 14 and 15 of stat(5); `after` starts at field 3.
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+/// Out of file descriptors, `accept` fails until one frees: the proxy
+/// backs off (and says so once) instead of spinning, and serves again
+/// once descriptors free up.
+#[test]
+fn accept_failures_back_off_instead_of_spinning() {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, _up) = upstream();
+    let (proxy, addr) = http_proxy_with_stderr(dir.path(), &url, &["--header-timeout", "120s"]);
+    let (proxy, errs) = proxy;
+    let pid = proxy.0.id();
+    assert_served(addr, &[], "before");
+    // Room for three more descriptors, then EMFILE.
+    let open = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count() as u64;
+    let mut old = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: prlimit(2) on a child this test started, reading its limit.
+    let rc = unsafe { libc::prlimit(pid as i32, libc::RLIMIT_NOFILE, std::ptr::null(), &mut old) };
+    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+    let low = libc::rlimit {
+        rlim_cur: open + 3,
+        rlim_max: old.rlim_max,
+    };
+    // SAFETY: as above, setting a valid soft limit under the hard one.
+    let rc = unsafe { libc::prlimit(pid as i32, libc::RLIMIT_NOFILE, &low, std::ptr::null_mut()) };
+    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+    let clients: Vec<TcpStream> = (0..10).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    // Measured over a window in which accept keeps failing.
+    std::thread::sleep(Duration::from_millis(500));
+    let before = cpu_ticks(pid);
+    std::thread::sleep(Duration::from_secs(2));
+    let used = cpu_ticks(pid) - before;
+    // SAFETY: sysconf with a valid name.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    eprintln!("out of descriptors: {used} ticks of CPU in 2 s ({per_second} a second)");
+    // A spinning accept loop takes a core (on this 2-core machine under
+    // load, half of one: about 95 ticks in the window); one that backs off
+    // wakes about once a second.
+    assert!(
+        used < per_second / 5,
+        "the proxy used {used} CPU ticks in 2 s ({per_second} a second) while accept failed: it spins"
+    );
+    let said: Vec<String> = errs
+        .try_iter()
+        .filter(|l| l.contains("accepting a connection"))
+        .collect();
+    assert_eq!(said.len(), 1, "said once per burst: {said:?}");
+    // Descriptors free up: the proxy serves again.
+    drop(clients);
+    // SAFETY: as above, restoring the limit it had.
+    let rc = unsafe { libc::prlimit(pid as i32, libc::RLIMIT_NOFILE, &old, std::ptr::null_mut()) };
+    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+    let mut served = false;
+    for _ in 0..300 {
+        let (status, _, _) = post(addr, &[], &call(1, "echo"));
+        if status == 200 {
+            served = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(served, "the proxy never served again");
     stop(proxy);
 }
 
