@@ -223,12 +223,47 @@ pub struct ProxyArgs {
     /// HTTP proxy: most requests to the upstream at once
     #[arg(long, default_value_t = 64)]
     pub max_concurrent: usize,
+    /// HTTP proxy: a connection gets this long to send a request's headers,
+    /// counted from when it starts waiting for one (so it also closes idle
+    /// keep-alive connections); then it is closed
+    #[arg(long, default_value = "10s")]
+    pub header_timeout: DurationArg,
+    /// HTTP proxy: a POST gets this long to send its whole body; a client
+    /// that trickles it gets 408 and the connection is closed
+    #[arg(long, default_value = "30s")]
+    pub body_timeout: DurationArg,
+    /// HTTP proxy: most client connections open at once; a connection over
+    /// it is accepted and closed at once
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+    /// HTTP proxy: most sessions kept; when full, idle sessions are forgotten
+    /// (least recently used first), and a request that would start a new
+    /// session while every kept one is busy gets 503
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_sessions: u32,
     /// Upstream MCP server URL (HTTP proxy or stdio-to-HTTP bridge)
     #[arg(long)]
     pub upstream: Option<String>,
     /// The MCP server command to spawn (stdio proxy)
     #[arg(last = true)]
     pub command: Vec<String>,
+}
+
+/// A duration flag (`500ms`, `10s`, `5m`, `1h` or a number of seconds),
+/// checked when the command line is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DurationArg(pub std::time::Duration);
+
+impl std::str::FromStr for DurationArg {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let us = crate::time::parse_duration_us(text)?;
+        if us <= 0 {
+            return Err(format!("{text}: expected a duration above zero"));
+        }
+        Ok(DurationArg(std::time::Duration::from_micros(us as u64)))
+    }
 }
 
 /// `--state-fail-mode`.
@@ -885,7 +920,12 @@ fn http_proxy(
             upstream,
             tokens: args.tokens.clone(),
             max_body_bytes: args.max_message_bytes,
+            max_response_bytes: args.max_response_bytes,
             max_concurrent: args.max_concurrent,
+            header_timeout: args.header_timeout.0,
+            body_timeout: args.body_timeout.0,
+            max_connections: args.max_connections as usize,
+            max_sessions: args.max_sessions as usize,
         }),
         None => crate::proxy::bridge::run(crate::proxy::bridge::BridgeConfig {
             gateway,
@@ -893,6 +933,7 @@ fn http_proxy(
             sync: args.fsync.into(),
             upstream,
             max_message_bytes: args.max_message_bytes,
+            max_response_bytes: args.max_response_bytes,
             upstream_timeout,
         }),
     };

@@ -15,17 +15,19 @@
 use crate::audit::Recorder;
 use crate::policy::Outcome;
 use crate::proxy::ProxyError;
+use crate::proxy::body::{Bounded, collect_bounded};
 use crate::proxy::gateway::{Gateway, GatewayConfig, lock};
 use crate::proxy::jsonrpc::{self, Envelope};
 use crate::proxy::session::{ClientAction, Session, Transport};
-use crate::proxy::sse::{Events, split_event};
+use crate::proxy::sse::{Event, Events, data_head, split_event};
+use crate::proxy::stdio::{Frame, read_frame};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::{Method, Request, Uri};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -38,6 +40,9 @@ pub struct BridgeConfig {
     pub sync: crate::audit::journal::SyncMode,
     pub upstream: Uri,
     pub max_message_bytes: usize,
+    /// Server answers (a JSON body, one SSE event) longer than this are not
+    /// delivered: the request gets -32603, its row `response_too_large`.
+    pub max_response_bytes: usize,
     pub upstream_timeout: Duration,
 }
 
@@ -46,6 +51,7 @@ struct Bridge {
     client: Client<HttpConnector, Full<Bytes>>,
     upstream: Uri,
     timeout: Duration,
+    max_response_bytes: usize,
     /// The server's `Mcp-Session-Id`, once it gave one.
     server_session: Mutex<Option<String>>,
     /// The negotiated protocol version (from the `initialize` result).
@@ -96,6 +102,7 @@ pub fn run(config: BridgeConfig) -> Result<i32, ProxyError> {
         },
         upstream: config.upstream.clone(),
         timeout: config.upstream_timeout,
+        max_response_bytes: config.max_response_bytes,
         server_session: Mutex::new(None),
         protocol: Mutex::new(None),
         out: Mutex::new(std::io::stdout()),
@@ -135,23 +142,25 @@ pub fn run(config: BridgeConfig) -> Result<i32, ProxyError> {
     }
     let stdin = std::io::stdin();
     let mut input = stdin.lock();
-    let mut line = Vec::new();
     let mut tasks = Vec::new();
     loop {
-        line.clear();
-        match input.read_until(b'\n', &mut line) {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {}
-        }
-        let frame = if line.len() > config.max_message_bytes {
-            bridge.send(
-                &bridge
-                    .session
-                    .on_oversized_client_frame(line.len(), config.max_message_bytes),
-            );
-            continue;
-        } else {
-            std::mem::take(&mut line)
+        // A line over --max-message-bytes is skipped as it is read, never
+        // held (as on stdio).
+        let frame = match read_frame(&mut input, config.max_message_bytes) {
+            Ok(Frame::Line(line)) => line,
+            Ok(Frame::TooLong(n, _)) => {
+                bridge.send(
+                    &bridge
+                        .session
+                        .on_oversized_client_frame(n, config.max_message_bytes),
+                );
+                continue;
+            }
+            Ok(Frame::Eof) => break,
+            Err(e) => {
+                eprintln!("flightrec: reading from the client failed: {e}");
+                break;
+            }
         };
         match bridge.session.on_client_frame(frame) {
             ClientAction::Respond(answer) => bridge.send(&answer),
@@ -280,19 +289,33 @@ async fn forward(bridge: &Bridge, body: Vec<u8>) {
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_string();
+    let limit = bridge.max_response_bytes;
     if content_type.starts_with("text/event-stream") {
-        let mut events = Events::new(incoming);
-        while let Some(text) = events.next().await {
-            if let (Some(data), _) = split_event(&text) {
-                deliver(bridge, data.into_bytes(), method.as_deref());
+        let mut events = Events::new(incoming, limit);
+        while let Some(event) = events.next().await {
+            match event {
+                Event::Whole(text) => {
+                    if let (Some(data), _) = split_event(&text) {
+                        deliver(bridge, data.into_bytes(), method.as_deref());
+                    }
+                }
+                Event::TooLarge { head, len } => too_large(bridge, &data_head(&head), len),
             }
         }
     } else {
-        match incoming.collect().await {
-            Ok(b) => {
-                let bytes = b.to_bytes();
+        match collect_bounded(incoming, limit).await {
+            Ok(Bounded::TooLarge { head, len }) => {
+                // The answer to this POST: its request, whatever the head
+                // shows.
+                let head = id
+                    .as_deref()
+                    .map(|id| format!("{{\"id\":{id}}}").into_bytes())
+                    .unwrap_or(head);
+                too_large(bridge, &head, len);
+            }
+            Ok(Bounded::Whole(bytes)) => {
                 if !bytes.is_empty() && content_type.starts_with("application/json") {
-                    deliver(bridge, bytes.to_vec(), method.as_deref());
+                    deliver(bridge, bytes, method.as_deref());
                 } else if !parts.status.is_success() {
                     fail(
                         Outcome::RpcError,
@@ -326,6 +349,23 @@ fn fail_if_pending(bridge: &Bridge, id: &str) {
     });
     if let Some(answer) = answer {
         bridge.send(&answer);
+    }
+}
+
+/// A server answer over `--max-response-bytes` (only its head was kept):
+/// the request it answers gets -32603 and its row `response_too_large`,
+/// exactly as on stdio.
+fn too_large(bridge: &Bridge, head: &[u8], len: usize) {
+    let limit = bridge.max_response_bytes;
+    let action = bridge
+        .session
+        .gateway()
+        .pipeline(|| bridge.session.on_oversized_server_frame(head, len, limit));
+    if let Some(bytes) = &action.send {
+        bridge.send(bytes);
+    }
+    if let Some(c) = action.completion {
+        bridge.session.complete(c);
     }
 }
 

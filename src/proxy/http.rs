@@ -27,10 +27,11 @@
 use crate::audit::Recorder;
 use crate::policy::Outcome;
 use crate::proxy::ProxyError;
+use crate::proxy::body::{Bounded, collect_bounded};
 use crate::proxy::gateway::{Gateway, GatewayConfig, lock};
 use crate::proxy::jsonrpc::{self, Envelope};
 use crate::proxy::session::{ClientAction, Session, Transport};
-use crate::proxy::sse::{Events, split_event};
+use crate::proxy::sse::{Event, Events, data_head, split_event};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Body, Frame, Incoming};
@@ -38,7 +39,7 @@ use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Uri};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -68,8 +69,21 @@ pub struct HttpConfig {
     pub max_body_bytes: usize,
     /// Connecting to the upstream and getting its answer.
     pub upstream_timeout: Duration,
+    /// Upstream answers (a JSON body, one SSE event) longer than this are
+    /// not delivered: the request gets -32603, its row
+    /// `response_too_large`.
+    pub max_response_bytes: usize,
     /// At most this many requests to the upstream at once.
     pub max_concurrent: usize,
+    /// How long a connection may take to send a request's headers, counted
+    /// from when it starts waiting for them (idle keep-alive included).
+    pub header_timeout: Duration,
+    /// How long a POST may take to send its body (then 408).
+    pub body_timeout: Duration,
+    /// At most this many client connections at once.
+    pub max_connections: usize,
+    /// At most this many sessions kept.
+    pub max_sessions: usize,
 }
 
 /// Bearer tokens, kept as their SHA-256 (a lookup by hash does not compare
@@ -184,7 +198,7 @@ async fn serve(config: HttpConfig, tokens: Option<Tokens>) -> Result<i32, ProxyE
         gateway: gateway.clone(),
         tokens,
         client,
-        sessions: Mutex::new(Sessions::default()),
+        sessions: Mutex::new(Sessions::with_cap(config.max_sessions)),
         in_flight: AtomicUsize::new(0),
         exchanges: AtomicUsize::new(0),
         server_guess,
@@ -195,18 +209,57 @@ async fn serve(config: HttpConfig, tokens: Option<Tokens>) -> Result<i32, ProxyE
         "flightrec: listening on http://{local}/ → {}",
         shared.config.upstream
     );
+    let connections = Arc::new(tokio::sync::Semaphore::new(
+        shared.config.max_connections.max(1),
+    ));
+    let mut backoff = Backoff::default();
+    let mut over_cap = Burst::default();
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
+                let stream = match accepted {
+                    Ok((stream, _)) => {
+                        backoff.reset();
+                        stream
+                    }
+                    Err(e) => {
+                        // Out of file descriptors (EMFILE, ENFILE) or
+                        // another accept failure: wait before trying
+                        // again instead of spinning.
+                        let wait = backoff.next();
+                        if backoff.first() {
+                            eprintln!(
+                                "flightrec: accepting a connection on {local} failed: {e}; retrying in {wait:?} (and backing off up to {:?})",
+                                Backoff::MAX
+                            );
+                        }
+                        tokio::time::sleep(wait).await;
+                        continue;
+                    }
+                };
+                // Over --max-connections: accepted and closed at once.
+                let Ok(permit) = connections.clone().try_acquire_owned() else {
+                    if over_cap.first(Instant::now()) {
+                        eprintln!(
+                            "flightrec: {} connections are open (--max-connections); closing new ones until one ends",
+                            shared.config.max_connections
+                        );
+                    }
+                    drop(stream);
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
                 let shared = shared.clone();
                 tokio::spawn(async move {
+                    let _permit = permit;
+                    let header_timeout = shared.config.header_timeout;
                     let service = hyper::service::service_fn(move |req| {
                         let shared = shared.clone();
                         async move { Ok::<_, std::convert::Infallible>(handle(shared, req).await) }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
+                        .timer(TokioTimer::new())
+                        .header_read_timeout(header_timeout)
                         .serve_connection(TokioIo::new(stream), service)
                         .await;
                 });
@@ -230,6 +283,52 @@ async fn serve(config: HttpConfig, tokens: Option<Tokens>) -> Result<i32, ProxyE
     }
     gateway.close()?;
     Ok(0)
+}
+
+/// The wait before retrying a failed `accept`: 10 ms doubling to 1 s,
+/// back to 10 ms after a success.
+#[derive(Default)]
+struct Backoff {
+    /// The next wait; zero when the last accept succeeded.
+    wait: Duration,
+    /// Failures in a row.
+    failures: u32,
+}
+
+impl Backoff {
+    const MIN: Duration = Duration::from_millis(10);
+    const MAX: Duration = Duration::from_secs(1);
+
+    fn next(&mut self) -> Duration {
+        self.failures += 1;
+        let wait = self.wait.max(Self::MIN);
+        self.wait = (wait * 2).min(Self::MAX);
+        wait
+    }
+
+    /// The failure just counted is the first of its burst (said once).
+    fn first(&self) -> bool {
+        self.failures == 1
+    }
+
+    fn reset(&mut self) {
+        self.wait = Duration::ZERO;
+        self.failures = 0;
+    }
+}
+
+/// Says something once per burst: again only after a quiet minute.
+#[derive(Default)]
+struct Burst(Option<Instant>);
+
+impl Burst {
+    fn first(&mut self, now: Instant) -> bool {
+        let first = self
+            .0
+            .is_none_or(|last| now.saturating_duration_since(last) > Duration::from_secs(60));
+        self.0 = Some(now);
+        first
+    }
 }
 
 /// Counts a request in flight for the graceful stop.
@@ -269,7 +368,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<ProxyBo
                 Some(agent) => Some(agent.to_string()),
                 None => {
                     let session = session_for(&shared, req.headers(), None);
-                    let body = read_body(req, shared.config.max_body_bytes).await;
+                    let body = read_body(&shared, req).await;
                     let frame = body.unwrap_or_default();
                     let answer = session.reject(
                         &frame,
@@ -286,7 +385,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<ProxyBo
     let session = session_for(&shared, req.headers(), agent.as_deref());
     session.set_agent(agent.clone());
     let headers = req.headers().clone();
-    let frame = match read_body(req, shared.config.max_body_bytes).await {
+    let frame = match read_body(&shared, req).await {
         Ok(b) => b,
         Err(BodyError::TooLarge) => {
             let n = shared.config.max_body_bytes;
@@ -299,10 +398,14 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<ProxyBo
                 "flightrec: could not read the body",
             );
         }
+        Err(BodyError::Timeout) => return body_timed_out(&shared),
     };
     if let Some(mismatch) = header_mismatch(&headers, &frame) {
         let answer = session.reject(&frame, "(header mismatch)", -32020, &mismatch);
         return json_response(StatusCode::BAD_REQUEST, answer);
+    }
+    if over_session_cap(&shared, &session) {
+        return too_many_sessions(&shared, &session, &frame);
     }
     let wants_json =
         accepts(&headers, "application/json") || !accepts(&headers, "text/event-stream");
@@ -393,17 +496,58 @@ fn session_for(shared: &Arc<Shared>, headers: &HeaderMap, agent: Option<&str>) -
 /// The sessions the proxy knows, with when each was last used. Sessions
 /// idle for [`IDLE`] with nothing in flight are forgotten (a session that
 /// comes back starts afresh; its counters live in the gateway and are not
-/// lost), so memory follows live clients, not history.
-#[derive(Default)]
+/// lost), so memory follows live clients, not history. At most `max`
+/// (`--max-sessions`) are kept: when full, idle ones are forgotten, least
+/// recently used first; see [`over_session_cap`] for a full map of busy
+/// ones.
 struct Sessions {
     map: HashMap<String, (Arc<Session>, Instant)>,
     lookups: usize,
+    max: usize,
+}
+
+impl Default for Sessions {
+    fn default() -> Self {
+        Sessions::with_cap(usize::MAX)
+    }
 }
 
 const IDLE: Duration = Duration::from_secs(30 * 60);
 
 impl Sessions {
+    fn with_cap(max: usize) -> Sessions {
+        Sessions {
+            map: HashMap::new(),
+            lookups: 0,
+            max: max.max(1),
+        }
+    }
+
+    /// Forgets idle sessions (nothing in flight; never `keep`), least
+    /// recently used first, until a sixteenth of the cap is free (one
+    /// session at least), so a full map is not scanned on every lookup.
+    fn make_room(&mut self, keep: Option<&Arc<Session>>) {
+        let target = self.max.saturating_sub(1 + self.max / 16);
+        let excess = self.map.len().saturating_sub(target);
+        if excess == 0 {
+            return;
+        }
+        let mut idle: Vec<(Instant, String)> = self
+            .map
+            .iter()
+            .filter(|(_, (s, _))| !keep.is_some_and(|k| Arc::ptr_eq(s, k)) && !s.has_pending())
+            .map(|(key, (_, last))| (*last, key.clone()))
+            .collect();
+        idle.sort_unstable();
+        for (_, key) in idle.into_iter().take(excess) {
+            self.map.remove(&key);
+        }
+    }
+
     fn maybe_evict(&mut self, now: Instant) {
+        if self.map.len() >= self.max {
+            self.make_room(None);
+        }
         self.lookups += 1;
         if self.lookups < self.map.len().max(1024) {
             return;
@@ -413,6 +557,41 @@ impl Sessions {
             now.saturating_duration_since(*last) < IDLE || session.has_pending()
         });
     }
+}
+
+/// `--max-sessions`: [`session_for`] keeps every session it is asked for,
+/// forgetting idle ones when the map is full; when every kept session is
+/// busy, a new one still takes the map over its cap for a moment. Such a
+/// request is refused here (true) and its session forgotten: the map never
+/// grows past the cap for long, and a session with calls in flight is never
+/// dropped.
+fn over_session_cap(shared: &Shared, session: &Arc<Session>) -> bool {
+    let mut sessions = lock(&shared.sessions);
+    if sessions.map.len() <= sessions.max {
+        return false;
+    }
+    sessions.make_room(Some(session));
+    if sessions.map.len() <= sessions.max || session.has_pending() {
+        return false;
+    }
+    sessions.map.retain(|_, (s, _)| !Arc::ptr_eq(s, session));
+    true
+}
+
+/// 503 for a request that would start a session over `--max-sessions`
+/// (recorded with rule `(too many sessions)`).
+fn too_many_sessions(shared: &Shared, session: &Session, frame: &[u8]) -> Response<ProxyBody> {
+    let message = format!(
+        "flightrec: the proxy keeps {} sessions (--max-sessions) and every one has a call in flight; try again later",
+        shared.config.max_sessions
+    );
+    let answer = session.reject(frame, "(too many sessions)", -32000, &message);
+    let mut r = json_response(StatusCode::SERVICE_UNAVAILABLE, answer);
+    r.headers_mut().insert(
+        HeaderName::from_static("retry-after"),
+        HeaderValue::from_static("1"),
+    );
+    r
 }
 
 /// 2026-07-28 clients name the method (and a tool call's tool) in headers;
@@ -529,13 +708,45 @@ async fn forward_post(
     let mut out = Response::builder().status(parts.status);
     copy_response_headers(&parts.headers, out.headers_mut().expect("builder"));
     if content_type.starts_with("text/event-stream") {
-        let body = sse_through_session(session.clone(), scope, incoming, heir);
+        let limit = shared.config.max_response_bytes;
+        let body = sse_through_session(session.clone(), scope, incoming, heir, limit);
         return out
             .body(body)
             .unwrap_or_else(|_| plain(StatusCode::BAD_GATEWAY, "flightrec: bad response"));
     }
-    let bytes = match tokio::time::timeout(timeout, incoming.collect()).await {
-        Ok(Ok(b)) => b.to_bytes(),
+    let limit = shared.config.max_response_bytes;
+    let bytes = match tokio::time::timeout(timeout, collect_bounded(incoming, limit)).await {
+        Ok(Ok(Bounded::Whole(b))) => b,
+        Ok(Ok(Bounded::TooLarge { head, len })) => {
+            // Never held: the request this POST carried gets -32603 and
+            // its row `response_too_large`, as on stdio.
+            let head = request_id
+                .as_deref()
+                .and_then(|key| key.split_once('\u{1f}'))
+                .map(|(_, id)| format!("{{\"id\":{id}}}").into_bytes())
+                .unwrap_or(head);
+            let action = session
+                .gateway()
+                .pipeline(|| session.on_oversized_server_frame_in(&scope, &head, len, limit));
+            let answer = action.send.unwrap_or_else(|| {
+                jsonrpc::error_frame(
+                    None,
+                    -32603,
+                    &format!(
+                        "flightrec: the MCP server's answer ({len} bytes) exceeds --max-response-bytes ({limit}) and was not delivered"
+                    ),
+                )
+            });
+            let response = if wants_json {
+                json_response(StatusCode::OK, answer)
+            } else {
+                sse_response(StatusCode::OK, answer)
+            };
+            if let Some(c) = action.completion {
+                session.complete(c);
+            }
+            return response;
+        }
         Ok(Err(e)) => {
             return fail(
                 Outcome::UpstreamGone,
@@ -561,12 +772,12 @@ async fn forward_post(
                 .pipeline(|| session.fail_request(id, Outcome::RpcError, -32603, &message));
         }
         return out
-            .body(full(bytes.to_vec()))
+            .body(full(bytes))
             .unwrap_or_else(|_| plain(StatusCode::BAD_GATEWAY, "flightrec: bad response"));
     }
     let action = session
         .gateway()
-        .pipeline(|| session.on_server_frame_in(&scope, bytes.to_vec()));
+        .pipeline(|| session.on_server_frame_in(&scope, bytes));
     if let Some(heir) = heir {
         heir.inherit(session);
     }
@@ -617,12 +828,29 @@ fn sse_through_session(
     scope: String,
     incoming: Incoming,
     heir: Option<Arc<Session>>,
+    limit: usize,
 ) -> ProxyBody {
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
     tokio::spawn(async move {
-        let mut events = Events::new(incoming);
-        while let Some(text) = events.next().await {
-            let (out, completion) = rewrite_event(&session, &scope, &text);
+        let mut events = Events::new(incoming, limit);
+        while let Some(event) = events.next().await {
+            let (out, completion) = match event {
+                Event::Whole(text) => rewrite_event(&session, &scope, &text),
+                Event::TooLarge { head, len } => {
+                    // Not held, not passed on: the request it answers gets
+                    // -32603 in its place (as an event), as on stdio.
+                    let action = session.gateway().pipeline(|| {
+                        session.on_oversized_server_frame_in(&scope, &data_head(&head), len, limit)
+                    });
+                    let out = action.send.map(|send| {
+                        format!(
+                            "event: message\ndata: {}\n\n",
+                            String::from_utf8_lossy(&send).trim_end()
+                        )
+                    });
+                    (out, action.completion)
+                }
+            };
             if let Some(heir) = &heir {
                 // A handshake's answer: the session it started learns the
                 // server's name before the client can use it.
@@ -757,14 +985,38 @@ impl Body for ChannelBody {
 enum BodyError {
     TooLarge,
     Read,
+    /// Not all there within `--body-timeout`.
+    Timeout,
 }
 
-async fn read_body(req: Request<Incoming>, max: usize) -> Result<Vec<u8>, BodyError> {
-    match Limited::new(req.into_body(), max).collect().await {
-        Ok(b) => Ok(b.to_bytes().to_vec()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(BodyError::TooLarge),
-        Err(_) => Err(BodyError::Read),
+/// A request's body, at most `--max-message-bytes` of it, within
+/// `--body-timeout`.
+async fn read_body(shared: &Shared, req: Request<Incoming>) -> Result<Vec<u8>, BodyError> {
+    let (max, limit) = (shared.config.max_body_bytes, shared.config.body_timeout);
+    let read = Limited::new(req.into_body(), max).collect();
+    match tokio::time::timeout(limit, read).await {
+        Err(_) => Err(BodyError::Timeout),
+        Ok(Ok(b)) => Ok(b.to_bytes().to_vec()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(BodyError::TooLarge),
+        Ok(Err(_)) => Err(BodyError::Read),
     }
+}
+
+/// 408 for a body that did not arrive within `--body-timeout`; the
+/// connection is closed (what is left of the body is never read).
+fn body_timed_out(shared: &Shared) -> Response<ProxyBody> {
+    let mut r = plain(
+        StatusCode::REQUEST_TIMEOUT,
+        &format!(
+            "flightrec: the request body did not arrive within --body-timeout ({:?})",
+            shared.config.body_timeout
+        ),
+    );
+    r.headers_mut().insert(
+        HeaderName::from_static("connection"),
+        HeaderValue::from_static("close"),
+    );
+    r
 }
 
 fn header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
@@ -890,6 +1142,70 @@ mod tests {
         let mut left: Vec<&String> = sessions.map.keys().collect();
         left.sort();
         assert_eq!(left, ["busy", "fresh"]);
+    }
+
+    #[test]
+    fn accept_failures_back_off_to_a_second() {
+        let mut b = Backoff::default();
+        let waits: Vec<u64> = (0..10).map(|_| b.next().as_millis() as u64).collect();
+        assert_eq!(waits, [10, 20, 40, 80, 160, 320, 640, 1000, 1000, 1000]);
+        b.reset();
+        assert_eq!(b.next(), Backoff::MIN);
+        assert!(b.first());
+        b.next();
+        assert!(!b.first());
+    }
+
+    #[test]
+    fn a_full_session_map_forgets_idle_sessions_least_recent_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = dir.path().join("p.yaml");
+        std::fs::write(&policy, "version: \"1\"\ntools: {}\n").unwrap();
+        let gateway = Arc::new(
+            Gateway::new(
+                GatewayConfig {
+                    policy_path: policy,
+                    ..GatewayConfig::default()
+                },
+                None,
+            )
+            .unwrap(),
+        );
+        let session =
+            |id: &str| Arc::new(gateway.session(Transport::Http, Some(id.into()), String::new()));
+        let start = Instant::now();
+        let mut sessions = Sessions::with_cap(3);
+        let busy = session("busy");
+        busy.on_client_frame(
+            br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t"}}"#.to_vec(),
+        );
+        sessions.map.insert("busy".into(), (busy.clone(), start));
+        let at = |s: u64| start + Duration::from_secs(s);
+        sessions.map.insert("old".into(), (session("old"), at(1)));
+        sessions.map.insert("new".into(), (session("new"), at(2)));
+        sessions.maybe_evict(at(3));
+        let mut left: Vec<&String> = sessions.map.keys().collect();
+        left.sort();
+        assert_eq!(
+            left,
+            ["busy", "new"],
+            "the least recently used idle one goes"
+        );
+        // Only busy sessions: nothing is forgotten.
+        sessions.map.clear();
+        sessions.map.insert("busy".into(), (busy.clone(), start));
+        let busy2 = session("busy2");
+        busy2.on_client_frame(
+            br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t"}}"#.to_vec(),
+        );
+        sessions.map.insert("busy2".into(), (busy2, start));
+        let busy3 = session("busy3");
+        busy3.on_client_frame(
+            br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t"}}"#.to_vec(),
+        );
+        sessions.map.insert("busy3".into(), (busy3, start));
+        sessions.maybe_evict(at(4));
+        assert_eq!(sessions.map.len(), 3);
     }
 
     #[test]

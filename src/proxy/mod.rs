@@ -18,6 +18,7 @@
 //! [`scan`] lists a server's tools for a starter policy.
 
 pub mod approval;
+pub(crate) mod body;
 pub(crate) mod bridge;
 mod error;
 pub(crate) mod gateway;

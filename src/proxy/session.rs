@@ -1622,3 +1622,53 @@ fn settle_all(reservations: SmallVec<[(Arc<Generation>, Reservation); 2]>, outco
         g.settle(r, outcome);
     }
 }
+
+// A separate block so the transports' hook stays apart from the pipeline.
+impl Session {
+    /// As [`Session::on_oversized_server_frame`], for an answer that came
+    /// back on the exchange `scope` (an HTTP POST; `""` is the stdio and
+    /// bridge case): the same outcome, message and row.
+    pub fn on_oversized_server_frame_in(
+        &self,
+        scope: &str,
+        head: &[u8],
+        len: usize,
+        limit: usize,
+    ) -> ServerAction {
+        if scope.is_empty() {
+            return self.on_oversized_server_frame(head, len, limit);
+        }
+        let Some(id) = jsonrpc::top_level_id(head) else {
+            return self.on_oversized_server_frame(head, len, limit);
+        };
+        let key = scoped(scope, &id);
+        let Some(mut ticket) = lock(&self.pending).remove(&key) else {
+            eprintln!(
+                "flightrec: dropped a {len}-byte frame from the server (over the {limit}-byte limit; it answers no request in flight)"
+            );
+            return ServerAction {
+                send: None,
+                completion: None,
+            };
+        };
+        let message = format!(
+            "flightrec: the MCP server's answer ({len} bytes) exceeds --max-response-bytes ({limit}) and was not delivered"
+        );
+        let raw = RawValue::from_string(id).ok();
+        ticket.row.latency_us = Some(ticket.started.elapsed().as_micros() as u64);
+        settle_all(
+            std::mem::take(&mut ticket.reservations),
+            Outcome::ResponseTooLarge,
+        );
+        ServerAction {
+            send: Some(jsonrpc::error_frame(raw.as_deref(), -32603, &message)),
+            completion: Some(Completion {
+                ticket,
+                outcome: Outcome::ResponseTooLarge,
+                error_code: Some(-32603),
+                error_message: Some(message),
+                response_bytes: len,
+            }),
+        }
+    }
+}

@@ -319,7 +319,7 @@ fn exit_code(status: std::process::ExitStatus) -> i32 {
         .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
 }
 
-enum Frame {
+pub(crate) enum Frame {
     Line(Vec<u8>),
     /// A frame over the limit: its length and its first [`HEAD`] bytes
     /// (enough to find its id); the rest was skipped, never buffered.
@@ -402,7 +402,7 @@ impl<R: std::io::Read + std::os::fd::AsRawFd> BufRead for SpinReader<R> {
 /// How much of an oversized frame is kept.
 const HEAD: usize = 4096;
 
-fn read_frame<R: BufRead>(r: &mut R, max: usize) -> std::io::Result<Frame> {
+pub(crate) fn read_frame<R: BufRead>(r: &mut R, max: usize) -> std::io::Result<Frame> {
     let mut line = Vec::new();
     let mut too_long = 0usize;
     let mut head = Vec::new();
