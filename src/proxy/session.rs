@@ -1385,10 +1385,22 @@ impl Session {
     /// A server frame over the size limit (only its first bytes were
     /// kept): the request it answers gets an error and its row.
     pub fn on_oversized_server_frame(&self, head: &[u8], len: usize, limit: usize) -> ServerAction {
+        self.on_oversized_server_frame_in("", head, len, limit)
+    }
+
+    /// As [`Session::on_oversized_server_frame`], for an answer that came
+    /// back on the exchange `scope` (see [`Session::on_client_frame_in`]).
+    pub fn on_oversized_server_frame_in(
+        &self,
+        scope: &str,
+        head: &[u8],
+        len: usize,
+        limit: usize,
+    ) -> ServerAction {
         let request = jsonrpc::top_level_id(head);
         let ticket = request
             .as_ref()
-            .and_then(|id| lock(&self.pending).remove(id));
+            .and_then(|id| lock(&self.pending).remove(&scoped(scope, id)));
         let Some(ticket) = ticket else {
             eprintln!(
                 "flightrec: dropped a {len}-byte frame from the server (over the {limit}-byte limit; it answers no request in flight)"
@@ -1620,55 +1632,5 @@ fn scoped(scope: &str, id: &str) -> String {
 fn settle_all(reservations: SmallVec<[(Arc<Generation>, Reservation); 2]>, outcome: Outcome) {
     for (g, r) in reservations {
         g.settle(r, outcome);
-    }
-}
-
-// A separate block so the transports' hook stays apart from the pipeline.
-impl Session {
-    /// As [`Session::on_oversized_server_frame`], for an answer that came
-    /// back on the exchange `scope` (an HTTP POST; `""` is the stdio and
-    /// bridge case): the same outcome, message and row.
-    pub fn on_oversized_server_frame_in(
-        &self,
-        scope: &str,
-        head: &[u8],
-        len: usize,
-        limit: usize,
-    ) -> ServerAction {
-        if scope.is_empty() {
-            return self.on_oversized_server_frame(head, len, limit);
-        }
-        let Some(id) = jsonrpc::top_level_id(head) else {
-            return self.on_oversized_server_frame(head, len, limit);
-        };
-        let key = scoped(scope, &id);
-        let Some(mut ticket) = lock(&self.pending).remove(&key) else {
-            eprintln!(
-                "flightrec: dropped a {len}-byte frame from the server (over the {limit}-byte limit; it answers no request in flight)"
-            );
-            return ServerAction {
-                send: None,
-                completion: None,
-            };
-        };
-        let message = format!(
-            "flightrec: the MCP server's answer ({len} bytes) exceeds --max-response-bytes ({limit}) and was not delivered"
-        );
-        let raw = RawValue::from_string(id).ok();
-        ticket.row.latency_us = Some(ticket.started.elapsed().as_micros() as u64);
-        settle_all(
-            std::mem::take(&mut ticket.reservations),
-            Outcome::ResponseTooLarge,
-        );
-        ServerAction {
-            send: Some(jsonrpc::error_frame(raw.as_deref(), -32603, &message)),
-            completion: Some(Completion {
-                ticket,
-                outcome: Outcome::ResponseTooLarge,
-                error_code: Some(-32603),
-                error_message: Some(message),
-                response_bytes: len,
-            }),
-        }
     }
 }
