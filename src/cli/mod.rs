@@ -184,6 +184,11 @@ pub struct ProxyArgs {
     /// requests need `Authorization: Bearer TOKEN`, which decides the agent
     #[arg(long)]
     pub tokens: Option<PathBuf>,
+    /// HTTP proxy: a browser origin allowed to call (SCHEME://HOST[:PORT],
+    /// repeatable); requests naming any other `Origin` than the listener's
+    /// own loopback ones get 403
+    #[arg(long = "allow-origin", value_name = "ORIGIN")]
+    pub allow_origins: Vec<crate::proxy::http::WebOrigin>,
     /// Start with fresh counters instead of rebuilding them from the audit
     /// log's last window (a restart then gives every agent a new budget)
     #[arg(long)]
@@ -875,6 +880,7 @@ fn http_proxy(
             tokens: args.tokens.clone(),
             max_body_bytes: args.max_message_bytes,
             max_concurrent: args.max_concurrent,
+            allow_origins: args.allow_origins.clone(),
         }),
         None => crate::proxy::bridge::run(crate::proxy::bridge::BridgeConfig {
             gateway,
