@@ -25,7 +25,9 @@
 //!   accepts only that); a forwarded request's answer (JSON, or an SSE
 //!   stream whose events are read one by one) goes back through the session
 //!   (`tools/list` filtering, rows), notifications in the stream pass in
-//!   order.
+//!   order. A client that leaves an SSE answer does not end the call: the
+//!   stream is read on until the answer arrives (within the upstream
+//!   timeout), so its row records the real outcome.
 //! - `GET` (the server's stream) and `DELETE` (end of session) carry no
 //!   body and are forwarded, answers streamed back.
 //!
@@ -596,7 +598,20 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<ProxyBo
                 wants_json,
                 agent,
             };
-            forward_post(&shared, &session, &headers, body, exchange).await
+            // The exchange runs on a task of its own: a client that leaves
+            // does not cancel a call already on its way to the server, whose
+            // row then records what the server did (and a stop waits for it).
+            let (shared, session) = (shared.clone(), session.clone());
+            let exchange = tokio::spawn(async move {
+                let _counted = InFlight::new(&shared.in_flight);
+                forward_post(&shared, &session, &headers, body, exchange).await
+            });
+            exchange.await.unwrap_or_else(|_| {
+                plain(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "flightrec: the exchange failed",
+                )
+            })
         }
     }
 }
@@ -1035,7 +1050,12 @@ async fn forward_post(
     let mut out = Response::builder().status(parts.status);
     copy_response_headers(&parts.headers, out.headers_mut().expect("builder"));
     if content_type.starts_with("text/event-stream") {
-        let body = sse_through_session(session.clone(), scope, incoming, heir);
+        let answer = AnswerWait {
+            shared: shared.clone(),
+            request_id: request_id.clone(),
+            deadline: tokio::time::Instant::now() + timeout,
+        };
+        let body = sse_through_session(session.clone(), scope, incoming, heir, answer);
         return out
             .body(body)
             .unwrap_or_else(|_| plain(StatusCode::BAD_GATEWAY, "flightrec: bad response"));
@@ -1115,36 +1135,79 @@ async fn pass_through(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<
     }
 }
 
+/// What a POST's SSE stream is read for once its client has left.
+struct AnswerWait {
+    /// The proxy: a stop waits for the answer (the request is in flight
+    /// until it came).
+    shared: Arc<Shared>,
+    /// The scoped key the request waits under (`None`: nothing waits).
+    request_id: Option<String>,
+    /// How long the server's answer is waited for.
+    deadline: tokio::time::Instant,
+}
+
 /// An upstream SSE body read event by event: each event's JSON-RPC message
 /// goes through the session (filtered `tools/list`, rows completed once the
-/// event is on its way); other fields and events pass in order.
+/// event is on its way); other fields and events pass in order. A client
+/// that leaves does not end the call: the stream is read on (until
+/// `answer.deadline`) until the request's answer arrives, so that its row
+/// records what the server really did.
 fn sse_through_session(
     session: Arc<Session>,
     scope: String,
     incoming: Incoming,
     heir: Option<Arc<Session>>,
+    answer: AnswerWait,
 ) -> ProxyBody {
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
     tokio::spawn(async move {
+        let shared = answer.shared.clone();
+        let mut counted = Some(InFlight::new(&shared.in_flight));
         let mut events = Events::new(incoming);
-        while let Some(text) = events.next().await {
+        let mut client_gone = false;
+        let mut answered = false;
+        loop {
+            let next = if client_gone {
+                match tokio::time::timeout_at(answer.deadline, events.next()).await {
+                    Ok(next) => next,
+                    Err(_) => {
+                        if let Some(id) = &answer.request_id {
+                            let message = "flightrec: the MCP server did not answer in time (the client had left)";
+                            session.gateway().pipeline(|| {
+                                session.fail_request(id, Outcome::Timeout, -32001, message)
+                            });
+                        }
+                        return;
+                    }
+                }
+            } else {
+                events.next().await
+            };
+            let Some(text) = next else { break };
             let (out, completion) = rewrite_event(&session, &scope, &text);
             if let Some(heir) = &heir {
                 // A handshake's answer: the session it started learns the
                 // server's name before the client can use it.
                 heir.inherit(&session);
             }
-            if let Some(out) = out
+            if !client_gone
+                && let Some(out) = out
                 && tx.send(Bytes::from(out)).await.is_err()
             {
-                return;
+                // The client left, its call did not: read on for the answer.
+                client_gone = true;
             }
             if let Some(c) = completion {
                 session.complete(c);
+                answered = true;
+                drop(counted.take());
+            }
+            if client_gone && (answered || answer.request_id.is_none()) {
+                return;
             }
         }
         let rest = events.rest();
-        if !rest.is_empty() {
+        if !client_gone && !rest.is_empty() {
             let _ = tx.send(Bytes::from(rest)).await;
         }
     });
