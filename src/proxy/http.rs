@@ -1462,6 +1462,88 @@ mod tests {
     }
 
     #[test]
+    fn only_utf8_json_is_accepted() {
+        for ok in [
+            "application/json",
+            "Application/JSON",
+            "application/json; charset=utf-8",
+            "application/json;charset=\"UTF-8\"",
+            "application/json ; charset = utf-8 ;",
+        ] {
+            assert!(is_json_utf8(ok), "{ok}");
+        }
+        for refused in [
+            "",
+            "text/plain",
+            "application/json-seq",
+            "application/jsonx",
+            "application/json; charset=utf-7",
+            "application/json; charset=utf8",
+            "application/json; charset=utf-16",
+            "application/json; charset=iso-8859-1",
+            "application/json; charset=utf-8; charset=utf-7",
+            "application/json; charset=\"utf-8",
+            "application/json; boundary=x",
+        ] {
+            assert!(!is_json_utf8(refused), "{refused}");
+        }
+    }
+
+    #[test]
+    fn origins_parse_to_scheme_host_and_port() {
+        let o = |t: &str| t.parse::<WebOrigin>();
+        assert_eq!(
+            o("HTTP://LocalHost:8080"),
+            Ok(WebOrigin::http("localhost", 8080))
+        );
+        assert_eq!(o("http://localhost"), Ok(WebOrigin::http("localhost", 80)));
+        assert_eq!(o("http://[::1]:3000"), Ok(WebOrigin::http("[::1]", 3000)));
+        assert_eq!(
+            o("https://a.example").unwrap().to_string(),
+            "https://a.example:443"
+        );
+        for bad in [
+            "null",
+            "localhost:80",
+            "ftp://a.example",
+            "http://",
+            "http://a.example/",
+            "http://a.example:80/x",
+            "http://user@a.example",
+            "http://a.example:99999",
+            "http://a.example:+80",
+            "http://a.example:",
+            "http://[::1",
+            "http://a b",
+        ] {
+            assert!(o(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn issued_session_ids_are_their_agents_and_bounded() {
+        let now = Instant::now();
+        let mut issued = Issued::default();
+        issued.issue("s1", "alice", now);
+        issued.issue("s1", "bob", now);
+        assert!(issued.owned_by("s1", "alice", now));
+        assert!(!issued.owned_by("s1", "bob", now));
+        assert!(!issued.owned_by("s2", "alice", now));
+        for n in 0..MAX_ISSUED + 10 {
+            issued.issue(
+                &format!("x{n}"),
+                "bob",
+                now + Duration::from_millis(n as u64 + 1),
+            );
+        }
+        assert!(issued.map.len() <= MAX_ISSUED);
+        assert!(
+            !issued.map.contains_key("s1"),
+            "the least recently used goes first"
+        );
+    }
+
+    #[test]
     fn header_checks() {
         let mut h = HeaderMap::new();
         let frame = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"copy"}}"#;
