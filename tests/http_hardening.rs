@@ -552,6 +552,11 @@ fn bodies_not_sent_as_utf8_json_are_refused_and_never_forwarded() {
             .count(),
         refused.len()
     );
+    assert!(
+        rows.iter()
+            .any(|r| r.method == "<invalid>" && r.outcome.as_str() == "not_forwarded"),
+        "the BOM-prefixed body is refused as a frame that does not parse"
+    );
 }
 
 #[test]
