@@ -184,6 +184,11 @@ pub struct ProxyArgs {
     /// requests need `Authorization: Bearer TOKEN`, which decides the agent
     #[arg(long)]
     pub tokens: Option<PathBuf>,
+    /// HTTP proxy: a browser origin allowed to call (SCHEME://HOST[:PORT],
+    /// repeatable); requests naming any other `Origin` than the listener's
+    /// own loopback ones get 403
+    #[arg(long = "allow-origin", value_name = "ORIGIN")]
+    pub allow_origins: Vec<crate::proxy::http::WebOrigin>,
     /// Start with fresh counters instead of rebuilding them from the audit
     /// log's last window (a restart then gives every agent a new budget)
     #[arg(long)]
@@ -926,6 +931,7 @@ fn http_proxy(
             body_timeout: args.body_timeout.0,
             max_connections: args.max_connections as usize,
             max_sessions: args.max_sessions as usize,
+            allow_origins: args.allow_origins.clone(),
         }),
         None => crate::proxy::bridge::run(crate::proxy::bridge::BridgeConfig {
             gateway,

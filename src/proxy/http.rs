@@ -2,27 +2,41 @@
 //! URL` is a reverse proxy in front of an MCP server that speaks Streamable
 //! HTTP, for both protocol generations.
 //!
-//! This file owns only what is HTTP's: listening, identity (bearer tokens,
-//! identity headers), choosing the session a request belongs to, checking
-//! the 2026-07-28 `Mcp-Method`/`Mcp-Name` headers against the body, size
-//! limits, the upstream client, and reading and writing JSON and SSE
-//! bodies. What happens to each JSON-RPC message is the [`Session`]'s
-//! business, exactly as on stdio.
+//! This file owns only what is HTTP's: listening, admission (identity,
+//! methods, origins, headers, media types, session ownership), choosing the
+//! session a request belongs to, checking the 2026-07-28
+//! `Mcp-Method`/`Mcp-Name` headers against the body, size limits, the
+//! upstream client, and reading and writing JSON and SSE bodies. What
+//! happens to each JSON-RPC message is the [`Session`]'s business, exactly
+//! as on stdio.
+//!
+//! Admission, before a body is read or anything forwarded, whatever the
+//! method: with `--tokens`, one valid bearer token (else 401 and a row);
+//! POST, GET or DELETE only (else 405, `Allow: GET, POST, DELETE`); an
+//! `Origin`, when present, the listener's loopback one or an
+//! `--allow-origin` (else 403); no duplicated identity or protocol header,
+//! text where text is expected, session ids of 1 to 256 visible ASCII
+//! characters (else 400); a POST body as `application/json` in UTF-8, not
+//! content-coded (else 415); with `--tokens`, an `Mcp-Session-Id` issued to
+//! this agent (else 404). Refused POSTs are recorded (method `<unread>`).
 //!
 //! - `POST`: the body is one JSON-RPC message. The session decides; a
 //!   refusal is answered here (as JSON, or as an SSE stream when the client
 //!   accepts only that); a forwarded request's answer (JSON, or an SSE
 //!   stream whose events are read one by one) goes back through the session
 //!   (`tools/list` filtering, rows), notifications in the stream pass in
-//!   order.
-//! - `GET` (the server's stream), `DELETE` (end of session) and anything
-//!   else are forwarded untouched, bodies streamed both ways.
+//!   order. A client that leaves an SSE answer does not end the call: the
+//!   stream is read on until the answer arrives (within the upstream
+//!   timeout), so its row records the real outcome.
+//! - `GET` (the server's stream) and `DELETE` (end of session) carry no
+//!   body and are forwarded, answers streamed back.
 //!
 //! Sessions: the upstream's `Mcp-Session-Id` when the request carries one;
-//! else the client's `X-Session-Id`; else one session per agent (stateless
-//! 2026-07-28 clients). Agent: the bearer token's (with `--tokens`, which
-//! identity headers cannot override), else `X-Agent-Id`, else the client's
-//! name.
+//! else the client's `X-Session-Id` (with `--tokens`, `agent:AGENT/ID`: a
+//! client-chosen id stays in its agent's scope); else one session per agent
+//! (stateless 2026-07-28 clients). Agent: the bearer token's (with
+//! `--tokens`, which identity headers cannot override), else `X-Agent-Id`,
+//! else the client's name.
 
 use crate::audit::Recorder;
 use crate::policy::Outcome;
@@ -84,7 +98,97 @@ pub struct HttpConfig {
     pub max_connections: usize,
     /// At most this many sessions kept.
     pub max_sessions: usize,
+    /// Browser origins allowed besides the listener's own loopback ones
+    /// (`--allow-origin`).
+    pub allow_origins: Vec<WebOrigin>,
 }
+
+/// A web origin as a browser names it in `Origin`: scheme, host and port
+/// (`--allow-origin http://localhost:3000`). Scheme and host compare
+/// without case; a missing port is the scheme's default.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebOrigin {
+    scheme: String,
+    host: String,
+    port: u16,
+}
+
+impl WebOrigin {
+    /// `http://HOST:PORT`.
+    fn http(host: &str, port: u16) -> WebOrigin {
+        WebOrigin {
+            scheme: "http".into(),
+            host: host.into(),
+            port,
+        }
+    }
+}
+
+impl std::str::FromStr for WebOrigin {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<WebOrigin, String> {
+        let shape = || {
+            format!(
+                "`{}`: expected an origin, SCHEME://HOST[:PORT] with scheme http or https and no path (e.g. http://localhost:3000)",
+                text.escape_debug()
+            )
+        };
+        let (scheme, rest) = text.split_once("://").ok_or_else(shape)?;
+        let scheme = scheme.to_ascii_lowercase();
+        let default_port = match scheme.as_str() {
+            "http" => 80,
+            "https" => 443,
+            _ => return Err(shape()),
+        };
+        if rest.is_empty()
+            || rest
+                .chars()
+                .any(|c| matches!(c, '/' | '?' | '#' | '@' | '\\') || !c.is_ascii_graphic())
+        {
+            return Err(shape());
+        }
+        let (host, port) = match rest.strip_prefix('[') {
+            Some(v6) => {
+                let (inner, after) = v6.split_once(']').ok_or_else(shape)?;
+                let port = match after {
+                    "" => None,
+                    p => Some(p.strip_prefix(':').ok_or_else(shape)?),
+                };
+                (format!("[{}]", inner.to_ascii_lowercase()), port)
+            }
+            None => match rest.split_once(':') {
+                Some((h, p)) => (h.to_ascii_lowercase(), Some(p)),
+                None => (rest.to_ascii_lowercase(), None),
+            },
+        };
+        if host.is_empty() || host == "[]" {
+            return Err(shape());
+        }
+        let port = match port {
+            None => default_port,
+            Some(p) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => {
+                p.parse().map_err(|_| shape())?
+            }
+            Some(_) => return Err(shape()),
+        };
+        Ok(WebOrigin { scheme, host, port })
+    }
+}
+
+impl std::fmt::Display for WebOrigin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}://{}:{}", self.scheme, self.host, self.port)
+    }
+}
+
+/// With `--tokens`, a client-chosen `X-Session-Id` V is the session
+/// `agent:AGENT/V`; agent names cannot contain this character, so no
+/// agent's session id can equal another's.
+const SCOPE_SEPARATOR: char = '/';
+
+/// Longest `Mcp-Session-Id` or `X-Session-Id` accepted, in bytes.
+const MAX_SESSION_ID: usize = 256;
 
 /// Bearer tokens, kept as their SHA-256 (a lookup by hash does not compare
 /// secrets byte by byte).
@@ -107,6 +211,17 @@ impl Tokens {
                     n + 1
                 )));
             };
+            if let Some(bad) = agent
+                .chars()
+                .find(|c| *c == SCOPE_SEPARATOR || c.is_control())
+            {
+                return Err(ProxyError::Config(format!(
+                    "--tokens {}:{}: agent name `{}` may not contain {bad:?} (`{SCOPE_SEPARATOR}` separates an agent's name from its session names)",
+                    path.display(),
+                    n + 1,
+                    agent.escape_debug()
+                )));
+            }
             let token = token.trim();
             let hash: [u8; 32] = match token.strip_prefix("sha256:") {
                 Some(hex_text) => {
@@ -118,7 +233,15 @@ impl Tokens {
                 }
                 None => Sha256::digest(token.as_bytes()).into(),
             };
-            map.insert(hash, agent.to_string());
+            if let Some(other) = map.insert(hash, agent.to_string())
+                && other != agent
+            {
+                return Err(ProxyError::Config(format!(
+                    "--tokens {}:{}: this token is also `{other}`'s: one token, one agent",
+                    path.display(),
+                    n + 1
+                )));
+            }
         }
         Ok(Tokens(map))
     }
@@ -140,6 +263,60 @@ struct Shared {
     /// Numbers the POST exchanges (the scope their request waits under).
     exchanges: AtomicUsize,
     server_guess: String,
+    /// Origins a request may name: the listener's loopback ones and
+    /// `--allow-origin`.
+    origins: Vec<WebOrigin>,
+    /// With `--tokens`: which agent the upstream issued each
+    /// `Mcp-Session-Id` to.
+    issued: Mutex<Issued>,
+}
+
+/// The upstream's `Mcp-Session-Id`s and the agent each was issued to (the
+/// agent whose request's answer carried it). Only that agent may use it;
+/// an id the proxy never saw issued is unknown (404: the client starts a
+/// new session, as the transport prescribes).
+#[derive(Default)]
+struct Issued {
+    map: HashMap<String, (String, Instant)>,
+}
+
+/// At most this many issued ids are remembered; past it, ids idle for
+/// [`IDLE`] are forgotten first, then the least recently used.
+const MAX_ISSUED: usize = 65_536;
+
+impl Issued {
+    /// Whether `id` was issued to `agent` (and marks it used).
+    fn owned_by(&mut self, id: &str, agent: &str, now: Instant) -> bool {
+        match self.map.get_mut(id) {
+            Some((owner, last)) if owner == agent => {
+                *last = now;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The upstream issued `id` to `agent`; an id already issued keeps its
+    /// first owner.
+    fn issue(&mut self, id: &str, agent: &str, now: Instant) {
+        if self.map.contains_key(id) {
+            return;
+        }
+        if self.map.len() >= MAX_ISSUED {
+            self.map
+                .retain(|_, (_, last)| now.saturating_duration_since(*last) < IDLE);
+        }
+        if self.map.len() >= MAX_ISSUED
+            && let Some(oldest) = self
+                .map
+                .iter()
+                .min_by_key(|(_, (_, last))| *last)
+                .map(|(k, _)| k.clone())
+        {
+            self.map.remove(&oldest);
+        }
+        self.map.insert(id.to_string(), (agent.to_string(), now));
+    }
 }
 
 /// One POST's request, as the upstream call needs it.
@@ -183,6 +360,13 @@ async fn serve(config: HttpConfig, tokens: Option<Tokens>) -> Result<i32, ProxyE
     gateway.open_approval_queue()?;
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     let local = listener.local_addr()?;
+    let port = local.port();
+    let mut origins = vec![
+        WebOrigin::http("127.0.0.1", port),
+        WebOrigin::http("localhost", port),
+        WebOrigin::http("[::1]", port),
+    ];
+    origins.extend(config.allow_origins.iter().cloned());
     let server_guess = config
         .upstream
         .authority()
@@ -202,6 +386,8 @@ async fn serve(config: HttpConfig, tokens: Option<Tokens>) -> Result<i32, ProxyE
         in_flight: AtomicUsize::new(0),
         exchanges: AtomicUsize::new(0),
         server_guess,
+        origins,
+        issued: Mutex::new(Issued::default()),
         config,
     });
     gateway.watch_policy_file();
@@ -349,39 +535,96 @@ impl Drop for InFlight<'_> {
 
 async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<ProxyBody> {
     let _counted = InFlight::new(&shared.in_flight);
-    if req.method() != Method::POST {
-        if req.method() == Method::DELETE
-            && let Some(id) = header(req.headers(), "mcp-session-id")
-        {
+    let post = req.method() == Method::POST;
+    // Identity before anything else, whatever the method: a request without
+    // a valid token gets no further (its body is never read, no session is
+    // made for it), and its refusal is recorded.
+    let token_agent = match &shared.tokens {
+        Some(tokens) => match authenticate(tokens, req.headers()) {
+            Ok(agent) => Some(agent.to_string()),
+            Err(refusal) => return refuse(&shared, None, true, req.headers(), refusal),
+        },
+        None => None,
+    };
+    // The Streamable HTTP transport has three methods; nothing else is
+    // forwarded.
+    if !matches!(*req.method(), Method::POST | Method::GET | Method::DELETE) {
+        let refusal = Refusal::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "(method not allowed)",
+            format!(
+                "flightrec: {} is not a Streamable HTTP method (GET, POST, DELETE)",
+                printable(req.method().as_str())
+            ),
+        );
+        let mut r = refuse(
+            &shared,
+            token_agent.as_deref(),
+            false,
+            req.headers(),
+            refusal,
+        );
+        r.headers_mut().insert(
+            hyper::header::ALLOW,
+            HeaderValue::from_static("GET, POST, DELETE"),
+        );
+        return r;
+    }
+    if let Err(refusal) = admit(&shared, req.headers(), post) {
+        return refuse(
+            &shared,
+            token_agent.as_deref(),
+            post,
+            req.headers(),
+            refusal,
+        );
+    }
+    let agent = match &shared.tokens {
+        Some(_) => token_agent,
+        None => text_header(req.headers(), "x-agent-id").map(str::to_string),
+    };
+    // With tokens, an upstream session belongs to the agent it was issued
+    // to; any other id (another agent's, or one this proxy never saw
+    // issued) is unknown to this agent.
+    if let Some(agent) = shared.tokens.as_ref().and(agent.as_deref())
+        && let Some(id) = header(req.headers(), "mcp-session-id")
+        && !lock(&shared.issued).owned_by(id, agent, Instant::now())
+    {
+        let refusal = Refusal::new(
+            StatusCode::NOT_FOUND,
+            "(unknown session)",
+            format!("flightrec: session {id} is not one of this agent's: start a new session"),
+        );
+        return refuse(&shared, Some(agent), post, req.headers(), refusal);
+    }
+    if !post {
+        // GET opens the server's stream, DELETE ends a session: neither
+        // carries a message, so neither may carry a body a server would read.
+        if !req.body().is_end_stream() {
+            let refusal = Refusal::new(
+                StatusCode::BAD_REQUEST,
+                "(body not allowed)",
+                format!("flightrec: a {} request carries no body", req.method()),
+            );
+            return refuse(&shared, agent.as_deref(), false, req.headers(), refusal);
+        }
+        let ended = match (req.method(), header(req.headers(), "mcp-session-id")) {
+            (&Method::DELETE, Some(id)) => Some(id.to_string()),
+            _ => None,
+        };
+        if let Some(id) = &ended {
             lock(&shared.sessions)
                 .map
                 .retain(|k, _| !k.ends_with(&format!("\u{1f}mcp:{id}")));
         }
-        return pass_through(&shared, req).await;
-    }
-    // Identity first: a request without a valid token gets no further.
-    let agent = match &shared.tokens {
-        Some(tokens) => {
-            let token = header(req.headers(), "authorization")
-                .and_then(|v| v.strip_prefix("Bearer ").map(str::to_string));
-            match token.as_deref().and_then(|t| tokens.agent(t)) {
-                Some(agent) => Some(agent.to_string()),
-                None => {
-                    let session = session_for(&shared, req.headers(), None);
-                    let body = read_body(&shared, req).await;
-                    let frame = body.unwrap_or_default();
-                    let answer = session.reject(
-                        &frame,
-                        "(unauthorized)",
-                        -32001,
-                        "flightrec: a valid bearer token is required",
-                    );
-                    return json_response(StatusCode::UNAUTHORIZED, answer);
-                }
-            }
+        let response = pass_through(&shared, req).await;
+        if let Some(id) = ended
+            && response.status().is_success()
+        {
+            lock(&shared.issued).map.remove(&id);
         }
-        None => header(req.headers(), "x-agent-id").map(str::to_string),
-    };
+        return response;
+    }
     let session = session_for(&shared, req.headers(), agent.as_deref());
     session.set_agent(agent.clone());
     let headers = req.headers().clone();
@@ -458,9 +701,279 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<ProxyBo
                 wants_json,
                 agent,
             };
-            forward_post(&shared, &session, &headers, body, exchange).await
+            // The exchange runs on a task of its own: a client that leaves
+            // does not cancel a call already on its way to the server, whose
+            // row then records what the server did (and a stop waits for it).
+            let (shared, session) = (shared.clone(), session.clone());
+            let exchange = tokio::spawn(async move {
+                let _counted = InFlight::new(&shared.in_flight);
+                forward_post(&shared, &session, &headers, body, exchange).await
+            });
+            exchange.await.unwrap_or_else(|_| {
+                plain(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "flightrec: the exchange failed",
+                )
+            })
         }
     }
+}
+
+/// Why a request is refused before its body is read.
+struct Refusal {
+    status: StatusCode,
+    rule: &'static str,
+    code: i64,
+    message: String,
+}
+
+impl Refusal {
+    fn new(status: StatusCode, rule: &'static str, message: String) -> Refusal {
+        Refusal {
+            status,
+            rule,
+            code: -32600,
+            message,
+        }
+    }
+}
+
+/// Answers a request refused on its headers (the body unread) with the
+/// refusal's status and a JSON-RPC error; `record`: the refusal also gets
+/// an audit row (method `<unread>`), in the agent's own session scope
+/// (`agent:AGENT`; `unauthenticated` when no token was valid).
+fn refuse(
+    shared: &Shared,
+    agent: Option<&str>,
+    record: bool,
+    headers: &HeaderMap,
+    refusal: Refusal,
+) -> Response<ProxyBody> {
+    let Refusal {
+        status,
+        rule,
+        code,
+        message,
+    } = refusal;
+    let answer = if record {
+        let id = match agent {
+            Some(agent) => format!("agent:{agent}"),
+            None if shared.tokens.is_some() => "unauthenticated".to_string(),
+            None => "agent:anonymous".to_string(),
+        };
+        let session =
+            shared
+                .gateway
+                .session(Transport::Http, Some(id), shared.server_guess.clone());
+        session.set_agent(agent.map(str::to_string));
+        let bytes = header(headers, "content-length")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        session.refuse_unread(bytes, rule, code, &message)
+    } else {
+        jsonrpc::error_frame(None, code, &message)
+    };
+    let mut r = json_response(status, answer);
+    if status == StatusCode::UNAUTHORIZED {
+        r.headers_mut().insert(
+            hyper::header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer"),
+        );
+    }
+    r
+}
+
+/// The agent of the request's one `Authorization: Bearer TOKEN` header.
+fn authenticate<'t>(tokens: &'t Tokens, headers: &HeaderMap) -> Result<&'t str, Refusal> {
+    let mut values = headers.get_all(hyper::header::AUTHORIZATION).iter();
+    let value = match (values.next(), values.next()) {
+        (Some(value), None) => Some(value),
+        (None, _) => None,
+        (Some(_), Some(_)) => {
+            let mut refusal = Refusal::new(
+                StatusCode::BAD_REQUEST,
+                "(duplicate header)",
+                "flightrec: the Authorization header is given more than once".into(),
+            );
+            refusal.code = -32001;
+            return Err(refusal);
+        }
+    };
+    let token = value
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| match v.split_at_checked(7) {
+            Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer ") => Some(token),
+            _ => None,
+        });
+    match token.and_then(|t| tokens.agent(t)) {
+        Some(agent) => Ok(agent),
+        None => {
+            let mut refusal = Refusal::new(
+                StatusCode::UNAUTHORIZED,
+                "(unauthorized)",
+                "flightrec: a valid bearer token is required".into(),
+            );
+            refusal.code = -32001;
+            Err(refusal)
+        }
+    }
+}
+
+/// Headers that name one thing: given twice, a proxy and a server could
+/// each take a different one.
+const SINGLE_HEADERS: [&str; 10] = [
+    "mcp-method",
+    "mcp-name",
+    "mcp-session-id",
+    "mcp-protocol-version",
+    "x-session-id",
+    "x-agent-id",
+    "authorization",
+    "content-type",
+    "content-encoding",
+    "origin",
+];
+
+/// The checks a request's headers pass before anything is read or
+/// forwarded: no duplicated identity or protocol header, an allowed
+/// `Origin`, well-formed session ids, text where text is expected, and for
+/// a POST a body the proxy reads as the server will (UTF-8 JSON, no
+/// content coding).
+fn admit(shared: &Shared, headers: &HeaderMap, post: bool) -> Result<(), Refusal> {
+    for name in SINGLE_HEADERS {
+        if headers.get_all(name).iter().nth(1).is_some() {
+            return Err(Refusal::new(
+                StatusCode::BAD_REQUEST,
+                "(duplicate header)",
+                format!("flightrec: the {name} header is given more than once"),
+            ));
+        }
+    }
+    if let Some(origin) = headers.get("origin") {
+        let allowed = origin
+            .to_str()
+            .ok()
+            .and_then(|o| o.parse::<WebOrigin>().ok())
+            .is_some_and(|o| shared.origins.contains(&o));
+        if !allowed {
+            return Err(Refusal::new(
+                StatusCode::FORBIDDEN,
+                "(origin not allowed)",
+                format!(
+                    "flightrec: origin {} is not allowed (see --allow-origin)",
+                    printable(&String::from_utf8_lossy(origin.as_bytes()))
+                ),
+            ));
+        }
+    }
+    for name in ["mcp-session-id", "x-session-id"] {
+        if let Some(v) = headers.get(name) {
+            let b = v.as_bytes();
+            if b.is_empty() || b.len() > MAX_SESSION_ID || !b.iter().all(|c| c.is_ascii_graphic()) {
+                return Err(Refusal::new(
+                    StatusCode::BAD_REQUEST,
+                    "(invalid session id)",
+                    format!(
+                        "flightrec: the {name} header must be 1 to {MAX_SESSION_ID} visible ASCII characters"
+                    ),
+                ));
+            }
+        }
+    }
+    for name in [
+        "mcp-method",
+        "mcp-name",
+        "mcp-protocol-version",
+        "x-agent-id",
+    ] {
+        if let Some(v) = headers.get(name)
+            && text_value(v).is_none()
+        {
+            return Err(Refusal::new(
+                StatusCode::BAD_REQUEST,
+                "(invalid header)",
+                format!("flightrec: the {name} header is not UTF-8 text"),
+            ));
+        }
+    }
+    if post {
+        let media = headers.get("content-type");
+        if !media
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(is_json_utf8)
+        {
+            return Err(Refusal::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "(unsupported media type)",
+                format!(
+                    "flightrec: a POST body must be sent as `Content-Type: application/json` (UTF-8: no other charset), not {}",
+                    media.map_or("none".into(), |v| printable(&String::from_utf8_lossy(
+                        v.as_bytes()
+                    )))
+                ),
+            ));
+        }
+        if let Some(coding) = headers.get("content-encoding")
+            && !coding.as_bytes().eq_ignore_ascii_case(b"identity")
+        {
+            return Err(Refusal::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "(unsupported media type)",
+                format!(
+                    "flightrec: Content-Encoding {} is not accepted: send the body as it is",
+                    printable(&String::from_utf8_lossy(coding.as_bytes()))
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `application/json`, with no parameter but `charset=utf-8` (any case,
+/// quoted or not).
+fn is_json_utf8(content_type: &str) -> bool {
+    let mut parts = content_type.split(';');
+    let media = parts.next().unwrap_or_default().trim();
+    if !media.eq_ignore_ascii_case("application/json") {
+        return false;
+    }
+    let params: Vec<&str> = parts.map(str::trim).filter(|p| !p.is_empty()).collect();
+    match params.as_slice() {
+        [] => true,
+        [param] => param.split_once('=').is_some_and(|(key, value)| {
+            let value = value.trim();
+            let value = value
+                .strip_prefix('"')
+                .and_then(|v| v.strip_suffix('"'))
+                .unwrap_or(value);
+            key.trim().eq_ignore_ascii_case("charset") && value.eq_ignore_ascii_case("utf-8")
+        }),
+        _ => false,
+    }
+}
+
+/// A header's value as text: UTF-8 with no control characters.
+fn text_value(value: &HeaderValue) -> Option<&str> {
+    std::str::from_utf8(value.as_bytes())
+        .ok()
+        .filter(|t| !t.chars().any(char::is_control))
+}
+
+/// A header as text (see [`text_value`]); `None` when absent or not text
+/// (requests whose headers are not text are refused by [`admit`] first).
+fn text_header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers.get(name).and_then(text_value)
+}
+
+/// Client-supplied text quoted in a message: escaped, at most 100 chars.
+fn printable(text: &str) -> String {
+    let short: String = text.chars().take(100).collect();
+    let more = if text.chars().count() > 100 {
+        "…"
+    } else {
+        ""
+    };
+    format!("`{}`{more}", short.escape_debug())
 }
 
 /// The session a request belongs to (created on first use). With tokens,
@@ -481,6 +994,11 @@ fn session_for(shared: &Arc<Shared>, headers: &HeaderMap, agent: Option<&str>) -
     let entry = sessions.map.entry(key).or_insert_with(|| {
         let audit_id = match kind {
             "agent" => format!("agent:{id}"),
+            // With tokens, a client-chosen session is the agent's own:
+            // `agent:AGENT/ID` (agent names cannot contain the separator).
+            "x" if shared.tokens.is_some() => {
+                format!("agent:{}{SCOPE_SEPARATOR}{id}", agent.unwrap_or_default())
+            }
             _ => id,
         };
         let session =
@@ -598,8 +1116,8 @@ fn too_many_sessions(shared: &Shared, session: &Session, frame: &[u8]) -> Respon
 /// a proxy that reads them must check them against the body, or a client
 /// could show it one tool and the server another.
 fn header_mismatch(headers: &HeaderMap, frame: &[u8]) -> Option<String> {
-    let method_header = header(headers, "mcp-method");
-    let name_header = header(headers, "mcp-name");
+    let method_header = text_header(headers, "mcp-method");
+    let name_header = text_header(headers, "mcp-name");
     if method_header.is_none() && name_header.is_none() {
         return None;
     }
@@ -694,6 +1212,9 @@ async fn forward_post(
     let heir = if header(headers, "mcp-session-id").is_none()
         && let Some(id) = header(&parts.headers, "mcp-session-id")
     {
+        if let Some(agent) = shared.tokens.as_ref().and(session_agent.as_deref()) {
+            lock(&shared.issued).issue(id, agent, Instant::now());
+        }
         let mut next = headers.clone();
         if let Ok(v) = HeaderValue::from_str(id) {
             next.insert("mcp-session-id", v);
@@ -708,8 +1229,13 @@ async fn forward_post(
     let mut out = Response::builder().status(parts.status);
     copy_response_headers(&parts.headers, out.headers_mut().expect("builder"));
     if content_type.starts_with("text/event-stream") {
+        let answer = AnswerWait {
+            shared: shared.clone(),
+            request_id: request_id.clone(),
+            deadline: tokio::time::Instant::now() + timeout,
+        };
         let limit = shared.config.max_response_bytes;
-        let body = sse_through_session(session.clone(), scope, incoming, heir, limit);
+        let body = sse_through_session(session.clone(), scope, incoming, heir, answer, limit);
         return out
             .body(body)
             .unwrap_or_else(|_| plain(StatusCode::BAD_GATEWAY, "flightrec: bad response"));
@@ -820,20 +1346,56 @@ async fn pass_through(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<
     }
 }
 
+/// What a POST's SSE stream is read for once its client has left.
+struct AnswerWait {
+    /// The proxy: a stop waits for the answer (the request is in flight
+    /// until it came).
+    shared: Arc<Shared>,
+    /// The scoped key the request waits under (`None`: nothing waits).
+    request_id: Option<String>,
+    /// How long the server's answer is waited for.
+    deadline: tokio::time::Instant,
+}
+
 /// An upstream SSE body read event by event: each event's JSON-RPC message
 /// goes through the session (filtered `tools/list`, rows completed once the
-/// event is on its way); other fields and events pass in order.
+/// event is on its way); other fields and events pass in order. A client
+/// that leaves does not end the call: the stream is read on (until
+/// `answer.deadline`) until the request's answer arrives, so that its row
+/// records what the server really did.
 fn sse_through_session(
     session: Arc<Session>,
     scope: String,
     incoming: Incoming,
     heir: Option<Arc<Session>>,
+    answer: AnswerWait,
     limit: usize,
 ) -> ProxyBody {
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
     tokio::spawn(async move {
+        let shared = answer.shared.clone();
+        let mut counted = Some(InFlight::new(&shared.in_flight));
         let mut events = Events::new(incoming, limit);
-        while let Some(event) = events.next().await {
+        let mut client_gone = false;
+        let mut answered = false;
+        loop {
+            let next = if client_gone {
+                match tokio::time::timeout_at(answer.deadline, events.next()).await {
+                    Ok(next) => next,
+                    Err(_) => {
+                        if let Some(id) = &answer.request_id {
+                            let message = "flightrec: the MCP server did not answer in time (the client had left)";
+                            session.gateway().pipeline(|| {
+                                session.fail_request(id, Outcome::Timeout, -32001, message)
+                            });
+                        }
+                        return;
+                    }
+                }
+            } else {
+                events.next().await
+            };
+            let Some(event) = next else { break };
             let (out, completion) = match event {
                 Event::Whole(text) => rewrite_event(&session, &scope, &text),
                 Event::TooLarge { head, len } => {
@@ -856,17 +1418,24 @@ fn sse_through_session(
                 // server's name before the client can use it.
                 heir.inherit(&session);
             }
-            if let Some(out) = out
+            if !client_gone
+                && let Some(out) = out
                 && tx.send(Bytes::from(out)).await.is_err()
             {
-                return;
+                // The client left, its call did not: read on for the answer.
+                client_gone = true;
             }
             if let Some(c) = completion {
                 session.complete(c);
+                answered = true;
+                drop(counted.take());
+            }
+            if client_gone && (answered || answer.request_id.is_none()) {
+                return;
             }
         }
         let rest = events.rest();
-        if !rest.is_empty() {
+        if !client_gone && !rest.is_empty() {
             let _ = tx.send(Bytes::from(rest)).await;
         }
     });
@@ -1206,6 +1775,88 @@ mod tests {
         sessions.map.insert("busy3".into(), (busy3, start));
         sessions.maybe_evict(at(4));
         assert_eq!(sessions.map.len(), 3);
+    }
+
+    #[test]
+    fn only_utf8_json_is_accepted() {
+        for ok in [
+            "application/json",
+            "Application/JSON",
+            "application/json; charset=utf-8",
+            "application/json;charset=\"UTF-8\"",
+            "application/json ; charset = utf-8 ;",
+        ] {
+            assert!(is_json_utf8(ok), "{ok}");
+        }
+        for refused in [
+            "",
+            "text/plain",
+            "application/json-seq",
+            "application/jsonx",
+            "application/json; charset=utf-7",
+            "application/json; charset=utf8",
+            "application/json; charset=utf-16",
+            "application/json; charset=iso-8859-1",
+            "application/json; charset=utf-8; charset=utf-7",
+            "application/json; charset=\"utf-8",
+            "application/json; boundary=x",
+        ] {
+            assert!(!is_json_utf8(refused), "{refused}");
+        }
+    }
+
+    #[test]
+    fn origins_parse_to_scheme_host_and_port() {
+        let o = |t: &str| t.parse::<WebOrigin>();
+        assert_eq!(
+            o("HTTP://LocalHost:8080"),
+            Ok(WebOrigin::http("localhost", 8080))
+        );
+        assert_eq!(o("http://localhost"), Ok(WebOrigin::http("localhost", 80)));
+        assert_eq!(o("http://[::1]:3000"), Ok(WebOrigin::http("[::1]", 3000)));
+        assert_eq!(
+            o("https://a.example").unwrap().to_string(),
+            "https://a.example:443"
+        );
+        for bad in [
+            "null",
+            "localhost:80",
+            "ftp://a.example",
+            "http://",
+            "http://a.example/",
+            "http://a.example:80/x",
+            "http://user@a.example",
+            "http://a.example:99999",
+            "http://a.example:+80",
+            "http://a.example:",
+            "http://[::1",
+            "http://a b",
+        ] {
+            assert!(o(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn issued_session_ids_are_their_agents_and_bounded() {
+        let now = Instant::now();
+        let mut issued = Issued::default();
+        issued.issue("s1", "alice", now);
+        issued.issue("s1", "bob", now);
+        assert!(issued.owned_by("s1", "alice", now));
+        assert!(!issued.owned_by("s1", "bob", now));
+        assert!(!issued.owned_by("s2", "alice", now));
+        for n in 0..MAX_ISSUED + 10 {
+            issued.issue(
+                &format!("x{n}"),
+                "bob",
+                now + Duration::from_millis(n as u64 + 1),
+            );
+        }
+        assert!(issued.map.len() <= MAX_ISSUED);
+        assert!(
+            !issued.map.contains_key("s1"),
+            "the least recently used goes first"
+        );
     }
 
     #[test]

@@ -31,7 +31,7 @@ pub(crate) mod stdio;
 
 pub use error::ProxyError;
 pub use gateway::{Gateway, GatewayConfig};
-pub use http::HttpConfig;
+pub use http::{HttpConfig, WebOrigin};
 pub use session::{ClientAction, Session, Transport};
 pub use stdio::{ProxyConfig, run};
 

@@ -1634,3 +1634,18 @@ fn settle_all(reservations: SmallVec<[(Arc<Generation>, Reservation); 2]>, outco
         g.settle(r, outcome);
     }
 }
+
+// For the HTTP transport's admission checks (kept apart from the rest of
+// the pipeline): a request refused on its headers alone, before its body
+// was read.
+impl Session {
+    /// Refuses an HTTP request whose body was not read (no valid token, an
+    /// origin that is not allowed, headers that cannot be trusted): records
+    /// a row with method `<unread>`, `rule`, and `message` as its reason,
+    /// and returns the JSON-RPC error (id null) for the client. `bytes`: the
+    /// body length the request announced (0 when it named none).
+    pub fn refuse_unread(&self, bytes: usize, rule: &str, code: i64, message: &str) -> Vec<u8> {
+        self.refuse("<unread>", None, bytes, rule, code, message)
+            .unwrap_or_default()
+    }
+}
