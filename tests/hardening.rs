@@ -214,6 +214,9 @@ fn members_that_differ_by_case_are_refused_on_stdio() {
         r#"{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"copy_image_set","arguments":{"Amount":5000}}}"#,
         // The Kelvin sign folds to `k`: `\u212Aey` reads as `key` in Go.
         "{\"jsonrpc\":\"2.0\",\"id\":6,\"method\":\"tools/call\",\"params\":{\"name\":\"list_brokers\",\"nam\u{212A}\":1,\"n\u{0041}me\":\"reboot_broker\"}}",
+        // The dotted capital I lowercases to `i` in some readers: `İd` is an
+        // `id` there, and the answer would name another request.
+        "{\"jsonrpc\":\"2.0\",\"id\":7,\"\u{130}d\":9,\"method\":\"tools/call\",\"params\":{\"name\":\"list_brokers\"}}",
     ];
     for (i, f) in frames.iter().enumerate() {
         p.send(f.as_bytes());
@@ -225,7 +228,7 @@ fn members_that_differ_by_case_are_refused_on_stdio() {
         );
     }
     // A plain call still goes through, and an allowed one runs.
-    let ok = p.call(&tool_call(7, "list_brokers", json!({})));
+    let ok = p.call(&tool_call(8, "list_brokers", json!({})));
     assert_eq!(ok["result"]["content"][0]["text"], "ran list_brokers");
     let (rows, exec) = p.finish();
     assert_every_execution_has_its_row(&exec, &rows, "stdio, named frames");
@@ -237,7 +240,7 @@ fn members_that_differ_by_case_are_refused_on_stdio() {
         .iter()
         .filter(|r| r.rule.as_deref() == Some("(ambiguous member)"))
         .collect();
-    assert_eq!(refused.len(), 6, "each ambiguous frame has its row");
+    assert_eq!(refused.len(), 7, "each ambiguous frame has its row");
     assert!(
         refused
             .iter()
@@ -687,4 +690,116 @@ fn differential_fuzz_http() {
         "the fuzz let plain calls through too"
     );
     assert_every_execution_has_its_row(&exec, &rows, "http fuzz");
+}
+
+/// What the policy reads and what a lax server runs: the official Python
+/// SDK reads `"5000"` as the int 5000 for an `int` parameter and parses a
+/// JSON object sent inside a string. A deny rule gated on `args.count > 10`
+/// or `args.target.environment == prod` must not be walked around that way.
+#[test]
+fn a_lax_server_runs_nothing_the_policy_read_otherwise() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = common::write_file(
+        dir.path(),
+        "policy.yaml",
+        r#"
+version: "1"
+default: allow
+tools:
+  reboot_broker:
+    rules:
+      - name: no big reboots
+        action: deny
+        when:
+          - {path: args.count, op: gt, value: 10}
+        on_deny: "at most 10 at once"
+  deploy:
+    rules:
+      - name: no prod deploys
+        action: deny
+        when:
+          - {path: args.target.environment, op: eq, value: prod}
+        on_deny: "not to prod"
+"#,
+    );
+    let audit = dir.path().join("audit");
+    let log = dir.path().join("server.jsonl");
+    let python = common::need(root().join(".venv-sdk/bin/python"));
+    let mut child = Command::new(flightrec())
+        .arg("proxy")
+        .arg("--policy")
+        .arg(&policy)
+        .arg("--audit-dir")
+        .arg(&audit)
+        .arg("--no-warm-start")
+        .arg("--")
+        .arg(python)
+        .arg(root().join("tests/e2e/lax_sdk_server.py"))
+        .arg(&log)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut p = StdioProxy {
+        stdin: child.stdin.take(),
+        out: common::line_channel(child.stdout.take().unwrap()),
+        child: Guard(child),
+        audit: audit.clone(),
+        log: log.clone(),
+    };
+    p.call(&initialize());
+    p.send(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
+    let calls = [
+        (1, "reboot_broker", json!({"count": 5000}), false),
+        (2, "reboot_broker", json!({"count": "5000"}), false),
+        (3, "reboot_broker", json!({"count": " 5e3 "}), false),
+        (4, "reboot_broker", json!({"count": true}), false),
+        (
+            5,
+            "deploy",
+            json!({"target": {"environment": "prod"}}),
+            false,
+        ),
+        (
+            6,
+            "deploy",
+            json!({"target": "{\"environment\":\"prod\"}"}),
+            false,
+        ),
+        (7, "reboot_broker", json!({"count": 3}), true),
+        (8, "deploy", json!({"target": {"environment": "dev"}}), true),
+    ];
+    for (id, tool, args, runs) in &calls {
+        let answer = p.call(&tool_call(*id, tool, args.clone()));
+        let refused = answer["error"]["code"] == -32600 || answer["result"]["isError"] == true;
+        assert_eq!(!refused, *runs, "call {id} {tool} {args}: {answer}");
+    }
+    drop(p.stdin.take());
+    common::wait_within(&mut p.child.0, Duration::from_secs(60));
+    let ran: Vec<Value> = std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        ran,
+        [
+            json!({"tool": "reboot_broker", "count": 3}),
+            json!({"tool": "deploy", "environment": "dev"})
+        ],
+        "only what the policy allowed ran"
+    );
+    let rows = dir_rows(&audit);
+    let rule = |id: u64| {
+        rows.iter()
+            .find(|r| r.jsonrpc_id.as_deref() == Some(id.to_string().as_str()))
+            .and_then(|r| r.rule.clone())
+            .unwrap_or_default()
+    };
+    assert_eq!(rule(1), "no big reboots");
+    assert_eq!(rule(5), "no prod deploys");
+    for id in [2, 3, 4, 6] {
+        assert_eq!(rule(id), "(ambiguous member)", "call {id}");
+    }
 }

@@ -186,6 +186,15 @@ impl std::ops::BitOr for CallReads {
     }
 }
 
+/// An argument path a policy reads ([`Policy::arg_reads`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ArgRead<'p> {
+    /// The segments below `args`.
+    pub segments: &'p [String],
+    /// Some rule compares it as a number (or counts it).
+    pub numeric: bool,
+}
+
 /// What a policy says about one tool name before any call is looked at:
 /// whether `hide` removes it, which `tools:` entry holds its own rules, and
 /// the category and risk its `categories:` give it.
@@ -337,25 +346,31 @@ impl Policy {
     }
 
     /// Every argument path a rule reads (`args.*` conditions and
-    /// `increment_from`), as its segments: where a proxy must be sure the
-    /// server reads the same member as the policy.
-    pub fn arg_paths(&self) -> Vec<&[String]> {
-        use crate::policy::condition::PathRef;
-        let mut paths: Vec<&[String]> = Vec::new();
+    /// `increment_from`), once each, and whether some rule reads it as a
+    /// number (`lt`, `lte`, `gt`, `gte`, `increment_from`): where a proxy
+    /// must be sure the server reads the same value as the policy.
+    pub fn arg_reads(&self) -> Vec<ArgRead<'_>> {
+        use crate::policy::condition::{Op, PathRef};
+        fn add<'p>(reads: &mut Vec<ArgRead<'p>>, segments: &'p [String], numeric: bool) {
+            match reads.iter_mut().find(|r| r.segments == segments) {
+                Some(r) => r.numeric |= numeric,
+                None => reads.push(ArgRead { segments, numeric }),
+            }
+        }
+        let mut reads: Vec<ArgRead<'_>> = Vec::new();
         for rule in self.entries.iter().flat_map(|e| e.rules.iter()) {
             for c in rule.when.iter().chain(&rule.checks) {
                 if let PathRef::Args(segments) = &c.path {
-                    paths.push(segments);
+                    let numeric = matches!(c.op, Op::Lt(_) | Op::Lte(_) | Op::Gt(_) | Op::Gte(_));
+                    add(&mut reads, segments, numeric);
                 }
             }
             if let Some(Amount::FromArgs { segments, .. }) = rule.limit.as_ref().map(|l| &l.amount)
             {
-                paths.push(segments);
+                add(&mut reads, segments, true);
             }
         }
-        paths.sort();
-        paths.dedup();
-        paths
+        reads
     }
 
     pub fn counters(&self) -> &[CounterDef] {

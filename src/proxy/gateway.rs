@@ -38,15 +38,20 @@ pub struct Generation {
     state: Mutex<Box<dyn CounterStore + Send>>,
     /// Set (under the state lock) when a reload replaced this generation.
     retired: AtomicBool,
-    /// The argument paths the policy reads ([`Policy::arg_paths`]).
-    arg_paths: Vec<Vec<String>>,
+    /// The argument paths the policy reads, and whether as numbers
+    /// ([`Policy::arg_reads`]).
+    arg_reads: Vec<(Vec<String>, bool)>,
 }
 
 impl Generation {
     fn new(policy: Policy, state: Box<dyn CounterStore + Send>) -> Arc<Generation> {
-        let arg_paths = policy.arg_paths().into_iter().map(<[_]>::to_vec).collect();
+        let arg_reads = policy
+            .arg_reads()
+            .into_iter()
+            .map(|r| (r.segments.to_vec(), r.numeric))
+            .collect();
         Arc::new(Generation {
-            arg_paths,
+            arg_reads,
             policy: Arc::new(policy),
             state: Mutex::new(state),
             retired: AtomicBool::new(false),
@@ -57,9 +62,9 @@ impl Generation {
         &self.policy
     }
 
-    /// The argument paths the policy reads.
-    pub fn arg_paths(&self) -> &[Vec<String>] {
-        &self.arg_paths
+    /// The argument paths the policy reads, and whether as numbers.
+    pub fn arg_reads(&self) -> &[(Vec<String>, bool)] {
+        &self.arg_reads
     }
 
     /// Locks the counters; decide and settle through the guard.

@@ -116,6 +116,12 @@ fn fold(c: char) -> char {
     if c.is_ascii() {
         return c.to_ascii_lowercase();
     }
+    // The dotted capital and the dotless small i: simple lowercasing (as
+    // some readers fold, e.g. Go's older `encoding/json`) makes each an
+    // `i`; Unicode's own folding keeps them apart. Refusing more is safe.
+    if matches!(c, '\u{130}' | '\u{131}') {
+        return 'i';
+    }
     let mut up = c.to_uppercase();
     let u = match (up.next(), up.next()) {
         (Some(u), None) => u,
@@ -308,25 +314,76 @@ pub fn ambiguity(text: &str, known: &[&str]) -> Result<Option<String>, serde_jso
     }))
 }
 
-/// Whether an argument path the policy reads (`args.a.b`) is written in
-/// `args` with another case at some step (`{"A": …}`) and not as the
-/// policy names it: the policy would see nothing there while a
-/// case-insensitive server reads the value. Names the member found.
-pub fn case_variant_on_path(args: &Value, segments: &[String]) -> Option<String> {
+/// Whether an argument path the policy reads (`args.a.b`) could be read
+/// by a server as a value the policy does not see there. Names what was
+/// found, or `None` when both read the same:
+/// - a step written with another case (`{"A": …}`) and not as the policy
+///   names it: a case-insensitive server (Go's `encoding/json`) reads it,
+///   the policy sees nothing;
+/// - a string holding JSON where the path goes on (`{"a": "{\"b\": 1}"}`):
+///   the policy sees no `a.b`, a server that parses JSON-in-strings (the
+///   Python SDK's `pre_parse_json`) does;
+/// - with `numeric`, a number written as text (`"5000"`) or a boolean at
+///   the end of the path: the policy's `gt`/`lt` see no number, a lax
+///   server (pydantic) reads one.
+pub fn misread_on_path(args: &Value, segments: &[String], numeric: bool) -> Option<String> {
     let mut current = args;
+    let mut walked = String::from("args");
     for segment in segments {
-        let object = current.as_object()?;
+        let object = match current {
+            Value::Object(o) => o,
+            Value::String(text) if holds_json_structure(text) => {
+                return Some(format!(
+                    "`{walked}` is a string holding JSON; the policy reads `{walked}.{segment}` inside it as nothing, a server that parses it reads a value"
+                ));
+            }
+            _ => return None,
+        };
         match object.get(segment) {
             Some(next) => current = next,
             None => {
                 return object
                     .keys()
                     .find(|k| same_but_case(k, segment))
-                    .map(|k| format!("`{k}` (the policy reads `{segment}`)"));
+                    .map(|k| format!("`{walked}.{k}` (the policy reads `{walked}.{segment}`)"));
             }
         }
+        walked.push('.');
+        walked.push_str(segment);
     }
-    None
+    if !numeric {
+        return None;
+    }
+    match current {
+        Value::String(text) if looks_numeric(text) => Some(format!(
+            "`{walked}` is the number {} written as text; the policy compares it as no number, a lax server reads the number",
+            serde_json::to_string(text).unwrap_or_default()
+        )),
+        Value::Bool(b) => Some(format!(
+            "`{walked}` is `{b}`; the policy compares it as no number, a lax server reads {}",
+            u8::from(*b)
+        )),
+        _ => None,
+    }
+}
+
+/// A string whose content is a JSON object or array.
+fn holds_json_structure(text: &str) -> bool {
+    let t = text.trim();
+    (t.starts_with('{') || t.starts_with('['))
+        && serde_json::from_str::<serde::de::IgnoredAny>(t).is_ok()
+}
+
+/// A string a lax reader takes for a number: decimal digits with an
+/// optional sign, point, exponent, underscores or surrounding space, or
+/// `inf`/`nan` spellings.
+fn looks_numeric(text: &str) -> bool {
+    let t = text.trim();
+    if t.is_empty() {
+        return false;
+    }
+    let plain: String = t.chars().filter(|c| *c != '_').collect();
+    plain.parse::<f64>().is_ok() || plain.parse::<i128>().is_ok()
 }
 
 /// The id of a frame from its first bytes (the rest was too long to keep):
@@ -696,16 +753,42 @@ mod tests {
         // Unicode simple folding: the Kelvin sign is a `k`, a long s an `s`.
         assert!(amb("{\"name\":\"a\",\"arguments\":{\"k\":1,\"\u{212A}\":2}}").is_some());
         assert!(amb("{\"name\":\"a\",\"requeſtState\":\"x\"}").is_some());
+        // The dotted capital I and the dotless i read as an `i` somewhere.
+        assert!(
+            amb("{\"name\":\"a\",\"arguments\":{\"env\u{130}ronment\":1,\"environment\":2}}")
+                .is_some()
+        );
+        assert!(amb("{\"name\":\"a\",\"arguments\":{},\"\u{131}nputResponses\":{}}").is_some());
         // Envelopes note a variant of a known member and refuse a repeat.
         let env: Envelope =
             serde_json::from_str(r#"{"jsonrpc":"2.0","id":1,"Method":"tools/call"}"#).unwrap();
         assert_eq!(env.variant.as_deref(), Some("Method"));
         assert!(env.method.is_none());
         assert!(serde_json::from_str::<Envelope>(r#"{"id":1,"id":2}"#).is_err());
+        let p = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         let args = json!({"Amount": 5, "nested": {"Deep": 1}});
-        assert!(case_variant_on_path(&args, &["amount".into()]).is_some());
-        assert!(case_variant_on_path(&args, &["nested".into(), "deep".into()]).is_some());
-        assert!(case_variant_on_path(&json!({"amount": 1}), &["amount".into()]).is_none());
+        assert!(misread_on_path(&args, &p(&["amount"]), false).is_some());
+        assert!(misread_on_path(&args, &p(&["nested", "deep"]), false).is_some());
+        assert!(misread_on_path(&json!({"amount": 1}), &p(&["amount"]), true).is_none());
+        // JSON inside a string where the path goes on.
+        let args = json!({"target": "{\"environment\":\"prod\"}"});
+        assert!(misread_on_path(&args, &p(&["target", "environment"]), false).is_some());
+        assert!(misread_on_path(&json!("{\"count\":9}"), &p(&["count"]), false).is_some());
+        assert!(misread_on_path(&json!({"target": "prod"}), &p(&["target", "x"]), false).is_none());
+        // Numbers as text, booleans, only where the policy reads a number.
+        for text in ["5000", " 5000 ", "5e3", "-1", "5_000", "inf", "NaN"] {
+            let args = json!({"count": text});
+            assert!(
+                misread_on_path(&args, &p(&["count"]), true).is_some(),
+                "{text}"
+            );
+            assert!(
+                misread_on_path(&args, &p(&["count"]), false).is_none(),
+                "{text}"
+            );
+        }
+        assert!(misread_on_path(&json!({"count": true}), &p(&["count"]), true).is_some());
+        assert!(misread_on_path(&json!({"count": "many"}), &p(&["count"]), true).is_none());
     }
 
     #[test]

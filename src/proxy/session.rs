@@ -708,13 +708,12 @@ impl Session {
         // Policy and counters as one unit: the decision, its reservation and
         // the policy hash in the row all come from the same generation.
         let decided = self.gateway.with_current(|generation, state| {
-            // An argument the policy reads, written with another case: the
-            // policy would not see it, a case-insensitive server would.
-            if let Some(variant) = generation
-                .arg_paths()
-                .iter()
-                .find_map(|path| jsonrpc::case_variant_on_path(&params.arguments, path))
-            {
+            // An argument the policy reads, written so that the policy and a
+            // server would read different values: with another case, inside
+            // a string holding JSON, or a number as text.
+            if let Some(variant) = generation.arg_reads().iter().find_map(|(path, numeric)| {
+                jsonrpc::misread_on_path(&params.arguments, path, *numeric)
+            }) {
                 return Err(variant);
             }
             let policy = generation.policy();
@@ -738,7 +737,7 @@ impl Session {
                     AMBIGUOUS_RULE,
                     -32600,
                     &format!(
-                        "flightrec: a tools/call is not forwarded when an argument the policy reads is written with another case: {variant}"
+                        "flightrec: a tools/call is not forwarded when the policy and a server could read an argument the policy reads differently: {variant}"
                     ),
                 );
             }

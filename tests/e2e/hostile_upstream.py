@@ -50,6 +50,9 @@ def fold(key):
     """Unicode simple case folding, close to Go's bytes.EqualFold."""
     out = []
     for c in key:
+        if c in "\u0130\u0131":  # dotted capital I, dotless i: an `i` to simple lowercasing
+            out.append("i")
+            continue
         up = c.upper()
         out.append(up.lower() if len(up) == 1 else c.lower())
     return "".join(out)
