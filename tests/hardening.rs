@@ -803,3 +803,49 @@ tools:
         assert_eq!(rule(id), "(ambiguous member)", "call {id}");
     }
 }
+
+/// A call the upstream ran but never answered on its exchange (its SSE
+/// stream ended first, or its JSON answer named another id) ends at once,
+/// with an error for the client and a row `upstream_gone`: never left
+/// pending (holding its session) until the proxy stops.
+#[test]
+fn a_call_whose_answer_never_comes_on_its_exchange_ends_with_its_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_up, upstream) = hostile_http(dir.path());
+    let policy = common::write_file(dir.path(), "policy.yaml", POLICY);
+    let audit = dir.path().join("audit");
+    let (proxy, addr) = http_proxy(&[
+        "--policy",
+        policy.to_str().unwrap(),
+        "--audit-dir",
+        audit.to_str().unwrap(),
+        "--upstream",
+        &upstream,
+    ]);
+    for (id, tool) in [(1, "sse_vanish"), (2, "wrong_id")] {
+        let (status, body) = post(
+            addr,
+            &[],
+            tool_call(id, tool, json!({})).to_string().as_bytes(),
+        );
+        assert_eq!(status, 200);
+        let text = String::from_utf8_lossy(&body);
+        assert!(
+            text.contains("-32603") && text.contains(&format!("\"id\":{id}")),
+            "{tool}: the client hears the call ended: {text}"
+        );
+    }
+    // Left pending, the rows would end `interrupted` when the proxy stops.
+    stop(proxy);
+    let rows = dir_rows(&audit);
+    for tool in ["sse_vanish", "wrong_id"] {
+        let row = rows
+            .iter()
+            .find(|r| r.tool.as_deref() == Some(tool))
+            .unwrap_or_else(|| panic!("a row for {tool}"));
+        assert_eq!(row.decision.to_string(), "allow");
+        assert_eq!(row.outcome.to_string(), "upstream_gone", "{tool}");
+    }
+    let ran = executed(&dir.path().join("upstream.jsonl"));
+    assert_every_execution_has_its_row(&ran, &rows, "calls without an answer");
+}

@@ -1307,6 +1307,22 @@ async fn forward_post(
     if let Some(heir) = heir {
         heir.inherit(session);
     }
+    if action.completion.is_none()
+        && let Some(id) = &request_id
+    {
+        // A JSON body that is not the answer to the request it carried
+        // (another id, a notification): the request ends here, as an
+        // error, and its row with it (never left pending).
+        let message = "flightrec: the MCP server's answer did not answer the request";
+        if let Some(frame) = session
+            .gateway()
+            .pipeline(|| session.fail_request(id, Outcome::UpstreamGone, -32603, message))
+        {
+            return out
+                .body(full(frame))
+                .unwrap_or_else(|_| plain(StatusCode::BAD_GATEWAY, "flightrec: bad response"));
+        }
+    }
     let send = action.send.unwrap_or_default();
     let response = out
         .body(full(send))
@@ -1378,22 +1394,36 @@ fn sse_through_session(
         let mut events = Events::new(incoming, limit);
         let mut client_gone = false;
         let mut answered = false;
+        let event = |frame: &[u8]| {
+            Bytes::from(format!(
+                "event: message\ndata: {}\n\n",
+                String::from_utf8_lossy(frame).trim_end()
+            ))
+        };
         loop {
-            let next = if client_gone {
-                match tokio::time::timeout_at(answer.deadline, events.next()).await {
-                    Ok(next) => next,
-                    Err(_) => {
-                        if let Some(id) = &answer.request_id {
-                            let message = "flightrec: the MCP server did not answer in time (the client had left)";
-                            session.gateway().pipeline(|| {
+            // Until the request's answer came, the stream is read within
+            // --upstream-timeout, whether or not the client is still there.
+            let next = match (&answer.request_id, answered) {
+                (Some(id), false) => {
+                    match tokio::time::timeout_at(answer.deadline, events.next()).await {
+                        Ok(next) => next,
+                        Err(_) => {
+                            let message = if client_gone {
+                                "flightrec: the MCP server did not answer in time (the client had left)"
+                            } else {
+                                "flightrec: the MCP server did not answer in time (--upstream-timeout)"
+                            };
+                            let frame = session.gateway().pipeline(|| {
                                 session.fail_request(id, Outcome::Timeout, -32001, message)
                             });
+                            if !client_gone && let Some(frame) = frame {
+                                let _ = tx.send(event(&frame)).await;
+                            }
+                            return;
                         }
-                        return;
                     }
                 }
-            } else {
-                events.next().await
+                _ => events.next().await,
             };
             let Some(event) = next else { break };
             let (out, completion) = match event {
@@ -1437,6 +1467,19 @@ fn sse_through_session(
         let rest = events.rest();
         if !client_gone && !rest.is_empty() {
             let _ = tx.send(Bytes::from(rest)).await;
+        }
+        // The stream ended without the request's answer: the call may have
+        // run, and nothing more will come on this exchange. Its row ends
+        // now (never left pending), and the client hears why.
+        if !answered && let Some(id) = &answer.request_id {
+            let message =
+                "flightrec: the MCP server's stream ended without an answer to the request";
+            let frame = session
+                .gateway()
+                .pipeline(|| session.fail_request(id, Outcome::UpstreamGone, -32603, message));
+            if !client_gone && let Some(frame) = frame {
+                let _ = tx.send(event(&frame)).await;
+            }
         }
     });
     ChannelBody(rx).boxed()

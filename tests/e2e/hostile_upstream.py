@@ -16,7 +16,9 @@ on `initialize` and ends a session on DELETE. A tool whose name starts
 with `ask_` answers its first round with a 2026-07-28 `input_required`
 result and a fresh `requestState`; any call carrying a `requestState` the
 server issued completes (the server does not check that the state was
-issued for this tool: many do not). Every other tool runs at once.
+issued for this tool: many do not). Every other tool runs at once; over
+HTTP, `sse_vanish` runs and then its SSE answer stream ends without the
+answer, and `wrong_id` is answered under another id.
 
 Each execution is one JSON line in the log file:
     {"event": "executed", "reader": "go"|"strict", "verb": ..., "tool": ...,
@@ -238,6 +240,20 @@ class Handler(BaseHTTPRequestHandler):
         except LookupError:
             text = raw.decode("utf-8", errors="replace")
         reply = answer(text, self.command, "http", session)
+        tool = (read_go(text) or {}).get("tool") or ""
+        if tool == "sse_vanish":
+            # The tool ran; the answer stream breaks before its answer (a
+            # crash, a restart, a load balancer's idle cut).
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.write(b": working\n\n")
+            self.wfile.flush()
+            self.close_connection = True
+            return
+        if tool == "wrong_id" and reply is not None:
+            reply["id"] = 424242
         extra = {}
         go = read_go(text) or {}
         if go.get("method") == "initialize":
