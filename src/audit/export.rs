@@ -3,6 +3,8 @@
 //! batch at a time). The output is written under a temporary name and renamed
 //! into place when complete.
 
+pub mod cef;
+pub mod ecs;
 pub mod ocsf;
 
 use crate::audit::error::AuditError;
@@ -30,6 +32,10 @@ pub enum ExportFormat {
     Jsonl,
     /// OCSF 1.8.0 API Activity (6003), one JSON object per line
     Ocsf,
+    /// Elastic Common Schema 9.0.0, one JSON object per line
+    Ecs,
+    /// ArcSight Common Event Format (CEF:0), one event per line
+    Cef,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -171,15 +177,20 @@ fn export_to(
             })?;
             w.flush().map_err(werr)?;
         }
-        ExportFormat::Jsonl | ExportFormat::Ocsf => {
+        ExportFormat::Jsonl | ExportFormat::Ocsf | ExportFormat::Ecs | ExportFormat::Cef => {
             let mut w = BufWriter::new(file);
             for_each_row(files, options, filter, &mut summary, progress, tmp, |row| {
-                let v = if format == ExportFormat::Jsonl {
-                    row_json(row)
-                } else {
-                    ocsf::event(row)
-                };
-                serde_json::to_writer(&mut w, &v).map_err(|e| werr(e.into()))?;
+                match format {
+                    ExportFormat::Cef => w.write_all(cef::line(row).as_bytes()).map_err(werr)?,
+                    _ => {
+                        let v = match format {
+                            ExportFormat::Ocsf => ocsf::event(row),
+                            ExportFormat::Ecs => ecs::document(row),
+                            _ => row_json(row),
+                        };
+                        serde_json::to_writer(&mut w, &v).map_err(|e| werr(e.into()))?;
+                    }
+                }
                 w.write_all(b"\n").map_err(werr)
             })?;
             w.flush().map_err(werr)?;

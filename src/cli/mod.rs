@@ -50,7 +50,7 @@ pub enum Command {
     /// Audit log maintenance
     #[command(subcommand)]
     Audit(AuditCommand),
-    /// Compliance export of an audit log (parquet, csv, jsonl, ocsf)
+    /// Compliance export of an audit log (parquet, csv, jsonl, ocsf, ecs, cef)
     Export(ExportArgs),
     /// Import other tools' logs into the audit schema
     #[command(subcommand)]
