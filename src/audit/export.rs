@@ -5,6 +5,7 @@
 
 pub mod cef;
 pub mod ecs;
+pub mod lake;
 pub mod ocsf;
 
 use crate::audit::error::AuditError;
@@ -36,6 +37,9 @@ pub enum ExportFormat {
     Ecs,
     /// ArcSight Common Event Format (CEF:0), one event per line
     Cef,
+    /// OCSF events as Parquet in Amazon Security Lake's custom-source layout
+    /// (-o DIR; with --region and --account-id)
+    OcsfParquet,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -104,6 +108,38 @@ pub fn export_to_store(
     });
     let _ = std::fs::remove_file(&tmp);
     result
+}
+
+/// Exports `files` as OCSF Parquet into the directory `out` in Amazon
+/// Security Lake's custom-source layout
+/// (`region=…/accountId=…/eventDay=YYYYMMDD/<uuidv7>.parquet`); returns the
+/// summary and the files written. Nothing appears under `out` unless the
+/// whole export succeeded.
+pub fn export_lake(
+    files: Vec<DataFile>,
+    filter: &RowFilter,
+    target: lake::LakeTarget,
+    out: &Path,
+    progress: &mut crate::progress::Progress,
+) -> Result<(ExportSummary, Vec<std::path::PathBuf>), AuditError> {
+    let options = ScanOptions {
+        from_us: filter.from_us,
+        to_us: filter.to_us,
+        ..ScanOptions::default()
+    };
+    let mut summary = ExportSummary::default();
+    let mut writer = lake::LakeWriter::new(out, target);
+    let result = for_each_row(files, options, filter, &mut summary, progress, out, |row| {
+        writer.write(row)
+    });
+    progress.finish();
+    match result {
+        Ok(()) => Ok((summary, writer.finish()?)),
+        Err(e) => {
+            writer.abandon();
+            Err(e)
+        }
+    }
 }
 
 fn export_to(
@@ -176,6 +212,12 @@ fn export_to(
                 w.write_record(csv_fields(row)).map_err(|e| werr(e.into()))
             })?;
             w.flush().map_err(werr)?;
+        }
+        ExportFormat::OcsfParquet => {
+            return Err(AuditError::Schema {
+                path: tmp.to_path_buf(),
+                detail: "ocsf-parquet writes a directory of partitions, not one file".into(),
+            });
         }
         ExportFormat::Jsonl | ExportFormat::Ocsf | ExportFormat::Ecs | ExportFormat::Cef => {
             let mut w = BufWriter::new(file);
