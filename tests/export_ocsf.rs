@@ -551,3 +551,20 @@ fn ocsf_random_rows_are_valid() {
         );
     }
 }
+
+/// The bundled live recording names the server it recorded in every row
+/// (its first requests once said `env`, the launcher), and its chain,
+/// rewritten by recordings/fix_live_server_name.py, verifies.
+#[test]
+fn the_live_recording_names_its_server_in_every_event() {
+    let dir = common::root().join("recordings/live-healthimaging");
+    common::assert_verified(&dir);
+    let events = export_ocsf(&dir);
+    assert_eq!(events.len(), 18);
+    for e in &events {
+        assert_eq!(
+            e["api"]["service"]["name"], "awslabs.healthimaging-mcp-server",
+            "{e}"
+        );
+    }
+}
