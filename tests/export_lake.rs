@@ -288,3 +288,62 @@ fn ocsf_parquet_of_the_bundled_recordings_has_every_row() {
         assert_eq!(rows, common::dir_rows(&src).len(), "{name}");
     }
 }
+
+/// Values at the edges of every column type (counters beyond 63 bits,
+/// error codes beyond 32, every decision, outcome and approval, text with
+/// any characters) all fit the Parquet schema: nothing is refused or lost.
+#[test]
+fn ocsf_parquet_takes_every_kind_of_row() {
+    use flightrec::audit::schema::{ApprovalOutcome, ColumnValue, Transport};
+    use flightrec::policy::{Category, Outcome, Risk};
+    let mut rows = Vec::new();
+    let mut i = 0u64;
+    for d in RecordedDecision::VALUES {
+        for o in Outcome::ALL {
+            for a in ApprovalOutcome::VALUES
+                .iter()
+                .map(|a| Some(*a))
+                .chain([None])
+            {
+                let mut r = two_days()[0].clone();
+                r.event_id = format!("e{i}");
+                r.seq = if i.is_multiple_of(2) { u64::MAX - i } else { i };
+                r.decision = *d;
+                r.outcome = o;
+                r.approval = a;
+                r.approved_by = a.map(|_| "queue:al=ice|\\".into());
+                r.approval_ms = a.map(|_| u64::MAX);
+                r.error_code = Some(if i.is_multiple_of(2) {
+                    i64::MIN
+                } else {
+                    -32601
+                });
+                r.error_message = Some("line\nbreak".into());
+                r.latency_us = Some(u64::MAX);
+                r.retry_after_ms = Some(u64::MAX);
+                r.request_bytes = u64::MAX;
+                r.category = [None, Some(Category::Execute), Some(Category::Read)][i as usize % 3];
+                r.risk = [None, Some(Risk::High)][i as usize % 2];
+                r.transport = [Transport::Stdio, Transport::Http][i as usize % 2];
+                r.client_name = i.is_multiple_of(2).then(|| "画像".into());
+                r.jsonrpc_id = (!i.is_multiple_of(3)).then(|| "\"abc\"".into());
+                r.continues = Some("e0".into());
+                r.round = Some(u64::MAX);
+                rows.push(r);
+                i += 1;
+            }
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("rows.parquet");
+    write_plain_parquet(&input, &rows);
+    let lake = dir.path().join("lake");
+    let o = export(&input, "ocsf-parquet", &lake, LAKE);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut files = Vec::new();
+    files_under(&lake, &mut files);
+    assert_eq!(
+        files.iter().map(|f| parquet_rows(f)).sum::<usize>(),
+        rows.len()
+    );
+}
