@@ -1,7 +1,9 @@
 //! Compliance export: stream an audit log, filtered, into Parquet, CSV,
-//! JSON lines or OCSF API Activity events, in bounded memory (one record
-//! batch at a time). The output is written under a temporary name and renamed
-//! into place when complete.
+//! JSON lines, OCSF 1.8.0 API Activity events ([`ocsf`]; as Parquet in
+//! Amazon Security Lake's layout: [`lake`]), ECS documents ([`ecs`]) or CEF
+//! lines ([`cef`]), in bounded memory (one record batch at a time). The
+//! output is written under a temporary name and renamed into place when
+//! complete.
 
 pub mod cef;
 pub mod ecs;
