@@ -1,14 +1,20 @@
 //! Compliance export: stream an audit log, filtered, into Parquet, CSV,
-//! JSON lines or OCSF API Activity events, in bounded memory (one record
-//! batch at a time). The output is written under a temporary name and renamed
-//! into place when complete.
+//! JSON lines, OCSF 1.8.0 API Activity events ([`ocsf`]; as Parquet in
+//! Amazon Security Lake's layout: [`lake`]), ECS documents ([`ecs`]) or CEF
+//! lines ([`cef`]), in bounded memory (one record batch at a time). The
+//! output is written under a temporary name and renamed into place when
+//! complete.
+
+pub mod cef;
+pub mod ecs;
+pub mod lake;
+pub mod ocsf;
 
 use crate::audit::error::AuditError;
 use crate::audit::filter::RowFilter;
 use crate::audit::read::{ScanOptions, scan};
 use crate::audit::remote::DataFile;
-use crate::audit::schema::{self, AuditRow, BatchView, RecordedDecision, col};
-use crate::policy::{Category, Outcome};
+use crate::audit::schema::{self, AuditRow, BatchView, col};
 use arrow::array::{BooleanArray, RecordBatch};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
@@ -27,8 +33,15 @@ pub enum ExportFormat {
     Csv,
     /// One JSON object per row
     Jsonl,
-    /// OCSF 1.1 API Activity, one JSON object per line
+    /// OCSF 1.8.0 API Activity (6003), one JSON object per line
     Ocsf,
+    /// Elastic Common Schema 9.0.0, one JSON object per line
+    Ecs,
+    /// ArcSight Common Event Format (CEF:0), one event per line
+    Cef,
+    /// OCSF events as Parquet in Amazon Security Lake's custom-source layout
+    /// (-o DIR; with --region and --account-id)
+    OcsfParquet,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -97,6 +110,38 @@ pub fn export_to_store(
     });
     let _ = std::fs::remove_file(&tmp);
     result
+}
+
+/// Exports `files` as OCSF Parquet into the directory `out` in Amazon
+/// Security Lake's custom-source layout
+/// (`region=…/accountId=…/eventDay=YYYYMMDD/<uuidv7>.parquet`); returns the
+/// summary and the files written. Nothing appears under `out` unless the
+/// whole export succeeded.
+pub fn export_lake(
+    files: Vec<DataFile>,
+    filter: &RowFilter,
+    target: lake::LakeTarget,
+    out: &Path,
+    progress: &mut crate::progress::Progress,
+) -> Result<(ExportSummary, Vec<std::path::PathBuf>), AuditError> {
+    let options = ScanOptions {
+        from_us: filter.from_us,
+        to_us: filter.to_us,
+        ..ScanOptions::default()
+    };
+    let mut summary = ExportSummary::default();
+    let mut writer = lake::LakeWriter::new(out, target);
+    let result = for_each_row(files, options, filter, &mut summary, progress, out, |row| {
+        writer.write(row)
+    });
+    progress.finish();
+    match result {
+        Ok(()) => Ok((summary, writer.finish()?)),
+        Err(e) => {
+            writer.abandon();
+            Err(e)
+        }
+    }
 }
 
 fn export_to(
@@ -170,15 +215,26 @@ fn export_to(
             })?;
             w.flush().map_err(werr)?;
         }
-        ExportFormat::Jsonl | ExportFormat::Ocsf => {
+        ExportFormat::OcsfParquet => {
+            return Err(AuditError::Schema {
+                path: tmp.to_path_buf(),
+                detail: "ocsf-parquet writes a directory of partitions, not one file".into(),
+            });
+        }
+        ExportFormat::Jsonl | ExportFormat::Ocsf | ExportFormat::Ecs | ExportFormat::Cef => {
             let mut w = BufWriter::new(file);
             for_each_row(files, options, filter, &mut summary, progress, tmp, |row| {
-                let v = if format == ExportFormat::Jsonl {
-                    row_json(row)
-                } else {
-                    ocsf_event(row)
-                };
-                serde_json::to_writer(&mut w, &v).map_err(|e| werr(e.into()))?;
+                match format {
+                    ExportFormat::Cef => w.write_all(cef::line(row).as_bytes()).map_err(werr)?,
+                    _ => {
+                        let v = match format {
+                            ExportFormat::Ocsf => ocsf::event(row),
+                            ExportFormat::Ecs => ecs::document(row),
+                            _ => row_json(row),
+                        };
+                        serde_json::to_writer(&mut w, &v).map_err(|e| werr(e.into()))?;
+                    }
+                }
                 w.write_all(b"\n").map_err(werr)
             })?;
             w.flush().map_err(werr)?;
@@ -427,87 +483,5 @@ pub fn row_json(r: &AuditRow) -> Value {
         "approval_ms": r.approval_ms,
         "continues": r.continues,
         "round": r.round,
-    })
-}
-
-/// OCSF 1.1 API Activity (class 6003). docs/audit-schema.md has the mapping.
-pub fn ocsf_event(r: &AuditRow) -> Value {
-    let (activity_id, activity_name) = match r.category {
-        Some(Category::Read) => (2, "Read"),
-        Some(Category::Write) => (3, "Update"),
-        Some(Category::Destructive) => (4, "Delete"),
-        Some(Category::Execute) => (99, "Other"),
-        Some(Category::Unknown) | None => (0, "Unknown"),
-    };
-    let succeeded = r.decision == RecordedDecision::Allow && r.outcome == Outcome::Ok;
-    let (status_id, status) = if succeeded {
-        (1, "Success")
-    } else {
-        (2, "Failure")
-    };
-    let (action_id, action, disposition_id, disposition) = match r.decision {
-        RecordedDecision::Allow => (1, "Allowed", 1, "Allowed"),
-        RecordedDecision::Deny | RecordedDecision::Throttle => (2, "Denied", 2, "Blocked"),
-        RecordedDecision::Approval => (2, "Denied", 20, "Approval Required"),
-        RecordedDecision::Unrecorded => (0, "Unknown", 0, "Unknown"),
-    };
-    let severity_id = match r.decision {
-        RecordedDecision::Allow => 1,
-        RecordedDecision::Throttle | RecordedDecision::Approval => 2,
-        RecordedDecision::Deny => 3,
-        RecordedDecision::Unrecorded => 0,
-    };
-    json!({
-        "class_uid": 6003,
-        "class_name": "API Activity",
-        "category_uid": 6,
-        "category_name": "Application Activity",
-        "activity_id": activity_id,
-        "activity_name": activity_name,
-        "type_uid": 600300 + activity_id,
-        "time": r.ts_us.div_euclid(1000),
-        "severity_id": severity_id,
-        "status_id": status_id,
-        "status": status,
-        "status_code": r.error_code.map(|c| c.to_string()),
-        "status_detail": r.error_message.clone().or_else(|| r.reason.clone()),
-        "action_id": action_id,
-        "action": action,
-        "disposition_id": disposition_id,
-        "disposition": disposition,
-        "message": r.reason,
-        "duration": r.latency_us.map(|us| us / 1000),
-        "metadata": {
-            "version": "1.1.0",
-            "uid": r.event_id,
-            "sequence": r.seq,
-            "product": {"name": "flightrec", "vendor_name": "flightrec", "version": env!("CARGO_PKG_VERSION")},
-            "log_name": "flightrec audit",
-        },
-        "api": {
-            "operation": r.tool.clone().unwrap_or_else(|| r.method.clone()),
-            "service": {"name": r.server},
-            "request": {"uid": r.jsonrpc_id},
-            "response": {"code": r.error_code, "error": r.outcome, "message": r.error_message},
-        },
-        "actor": {
-            "user": {"name": r.agent_id, "type": "Other"},
-            "session": {"uid": r.session_id},
-            "app_name": r.client_name,
-        },
-        "firewall_rule": r.rule.as_ref().map(|rule| json!({"name": rule, "uid": r.policy_sha256})),
-        "unmapped": {
-            "transport": r.transport,
-            "method": r.method,
-            "category": r.category,
-            "risk": r.risk,
-            "args_sha256": r.args_sha256,
-            "args_json": r.args_json,
-            "retry_after_ms": r.retry_after_ms,
-            "shadow": r.shadow,
-            "client_version": r.client_version,
-            "hash": r.hash,
-            "prev_hash": r.prev_hash,
-        },
     })
 }

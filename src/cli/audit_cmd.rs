@@ -165,6 +165,9 @@ pub fn export(args: &ExportArgs) -> ExitCode {
     let total = wanted.then(|| read::row_count(&files));
     let mut progress = crate::progress::Progress::new("export", "rows", total, wanted);
     let out_text = args.output.to_string_lossy();
+    if format == ExportFormat::OcsfParquet {
+        return export_lake(args, files, &filter, &out_text, &mut progress);
+    }
     let result = if remote::file_url_path(&out_text).is_none() && remote::is_url(&out_text) {
         StoreDir::parse(&out_text, &store)
             .and_then(|dest| export::export_to_store(files, &filter, format, &dest, &mut progress))
@@ -183,6 +186,44 @@ pub fn export(args: &ExportArgs) -> ExitCode {
                     .to_possible_value()
                     .map(|v| v.get_name().to_string())
                     .unwrap_or_default()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => input_error(e),
+    }
+}
+
+/// `export --format ocsf-parquet -o DIR --region R --account-id A`.
+fn export_lake(
+    args: &ExportArgs,
+    files: Vec<crate::audit::remote::DataFile>,
+    filter: &RowFilter,
+    out_text: &str,
+    progress: &mut crate::progress::Progress,
+) -> ExitCode {
+    let (Some(region), Some(account)) = (&args.region, &args.account_id) else {
+        return input_error(
+            "--format ocsf-parquet needs --region and --account-id (the Security Lake partitions)",
+        );
+    };
+    let target = match export::lake::LakeTarget::new(region, account) {
+        Ok(t) => t,
+        Err(e) => return input_error(e),
+    };
+    if remote::file_url_path(out_text).is_none() && remote::is_url(out_text) {
+        return input_error(format!(
+            "{out_text}: --format ocsf-parquet writes to a local directory; copy it to the bucket afterwards (aws s3 sync)"
+        ));
+    }
+    let out = remote::file_url_path(out_text).unwrap_or_else(|| args.output.clone());
+    match export::export_lake(files, filter, target, &out, progress) {
+        Ok((s, written)) => {
+            eprintln!(
+                "exported {} of {} rows to {} ({} ocsf-parquet files)",
+                s.rows_written,
+                s.rows_read,
+                args.output.display(),
+                written.len()
             );
             ExitCode::SUCCESS
         }

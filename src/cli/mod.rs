@@ -50,7 +50,7 @@ pub enum Command {
     /// Audit log maintenance
     #[command(subcommand)]
     Audit(AuditCommand),
-    /// Compliance export of an audit log (parquet, csv, jsonl, ocsf)
+    /// Compliance export of an audit log (parquet, csv, jsonl, ocsf, ecs, cef, ocsf-parquet)
     Export(ExportArgs),
     /// Import other tools' logs into the audit schema
     #[command(subcommand)]
@@ -458,7 +458,7 @@ pub struct ExportArgs {
     /// Output format
     #[arg(long, value_enum)]
     pub format: crate::audit::export::ExportFormat,
-    /// Output file, or s3://BUCKET/KEY
+    /// Output file, or s3://BUCKET/KEY (ocsf-parquet: a local directory)
     #[arg(short, long)]
     pub output: PathBuf,
     #[command(flatten)]
@@ -468,6 +468,12 @@ pub struct ExportArgs {
     /// Keep rows with this decision
     #[arg(long, value_enum)]
     pub decision: Option<crate::audit::schema::RecordedDecision>,
+    /// For ocsf-parquet: the AWS region of the Security Lake partitions
+    #[arg(long)]
+    pub region: Option<String>,
+    /// For ocsf-parquet: the 12-digit AWS account id of the partitions
+    #[arg(long, value_name = "ID")]
+    pub account_id: Option<String>,
     /// No progress line on stderr (shown only on a terminal, after a second)
     #[arg(long, short)]
     pub quiet: bool,

@@ -5,6 +5,7 @@
 //! Each test crate uses a part of this module.
 #![allow(dead_code)]
 
+pub mod ocsf;
 pub mod redis;
 pub mod s3;
 
