@@ -398,7 +398,12 @@ fn a_client_chosen_session_id_stays_in_its_agents_scope() {
     let bob = ("Authorization", "Bearer s3cret-b");
     // Bob names alice's default session (and a namespaced look-alike).
     for borrowed in ["agent:alice", "agent:alice/x"] {
-        let (status, _, answer) = json(s.addr, "POST", &[bob, ("X-Session-Id", borrowed)], LIST);
+        let (status, _, answer) = json(
+            s.addr,
+            "POST",
+            &[bob, ("X-Session-Id", borrowed), ("X-Agent-Id", "alice")],
+            LIST,
+        );
         assert_eq!(status, 200, "{answer}");
         assert!(
             answer.contains("ran list_brokers"),
@@ -416,6 +421,14 @@ fn a_client_chosen_session_id_stays_in_its_agents_scope() {
     // And the limit holds within a session.
     let (_, _, answer) = json(s.addr, "POST", &[alice], LIST);
     assert!(answer.contains("one list per session"), "{answer}");
+    // The identity headers bob chose are flightrec's to read, not claims
+    // passed on for the server to trust.
+    let received = events(&s.log, "received");
+    assert!(!received.is_empty());
+    for r in &received {
+        assert!(r["x_session_id"].is_null(), "passed upstream: {r}");
+        assert!(r["x_agent_id"].is_null(), "passed upstream: {r}");
+    }
     stop(s.proxy);
     let rows = dir_rows(&s.audit);
     let sessions: Vec<(&str, &str)> = rows

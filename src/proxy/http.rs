@@ -1653,10 +1653,15 @@ const HOP_BY_HOP: [&str; 9] = [
 
 /// Every header but hop-by-hop ones and the length (the body may change);
 /// with `--tokens` the client's token is flightrec's, not the server's.
-fn copy_request_headers(from: &HeaderMap, to: &mut HeaderMap, strip_auth: bool) {
+/// With `--tokens` (`authenticated`), the client's token and the identity
+/// headers it chose (`X-Agent-Id`, `X-Session-Id`) are flightrec's to read,
+/// not claims the server may trust: they are not passed on.
+fn copy_request_headers(from: &HeaderMap, to: &mut HeaderMap, authenticated: bool) {
     for (name, value) in from {
         let n = name.as_str();
-        if HOP_BY_HOP.contains(&n) || n == "content-length" || (strip_auth && n == "authorization")
+        if HOP_BY_HOP.contains(&n)
+            || n == "content-length"
+            || (authenticated && matches!(n, "authorization" | "x-agent-id" | "x-session-id"))
         {
             continue;
         }

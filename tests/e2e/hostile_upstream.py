@@ -218,6 +218,8 @@ class Handler(BaseHTTPRequestHandler):
             "verb": self.command,
             "path": self.path,
             "authorization": self.headers.get("Authorization") is not None,
+            "x_agent_id": self.headers.get("X-Agent-Id"),
+            "x_session_id": self.headers.get("X-Session-Id"),
             "session": session,
             "bytes": len(raw),
         })
