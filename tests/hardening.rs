@@ -849,3 +849,86 @@ fn a_call_whose_answer_never_comes_on_its_exchange_ends_with_its_row() {
     let ran = executed(&dir.path().join("upstream.jsonl"));
     assert_every_execution_has_its_row(&ran, &rows, "calls without an answer");
 }
+
+/// Over HTTP a cancellation comes on another POST than its request: it
+/// still ends that request (here a call held for approval, which then
+/// frees its slot at once and is recorded `cancelled`).
+#[test]
+fn a_cancellation_on_another_post_ends_its_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_up, upstream) = hostile_http(dir.path());
+    let policy = common::write_file(
+        dir.path(),
+        "policy.yaml",
+        "version: \"1\"\ntools:\n  reboot_broker:\n    rules:\n      - {name: a human says yes, action: require_approval}\n",
+    );
+    let audit = dir.path().join("audit");
+    let socket = dir.path().join("a.sock");
+    let (proxy, addr) = http_proxy(&[
+        "--policy",
+        policy.to_str().unwrap(),
+        "--audit-dir",
+        audit.to_str().unwrap(),
+        "--approval-timeout",
+        "10m",
+        "--approval-socket",
+        socket.to_str().unwrap(),
+        "--upstream",
+        &upstream,
+    ]);
+    let held = std::thread::spawn(move || {
+        post(
+            addr,
+            &[("X-Session-Id", "s")],
+            tool_call(7, "reboot_broker", json!({}))
+                .to_string()
+                .as_bytes(),
+        )
+    });
+    // Wait until the call is in the queue.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = common::run(&[
+            "approvals",
+            "list",
+            "--json",
+            "--socket",
+            socket.to_str().unwrap(),
+        ]);
+        if String::from_utf8_lossy(&out.stdout).contains("reboot_broker") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the call was never held"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let cancel = json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
+                        "params": {"requestId": 7, "reason": "changed my mind"}});
+    let (status, _) = post(
+        addr,
+        &[("X-Session-Id", "s")],
+        cancel.to_string().as_bytes(),
+    );
+    assert!(status < 300, "HTTP {status}");
+    // The held POST ends (not after ten minutes): the test's own limit.
+    let (status, answer) = held.join().unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        String::from_utf8_lossy(&answer).contains("cancelled"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    stop(proxy);
+    let rows = dir_rows(&audit);
+    let row = rows
+        .iter()
+        .find(|r| r.tool.as_deref() == Some("reboot_broker"))
+        .unwrap();
+    assert_eq!(
+        row.approval.map(|a| a.to_string()).as_deref(),
+        Some("cancelled")
+    );
+    assert!(executed(&dir.path().join("upstream.jsonl")).is_empty());
+}

@@ -445,7 +445,7 @@ impl Session {
             IdKind::Missing if method == "notifications/cancelled" => {
                 // Forwarded, and the request's row completes as cancelled.
                 if let Some(request) = jsonrpc::cancelled_request(env.params) {
-                    let key = scoped(scope, &request);
+                    let key = self.in_flight_key(scope, &request);
                     // A held call: its wait ends, nothing reached the server.
                     if let Some(approval) = lock(&self.held).remove(&key) {
                         let _ = self
@@ -527,6 +527,34 @@ impl Session {
             },
         );
         Route::Forward
+    }
+
+    /// The key a client's cancellation names: its request in this exchange,
+    /// else (on a transport where each request has its own exchange, HTTP)
+    /// the one request of the session waiting under that id, if exactly one
+    /// does; a cancellation comes on another POST than its request.
+    fn in_flight_key(&self, scope: &str, request: &str) -> String {
+        let key = scoped(scope, request);
+        if scope.is_empty()
+            || lock(&self.pending).contains_key(&key)
+            || lock(&self.held).contains_key(&key)
+        {
+            return key;
+        }
+        let suffix = scoped("x", request);
+        let suffix = &suffix[1..];
+        let matching = |keys: &mut dyn Iterator<Item = &String>| -> Vec<String> {
+            keys.filter(|k| k.ends_with(suffix))
+                .take(2)
+                .cloned()
+                .collect()
+        };
+        let mut found = matching(&mut lock(&self.pending).keys());
+        found.extend(matching(&mut lock(&self.held).keys()));
+        match found.as_slice() {
+            [only] => only.clone(),
+            _ => key,
+        }
     }
 
     /// Refuses a frame for a reason the transport found (an HTTP header that
