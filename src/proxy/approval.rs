@@ -71,6 +71,19 @@ struct Entry {
 /// over it is refused at once (fail closed).
 pub const MAX_HELD: usize = 256;
 
+/// At most this many of them are one agent's: one agent cannot take every
+/// slot and so refuse every other agent's approvals.
+pub const MAX_HELD_PER_AGENT: usize = MAX_HELD / 8;
+
+/// Why a call could not be held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HoldRefused {
+    /// [`MAX_HELD`] calls wait already.
+    Full,
+    /// [`MAX_HELD_PER_AGENT`] calls of this agent wait already.
+    AgentFull,
+}
+
 /// The calls waiting for a human, process-wide.
 #[derive(Default)]
 pub struct Approvals {
@@ -90,9 +103,15 @@ impl Approvals {
     /// Registers a held call; returns its id and the channel its answer
     /// comes on, or `None` when [`MAX_HELD`] calls already wait (each
     /// waiting call holds a thread until it is answered or times out).
-    pub fn hold(&self, mut call: HeldCall) -> Option<(u64, Receiver<Answer>)> {
+    pub fn hold(&self, mut call: HeldCall) -> Result<(u64, Receiver<Answer>), HoldRefused> {
+        // Checked and counted under the queue's lock: holds racing each
+        // other cannot pass the caps together.
+        let mut held = lock(&self.held);
         if self.active.load(std::sync::atomic::Ordering::Acquire) >= MAX_HELD {
-            return None;
+            return Err(HoldRefused::Full);
+        }
+        if held.values().filter(|e| e.call.agent == call.agent).count() >= MAX_HELD_PER_AGENT {
+            return Err(HoldRefused::AgentFull);
         }
         let id = {
             let mut n = lock(&self.next);
@@ -103,7 +122,7 @@ impl Approvals {
         self.active
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         let (tx, rx) = sync_channel(1);
-        lock(&self.held).insert(
+        held.insert(
             id,
             Entry {
                 call,
@@ -111,7 +130,7 @@ impl Approvals {
                 tx,
             },
         );
-        Some((id, rx))
+        Ok((id, rx))
     }
 
     /// Answers a held call; `Err` when no such call waits (answered,
@@ -611,13 +630,30 @@ mod tests {
         a.done();
         // Bounded: past MAX_HELD waiting calls, a new one is refused, and
         // room comes back as waiters finish.
-        let waiting: Vec<_> = (0..MAX_HELD)
-            .map(|_| a.hold(call.clone()).expect("room"))
+        let of = |agent: &str| HeldCall {
+            agent: agent.to_string(),
+            ..call.clone()
+        };
+        // One agent gets at most its share.
+        let bobs: Vec<_> = (0..MAX_HELD_PER_AGENT)
+            .map(|_| a.hold(of("bob")).expect("room"))
             .collect();
-        assert!(a.hold(call.clone()).is_none());
-        a.forget(waiting[0].0);
+        assert_eq!(a.hold(of("bob")).err(), Some(HoldRefused::AgentFull));
+        assert!(a.hold(of("carol")).is_ok(), "others still get theirs");
+        a.forget(bobs[0].0);
         a.done();
-        assert!(a.hold(call).is_some());
+        assert!(a.hold(of("bob")).is_ok(), "room again once one ends");
+        // And all agents together at most MAX_HELD.
+        let mut n = 0;
+        while a.hold(of(&format!("agent-{n}"))).is_ok() {
+            n += 1;
+            assert!(n <= MAX_HELD);
+        }
+        assert_eq!(
+            a.hold(of("dave")).err(),
+            Some(HoldRefused::Full),
+            "{n} more held"
+        );
     }
 
     fn serve_in(path: &Path) -> Result<(), String> {

@@ -979,19 +979,24 @@ impl Session {
             reason: a.message.to_string(),
             waiting_ms: 0,
         });
-        let Some((approval_id, answer)) = held else {
-            return Err(self.refuse_approval(
-                a.env.id,
-                a.row,
-                None,
-                None,
-                a.rule,
-                &format!(
-                    "{} calls are already waiting for a human (the most the proxy holds at once); try again later",
-                    approval::MAX_HELD
-                ),
-                a.modern,
-            ));
+        let (approval_id, answer) = match held {
+            Ok(held) => held,
+            Err(refused) => {
+                let why = match refused {
+                    approval::HoldRefused::Full => format!(
+                        "{} calls are already waiting for a human (the most the proxy holds at once); try again later",
+                        approval::MAX_HELD
+                    ),
+                    approval::HoldRefused::AgentFull => format!(
+                        "agent \"{}\" already has {} calls waiting for a human (the most one agent may have); try again later",
+                        a.row.agent_id,
+                        approval::MAX_HELD_PER_AGENT
+                    ),
+                };
+                return Err(
+                    self.refuse_approval(a.env.id, a.row, None, None, a.rule, &why, a.modern)
+                );
+            }
         };
         lock(&self.held).insert(a.key.clone(), approval_id);
         let (ask, ask_id) = if ask_in_client {
