@@ -152,6 +152,10 @@ pub fn file_stamp(path: &Path) -> FileStamp {
         .map(|m| (m.modified().ok(), m.len()))
 }
 
+/// The used-nonce map is swept of expired nonces no sooner than at this
+/// size.
+const MIN_NONCE_SWEEP: usize = 10_000;
+
 /// What every session of one proxy process shares.
 pub struct Gateway {
     config: GatewayConfig,
@@ -164,8 +168,9 @@ pub struct Gateway {
     approvals: Arc<crate::proxy::approval::Approvals>,
     state_key: crate::proxy::approval::StateKey,
     /// Nonces of `requestState`s already used (each is good for one retry),
-    /// with their expiry (ms).
-    used_states: Mutex<HashMap<String, u64>>,
+    /// with their expiry (ms), and the size at which expired ones are swept
+    /// next.
+    used_states: Mutex<(HashMap<String, u64>, usize)>,
 }
 
 impl Gateway {
@@ -206,7 +211,7 @@ impl Gateway {
             recorder,
             approvals: Arc::default(),
             state_key: crate::proxy::approval::StateKey::random(),
-            used_states: Mutex::new(HashMap::new()),
+            used_states: Mutex::new((HashMap::new(), MIN_NONCE_SWEEP)),
             config,
         })
     }
@@ -223,9 +228,13 @@ impl Gateway {
     /// replayed state). Expired nonces are forgotten.
     pub(crate) fn use_state_nonce(&self, nonce: &str, expiry_ms: u64) -> bool {
         let now = (crate::time::now_us() / 1000) as u64;
-        let mut used = lock(&self.used_states);
-        if used.len() > 10_000 {
+        let mut guard = lock(&self.used_states);
+        let (used, sweep_at) = &mut *guard;
+        // Expired nonces are swept when the map has doubled since the last
+        // sweep (amortized: constant work per use, however many are live).
+        if used.len() >= *sweep_at {
             used.retain(|_, e| *e >= now);
+            *sweep_at = (used.len() * 2).max(MIN_NONCE_SWEEP);
         }
         used.insert(nonce.to_string(), expiry_ms).is_none()
     }
