@@ -822,7 +822,7 @@ fn a_call_whose_answer_never_comes_on_its_exchange_ends_with_its_row() {
         "--upstream",
         &upstream,
     ]);
-    for (id, tool) in [(1, "sse_vanish"), (2, "wrong_id")] {
+    for (id, tool) in [(1, "sse_vanish"), (2, "wrong_id"), (3, "cr_smuggle")] {
         let (status, body) = post(
             addr,
             &[],
@@ -834,11 +834,15 @@ fn a_call_whose_answer_never_comes_on_its_exchange_ends_with_its_row() {
             text.contains("-32603") && text.contains(&format!("\"id\":{id}")),
             "{tool}: the client hears the call ended: {text}"
         );
+        assert!(
+            !text.contains("smuggled"),
+            "an answer the proxy did not read reached the client: {text:?}"
+        );
     }
     // Left pending, the rows would end `interrupted` when the proxy stops.
     stop(proxy);
     let rows = dir_rows(&audit);
-    for tool in ["sse_vanish", "wrong_id"] {
+    for tool in ["sse_vanish", "wrong_id", "cr_smuggle"] {
         let row = rows
             .iter()
             .find(|r| r.tool.as_deref() == Some(tool))

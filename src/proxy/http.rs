@@ -45,7 +45,7 @@ use crate::proxy::body::{Bounded, collect_bounded};
 use crate::proxy::gateway::{Gateway, GatewayConfig, lock};
 use crate::proxy::jsonrpc::{self, Envelope};
 use crate::proxy::session::{ClientAction, Session, Transport};
-use crate::proxy::sse::{Event, Events, data_head, split_event};
+use crate::proxy::sse::{Event, Events, ambiguous_event, data_head, split_event};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Body, Frame, Incoming};
@@ -1492,6 +1492,14 @@ fn rewrite_event(
     scope: &str,
     event: &str,
 ) -> (Option<String>, Option<crate::proxy::session::Completion>) {
+    if ambiguous_event(event) {
+        // The request it may answer ends when the stream does (its row
+        // `upstream_gone`), or by --upstream-timeout.
+        eprintln!(
+            "flightrec: dropped an SSE event from the server whose lines a client would cut otherwise (a lone CR, or a blank line inside it)"
+        );
+        return (None, None);
+    }
     let (data, other) = split_event(event);
     let Some(data) = data else {
         return (Some(format!("{event}\n\n")), None);

@@ -191,6 +191,21 @@ fn event_end(buf: &[u8]) -> Option<(usize, usize)> {
     }
 }
 
+/// Whether a client's SSE parser could cut `event` into other lines or
+/// events than [`split_event`] does: the SSE format ends a line at a CR, an
+/// LF or a CRLF, so a CR not followed by an LF ends a line for the client
+/// (and `\r\r` or `\n\r\n` ends an event), while this reader ends lines at
+/// LF and CRLF only. Such an event is not passed on: a message the proxy
+/// did not read as one could reach the client.
+pub(crate) fn ambiguous_event(event: &str) -> bool {
+    let bytes = event.as_bytes();
+    let lone_cr = bytes
+        .iter()
+        .enumerate()
+        .any(|(i, b)| *b == b'\r' && bytes.get(i + 1) != Some(&b'\n'));
+    lone_cr || event.lines().any(str::is_empty)
+}
+
 /// An event's `data` lines joined (`None` when it has none) and its other
 /// lines, in order.
 pub(crate) fn split_event(event: &str) -> (Option<String>, Vec<&str>) {
@@ -209,6 +224,25 @@ pub(crate) fn split_event(event: &str) -> (Option<String>, Vec<&str>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn events_a_client_would_cut_otherwise_are_ambiguous() {
+        assert!(!ambiguous_event(
+            "event: message\r\ndata: {\"a\":1}\r\nid: 7"
+        ));
+        assert!(!ambiguous_event("data: one\ndata: two"));
+        // A lone CR ends a line for the client: a hidden data line.
+        assert!(ambiguous_event("id: 1\rdata: {\"id\":5,\"result\":{}}"));
+        // `\n\r\n` is a blank line for the client: two events.
+        let mut s = Splitter::new(usize::MAX);
+        s.push(b"data: {\"id\":1}\n\r\ndata: {\"id\":2}\n\n");
+        let Some(Event::Whole(text)) = s.next_event() else {
+            panic!("an event")
+        };
+        assert!(ambiguous_event(&text), "{text:?}");
+        // CR-only line endings.
+        assert!(ambiguous_event("data: x\r"));
+    }
 
     #[test]
     fn events_split_on_either_line_ending() {

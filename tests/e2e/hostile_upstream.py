@@ -18,7 +18,9 @@ result and a fresh `requestState`; any call carrying a `requestState` the
 server issued completes (the server does not check that the state was
 issued for this tool: many do not). Every other tool runs at once; over
 HTTP, `sse_vanish` runs and then its SSE answer stream ends without the
-answer, and `wrong_id` is answered under another id.
+answer, `wrong_id` is answered under another id, and `cr_smuggle`'s
+answer hides after a lone CR (an SSE client reads it, a reader that ends
+lines at LF only does not).
 
 Each execution is one JSON line in the log file:
     {"event": "executed", "reader": "go"|"strict", "verb": ..., "tool": ...,
@@ -253,6 +255,17 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.write(b": working\n\n")
             self.wfile.flush()
             self.close_connection = True
+            return
+        if tool == "cr_smuggle" and reply is not None:
+            # The answer hidden after a lone CR: an SSE client ends the
+            # `id:` line there and reads a `data:` line.
+            reply["result"]["content"][0]["text"] = "smuggled"
+            body = b"id: 1\rdata: " + json.dumps(reply).encode() + b"\n\n"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
             return
         if tool == "wrong_id" and reply is not None:
             reply["id"] = 424242
