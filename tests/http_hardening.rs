@@ -851,3 +851,59 @@ fn a_client_that_leaves_its_sse_answer_still_gets_the_real_outcome_recorded() {
     assert_eq!(call.len(), 1);
     assert_eq!(call[0].outcome.as_str(), "ok");
 }
+
+/// Anyone who can reach the port can send refusals as fast as the network
+/// goes; each would be a journaled row. Past a burst they are counted, not
+/// recorded one by one, and the count is said in a later row: the log does
+/// not drown, and no refusal goes unaccounted.
+#[test]
+fn a_flood_of_unauthenticated_requests_cannot_drown_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = common::write_file(dir.path(), "tokens", TOKENS);
+    let s = setup(
+        dir.path(),
+        DENY_REBOOT,
+        &["--tokens", tokens.to_str().unwrap()],
+    );
+    let sent = 1000;
+    for _ in 0..sent {
+        let (status, _, _) = json(s.addr, "POST", &[], LIST);
+        assert_eq!(status, 401);
+    }
+    stop(s.proxy);
+    let rows = dir_rows(&s.audit);
+    let refusals: Vec<_> = rows
+        .iter()
+        .filter(|r| {
+            matches!(
+                r.rule.as_deref(),
+                Some("(unauthorized)") | Some("(unrecorded refusals)")
+            )
+        })
+        .collect();
+    assert!(
+        refusals.len() < sent / 2,
+        "{} rows for {sent} refusals",
+        refusals.len()
+    );
+    // Every refusal is accounted for: a row of its own, or counted in one.
+    let counted: u64 = refusals
+        .iter()
+        .map(|r| {
+            let reason = r.reason.as_deref().unwrap_or_default();
+            let n = |marker: &str| {
+                reason
+                    .split(marker)
+                    .next()
+                    .and_then(|head| head.rsplit(|c: char| !c.is_ascii_digit()).next())
+                    .and_then(|d| d.parse::<u64>().ok())
+            };
+            if r.rule.as_deref() == Some("(unrecorded refusals)") {
+                n(" more request(s)").expect("a count")
+            } else {
+                1 + n(" earlier request(s)").unwrap_or(0)
+            }
+        })
+        .sum();
+    assert_eq!(counted, sent as u64, "every refusal accounted for");
+}

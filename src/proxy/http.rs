@@ -269,6 +269,50 @@ struct Shared {
     /// With `--tokens`: which agent the upstream issued each
     /// `Mcp-Session-Id` to.
     issued: Mutex<Issued>,
+    /// How many rows refusals without an authenticated agent may write.
+    unauthenticated_rows: Mutex<RowBudget>,
+}
+
+/// Rows for refusals no authenticated agent stands behind (a missing or
+/// bad token, or any refusal without `--tokens`): anyone who can reach the
+/// port can send them as fast as the network allows, and each would be a
+/// journaled, fsynced row. At most [`RowBudget::BURST`] at once and
+/// [`RowBudget::PER_SECOND`] a second get a row each; the rest are counted
+/// and said in the next row written (and in one at the stop), so none goes
+/// unrecorded and the log does not drown.
+struct RowBudget {
+    tokens: f64,
+    last: Instant,
+    /// Refusals since the last row, not recorded one by one.
+    suppressed: u64,
+}
+
+impl RowBudget {
+    const BURST: f64 = 200.0;
+    const PER_SECOND: f64 = 20.0;
+
+    fn new(now: Instant) -> RowBudget {
+        RowBudget {
+            tokens: Self::BURST,
+            last: now,
+            suppressed: 0,
+        }
+    }
+
+    /// `Some(n)`: write a row, saying `n` earlier refusals had none;
+    /// `None`: this refusal is counted, not recorded on its own.
+    fn take(&mut self, now: Instant) -> Option<u64> {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * Self::PER_SECOND).min(Self::BURST);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Some(std::mem::take(&mut self.suppressed))
+        } else {
+            self.suppressed += 1;
+            None
+        }
+    }
 }
 
 /// The upstream's `Mcp-Session-Id`s and the agent each was issued to (the
@@ -388,6 +432,7 @@ async fn serve(config: HttpConfig, tokens: Option<Tokens>) -> Result<i32, ProxyE
         server_guess,
         origins,
         issued: Mutex::new(Issued::default()),
+        unauthenticated_rows: Mutex::new(RowBudget::new(Instant::now())),
         config,
     });
     gateway.watch_policy_file();
@@ -466,6 +511,23 @@ async fn serve(config: HttpConfig, tokens: Option<Tokens>) -> Result<i32, ProxyE
     }
     for (session, _) in lock(&shared.sessions).map.values() {
         session.abandon_all(Outcome::Interrupted, "flightrec: the proxy is stopping");
+    }
+    let suppressed = std::mem::take(&mut lock(&shared.unauthenticated_rows).suppressed);
+    if suppressed > 0 {
+        let session = shared.gateway.session(
+            Transport::Http,
+            Some("unauthenticated".into()),
+            shared.server_guess.clone(),
+        );
+        session.refuse_unread(
+            0,
+            "(unrecorded refusals)",
+            -32001,
+            &format!(
+                "flightrec: {suppressed} more request(s) without an authenticated agent were refused without a row of their own (more than {} a second)",
+                RowBudget::PER_SECOND
+            ),
+        );
     }
     gateway.close()?;
     Ok(0)
@@ -755,7 +817,19 @@ fn refuse(
         code,
         message,
     } = refusal;
-    let answer = if record {
+    let budget = match (record, agent) {
+        (true, None) => lock(&shared.unauthenticated_rows).take(Instant::now()),
+        _ => Some(0),
+    };
+    let answer = if let (true, Some(suppressed)) = (record, budget) {
+        let message = if suppressed > 0 {
+            format!(
+                "{message} ({suppressed} earlier request(s) without an authenticated agent were refused without a row of their own: more than {} a second)",
+                RowBudget::PER_SECOND
+            )
+        } else {
+            message
+        };
         let id = match agent {
             Some(agent) => format!("agent:{agent}"),
             None if shared.tokens.is_some() => "unauthenticated".to_string(),
