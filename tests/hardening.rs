@@ -12,7 +12,7 @@
 
 mod common;
 
-use common::{Guard, Rng, dir_rows, flightrec, root};
+use common::{Guard, Rng, dir_rows, flightrec, http_proxy, root, stop};
 use flightrec::audit::schema::AuditRow;
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -357,6 +357,9 @@ tools:
     let tokens = common::write_file(dir.path(), "tokens", "bob bob-secret\n");
     let audit = dir.path().join("audit");
     let (proxy, addr) = http_proxy(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--no-warm-start",
         "--policy",
         policy.to_str().unwrap(),
         "--audit-dir",
@@ -425,36 +428,6 @@ fn hostile_http(dir: &Path) -> (Guard, String) {
         .parse()
         .unwrap();
     (Guard(child), format!("http://127.0.0.1:{port}/mcp"))
-}
-
-fn http_proxy(args: &[&str]) -> (Guard, SocketAddr) {
-    let mut child = Command::new(flightrec())
-        .arg("proxy")
-        .args(["--listen", "127.0.0.1:0", "--no-warm-start"])
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let rx = common::line_channel(child.stderr.take().unwrap());
-    let guard = Guard(child);
-    loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("the proxy prints its address");
-        if let Some(rest) = line.strip_prefix("flightrec: listening on http://") {
-            return (guard, rest.split('/').next().unwrap().parse().unwrap());
-        }
-    }
-}
-
-fn stop(mut p: Guard) {
-    // SAFETY: kill(2) on a child this test started.
-    unsafe {
-        libc::kill(p.0.id() as i32, libc::SIGTERM);
-    }
-    common::wait_within(&mut p.0, Duration::from_secs(60));
 }
 
 /// One POST on its own connection: (status, body). `headers` may set
@@ -661,6 +634,9 @@ fn differential_fuzz_http() {
     let policy = common::write_file(dir.path(), "policy.yaml", POLICY);
     let audit = dir.path().join("audit");
     let (proxy, addr) = http_proxy(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--no-warm-start",
         "--policy",
         policy.to_str().unwrap(),
         "--audit-dir",
@@ -815,6 +791,9 @@ fn a_call_whose_answer_never_comes_on_its_exchange_ends_with_its_row() {
     let policy = common::write_file(dir.path(), "policy.yaml", POLICY);
     let audit = dir.path().join("audit");
     let (proxy, addr) = http_proxy(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--no-warm-start",
         "--policy",
         policy.to_str().unwrap(),
         "--audit-dir",
@@ -869,6 +848,9 @@ fn a_cancellation_on_another_post_ends_its_request() {
     let audit = dir.path().join("audit");
     let socket = dir.path().join("a.sock");
     let (proxy, addr) = http_proxy(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--no-warm-start",
         "--policy",
         policy.to_str().unwrap(),
         "--audit-dir",

@@ -197,36 +197,19 @@ fn http_proxy_with_stderr(
 ) -> ((Guard, std::sync::mpsc::Receiver<String>), SocketAddr) {
     let policy = write(dir, "policy.yaml", POLICY);
     let audit = dir.join("audit");
-    let mut child = Command::new(flightrec())
-        .args(["proxy", "--policy", policy.to_str().unwrap()])
-        .args(["--listen", "127.0.0.1:0", "--upstream", upstream])
-        .args(["--audit-dir", audit.to_str().unwrap()])
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let rx = common::line_channel(child.stderr.take().unwrap());
-    let guard = Guard(child);
-    loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("the proxy prints its address");
-        if let Some(rest) = line.strip_prefix("flightrec: listening on http://") {
-            let addr = rest.split('/').next().unwrap().parse().unwrap();
-            return ((guard, rx), addr);
-        }
-    }
-}
-
-/// Stops a proxy with SIGTERM and waits for it (it flushes the log).
-fn stop(mut p: Guard) {
-    // SAFETY: kill(2) on a child this test started.
-    unsafe {
-        libc::kill(p.0.id() as i32, libc::SIGTERM);
-    }
-    common::wait_within(&mut p.0, Duration::from_secs(60));
+    let mut all = vec![
+        "--policy",
+        policy.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        upstream,
+        "--audit-dir",
+        audit.to_str().unwrap(),
+    ];
+    all.extend_from_slice(args);
+    let (guard, addr, rx) = common::http_proxy_with_stderr(&all);
+    ((guard, rx), addr)
 }
 
 /// A `/proc/PID/status` field in kB (`VmRSS`, `VmHWM`: the peak).
@@ -377,7 +360,7 @@ fn a_slowloris_client_is_cut_off_while_others_are_served() {
         "a client sending its headers a byte at a time for a minute was never cut off"
     );
     assert_served(addr, &[], "after the slowloris client");
-    stop(proxy);
+    common::stop(proxy);
 }
 
 #[test]
@@ -419,7 +402,7 @@ fn a_trickled_body_gets_408_and_the_connection_is_closed() {
     assert!(text.starts_with("HTTP/1.1 408"), "{text:?}");
     assert!(text.contains("--body-timeout"), "{text:?}");
     assert_served(addr, &[], "after");
-    stop(proxy);
+    common::stop(proxy);
 }
 
 /// The header timeout bounds waiting for a request, never a response that
@@ -450,7 +433,7 @@ fn a_long_lived_stream_outlives_the_header_timeout() {
         text.contains("notifications/two"),
         "the stream was cut before its second event: {text:?}"
     );
-    stop(proxy);
+    common::stop(proxy);
 }
 
 #[test]
@@ -472,7 +455,7 @@ fn an_idle_keep_alive_connection_is_closed() {
         closed,
         "an idle keep-alive connection stayed open for a minute"
     );
-    stop(proxy);
+    common::stop(proxy);
 }
 
 #[test]
@@ -536,7 +519,7 @@ fn memory_stays_bounded_under_stalled_uploads_and_slowloris() {
     );
     assert_peak_within(pid, base, "stalled uploads and slowloris");
     assert_served(addr, &auth, "after");
-    stop(proxy);
+    common::stop(proxy);
 }
 
 /// A request on a kept-alive connection; its body, or `None` when the
@@ -627,7 +610,7 @@ fn connections_over_the_cap_are_closed_while_open_ones_work() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(served, "a connection after one closed was never served");
-    stop(proxy);
+    common::stop(proxy);
 }
 
 /// CPU time the process has used, in clock ticks (utime + stime).
@@ -704,7 +687,7 @@ fn accept_failures_back_off_instead_of_spinning() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(served, "the proxy never served again");
-    stop(proxy);
+    common::stop(proxy);
 }
 
 #[test]
@@ -749,7 +732,7 @@ fn a_new_session_over_the_cap_gets_503_and_a_row() {
     }
     // Idle sessions make room: the third one is served now.
     assert_served(addr, &[("X-Session-Id", "c")], "once the others are idle");
-    stop(proxy);
+    common::stop(proxy);
     let rows = dir_rows(&dir.path().join("audit"));
     let refused: Vec<_> = rows
         .iter()
@@ -791,7 +774,7 @@ fn an_upstream_json_answer_over_the_limit_is_refused_unheld() {
     );
     assert_peak_within(pid, base, "a 200 MB JSON answer");
     assert_served(addr, &[], "after");
-    stop(proxy);
+    common::stop(proxy);
     assert_eq!(
         outcomes(&dir.path().join("audit"), "huge_json"),
         [("response_too_large".to_string(), Some(-32603))]
@@ -823,7 +806,7 @@ fn an_upstream_sse_event_over_the_limit_is_refused_unheld() {
     assert_eq!(msgs[1]["error"]["code"], -32603, "{body}");
     assert_peak_within(pid, base, "a 200 MB SSE event");
     assert_served(addr, &[], "after");
-    stop(proxy);
+    common::stop(proxy);
     assert_eq!(
         outcomes(&dir.path().join("audit"), "huge_sse"),
         [("response_too_large".to_string(), Some(-32603))]

@@ -26,35 +26,10 @@ fn sdk_server(extra: &[&str]) -> (Guard, u16) {
 /// `flightrec proxy --listen 127.0.0.1:0 …`: the process, the address it
 /// printed, and its stderr lines.
 fn proxy(args: &[&str]) -> (Guard, SocketAddr, std::sync::mpsc::Receiver<String>) {
-    let mut child = Command::new(flightrec())
-        .arg("proxy")
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let rx = common::line_channel(child.stderr.take().unwrap());
-    let guard = Guard(child);
-    loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("the proxy prints its address");
-        if let Some(rest) = line.strip_prefix("flightrec: listening on http://") {
-            let addr = rest.split('/').next().unwrap().parse().unwrap();
-            return (guard, addr, rx);
-        }
-    }
+    common::http_proxy_with_stderr(args)
 }
 
-/// Stops a proxy with SIGTERM and waits for it (it flushes the log).
-fn stop(mut p: Guard) -> std::process::ExitStatus {
-    // SAFETY: kill(2) on a child this test started.
-    unsafe {
-        libc::kill(p.0.id() as i32, libc::SIGTERM);
-    }
-    common::wait_within(&mut p.0, Duration::from_secs(60))
-}
+use common::stop;
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     common::write_file(dir, name, text)

@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{Guard, dir_rows, flightrec, need, root};
+use common::{Guard, dir_rows, need, root};
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -49,41 +49,6 @@ fn events(log: &Path, kind: &str) -> Vec<Value> {
         .collect()
 }
 
-/// `flightrec proxy --listen 127.0.0.1:0 …` and the address it printed.
-fn proxy(args: &[&str]) -> (Guard, SocketAddr) {
-    let mut child = Command::new(flightrec())
-        .arg("proxy")
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let rx = common::line_channel(child.stderr.take().unwrap());
-    let guard = Guard(child);
-    loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("the proxy prints its address");
-        if let Some(rest) = line.strip_prefix("flightrec: listening on http://") {
-            let addr = rest.split('/').next().unwrap().parse().unwrap();
-            // Keep draining stderr so the proxy never blocks on it.
-            std::thread::spawn(move || while rx.recv().is_ok() {});
-            return (guard, addr);
-        }
-    }
-}
-
-/// Stops a proxy with SIGTERM and waits for it (it flushes the log).
-fn stop(mut p: Guard) {
-    // SAFETY: kill(2) on a child this test started.
-    unsafe {
-        libc::kill(p.0.id() as i32, libc::SIGTERM);
-    }
-    let status = common::wait_within(&mut p.0, Duration::from_secs(60));
-    assert!(status.success(), "the proxy exited with {status}");
-}
-
 /// A proxy in front of a fresh hostile upstream, recording to `dir/audit`:
 /// (upstream, proxy, its address, the upstream's log, the audit dir).
 struct Setup {
@@ -111,7 +76,7 @@ fn setup(dir: &Path, policy: &str, extra: &[&str]) -> Setup {
         audit.to_str().unwrap(),
     ];
     args.extend_from_slice(extra);
-    let (proxy, addr) = proxy(&args);
+    let (proxy, addr) = common::http_proxy(&args);
     Setup {
         _upstream: upstream,
         proxy,
@@ -210,7 +175,7 @@ fn methods_the_transport_does_not_define_are_refused_and_never_forwarded() {
     let (status, _, answer) = json(s.addr, "POST", &[], REBOOT);
     assert_eq!(status, 200, "{answer}");
     assert!(answer.contains("denied by policy"), "{answer}");
-    stop(s.proxy);
+    assert!(common::stop(s.proxy).success(), "the proxy exited cleanly");
     let received: Vec<String> = events(&s.log, "received")
         .iter()
         .map(|e| e["verb"].as_str().unwrap().to_string())
@@ -268,7 +233,7 @@ fn with_tokens_every_method_is_authenticated_before_anything_else() {
         LIST,
     );
     assert_eq!(status, 200, "{answer}");
-    stop(s.proxy);
+    assert!(common::stop(s.proxy).success(), "the proxy exited cleanly");
     let received = events(&s.log, "received");
     assert_eq!(received.len(), 1, "{received:?}");
     assert_eq!(
@@ -349,7 +314,7 @@ fn an_upstream_session_belongs_to_the_agent_it_was_issued_to() {
     // Ended: the id is no longer anyone's.
     let (status, _, _) = json(s.addr, "POST", &[alice, ("Mcp-Session-Id", &sid)], LIST);
     assert_eq!(status, 404);
-    stop(s.proxy);
+    assert!(common::stop(s.proxy).success(), "the proxy exited cleanly");
     let ended = events(&s.log, "ended");
     assert_eq!(ended.len(), 1, "only alice's DELETE ended the session");
     let received: Vec<(String, Value)> = events(&s.log, "received")
@@ -429,7 +394,7 @@ fn a_client_chosen_session_id_stays_in_its_agents_scope() {
         assert!(r["x_session_id"].is_null(), "passed upstream: {r}");
         assert!(r["x_agent_id"].is_null(), "passed upstream: {r}");
     }
-    stop(s.proxy);
+    assert!(common::stop(s.proxy).success(), "the proxy exited cleanly");
     let rows = dir_rows(&s.audit);
     let sessions: Vec<(&str, &str)> = rows
         .iter()
@@ -551,7 +516,7 @@ fn bodies_not_sent_as_utf8_json_are_refused_and_never_forwarded() {
         assert_eq!(status, 200, "{ct}: {answer}");
         assert!(answer.contains("ran list_brokers"), "{ct}: {answer}");
     }
-    stop(s.proxy);
+    assert!(common::stop(s.proxy).success(), "the proxy exited cleanly");
     assert_eq!(
         events(&s.log, "received").len(),
         3,
@@ -598,7 +563,7 @@ fn origins_other_than_the_listeners_own_are_refused() {
     // No Origin (a client that is not a browser) is fine.
     let (status, _, _) = json(s.addr, "POST", &[], LIST);
     assert_eq!(status, 200);
-    stop(s.proxy);
+    assert!(common::stop(s.proxy).success(), "the proxy exited cleanly");
     let received = events(&s.log, "received");
     assert_eq!(received.len(), 3, "{received:?}");
     assert!(received.iter().all(|e| e["verb"] == "POST"));
@@ -634,7 +599,7 @@ fn origins_other_than_the_listeners_own_are_refused() {
         let (status, _, answer) = json(s.addr, "POST", &[("Origin", origin)], LIST);
         assert_eq!(status, 403, "{origin}: {answer}");
     }
-    stop(s.proxy);
+    assert!(common::stop(s.proxy).success(), "the proxy exited cleanly");
     assert_eq!(events(&s.log, "received").len(), 1);
     // A malformed --allow-origin is a usage error.
     let out = common::run(&[
@@ -730,7 +695,7 @@ fn duplicated_or_unreadable_headers_are_refused() {
         LIST.as_bytes(),
     );
     assert_eq!(status, 200, "{answer}");
-    stop(s.proxy);
+    assert!(common::stop(s.proxy).success(), "the proxy exited cleanly");
     assert_eq!(events(&s.log, "received").len(), 1);
     let rows = dir_rows(&s.audit);
     let refused = rows
@@ -796,7 +761,7 @@ fn a_client_that_leaves_its_sse_answer_still_gets_the_real_outcome_recorded() {
     let policy = common::write_file(dir.path(), "policy.yaml", "version: \"1\"\ntools: {}\n");
     let audit = dir.path().join("audit");
     let url = format!("http://127.0.0.1:{port}/mcp");
-    let (p, addr) = proxy(&[
+    let (p, addr) = common::http_proxy(&[
         "--policy",
         policy.to_str().unwrap(),
         "--listen",
@@ -842,7 +807,7 @@ fn a_client_that_leaves_its_sse_answer_still_gets_the_real_outcome_recorded() {
         b"slow_copy",
         "the call's row was never completed after its client left",
     );
-    stop(p);
+    assert!(common::stop(p).success(), "the proxy exited cleanly");
     let rows = dir_rows(&audit);
     let call: Vec<_> = rows
         .iter()
@@ -870,7 +835,7 @@ fn a_flood_of_unauthenticated_requests_cannot_drown_the_log() {
         let (status, _, _) = json(s.addr, "POST", &[], LIST);
         assert_eq!(status, 401);
     }
-    stop(s.proxy);
+    assert!(common::stop(s.proxy).success(), "the proxy exited cleanly");
     let rows = dir_rows(&s.audit);
     let refusals: Vec<_> = rows
         .iter()

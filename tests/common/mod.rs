@@ -335,3 +335,51 @@ pub fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// `flightrec proxy ARGS…` (which must listen on HTTP): the process, the
+/// address it printed, and its stderr lines after that one.
+pub fn http_proxy_with_stderr(
+    args: &[&str],
+) -> (
+    Guard,
+    std::net::SocketAddr,
+    std::sync::mpsc::Receiver<String>,
+) {
+    use std::process::Stdio;
+    let mut child = bin()
+        .arg("proxy")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let rx = line_channel(child.stderr.take().unwrap());
+    let guard = Guard(child);
+    loop {
+        let line = rx
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("the proxy prints its address");
+        if let Some(rest) = line.strip_prefix("flightrec: listening on http://") {
+            let addr = rest.split('/').next().unwrap().parse().unwrap();
+            return (guard, addr, rx);
+        }
+    }
+}
+
+/// As [`http_proxy_with_stderr`], its stderr drained (so the proxy never
+/// blocks writing it).
+pub fn http_proxy(args: &[&str]) -> (Guard, std::net::SocketAddr) {
+    let (guard, addr, rx) = http_proxy_with_stderr(args);
+    std::thread::spawn(move || for _ in rx {});
+    (guard, addr)
+}
+
+/// Stops a proxy with SIGTERM and waits for it (it flushes its log).
+pub fn stop(mut p: Guard) -> std::process::ExitStatus {
+    // SAFETY: kill(2) on a child the test started.
+    unsafe {
+        libc::kill(p.0.id() as i32, libc::SIGTERM);
+    }
+    wait_within(&mut p.0, std::time::Duration::from_secs(60))
+}
