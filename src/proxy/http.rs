@@ -42,6 +42,7 @@ use crate::audit::Recorder;
 use crate::policy::Outcome;
 use crate::proxy::ProxyError;
 use crate::proxy::body::{Bounded, collect_bounded};
+use crate::proxy::child::{Answer, BindError, Child, ChildConfig, ChildPool, SendError};
 use crate::proxy::gateway::{Gateway, GatewayConfig, lock};
 use crate::proxy::jsonrpc::{self, Envelope};
 use crate::proxy::session::{ClientAction, Session, Transport};
@@ -75,8 +76,8 @@ pub struct HttpConfig {
     /// When the audit journal is forced to disk.
     pub sync: crate::audit::journal::SyncMode,
     pub listen: SocketAddr,
-    /// The upstream MCP endpoint, e.g. `http://127.0.0.1:8000/mcp`.
-    pub upstream: Uri,
+    /// Where forwarded messages go.
+    pub upstream: Upstream,
     /// `AGENT TOKEN` lines: the bearer token decides the agent.
     pub tokens: Option<PathBuf>,
     /// Request bodies longer than this are refused (413).
@@ -101,6 +102,26 @@ pub struct HttpConfig {
     /// Browser origins allowed besides the listener's own loopback ones
     /// (`--allow-origin`).
     pub allow_origins: Vec<WebOrigin>,
+}
+
+/// Where the HTTP proxy forwards messages.
+#[derive(Debug, Clone)]
+pub enum Upstream {
+    /// An MCP server speaking Streamable HTTP, e.g.
+    /// `http://127.0.0.1:8000/mcp`.
+    Http(Uri),
+    /// A stdio MCP server command, one process per session
+    /// ([`crate::proxy::child`]).
+    Command(ChildConfig),
+}
+
+impl std::fmt::Display for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Upstream::Http(uri) => write!(f, "{uri}"),
+            Upstream::Command(c) => write!(f, "{} (a process per session)", c.command.join(" ")),
+        }
+    }
 }
 
 /// A web origin as a browser names it in `Origin`: scheme, host and port
@@ -269,6 +290,8 @@ struct Shared {
     /// With `--tokens`: which agent the upstream issued each
     /// `Mcp-Session-Id` to.
     issued: Mutex<Issued>,
+    /// With a command upstream: its processes.
+    children: Option<Arc<ChildPool>>,
 }
 
 /// The upstream's `Mcp-Session-Id`s and the agent each was issued to (the
@@ -326,6 +349,11 @@ struct Exchange {
     request_id: Option<String>,
     wants_json: bool,
     agent: Option<String>,
+    /// With a command upstream: the child the request goes to.
+    child: Option<Arc<Child>>,
+    /// A session the proxy issued for this `initialize` (its id goes back
+    /// in `Mcp-Session-Id`).
+    new_session: Option<String>,
 }
 
 /// Runs the HTTP proxy until SIGTERM or SIGINT; in-flight requests are
@@ -367,11 +395,19 @@ async fn serve(config: HttpConfig, tokens: Option<Tokens>) -> Result<i32, ProxyE
         WebOrigin::http("[::1]", port),
     ];
     origins.extend(config.allow_origins.iter().cloned());
-    let server_guess = config
-        .upstream
-        .authority()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
+    let server_guess = match &config.upstream {
+        Upstream::Http(uri) => uri.authority().map(|a| a.to_string()).unwrap_or_default(),
+        Upstream::Command(c) => c
+            .command
+            .first()
+            .and_then(|p| Path::new(p).file_name())
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+    };
+    let children = match &config.upstream {
+        Upstream::Command(c) => Some(Arc::new(ChildPool::new(c.clone()))),
+        Upstream::Http(_) => None,
+    };
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     let client = Client::builder(TokioExecutor::new())
@@ -388,8 +424,20 @@ async fn serve(config: HttpConfig, tokens: Option<Tokens>) -> Result<i32, ProxyE
         server_guess,
         origins,
         issued: Mutex::new(Issued::default()),
+        children,
         config,
     });
+    if let Some(pool) = shared.children.clone() {
+        // Children idle for --child-idle-timeout are stopped.
+        let tick = (pool.config().idle_timeout / 4)
+            .clamp(Duration::from_millis(100), Duration::from_secs(30));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(tick).await;
+                pool.reap_idle(Instant::now());
+            }
+        });
+    }
     gateway.watch_policy_file();
     eprintln!(
         "flightrec: listening on http://{local}/ → {}",
@@ -466,6 +514,9 @@ async fn serve(config: HttpConfig, tokens: Option<Tokens>) -> Result<i32, ProxyE
     }
     for (session, _) in lock(&shared.sessions).map.values() {
         session.abandon_all(Outcome::Interrupted, "flightrec: the proxy is stopping");
+    }
+    if let Some(pool) = &shared.children {
+        pool.stop_all().await;
     }
     gateway.close()?;
     Ok(0)
@@ -597,6 +648,19 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<ProxyBo
         );
         return refuse(&shared, Some(agent), post, req.headers(), refusal);
     }
+    // With a command upstream, the proxy issues session ids: one whose
+    // child is gone (or that was never issued) is unknown.
+    if let Some(pool) = &shared.children
+        && let Some(id) = header(req.headers(), "mcp-session-id")
+        && pool.get(&ChildPool::session_key(id)).is_none()
+    {
+        let refusal = Refusal::new(
+            StatusCode::NOT_FOUND,
+            "(unknown session)",
+            format!("flightrec: session {id} has ended or is unknown: start a new session"),
+        );
+        return refuse(&shared, agent.as_deref(), post, req.headers(), refusal);
+    }
     if !post {
         // GET opens the server's stream, DELETE ends a session: neither
         // carries a message, so neither may carry a body a server would read.
@@ -625,9 +689,9 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<ProxyBo
         }
         return response;
     }
-    let session = session_for(&shared, req.headers(), agent.as_deref());
+    let mut session = session_for(&shared, req.headers(), agent.as_deref());
     session.set_agent(agent.clone());
-    let headers = req.headers().clone();
+    let mut headers = req.headers().clone();
     let frame = match read_body(&shared, req).await {
         Ok(b) => b,
         Err(BodyError::TooLarge) => {
@@ -647,18 +711,53 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<ProxyBo
         let answer = session.reject(&frame, "(header mismatch)", -32020, &mismatch);
         return json_response(StatusCode::BAD_REQUEST, answer);
     }
+    // A command upstream: an `initialize` starts a session the proxy issues.
+    let new_session = match &shared.children {
+        Some(_) if header(&headers, "mcp-session-id").is_none() && is_initialize(&frame) => {
+            let Ok(id) = ChildPool::new_session_id() else {
+                return plain(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "flightrec: no randomness for a session id",
+                );
+            };
+            headers.insert("mcp-session-id", HeaderValue::from_str(&id).expect("hex"));
+            session = session_for(&shared, &headers, agent.as_deref());
+            session.set_agent(agent.clone());
+            Some(id)
+        }
+        _ => None,
+    };
     if over_session_cap(&shared, &session) {
         return too_many_sessions(&shared, &session, &frame);
+    }
+    let child = match &shared.children {
+        Some(pool) => {
+            match child_for(&shared, pool, &headers, agent.as_deref(), &session, &frame) {
+                Ok(child) => Some(child),
+                Err(refused) => return *refused,
+            }
+        }
+        None => None,
+    };
+    if let (Some(id), Some(agent)) = (&new_session, shared.tokens.as_ref().and(agent.as_deref())) {
+        lock(&shared.issued).issue(id, agent, Instant::now());
     }
     let wants_json =
         accepts(&headers, "application/json") || !accepts(&headers, "text/event-stream");
     // Every POST is its own exchange: its request waits under a scope of
-    // its own, so clients sharing a session may reuse ids.
-    let scope = shared.exchanges.fetch_add(1, Ordering::Relaxed).to_string();
+    // its own, so clients sharing a session may reuse ids. A child serves
+    // one session, whose ids are unique (as on stdio: scope "").
+    let scope = match child {
+        Some(_) => String::new(),
+        None => shared.exchanges.fetch_add(1, Ordering::Relaxed).to_string(),
+    };
     let request_id = serde_json::from_slice::<Envelope>(&frame)
         .ok()
         .and_then(|e| e.id_text())
-        .map(|id| format!("{scope}\u{1f}{id}"));
+        .map(|id| match child {
+            Some(_) => id,
+            None => format!("{scope}\u{1f}{id}"),
+        });
     // A client that takes an SSE answer can be asked in band (the proxy's
     // own request goes first on the stream).
     let streams = accepts(&headers, "text/event-stream");
@@ -675,6 +774,8 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<ProxyBo
                 request_id,
                 wants_json: false,
                 agent,
+                child,
+                new_session,
             };
             return held_stream(shared.clone(), session, headers, ask, *held, exchange);
         }
@@ -700,6 +801,8 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<ProxyBo
                 request_id,
                 wants_json,
                 agent,
+                child,
+                new_session,
             };
             // The exchange runs on a task of its own: a client that leaves
             // does not cancel a call already on its way to the server, whose
@@ -979,15 +1082,7 @@ fn printable(text: &str) -> String {
 /// The session a request belongs to (created on first use). With tokens,
 /// the agent is part of the key: one agent cannot join another's session.
 fn session_for(shared: &Arc<Shared>, headers: &HeaderMap, agent: Option<&str>) -> Arc<Session> {
-    let (kind, id) = match (
-        header(headers, "mcp-session-id"),
-        header(headers, "x-session-id"),
-    ) {
-        (Some(id), _) => ("mcp", id.to_string()),
-        (None, Some(id)) => ("x", id.to_string()),
-        (None, None) => ("agent", agent.unwrap_or("anonymous").to_string()),
-    };
-    let key = format!("{}\u{1f}{kind}:{id}", agent.unwrap_or(""));
+    let (key, kind, id) = session_key(headers, agent);
     let now = Instant::now();
     let mut sessions = lock(&shared.sessions);
     sessions.maybe_evict(now);
@@ -1009,6 +1104,21 @@ fn session_for(shared: &Arc<Shared>, headers: &HeaderMap, agent: Option<&str>) -
     });
     entry.1 = now;
     entry.0.clone()
+}
+
+/// The key of the session a request belongs to, its kind (`mcp`, `x`,
+/// `agent`) and its id.
+fn session_key(headers: &HeaderMap, agent: Option<&str>) -> (String, &'static str, String) {
+    let (kind, id) = match (
+        header(headers, "mcp-session-id"),
+        header(headers, "x-session-id"),
+    ) {
+        (Some(id), _) => ("mcp", id.to_string()),
+        (None, Some(id)) => ("x", id.to_string()),
+        (None, None) => ("agent", agent.unwrap_or("anonymous").to_string()),
+    };
+    let key = format!("{}\u{1f}{kind}:{id}", agent.unwrap_or(""));
+    (key, kind, id)
 }
 
 /// The sessions the proxy knows, with when each was last used. Sessions
@@ -1152,11 +1262,18 @@ async fn forward_post(
     body: Vec<u8>,
     exchange: Exchange,
 ) -> Response<ProxyBody> {
+    if let Some(child) = exchange.child.clone() {
+        return forward_to_child(shared, session, body, exchange, child).await;
+    }
+    let Upstream::Http(upstream) = &shared.config.upstream else {
+        return plain(StatusCode::BAD_GATEWAY, "flightrec: no upstream");
+    };
     let Exchange {
         scope,
         request_id,
         wants_json,
         agent: session_agent,
+        ..
     } = exchange;
     let fail = |outcome: Outcome, code: i64, message: String| {
         let answer = request_id
@@ -1175,7 +1292,7 @@ async fn forward_post(
     };
     let mut up = Request::builder()
         .method(Method::POST)
-        .uri(shared.config.upstream.clone());
+        .uri(upstream.clone());
     copy_request_headers(
         headers,
         up.headers_mut().expect("builder"),
@@ -1319,10 +1436,17 @@ async fn forward_post(
 
 /// Forwards a request as it is (GET streams, DELETE), bodies streamed.
 async fn pass_through(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<ProxyBody> {
+    let upstream = match (&shared.config.upstream, &shared.children) {
+        (_, Some(pool)) => return child_stream_or_end(pool, req.method(), req.headers()),
+        (Upstream::Http(uri), None) => uri.clone(),
+        (Upstream::Command(_), None) => {
+            return plain(StatusCode::BAD_GATEWAY, "flightrec: no upstream");
+        }
+    };
     let (parts, body) = req.into_parts();
     let mut up = Request::builder()
         .method(parts.method.clone())
-        .uri(shared.config.upstream.clone());
+        .uri(upstream);
     copy_request_headers(
         &parts.headers,
         up.headers_mut().expect("builder"),
@@ -1669,6 +1793,249 @@ fn plain(status: StatusCode, text: &str) -> Response<ProxyBody> {
     let mut r = Response::new(full(text.as_bytes().to_vec()));
     *r.status_mut() = status;
     r
+}
+
+// ---- a command upstream (`proxy --listen ADDR -- CMD`): the glue between
+// the exchanges above and `child` (the processes) ----
+
+/// Whether a client frame is an `initialize` request.
+fn is_initialize(frame: &[u8]) -> bool {
+    serde_json::from_slice::<Envelope>(frame)
+        .ok()
+        .is_some_and(|e| e.method.as_deref() == Some("initialize") && e.id.is_some())
+}
+
+/// The child a POST goes to: its MCP session's (a session whose child is
+/// gone gets 404), else its stateless session's, spawned when needed. A
+/// refusal (no room: 503; the command does not start: 502) is recorded.
+fn child_for(
+    shared: &Arc<Shared>,
+    pool: &ChildPool,
+    headers: &HeaderMap,
+    agent: Option<&str>,
+    session: &Arc<Session>,
+    frame: &[u8],
+) -> Result<Arc<Child>, Box<Response<ProxyBody>>> {
+    let id = header(headers, "mcp-session-id");
+    let key = match id {
+        Some(id) => ChildPool::session_key(id),
+        None => ChildPool::stateless_key(&session_key(headers, agent).0),
+    };
+    // Only an `initialize` (whose id the proxy just issued) starts the
+    // child of an MCP session.
+    let existing = pool.get(&key);
+    if id.is_some() && !is_initialize(frame) {
+        let Some(child) = existing else {
+            let message = "flightrec: this session has ended: start a new session";
+            let answer = session.reject(frame, "(unknown session)", -32600, message);
+            return Err(Box::new(json_response(StatusCode::NOT_FOUND, answer)));
+        };
+        child.attach(session);
+        return Ok(child);
+    }
+    match pool.bind(&key, session) {
+        Ok(child) => Ok(child),
+        Err(BindError::Full(max)) => {
+            let message = format!(
+                "flightrec: {max} MCP server processes run (--max-children) and every one has a request in flight; try again later"
+            );
+            let answer = session.reject(frame, "(too many children)", -32000, &message);
+            let mut r = json_response(StatusCode::SERVICE_UNAVAILABLE, answer);
+            r.headers_mut().insert(
+                HeaderName::from_static("retry-after"),
+                HeaderValue::from_static("1"),
+            );
+            Err(Box::new(r))
+        }
+        Err(BindError::Spawn(e)) => {
+            let message = format!(
+                "flightrec: the MCP server command could not be started: {e} ({})",
+                shared.config.upstream
+            );
+            let answer = session.reject(frame, "(upstream unavailable)", -32603, &message);
+            Err(Box::new(json_response(StatusCode::BAD_GATEWAY, answer)))
+        }
+    }
+}
+
+/// A forwarded message to its child: a request waits (within
+/// `--upstream-timeout`, holding one of `--max-concurrent` slots) for the
+/// answer the child's reader routes to it by id; a notification or the
+/// client's answer to a server request is written and gets 202.
+async fn forward_to_child(
+    shared: &Arc<Shared>,
+    session: &Arc<Session>,
+    body: Vec<u8>,
+    exchange: Exchange,
+    child: Arc<Child>,
+) -> Response<ProxyBody> {
+    let Exchange {
+        request_id,
+        wants_json,
+        new_session,
+        ..
+    } = exchange;
+    let timeout = shared.config.upstream_timeout;
+    let reply = |answer: Vec<u8>| {
+        let mut r = if wants_json {
+            json_response(StatusCode::OK, answer)
+        } else {
+            sse_response(StatusCode::OK, answer)
+        };
+        if let Some(id) = new_session
+            .as_deref()
+            .and_then(|i| HeaderValue::from_str(i).ok())
+        {
+            r.headers_mut().insert("mcp-session-id", id);
+        }
+        r
+    };
+    let fail = |outcome: Outcome, code: i64, message: String| {
+        let answer = request_id
+            .as_deref()
+            .and_then(|id| {
+                session
+                    .gateway()
+                    .pipeline(|| session.fail_request(id, outcome, code, &message))
+            })
+            .unwrap_or_else(|| jsonrpc::error_frame(None, code, &message));
+        reply(answer)
+    };
+    let gone = |child: &Child| {
+        if child.stopped() {
+            Outcome::Interrupted
+        } else {
+            Outcome::UpstreamGone
+        }
+    };
+    child.attach(session);
+    let Some(id) = request_id.clone() else {
+        return match child.send(body, timeout).await {
+            Ok(()) => empty(StatusCode::ACCEPTED),
+            Err(_) => plain(
+                StatusCode::BAD_GATEWAY,
+                "flightrec: the MCP server did not take the message",
+            ),
+        };
+    };
+    let _slot = shared.slots.acquire().await;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let waiting = match child.request(&id, body, timeout).await {
+        Ok(rx) => rx,
+        Err(SendError::Gone) => {
+            return fail(
+                gone(&child),
+                -32603,
+                "flightrec: the MCP server has exited".into(),
+            );
+        }
+        Err(SendError::Duplicate) => {
+            return fail(
+                Outcome::NotForwarded,
+                -32600,
+                format!("flightrec: request id {id} is already in flight on this session's server"),
+            );
+        }
+        Err(SendError::Stuck) => {
+            return fail(
+                Outcome::Timeout,
+                -32001,
+                format!("flightrec: the MCP server did not read the request within {timeout:?}"),
+            );
+        }
+    };
+    let answer = match tokio::time::timeout_at(deadline, waiting).await {
+        Err(_) => {
+            child.forget(&id);
+            child.cancel(&id, "flightrec: upstream timeout");
+            return fail(
+                Outcome::Timeout,
+                -32001,
+                format!(
+                    "flightrec: the MCP server did not answer within {timeout:?} (--upstream-timeout)"
+                ),
+            );
+        }
+        Ok(Err(_)) => {
+            return fail(
+                gone(&child),
+                -32603,
+                "flightrec: the MCP server exited before answering".into(),
+            );
+        }
+        Ok(Ok(answer)) => answer,
+    };
+    let limit = shared.config.max_response_bytes;
+    let action = match answer {
+        Answer::Whole(bytes) => session
+            .gateway()
+            .pipeline(|| session.on_server_frame_in("", bytes)),
+        Answer::TooLarge { head, len } => session
+            .gateway()
+            .pipeline(|| session.on_oversized_server_frame_in("", &head, len, limit)),
+    };
+    match action {
+        crate::proxy::session::ServerAction {
+            send: Some(send),
+            completion,
+        } => {
+            let response = reply(send);
+            if let Some(c) = completion {
+                session.complete(c);
+            }
+            response
+        }
+        crate::proxy::session::ServerAction { completion, .. } => {
+            // Not delivered (an answer the client could misread): the
+            // request ends here.
+            if let Some(c) = completion {
+                session.complete(c);
+            }
+            fail(
+                Outcome::RpcError,
+                -32603,
+                "flightrec: the MCP server's answer was not delivered".into(),
+            )
+        }
+    }
+}
+
+/// GET (the session's server-to-client stream) and DELETE (end of the
+/// session, its child stopped) with a command upstream. Without a session
+/// id there is no stream and nothing to end: 405.
+fn child_stream_or_end(
+    pool: &ChildPool,
+    method: &Method,
+    headers: &HeaderMap,
+) -> Response<ProxyBody> {
+    let Some(id) = header(headers, "mcp-session-id") else {
+        let mut r = plain(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "flightrec: without Mcp-Session-Id there is no session stream to open or end",
+        );
+        r.headers_mut()
+            .insert(hyper::header::ALLOW, HeaderValue::from_static("POST"));
+        return r;
+    };
+    let key = ChildPool::session_key(id);
+    if *method == Method::DELETE {
+        return if pool.end(&key) {
+            empty(StatusCode::OK)
+        } else {
+            plain(StatusCode::NOT_FOUND, "flightrec: no such session")
+        };
+    }
+    match pool.get(&key) {
+        Some(child) => {
+            let mut r = Response::new(ChannelBody(child.open_stream()).boxed());
+            r.headers_mut().insert(
+                HeaderName::from_static("content-type"),
+                HeaderValue::from_static("text/event-stream"),
+            );
+            r
+        }
+        None => plain(StatusCode::NOT_FOUND, "flightrec: no such session"),
+    }
 }
 
 #[cfg(test)]
