@@ -247,7 +247,7 @@ fn test_server_proxy(s: &Setup, extra: &[&str]) -> (Guard, SocketAddr) {
     proxy(&args, &[("TEST_SERVER_LOG", &s.log)])
 }
 
-fn rows_where<'r>(rows: &'r [AuditRow], f: impl Fn(&AuditRow) -> bool) -> Vec<&'r AuditRow> {
+fn rows_where(rows: &[AuditRow], f: impl Fn(&AuditRow) -> bool) -> Vec<&AuditRow> {
     rows.iter().filter(|r| f(r)).collect()
 }
 
