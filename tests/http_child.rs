@@ -858,3 +858,145 @@ fn differential_fuzz_through_a_child() {
         }
     }
 }
+
+#[test]
+fn a_request_the_child_does_not_answer_in_time_gets_a_timeout() {
+    let s = setup();
+    let (p, addr) = test_server_proxy(&s, &["--upstream-timeout", "1s"]);
+    let session = start_session(addr, &[]);
+    let slow = tool_call(21, "slow_tool", json!({"ms": 600_000}), false);
+    let (status, _, body) = post(addr, Some(&session), &[], &slow);
+    assert_eq!(status, 200);
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (v["id"].clone(), v["error"]["code"].clone()),
+        (json!(21), json!(-32001)),
+        "{v}"
+    );
+    // The session goes on with the same process.
+    let list = r#"{"jsonrpc":"2.0","id":22,"method":"tools/list"}"#;
+    let (status, _, body) = post(addr, Some(&session), &[], list);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(pids(&s.pids).len(), 1);
+    assert!(stop(p).success());
+    let rows = dir_rows(&s.audit);
+    let slow_rows = rows_where(&rows, |r| r.tool.as_deref() == Some("slow_tool"));
+    assert_eq!(slow_rows.len(), 1);
+    assert_eq!(slow_rows[0].outcome.to_string(), "timeout");
+}
+
+#[test]
+fn an_idle_child_is_stopped_and_its_session_ends() {
+    let s = setup();
+    let (p, addr) = test_server_proxy(&s, &["--child-idle-timeout", "1s"]);
+    let session = start_session(addr, &[]);
+    let pid = pids(&s.pids)[0];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while alive(pid) {
+        assert!(
+            Instant::now() < deadline,
+            "the idle process was never stopped"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let list = r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#;
+    let (status, _, _) = post(addr, Some(&session), &[], list);
+    assert_eq!(status, 404);
+    let fresh = start_session(addr, &[]);
+    let (status, _, _) = post(addr, Some(&fresh), &[], list);
+    assert_eq!(status, 200);
+    assert!(stop(p).success());
+}
+
+/// A stdio server that, on a tool call, sends a notification and a request
+/// of its own before its answer, and logs the client's answer to it.
+const CHATTY: &str = r#"
+import json, sys
+log = sys.argv[1]
+for line in sys.stdin:
+    m = json.loads(line)
+    if "method" not in m:
+        with open(log, "a") as f:
+            f.write(json.dumps(m) + "\n")
+        continue
+    if "id" not in m:
+        continue
+    method = m["method"]
+    if method == "initialize":
+        result = {"protocolVersion": "2025-11-25", "capabilities": {"tools": {}},
+                  "serverInfo": {"name": "chatty", "version": "1"}}
+    elif method == "tools/list":
+        result = {"tools": [{"name": "shout", "inputSchema": {"type": "object"}}]}
+    elif method == "tools/call":
+        print(json.dumps({"jsonrpc": "2.0", "method": "notifications/message",
+                          "params": {"level": "info", "data": "hello from the server"}}), flush=True)
+        print(json.dumps({"jsonrpc": "2.0", "id": "srv-1", "method": "roots/list"}), flush=True)
+        result = {"content": [{"type": "text", "text": "shouted"}]}
+    else:
+        result = {}
+    print(json.dumps({"jsonrpc": "2.0", "id": m["id"], "result": result}), flush=True)
+"#;
+
+#[test]
+fn the_servers_own_messages_reach_the_sessions_stream_and_answers_go_back() {
+    let s = setup();
+    let script = common::write_file(s.dir.path(), "chatty.py", CHATTY);
+    let answers = s.dir.path().join("answers.jsonl");
+    let policy = common::write_file(s.dir.path(), "policy.yaml", "version: \"1\"\n");
+    let (p, addr) = proxy(
+        &[
+            "--policy",
+            policy.to_str().unwrap(),
+            "--audit-dir",
+            s.audit.to_str().unwrap(),
+            "--",
+            "python3",
+            script.to_str().unwrap(),
+            answers.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let session = start_session(addr, &[]);
+    // The session's stream (GET), read line by line.
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    write!(
+        stream,
+        "GET /mcp HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\nMcp-Session-Id: {session}\r\n\r\n"
+    )
+    .unwrap();
+    let call = tool_call(1, "shout", json!({}), false);
+    let (status, _, body) = post(addr, Some(&session), &[], &call);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("shouted"));
+    let mut reader = std::io::BufReader::new(stream);
+    let (mut note, mut request) = (false, false);
+    for _ in 0..100 {
+        let mut line = String::new();
+        if std::io::BufRead::read_line(&mut reader, &mut line).unwrap() == 0 {
+            break;
+        }
+        note |= line.starts_with("data: ") && line.contains("hello from the server");
+        request |= line.starts_with("data: ") && line.contains("roots/list");
+        if note && request {
+            break;
+        }
+    }
+    assert!(
+        note && request,
+        "the server's notification and request came on the stream"
+    );
+    // The client's answer to the server's request goes to the server: 202.
+    let answer = r#"{"jsonrpc":"2.0","id":"srv-1","result":{"roots":[]}}"#;
+    let (status, _, _) = post(addr, Some(&session), &[], answer);
+    assert_eq!(status, 202);
+    wait_for_lines(
+        &answers,
+        r#"{"jsonrpc": "2.0", "id": "srv-1", "result": {"roots": []}}"#,
+        1,
+    );
+    assert!(stop(p).success());
+    common::assert_verified(&s.audit);
+}

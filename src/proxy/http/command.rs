@@ -119,7 +119,11 @@ pub(super) async fn forward_to_child(
         }
     };
     child.attach(session);
-    let Some(id) = request_id.clone() else {
+    // Only a request waits for an answer (a POST carrying the client's
+    // answer to a server request has an id too).
+    let is_request = serde_json::from_slice::<Envelope>(&body)
+        .is_ok_and(|e| e.method.is_some() && e.id.is_some());
+    let Some(id) = request_id.clone().filter(|_| is_request) else {
         return match child.send(body, timeout).await {
             Ok(()) => empty(StatusCode::ACCEPTED),
             Err(_) => plain(
