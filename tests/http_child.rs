@@ -1000,3 +1000,33 @@ fn the_servers_own_messages_reach_the_sessions_stream_and_answers_go_back() {
     assert!(stop(p).success());
     common::assert_verified(&s.audit);
 }
+
+#[test]
+fn a_stop_records_calls_left_in_flight_and_ends_every_child() {
+    let s = setup();
+    let (p, addr) = test_server_proxy(&s, &[]);
+    let session = start_session(addr, &[]);
+    let slow = tool_call(31, "slow_tool", json!({"ms": 600_000}), false);
+    let call = std::thread::spawn(move || {
+        let mut c = TcpStream::connect(addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+        let _ = write!(
+            c,
+            "POST /mcp HTTP/1.1\r\nHost: {addr}\r\nAccept: application/json\r\nContent-Type: application/json\r\nMcp-Session-Id: {session}\r\nContent-Length: {}\r\n\r\n{slow}",
+            slow.len()
+        );
+        let mut all = String::new();
+        let _ = c.read_to_string(&mut all);
+        all
+    });
+    wait_for_lines(&s.log, "slow_tool", 1);
+    let pid = pids(&s.pids)[0];
+    assert!(stop(p).success());
+    assert!(!alive(pid), "the stop ended the server process");
+    let _ = call.join();
+    common::assert_verified(&s.audit);
+    let rows = dir_rows(&s.audit);
+    let slow_rows = rows_where(&rows, |r| r.tool.as_deref() == Some("slow_tool"));
+    assert_eq!(slow_rows.len(), 1);
+    assert_eq!(slow_rows[0].outcome.to_string(), "interrupted");
+}

@@ -748,7 +748,7 @@ fn proxy_cmd(args: &ProxyArgs) -> ExitCode {
 fn run_proxy(args: &ProxyArgs, rotate_age: std::time::Duration) -> ExitCode {
     if args.listen.is_some() && args.upstream.is_none() && args.command.is_empty() {
         eprintln!(
-            "error: --listen needs the MCP server to proxy: --upstream URL, or a server command after `--`"
+            "error: --listen needs --upstream URL or a server command after `--` (the MCP server to proxy)"
         );
         return ExitCode::from(EXIT_INPUT);
     }
