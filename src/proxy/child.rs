@@ -207,7 +207,9 @@ impl ChildPool {
             .map(|(k, _)| k.clone())
             .collect();
         for k in idle {
-            if let Some(c) = children.remove(&k) {
+            if let Some(c) = children.remove(&k)
+                && !c.gone.load(Ordering::Acquire)
+            {
                 c.stop(self.config.grace);
             }
         }
@@ -389,6 +391,10 @@ impl Child {
         self.stopped.store(true, Ordering::Release);
         self.gone.store(true, Ordering::Release);
         self.queued.notify_waiters();
+        if self.exited.load(Ordering::Acquire) {
+            // Reaped: its process group id may be reused; nothing to stop.
+            return;
+        }
         self.signal(libc::SIGTERM);
         let child = self.clone();
         std::thread::spawn(move || {
