@@ -246,10 +246,20 @@ pub struct ProxyArgs {
     /// session while every kept one is busy gets 503
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_sessions: u32,
+    /// HTTP proxy with a server command after `--`: most server processes
+    /// at once (one per session); when full, the least recently used idle
+    /// one is stopped, and when none is idle a new session gets 503
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_children: u32,
+    /// HTTP proxy with a server command after `--`: a server process with
+    /// no request in flight for this long is stopped (its session ends)
+    #[arg(long, default_value = "10m")]
+    pub child_idle_timeout: DurationArg,
     /// Upstream MCP server URL (HTTP proxy or stdio-to-HTTP bridge)
     #[arg(long)]
     pub upstream: Option<String>,
-    /// The MCP server command to spawn (stdio proxy)
+    /// The MCP server command to spawn (stdio proxy; with --listen, one
+    /// process per session behind the URL)
     #[arg(last = true)]
     pub command: Vec<String>,
 }
@@ -742,18 +752,14 @@ fn proxy_cmd(args: &ProxyArgs) -> ExitCode {
 }
 
 fn run_proxy(args: &ProxyArgs, rotate_age: std::time::Duration) -> ExitCode {
-    if args.listen.is_some() && args.upstream.is_none() {
-        eprintln!("error: --listen needs --upstream URL (the MCP server to proxy)");
-        return ExitCode::from(EXIT_INPUT);
-    }
-    if args.upstream.is_some() && args.listen.is_none() && !args.command.is_empty() {
-        eprintln!("error: give either --upstream URL or a server command after `--`, not both");
-        return ExitCode::from(EXIT_INPUT);
-    }
-    if args.listen.is_some() && !args.command.is_empty() {
+    if args.listen.is_some() && args.upstream.is_none() && args.command.is_empty() {
         eprintln!(
-            "error: give either --listen/--upstream or a server command after `--`, not both"
+            "error: --listen needs --upstream URL or a server command after `--` (the MCP server to proxy)"
         );
+        return ExitCode::from(EXIT_INPUT);
+    }
+    if args.upstream.is_some() && !args.command.is_empty() {
+        eprintln!("error: give either --upstream URL or a server command after `--`, not both");
         return ExitCode::from(EXIT_INPUT);
     }
     if args.upstream.is_none() && args.command.is_empty() {
@@ -840,9 +846,12 @@ fn run_proxy(args: &ProxyArgs, rotate_age: std::time::Duration) -> ExitCode {
         }),
     };
     match (&args.listen, &args.upstream) {
-        (Some(listen), Some(upstream)) => return http_proxy(args, gateway, Some(listen), upstream),
-        (None, Some(upstream)) => return http_proxy(args, gateway, None, upstream),
-        _ => {}
+        (Some(listen), Some(upstream)) => {
+            return http_proxy(args, gateway, Some(listen), Some(upstream), grace);
+        }
+        (None, Some(upstream)) => return http_proxy(args, gateway, None, Some(upstream), grace),
+        (Some(listen), None) => return http_proxy(args, gateway, Some(listen), None, grace),
+        (None, None) => {}
     }
     let config = crate::proxy::ProxyConfig {
         sync: args.fsync.into(),
@@ -889,13 +898,15 @@ pub(crate) fn time_arg(text: &Option<String>, what: &str) -> Result<Option<i64>,
     }
 }
 
-/// The HTTP proxy (`--listen`) or, without `--listen`, the stdio-to-HTTP
-/// bridge.
+/// The HTTP proxy (`--listen`) in front of `--upstream URL` or of the
+/// server command after `--` (`upstream` None), or, without `--listen`,
+/// the stdio-to-HTTP bridge.
 fn http_proxy(
     args: &ProxyArgs,
     gateway: crate::proxy::GatewayConfig,
     listen: Option<&String>,
-    upstream: &str,
+    upstream: Option<&String>,
+    grace: std::time::Duration,
 ) -> ExitCode {
     let listen: Option<std::net::SocketAddr> = match listen.map(|l| (l, l.parse())) {
         None => None,
@@ -905,15 +916,16 @@ fn http_proxy(
             return ExitCode::from(EXIT_INPUT);
         }
     };
-    let upstream: hyper::Uri = match upstream.parse::<hyper::Uri>() {
-        Ok(u) if u.scheme_str() == Some("http") && u.authority().is_some() => u,
-        Ok(_) => {
+    let upstream: Option<hyper::Uri> = match upstream.map(|u| (u, u.parse::<hyper::Uri>())) {
+        None => None,
+        Some((_, Ok(u))) if u.scheme_str() == Some("http") && u.authority().is_some() => Some(u),
+        Some((upstream, Ok(_))) => {
             eprintln!(
                 "error: --upstream {upstream}: expected an http:// URL (e.g. http://127.0.0.1:8000/mcp)"
             );
             return ExitCode::from(EXIT_INPUT);
         }
-        Err(e) => {
+        Some((upstream, Err(e))) => {
             eprintln!("error: --upstream {upstream}: {e}");
             return ExitCode::from(EXIT_INPUT);
         }
@@ -921,14 +933,23 @@ fn http_proxy(
     let upstream_timeout = gateway
         .upstream_timeout
         .unwrap_or(std::time::Duration::from_secs(365 * 24 * 3600));
-    let result = match listen {
-        Some(listen) => crate::proxy::http::run(crate::proxy::HttpConfig {
+    let result = match (listen, upstream) {
+        (Some(listen), upstream) => crate::proxy::http::run(crate::proxy::HttpConfig {
             upstream_timeout,
             gateway,
             audit_dir: args.audit_dir.clone(),
             sync: args.fsync.into(),
             listen,
-            upstream,
+            upstream: match upstream {
+                Some(uri) => crate::proxy::http::Upstream::Http(uri),
+                None => crate::proxy::http::Upstream::Command(crate::proxy::child::ChildConfig {
+                    command: args.command.clone(),
+                    max_children: args.max_children as usize,
+                    idle_timeout: args.child_idle_timeout.0,
+                    max_response_bytes: args.max_response_bytes,
+                    grace,
+                }),
+            },
             tokens: args.tokens.clone(),
             max_body_bytes: args.max_message_bytes,
             max_response_bytes: args.max_response_bytes,
@@ -939,7 +960,7 @@ fn http_proxy(
             max_sessions: args.max_sessions as usize,
             allow_origins: args.allow_origins.clone(),
         }),
-        None => crate::proxy::bridge::run(crate::proxy::bridge::BridgeConfig {
+        (None, Some(upstream)) => crate::proxy::bridge::run(crate::proxy::bridge::BridgeConfig {
             gateway,
             audit_dir: args.audit_dir.clone(),
             sync: args.fsync.into(),
@@ -948,6 +969,9 @@ fn http_proxy(
             max_response_bytes: args.max_response_bytes,
             upstream_timeout,
         }),
+        (None, None) => {
+            unreachable!("run_proxy runs the stdio proxy without --listen or --upstream")
+        }
     };
     match result {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),

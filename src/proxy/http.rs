@@ -42,6 +42,7 @@ use crate::audit::Recorder;
 use crate::policy::Outcome;
 use crate::proxy::ProxyError;
 use crate::proxy::body::{Bounded, collect_bounded};
+use crate::proxy::child::{Child, ChildConfig, ChildPool};
 use crate::proxy::gateway::{Gateway, GatewayConfig, lock};
 use crate::proxy::jsonrpc::{self, Envelope};
 use crate::proxy::session::{ClientAction, Session, Transport};
@@ -64,6 +65,9 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+mod command;
+use command::{child_for, child_stream_or_end, forward_to_child, is_initialize};
+
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type ProxyBody = http_body_util::combinators::BoxBody<Bytes, BoxError>;
 
@@ -75,8 +79,8 @@ pub struct HttpConfig {
     /// When the audit journal is forced to disk.
     pub sync: crate::audit::journal::SyncMode,
     pub listen: SocketAddr,
-    /// The upstream MCP endpoint, e.g. `http://127.0.0.1:8000/mcp`.
-    pub upstream: Uri,
+    /// Where forwarded messages go.
+    pub upstream: Upstream,
     /// `AGENT TOKEN` lines: the bearer token decides the agent.
     pub tokens: Option<PathBuf>,
     /// Request bodies longer than this are refused (413).
@@ -101,6 +105,26 @@ pub struct HttpConfig {
     /// Browser origins allowed besides the listener's own loopback ones
     /// (`--allow-origin`).
     pub allow_origins: Vec<WebOrigin>,
+}
+
+/// Where the HTTP proxy forwards messages.
+#[derive(Debug, Clone)]
+pub enum Upstream {
+    /// An MCP server speaking Streamable HTTP, e.g.
+    /// `http://127.0.0.1:8000/mcp`.
+    Http(Uri),
+    /// A stdio MCP server command, one process per session
+    /// ([`crate::proxy::child`]).
+    Command(ChildConfig),
+}
+
+impl std::fmt::Display for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Upstream::Http(uri) => write!(f, "{uri}"),
+            Upstream::Command(c) => write!(f, "{} (a process per session)", c.command.join(" ")),
+        }
+    }
 }
 
 /// A web origin as a browser names it in `Origin`: scheme, host and port
@@ -271,6 +295,8 @@ struct Shared {
     issued: Mutex<Issued>,
     /// How many rows refusals without an authenticated agent may write.
     unauthenticated_rows: Mutex<RowBudget>,
+    /// With a command upstream: its processes.
+    children: Option<Arc<ChildPool>>,
 }
 
 /// Rows for refusals no authenticated agent stands behind (a missing or
@@ -370,6 +396,11 @@ struct Exchange {
     request_id: Option<String>,
     wants_json: bool,
     agent: Option<String>,
+    /// With a command upstream: the child the request goes to.
+    child: Option<Arc<Child>>,
+    /// A session the proxy issued for this `initialize` (its id goes back
+    /// in `Mcp-Session-Id`).
+    new_session: Option<String>,
 }
 
 /// Runs the HTTP proxy until SIGTERM or SIGINT; in-flight requests are
@@ -411,11 +442,19 @@ async fn serve(config: HttpConfig, tokens: Option<Tokens>) -> Result<i32, ProxyE
         WebOrigin::http("[::1]", port),
     ];
     origins.extend(config.allow_origins.iter().cloned());
-    let server_guess = config
-        .upstream
-        .authority()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
+    let server_guess = match &config.upstream {
+        Upstream::Http(uri) => uri.authority().map(|a| a.to_string()).unwrap_or_default(),
+        Upstream::Command(c) => c
+            .command
+            .first()
+            .and_then(|p| Path::new(p).file_name())
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+    };
+    let children = match &config.upstream {
+        Upstream::Command(c) => Some(Arc::new(ChildPool::new(c.clone()))),
+        Upstream::Http(_) => None,
+    };
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     let client = Client::builder(TokioExecutor::new())
@@ -433,8 +472,20 @@ async fn serve(config: HttpConfig, tokens: Option<Tokens>) -> Result<i32, ProxyE
         origins,
         issued: Mutex::new(Issued::default()),
         unauthenticated_rows: Mutex::new(RowBudget::new(Instant::now())),
+        children,
         config,
     });
+    if let Some(pool) = shared.children.clone() {
+        // Children idle for --child-idle-timeout are stopped.
+        let tick = (pool.config().idle_timeout / 4)
+            .clamp(Duration::from_millis(100), Duration::from_secs(30));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(tick).await;
+                pool.reap_idle(Instant::now());
+            }
+        });
+    }
     gateway.watch_policy_file();
     eprintln!(
         "flightrec: listening on http://{local}/ → {}",
@@ -511,6 +562,9 @@ async fn serve(config: HttpConfig, tokens: Option<Tokens>) -> Result<i32, ProxyE
     }
     for (session, _) in lock(&shared.sessions).map.values() {
         session.abandon_all(Outcome::Interrupted, "flightrec: the proxy is stopping");
+    }
+    if let Some(pool) = &shared.children {
+        pool.stop_all().await;
     }
     let suppressed = std::mem::take(&mut lock(&shared.unauthenticated_rows).suppressed);
     if suppressed > 0 {
@@ -659,6 +713,19 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<ProxyBo
         );
         return refuse(&shared, Some(agent), post, req.headers(), refusal);
     }
+    // With a command upstream, the proxy issues session ids: one whose
+    // child is gone (or that was never issued) is unknown.
+    if let Some(pool) = &shared.children
+        && let Some(id) = header(req.headers(), "mcp-session-id")
+        && pool.get(&ChildPool::session_key(id)).is_none()
+    {
+        let refusal = Refusal::new(
+            StatusCode::NOT_FOUND,
+            "(unknown session)",
+            format!("flightrec: session {id} has ended or is unknown: start a new session"),
+        );
+        return refuse(&shared, agent.as_deref(), post, req.headers(), refusal);
+    }
     if !post {
         // GET opens the server's stream, DELETE ends a session: neither
         // carries a message, so neither may carry a body a server would read.
@@ -687,9 +754,9 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<ProxyBo
         }
         return response;
     }
-    let session = session_for(&shared, req.headers(), agent.as_deref());
+    let mut session = session_for(&shared, req.headers(), agent.as_deref());
     session.set_agent(agent.clone());
-    let headers = req.headers().clone();
+    let mut headers = req.headers().clone();
     let frame = match read_body(&shared, req).await {
         Ok(b) => b,
         Err(BodyError::TooLarge) => {
@@ -709,18 +776,53 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<ProxyBo
         let answer = session.reject(&frame, "(header mismatch)", -32020, &mismatch);
         return json_response(StatusCode::BAD_REQUEST, answer);
     }
+    // A command upstream: an `initialize` starts a session the proxy issues.
+    let new_session = match &shared.children {
+        Some(_) if header(&headers, "mcp-session-id").is_none() && is_initialize(&frame) => {
+            let Ok(id) = ChildPool::new_session_id() else {
+                return plain(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "flightrec: no randomness for a session id",
+                );
+            };
+            headers.insert("mcp-session-id", HeaderValue::from_str(&id).expect("hex"));
+            session = session_for(&shared, &headers, agent.as_deref());
+            session.set_agent(agent.clone());
+            Some(id)
+        }
+        _ => None,
+    };
     if over_session_cap(&shared, &session) {
         return too_many_sessions(&shared, &session, &frame);
+    }
+    let child = match &shared.children {
+        Some(pool) => {
+            match child_for(&shared, pool, &headers, agent.as_deref(), &session, &frame) {
+                Ok(child) => Some(child),
+                Err(refused) => return *refused,
+            }
+        }
+        None => None,
+    };
+    if let (Some(id), Some(agent)) = (&new_session, shared.tokens.as_ref().and(agent.as_deref())) {
+        lock(&shared.issued).issue(id, agent, Instant::now());
     }
     let wants_json =
         accepts(&headers, "application/json") || !accepts(&headers, "text/event-stream");
     // Every POST is its own exchange: its request waits under a scope of
-    // its own, so clients sharing a session may reuse ids.
-    let scope = shared.exchanges.fetch_add(1, Ordering::Relaxed).to_string();
+    // its own, so clients sharing a session may reuse ids. A child serves
+    // one session, whose ids are unique (as on stdio: scope "").
+    let scope = match child {
+        Some(_) => String::new(),
+        None => shared.exchanges.fetch_add(1, Ordering::Relaxed).to_string(),
+    };
     let request_id = serde_json::from_slice::<Envelope>(&frame)
         .ok()
         .and_then(|e| e.id_text())
-        .map(|id| format!("{scope}\u{1f}{id}"));
+        .map(|id| match child {
+            Some(_) => id,
+            None => format!("{scope}\u{1f}{id}"),
+        });
     // A client that takes an SSE answer can be asked in band (the proxy's
     // own request goes first on the stream).
     let streams = accepts(&headers, "text/event-stream");
@@ -737,6 +839,8 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<ProxyBo
                 request_id,
                 wants_json: false,
                 agent,
+                child,
+                new_session,
             };
             return held_stream(shared.clone(), session, headers, ask, *held, exchange);
         }
@@ -762,6 +866,8 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<ProxyBo
                 request_id,
                 wants_json,
                 agent,
+                child,
+                new_session,
             };
             // The exchange runs on a task of its own: a client that leaves
             // does not cancel a call already on its way to the server, whose
@@ -1053,15 +1159,7 @@ fn printable(text: &str) -> String {
 /// The session a request belongs to (created on first use). With tokens,
 /// the agent is part of the key: one agent cannot join another's session.
 fn session_for(shared: &Arc<Shared>, headers: &HeaderMap, agent: Option<&str>) -> Arc<Session> {
-    let (kind, id) = match (
-        header(headers, "mcp-session-id"),
-        header(headers, "x-session-id"),
-    ) {
-        (Some(id), _) => ("mcp", id.to_string()),
-        (None, Some(id)) => ("x", id.to_string()),
-        (None, None) => ("agent", agent.unwrap_or("anonymous").to_string()),
-    };
-    let key = format!("{}\u{1f}{kind}:{id}", agent.unwrap_or(""));
+    let (key, kind, id) = session_key(headers, agent);
     let now = Instant::now();
     let mut sessions = lock(&shared.sessions);
     sessions.maybe_evict(now);
@@ -1083,6 +1181,21 @@ fn session_for(shared: &Arc<Shared>, headers: &HeaderMap, agent: Option<&str>) -
     });
     entry.1 = now;
     entry.0.clone()
+}
+
+/// The key of the session a request belongs to, its kind (`mcp`, `x`,
+/// `agent`) and its id.
+fn session_key(headers: &HeaderMap, agent: Option<&str>) -> (String, &'static str, String) {
+    let (kind, id) = match (
+        header(headers, "mcp-session-id"),
+        header(headers, "x-session-id"),
+    ) {
+        (Some(id), _) => ("mcp", id.to_string()),
+        (None, Some(id)) => ("x", id.to_string()),
+        (None, None) => ("agent", agent.unwrap_or("anonymous").to_string()),
+    };
+    let key = format!("{}\u{1f}{kind}:{id}", agent.unwrap_or(""));
+    (key, kind, id)
 }
 
 /// The sessions the proxy knows, with when each was last used. Sessions
@@ -1226,11 +1339,18 @@ async fn forward_post(
     body: Vec<u8>,
     exchange: Exchange,
 ) -> Response<ProxyBody> {
+    if let Some(child) = exchange.child.clone() {
+        return forward_to_child(shared, session, body, exchange, child).await;
+    }
+    let Upstream::Http(upstream) = &shared.config.upstream else {
+        return plain(StatusCode::BAD_GATEWAY, "flightrec: no upstream");
+    };
     let Exchange {
         scope,
         request_id,
         wants_json,
         agent: session_agent,
+        ..
     } = exchange;
     let fail = |outcome: Outcome, code: i64, message: String| {
         let answer = request_id
@@ -1249,7 +1369,7 @@ async fn forward_post(
     };
     let mut up = Request::builder()
         .method(Method::POST)
-        .uri(shared.config.upstream.clone());
+        .uri(upstream.clone());
     copy_request_headers(
         headers,
         up.headers_mut().expect("builder"),
@@ -1409,10 +1529,17 @@ async fn forward_post(
 
 /// Forwards a request as it is (GET streams, DELETE), bodies streamed.
 async fn pass_through(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<ProxyBody> {
+    let upstream = match (&shared.config.upstream, &shared.children) {
+        (_, Some(pool)) => return child_stream_or_end(pool, req.method(), req.headers()),
+        (Upstream::Http(uri), None) => uri.clone(),
+        (Upstream::Command(_), None) => {
+            return plain(StatusCode::BAD_GATEWAY, "flightrec: no upstream");
+        }
+    };
     let (parts, body) = req.into_parts();
     let mut up = Request::builder()
         .method(parts.method.clone())
-        .uri(shared.config.upstream.clone());
+        .uri(upstream);
     copy_request_headers(
         &parts.headers,
         up.headers_mut().expect("builder"),

@@ -13,13 +13,15 @@
 //! - transports around sessions, knowing no policy: [`stdio`] (framing,
 //!   the child process, threads and signals) and `http` (a Streamable HTTP
 //!   reverse proxy on tokio and hyper: listening, identity, sessions by
-//!   header, JSON and SSE bodies).
+//!   header, JSON and SSE bodies), its upstream either an HTTP server or
+//!   stdio server processes (`child`: one per session).
 //!
 //! [`scan`] lists a server's tools for a starter policy.
 
 pub mod approval;
 pub(crate) mod body;
 pub(crate) mod bridge;
+pub(crate) mod child;
 mod error;
 pub(crate) mod gateway;
 pub(crate) mod http;

@@ -109,7 +109,7 @@ pub fn run(config: ProxyConfig) -> Result<i32, ProxyError> {
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
-    unsafe_reset_signal_mask(&mut command);
+    reset_signal_mask(&mut command);
     let mut child: Child = command.spawn().map_err(|source| ProxyError::Spawn {
         command: config.command.join(" "),
         source,
@@ -298,7 +298,7 @@ pub(crate) fn block_signals() -> Option<libc::sigset_t> {
 }
 
 /// The child must not inherit the blocked mask.
-fn unsafe_reset_signal_mask(command: &mut Command) {
+pub(crate) fn reset_signal_mask(command: &mut Command) {
     use std::os::unix::process::CommandExt;
     // SAFETY: pre_exec runs in the forked child before exec; it only calls
     // async-signal-safe functions on a local set.
