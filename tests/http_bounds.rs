@@ -671,7 +671,13 @@ fn accept_failures_back_off_instead_of_spinning() {
         .try_iter()
         .filter(|l| l.contains("accepting a connection"))
         .collect();
-    assert_eq!(said.len(), 1, "said once per burst: {said:?}");
+    // Said once per burst of failures, not once per failure (a descriptor
+    // freed meanwhile may end a burst and start another: a few lines, never
+    // one per retry).
+    assert!(
+        !said.is_empty() && said.len() <= 3,
+        "said once per burst: {said:?}"
+    );
     // Descriptors free up: the proxy serves again.
     drop(clients);
     // SAFETY: as above, restoring the limit it had.
