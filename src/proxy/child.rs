@@ -33,11 +33,10 @@
 use crate::proxy::gateway::lock;
 use crate::proxy::jsonrpc::{self, Envelope};
 use crate::proxy::session::Session;
-use crate::proxy::stdio::{Frame, read_frame, reset_signal_mask};
+use crate::proxy::stdio::{Frame, read_frame, server_command};
 use bytes::Bytes;
 use std::collections::{HashMap, VecDeque};
 use std::io::{BufReader, Write};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -271,17 +270,11 @@ impl Child {
                 "no command given after --",
             ));
         };
-        let mut command = Command::new(program);
-        command
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+        let mut command = server_command(program, args);
         {
             use std::os::unix::process::CommandExt;
             command.process_group(0);
         }
-        reset_signal_mask(&mut command);
         let mut process = command.spawn()?;
         let stdin = process.stdin.take().expect("piped");
         let stdout = process.stdout.take().expect("piped");

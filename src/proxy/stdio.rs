@@ -103,13 +103,7 @@ pub fn run(config: ProxyConfig) -> Result<i32, ProxyError> {
             ),
         });
     };
-    let mut command = Command::new(program);
-    command
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    reset_signal_mask(&mut command);
+    let mut command = server_command(program, args);
     let mut child: Child = command.spawn().map_err(|source| ProxyError::Spawn {
         command: config.command.join(" "),
         source,
@@ -297,8 +291,22 @@ pub(crate) fn block_signals() -> Option<libc::sigset_t> {
     }
 }
 
+/// An MCP server's command, as every transport starts one: its stdin and
+/// stdout piped to flightrec, its stderr flightrec's, and the signal mask
+/// reset (the proxy's threads block the stop signals).
+pub(crate) fn server_command(program: &str, args: &[String]) -> Command {
+    let mut command = Command::new(program);
+    command
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    reset_signal_mask(&mut command);
+    command
+}
+
 /// The child must not inherit the blocked mask.
-pub(crate) fn reset_signal_mask(command: &mut Command) {
+fn reset_signal_mask(command: &mut Command) {
     use std::os::unix::process::CommandExt;
     // SAFETY: pre_exec runs in the forked child before exec; it only calls
     // async-signal-safe functions on a local set.
