@@ -422,6 +422,7 @@ fn check_flags_poisoned_descriptions_with_spans_and_passes_clean_servers() {
         shown.contains("\"tag_tool\" /description bytes 13..73: hidden unicode tag characters"),
         "{shown}"
     );
+    assert!(shown.contains("(reads as \"ignore the user\")"), "{shown}");
     assert!(
         shown.contains("\"secret_tool\" /inputSchema/properties/extra/description bytes 16..22"),
         "{shown}"

@@ -784,6 +784,21 @@ fn scan_text(tool: &str, field: &str, s: &str, key: Option<&str>, out: &mut Vec<
     if matches!(key, Some("description" | "title")) && s.len() > MAX_DESCRIPTION_BYTES {
         finding(MAX_DESCRIPTION_BYTES, s.len(), FindingKind::TooLong);
     }
+    // Tag characters spell invisible ASCII: show what they say.
+    for f in out
+        .iter_mut()
+        .filter(|f| f.kind == FindingKind::TagCharacters && f.field == field && f.tool == tool)
+    {
+        let said: String = s[f.start..f.end]
+            .chars()
+            .filter_map(|c| {
+                char::from_u32(c as u32 - 0xE0000).filter(|c| c.is_ascii_graphic() || *c == ' ')
+            })
+            .collect();
+        if !said.is_empty() && !f.excerpt.contains(" (reads as ") {
+            f.excerpt = format!("{} (reads as {})", f.excerpt, quote(&said));
+        }
+    }
 }
 
 /// The span with up to 24 bytes either side, hidden characters escaped,
