@@ -462,3 +462,73 @@ fn scan_descriptions_hides_and_refuses_flagged_tools() {
     assert_eq!(last.rule.as_deref(), Some("(suspicious description)"));
     assert_eq!(last.decision.as_str(), "deny");
 }
+
+/// The HTTP proxy learns definitions from `tools/list` answers in SSE
+/// streams and in JSON bodies (the official SDK as server and client).
+#[test]
+fn the_http_proxy_hides_a_changed_tool_in_sse_and_json_answers() {
+    use flightrec::policy::pins::PinFile;
+    let python = need(root().join(".venv-sdk/bin/python"));
+    for server_mode in [&[][..], &["--json"][..]] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut file = PinFile::default();
+        file.set(
+            "flightrec-http-test-server",
+            "copy_image_set",
+            &json!({"name": "copy_image_set", "description": "Copy an image set (as reviewed)"}),
+        );
+        let pins_path = dir.path().join("pins.yaml");
+        std::fs::write(&pins_path, file.render()).unwrap();
+        let policy = common::write_file(dir.path(), "policy.yaml", POLICY);
+        let audit = dir.path().join("audit");
+        let (_server, port) = common::sdk_http_server(server_mode);
+        let upstream = format!("http://127.0.0.1:{port}/mcp");
+        let (p, addr) = common::http_proxy(&[
+            "--policy",
+            policy.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            &upstream,
+            "--audit-dir",
+            audit.to_str().unwrap(),
+            "--server-name",
+            "flightrec-http-test-server",
+            "--pins",
+            pins_path.to_str().unwrap(),
+            "--on-drift",
+            "hide",
+            "--on-new",
+            "warn",
+        ]);
+        let calls = json!([
+            {"tool": "list_image_sets", "args": {"datastore_id": "ds-1"}},
+            {"tool": "copy_image_set", "args": {"datastore_id": "ds-1", "source_image_set_id": "a"}}
+        ]);
+        let o = Command::new(&python)
+            .arg(root().join("tests/e2e/sdk_client.py"))
+            .arg("legacy")
+            .arg(calls.to_string())
+            .arg("--")
+            .arg(format!("http://{addr}/mcp"))
+            .output_timed()
+            .unwrap();
+        assert!(o.status.success(), "{}", out(&o));
+        let seen: Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(
+            seen["tools"],
+            json!(["delete_image_set", "list_image_sets", "slow_copy"]),
+            "{server_mode:?}: {seen}"
+        );
+        assert_eq!(seen["calls"][0]["isError"], false, "{seen}");
+        assert_eq!(seen["calls"][1]["isError"], true, "{seen}");
+        assert!(common::stop(p).success());
+        let last = rows(&audit)
+            .into_iter()
+            .rev()
+            .find(|r| r.tool.as_deref() == Some("copy_image_set"))
+            .unwrap();
+        assert_eq!(last.rule.as_deref(), Some("(tool hidden: drift)"));
+        assert_eq!(last.outcome.as_str(), "not_forwarded");
+    }
+}
