@@ -3,6 +3,7 @@
 //! 0 success, 1 a finding, 2 a usage or input error.
 
 mod audit_cmd;
+mod pins_cmd;
 mod policy_cmd;
 mod replay_cmd;
 mod scenario_cmd;
@@ -38,6 +39,9 @@ pub enum Command {
     Proxy(Box<ProxyArgs>),
     /// List a server's tools and write a starter policy
     Scan(ScanArgs),
+    /// Pin tool definitions: record, diff, approve, and check for poisoned descriptions
+    #[command(subcommand)]
+    Pins(pins_cmd::PinsCommand),
     /// Validate policy files or decide calls against a policy
     #[command(subcommand)]
     Policy(PolicyCommand),
@@ -255,6 +259,25 @@ pub struct ProxyArgs {
     /// no request in flight for this long is stopped (its session ends)
     #[arg(long, default_value = "10m")]
     pub child_idle_timeout: DurationArg,
+    /// Tool definitions accepted for use (`flightrec pins record`); without
+    /// it, the first definition of each tool seen is pinned in
+    /// AUDIT_DIR/_flightrec/pins.yaml (in memory without --audit-dir)
+    #[arg(long, value_name = "FILE")]
+    pub pins: Option<PathBuf>,
+    /// A tool whose definition differs from its pin: listed but refused
+    /// (block), removed from tools/list and refused (hide), or allowed with
+    /// a warning (warn)
+    #[arg(long, value_enum, default_value_t)]
+    pub on_drift: crate::proxy::pins::OnDrift,
+    /// A listed tool the pin file has no pin for (default: as --on-drift;
+    /// needs --pins: on first use a new tool is pinned)
+    #[arg(long, value_enum, requires = "pins")]
+    pub on_new: Option<crate::proxy::pins::OnDrift>,
+    /// Hide and refuse tools whose definitions look aimed at the model
+    /// (hidden Unicode, instructions, references to secrets, very long
+    /// descriptions): a heuristic, see docs/pinning.md
+    #[arg(long)]
+    pub scan_descriptions: bool,
     /// Upstream MCP server URL (HTTP proxy or stdio-to-HTTP bridge)
     #[arg(long)]
     pub upstream: Option<String>,
@@ -568,6 +591,7 @@ pub fn run(cli: Cli) -> ExitCode {
         }) => policy_cmd::eval(&policy, calls.as_deref(), keep_going),
         Command::Proxy(args) => proxy_cmd(&args),
         Command::Scan(args) => scan_cmd(&args),
+        Command::Pins(cmd) => pins_cmd::run(cmd),
         Command::Replay(args) => replay_cmd::replay(&args),
         Command::Generate(args) => scenario_cmd::generate(&args),
         Command::Fuzz(args) => scenario_cmd::fuzz(&args),
@@ -827,7 +851,30 @@ fn run_proxy(args: &ProxyArgs, rotate_age: std::time::Duration) -> ExitCode {
             return ExitCode::from(EXIT_INPUT);
         }
     };
+    let pins = match &args.pins {
+        Some(file) => crate::proxy::pins::PinGuard::from_file(
+            file.clone(),
+            args.on_drift,
+            args.on_new.unwrap_or(args.on_drift),
+            args.scan_descriptions,
+        ),
+        None => crate::proxy::pins::PinGuard::first_use(
+            args.audit_dir
+                .as_ref()
+                .map(|d| d.join(crate::audit::layout::STATE_DIR).join("pins.yaml")),
+            args.on_drift,
+            args.scan_descriptions,
+        ),
+    };
+    let pins = match pins {
+        Ok(p) => Some(std::sync::Arc::new(p)),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_INPUT);
+        }
+    };
     let gateway = crate::proxy::GatewayConfig {
+        pins,
         approval_socket: args.approval_socket.clone(),
         approval_timeout: Some(approval_timeout),
         state,

@@ -16,6 +16,7 @@ pub(crate) mod error;
 pub(crate) mod instances;
 pub(crate) mod load;
 pub(crate) mod model;
+pub mod pins;
 pub(crate) mod state;
 pub(crate) mod vocab;
 pub(crate) mod yaml;

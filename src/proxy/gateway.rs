@@ -107,6 +107,9 @@ pub struct GatewayConfig {
     pub rotate_age: Option<std::time::Duration>,
     /// Through which channels a human's approval may come.
     pub approve_via: ApproveVia,
+    /// Tool definitions pinned (`--pins`, or trust on first use); `None`:
+    /// definitions are not checked.
+    pub pins: Option<std::sync::Arc<crate::proxy::pins::PinGuard>>,
 }
 
 /// `--approve-via`: who may answer a call held for approval. The MCP

@@ -16,7 +16,9 @@
 //!   header, JSON and SSE bodies), its upstream either an HTTP server or
 //!   stdio server processes (`child`: one per session).
 //!
-//! [`scan`] lists a server's tools for a starter policy.
+//! [`pins`] holds tool definitions to what was pinned (`--pins`, or trust
+//! on first use) and hides or refuses what changed; [`scan`] lists a
+//! server's tools for a starter policy and for `flightrec pins`.
 
 pub mod approval;
 pub(crate) mod body;
@@ -26,6 +28,7 @@ mod error;
 pub(crate) mod gateway;
 pub(crate) mod http;
 pub(crate) mod jsonrpc;
+pub mod pins;
 pub(crate) mod scan;
 pub(crate) mod session;
 pub(crate) mod sse;

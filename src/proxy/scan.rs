@@ -1,5 +1,5 @@
-//! `flightrec scan`: connect to an MCP server over stdio, list its tools,
-//! and write a starter policy a team can edit — every tool listed with its
+//! `flightrec scan` (and `flightrec pins`): connect to an MCP server over
+//! stdio, list its tools (with their definitions), and write a starter policy a team can edit — every tool listed with its
 //! category and description; destructive tools denied until someone reviews
 //! them; writes rate-limited per session; a commented global limit.
 
@@ -17,6 +17,9 @@ pub struct ScannedTool {
     pub category: Category,
     /// Where the category came from: `annotations` or `name`.
     pub source: &'static str,
+    /// The tool's definition as `flightrec pins` hashes it
+    /// (`policy::pins::definition`).
+    pub definition: Value,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -118,9 +121,10 @@ pub fn scan(
             .into_iter()
             .flatten()
         {
-            let Some(name) = t.get("name").and_then(Value::as_str) else {
+            let Some((name, definition)) = crate::policy::pins::definition(t) else {
                 continue;
             };
+            let name = name.as_str();
             let annotations = t.get("annotations").filter(|a| a.is_object());
             let (category, source) = match annotations {
                 Some(a) => (Category::from_annotations(a), "annotations"),
@@ -135,6 +139,7 @@ pub fn scan(
                     .to_string(),
                 category,
                 source,
+                definition,
             });
         }
         cursor = result

@@ -183,6 +183,8 @@ pub struct Session {
     client: Mutex<ClientInfo>,
     server: Mutex<String>,
     categories: Mutex<HashMap<String, Category>>,
+    /// What the pins decided for each tool this session saw listed.
+    pins: crate::proxy::pins::SessionPins,
     pending: Mutex<HashMap<String, Ticket>>,
     /// The agent the transport established (an HTTP bearer token's), which
     /// the client cannot override; `None`: `--agent` or the client's name.
@@ -235,6 +237,7 @@ impl Session {
             client: Mutex::new(ClientInfo::default()),
             server: Mutex::new(server),
             categories: Mutex::new(HashMap::new()),
+            pins: Default::default(),
             pending: Mutex::new(HashMap::new()),
             abandoned: Mutex::new(std::collections::HashSet::new()),
             can_elicit: Mutex::new(false),
@@ -697,6 +700,32 @@ impl Session {
         let mut row = self.row_under(String::new(), "tools/call", id.clone(), bytes);
         let known = lock(&self.categories).get(&params.name).copied();
         let hash = args_sha256(&params.arguments);
+        // A tool whose definition changed (or is not pinned, or looks
+        // poisoned) is refused before the policy counts anything.
+        let pin_warning = match self.pins.check_call(&params.name) {
+            crate::proxy::pins::CallCheck::Pass => None,
+            crate::proxy::pins::CallCheck::Warn(reason) => {
+                eprintln!("flightrec: warning: allowing a call: {reason}");
+                Some(reason)
+            }
+            crate::proxy::pins::CallCheck::Refuse { rule, reason } => {
+                let (redacted, _) = redact(&params.arguments, &self.gateway.config().redact);
+                row.policy_sha256 = self.gateway.current().policy().sha256.clone();
+                row.tool = Some(params.name.clone());
+                row.category =
+                    Some(known.unwrap_or_else(|| Category::from_tool_name(&params.name)));
+                row.args_json = Some(canonical_json(&redacted));
+                row.args_sha256 = Some(hash);
+                let row = self.refuse_frame(row, rule, Some(reason.clone()));
+                self.gateway.record(row);
+                return Some(jsonrpc::refusal_frame(
+                    env.id,
+                    &format!("[flightrec] refused: {reason}"),
+                    json!({"decision": "deny", "rule": rule, "message": reason}),
+                    modern,
+                ));
+            }
+        };
         let call = Call {
             ts_us: row.ts_us,
             session: &row.session_id,
@@ -796,7 +825,10 @@ impl Session {
         row.args_sha256 = Some(hash.clone());
         row.decision = decision.verdict.into();
         row.rule = decision.rule.as_deref().map(str::to_string);
-        row.reason = decision.message.as_deref().map(str::to_string);
+        row.reason = match (decision.message.as_deref(), pin_warning) {
+            (Some(m), Some(w)) => Some(format!("{m}; {w}")),
+            (m, w) => m.map(str::to_string).or(w),
+        };
         row.retry_after_ms = decision.retry_after_ms;
         row.shadow = shadow;
         if let Some((first, round)) = continues {
@@ -1614,13 +1646,22 @@ impl Session {
         frames
     }
 
-    /// Learns categories from annotations and removes tools the policy
-    /// always refuses. `None` when nothing changes (the original bytes go
-    /// out).
+    /// Learns categories from annotations and each tool's definition
+    /// against the pins, and removes tools the policy always refuses and
+    /// tools the pins hide. `None` when nothing changes (the original bytes
+    /// go out).
     fn filter_tools_list(&self, env: &Envelope<'_>) -> Option<Vec<u8>> {
         let mut v: Value = serde_json::from_str(env.result?.get()).ok()?;
         let policy = self.gateway.current().policy().clone();
         let tools = v.get_mut("tools")?.as_array_mut()?;
+        let hidden = match &self.gateway.config().pins {
+            Some(guard) => {
+                let server = lock(&self.server).clone();
+                self.pins.learn(guard, &server, tools)
+            }
+            None => Vec::new(),
+        };
+        let mut hidden = hidden.into_iter();
         {
             let mut cats = lock(&self.categories);
             for t in tools.iter() {
@@ -1634,9 +1675,10 @@ impl Session {
         }
         let before = tools.len();
         tools.retain(|t| {
-            t.get("name")
-                .and_then(Value::as_str)
-                .is_none_or(|n| !policy.always_refuses(n))
+            !hidden.next().unwrap_or(false)
+                && t.get("name")
+                    .and_then(Value::as_str)
+                    .is_none_or(|n| !policy.always_refuses(n))
         });
         if tools.len() == before {
             return None;
