@@ -269,9 +269,51 @@ fn ocsf_parquet_refuses_missing_or_bad_partition_values() {
         assert!(stderr(&o).contains(says), "{extra:?}: {}", stderr(&o));
         assert!(!lake.exists(), "{extra:?}: nothing written");
     }
-    let o = export(&input, "ocsf-parquet", Path::new("s3://bucket/lake"), LAKE);
-    assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("local directory"), "{}", stderr(&o));
+}
+
+/// `-o s3://BUCKET/PREFIX`: the same partitions, under the prefix, in a
+/// real S3-compatible store (moto).
+#[test]
+fn ocsf_parquet_goes_to_a_bucket_in_the_same_layout() {
+    let moto = common::s3::Moto::start();
+    moto.bucket("lake", false);
+    let src = common::root().join("recordings/sample-healthimaging");
+    let dir = tempfile::tempdir().unwrap();
+    let local = dir.path().join("lake");
+    assert!(export(&src, "ocsf-parquet", &local, LAKE).status.success());
+    let mut files = Vec::new();
+    files_under(&local, &mut files);
+    let mut want: Vec<String> = files
+        .iter()
+        .map(|f| {
+            let rel = f.strip_prefix(&local).unwrap();
+            // Partition directories are the layout; file names are fresh ids.
+            rel.parent().unwrap().to_string_lossy().into_owned()
+        })
+        .collect();
+    want.sort();
+    let mut cmd = common::bin();
+    cmd.args(["export", src.to_str().unwrap(), "--format", "ocsf-parquet"])
+        .args(["-o", "s3://lake/security-lake/ext/flightrec"])
+        .args(LAKE);
+    common::s3::aws_env(&mut cmd, &moto.endpoint());
+    let o = common::output_within(
+        cmd.stdin(std::process::Stdio::null()),
+        std::time::Duration::from_secs(300),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let keys = moto.tool(&["keys", "lake", "security-lake/ext/flightrec/"]);
+    let mut got: Vec<String> = keys
+        .lines()
+        .map(|k| {
+            assert!(k.ends_with(".parquet"), "{k}");
+            let rel = k.strip_prefix("security-lake/ext/flightrec/").unwrap();
+            rel.rsplit_once('/').unwrap().0.to_string()
+        })
+        .collect();
+    got.sort();
+    assert_eq!(got, want, "the same partitions, one file each as locally");
+    assert!(got[0].starts_with("region=eu-west-1/accountId=123456789012/eventDay="));
 }
 
 #[test]

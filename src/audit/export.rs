@@ -112,6 +112,52 @@ pub fn export_to_store(
     result
 }
 
+/// As [`export_lake`], into an object store prefix (`s3://BUCKET/PREFIX`):
+/// the partitions are written to a temporary local directory first
+/// (bounded memory), then each file is streamed up under the same relative
+/// key (`PREFIX/region=…/accountId=…/eventDay=…/<uuidv7>.parquet`); a file
+/// appears only when its upload completes. Returns the keys written.
+pub fn export_lake_to_store(
+    files: Vec<DataFile>,
+    filter: &RowFilter,
+    target: lake::LakeTarget,
+    dest: &crate::audit::remote::StoreDir,
+    progress: &mut crate::progress::Progress,
+) -> Result<(ExportSummary, Vec<String>), AuditError> {
+    let tmp = std::env::temp_dir().join(format!("flightrec-lake-{}", uuid::Uuid::now_v7()));
+    let result =
+        export_lake(files, filter, target, &tmp, progress).and_then(|(summary, written)| {
+            let mut keys = Vec::with_capacity(written.len());
+            for path in written {
+                let relative = path
+                    .strip_prefix(&tmp)
+                    .map_err(|_| AuditError::Store {
+                        url: dest.url(),
+                        detail: format!("{} is outside the export directory", path.display()),
+                    })?
+                    .to_string_lossy()
+                    .into_owned();
+                let key = dest.key(&relative);
+                let store = dest.bucket.store.clone();
+                crate::audit::remote::block_on(async {
+                    use tokio::io::AsyncWriteExt;
+                    let mut file = tokio::fs::File::open(&path).await?;
+                    let mut up = object_store::buffered::BufWriter::new(store, key.clone());
+                    tokio::io::copy(&mut file, &mut up).await?;
+                    up.shutdown().await
+                })
+                .map_err(|e| AuditError::Store {
+                    url: dest.url_of(&key),
+                    detail: e.to_string(),
+                })?;
+                keys.push(dest.url_of(&key));
+            }
+            Ok((summary, keys))
+        });
+    let _ = std::fs::remove_dir_all(&tmp);
+    result
+}
+
 /// Exports `files` as OCSF Parquet into the directory `out` in Amazon
 /// Security Lake's custom-source layout
 /// (`region=…/accountId=…/eventDay=YYYYMMDD/<uuidv7>.parquet`); returns the

@@ -211,9 +211,21 @@ fn export_lake(
         Err(e) => return input_error(e),
     };
     if remote::file_url_path(out_text).is_none() && remote::is_url(out_text) {
-        return input_error(format!(
-            "{out_text}: --format ocsf-parquet writes to a local directory; copy it to the bucket afterwards (aws s3 sync)"
-        ));
+        let result = StoreDir::parse(out_text, &args.store.options())
+            .and_then(|dest| export::export_lake_to_store(files, filter, target, &dest, progress));
+        return match result {
+            Ok((s, keys)) => {
+                eprintln!(
+                    "exported {} of {} rows to {} ({} ocsf-parquet files)",
+                    s.rows_written,
+                    s.rows_read,
+                    out_text,
+                    keys.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => input_error(e),
+        };
     }
     let out = remote::file_url_path(out_text).unwrap_or_else(|| args.output.clone());
     match export::export_lake(files, filter, target, &out, progress) {

@@ -491,7 +491,7 @@ pub struct ExportArgs {
     /// Output format
     #[arg(long, value_enum)]
     pub format: crate::audit::export::ExportFormat,
-    /// Output file, or s3://BUCKET/KEY (ocsf-parquet: a local directory)
+    /// Output file, or s3://BUCKET/KEY (ocsf-parquet: a directory, or s3://BUCKET/PREFIX)
     #[arg(short, long)]
     pub output: PathBuf,
     #[command(flatten)]
