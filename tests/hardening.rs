@@ -918,3 +918,51 @@ fn a_cancellation_on_another_post_ends_its_request() {
     );
     assert!(executed(&dir.path().join("upstream.jsonl")).is_empty());
 }
+
+/// A client that leaves while its call is on the server does not cancel
+/// it: the answer (plain JSON here) is still read, and the row records
+/// what the server did, not `interrupted`.
+#[test]
+fn a_client_that_leaves_a_json_answer_still_gets_the_real_outcome_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_up, upstream) = hostile_http(dir.path());
+    let policy = common::write_file(dir.path(), "policy.yaml", POLICY);
+    let audit = dir.path().join("audit");
+    let (proxy, addr) = http_proxy(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--no-warm-start",
+        "--policy",
+        policy.to_str().unwrap(),
+        "--audit-dir",
+        audit.to_str().unwrap(),
+        "--upstream",
+        &upstream,
+    ]);
+    let body = tool_call(1, "slow_json", json!({})).to_string();
+    let mut s = TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "POST /mcp HTTP/1.1\r\nHost: {addr}\r\nAccept: application/json\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    // Wait until the server has the call, then leave.
+    let log = dir.path().join("upstream.jsonl");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !executed(&log).iter().any(|e| e.tool == "slow_json") {
+        assert!(std::time::Instant::now() < deadline, "the call never ran");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    s.shutdown(std::net::Shutdown::Both).unwrap();
+    drop(s);
+    // A stop waits for calls in flight (the server answers a second after
+    // it started); a cancelled exchange would be recorded `interrupted`.
+    stop(proxy);
+    let rows = dir_rows(&audit);
+    let row = rows
+        .iter()
+        .find(|r| r.tool.as_deref() == Some("slow_json"))
+        .expect("its row");
+    assert_eq!(row.outcome.to_string(), "ok", "{row:?}");
+}

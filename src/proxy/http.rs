@@ -57,6 +57,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -869,20 +870,56 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<ProxyBo
                 child,
                 new_session,
             };
-            // The exchange runs on a task of its own: a client that leaves
-            // does not cancel a call already on its way to the server, whose
-            // row then records what the server did (and a stop waits for it).
+            // A client that leaves does not cancel a call already on its way
+            // to the server: the exchange runs here (no task hand-off on the
+            // common path), and if hyper drops it because the client left, it
+            // is finished on a task of its own, so that its row records what
+            // the server did (and a stop waits for it).
             let (shared, session) = (shared.clone(), session.clone());
-            let exchange = tokio::spawn(async move {
+            FinishOnDrop::new(async move {
                 let _counted = InFlight::new(&shared.in_flight);
                 forward_post(&shared, &session, &headers, body, exchange).await
-            });
-            exchange.await.unwrap_or_else(|_| {
-                plain(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "flightrec: the exchange failed",
-                )
             })
+            .await
+        }
+    }
+}
+
+/// A future run where it is awaited, which, dropped before it finished (a
+/// client that left: hyper drops its request's future), is finished on a
+/// task of its own instead of being cancelled. Awaiting it directly costs
+/// no task hand-off (a spawned task awaited through its handle added about
+/// 180 µs to the median call on the 2-core project machine: see
+/// docs/performance.md).
+struct FinishOnDrop<F: Future<Output = T> + Send + 'static, T: Send + 'static>(Option<Pin<Box<F>>>);
+
+impl<F: Future<Output = T> + Send + 'static, T: Send + 'static> FinishOnDrop<F, T> {
+    fn new(future: F) -> Self {
+        FinishOnDrop(Some(Box::pin(future)))
+    }
+}
+
+impl<F: Future<Output = T> + Send + 'static, T: Send + 'static> Future for FinishOnDrop<F, T> {
+    type Output = T;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
+        let future = self.0.as_mut().expect("polled after it finished");
+        match future.as_mut().poll(cx) {
+            Poll::Ready(v) => {
+                self.0 = None;
+                Poll::Ready(v)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<F: Future<Output = T> + Send + 'static, T: Send + 'static> Drop for FinishOnDrop<F, T> {
+    fn drop(&mut self) {
+        if let Some(rest) = self.0.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(rest);
         }
     }
 }

@@ -18,8 +18,8 @@ result and a fresh `requestState`; any call carrying a `requestState` the
 server issued completes (the server does not check that the state was
 issued for this tool: many do not). Every other tool runs at once; over
 HTTP, `sse_vanish` runs and then its SSE answer stream ends without the
-answer, `wrong_id` is answered under another id, and `cr_smuggle`'s
-answer hides after a lone CR (an SSE client reads it, a reader that ends
+answer, `wrong_id` is answered under another id, `slow_json` answers
+after a second, and `cr_smuggle`'s answer hides after a lone CR (an SSE client reads it, a reader that ends
 lines at LF only does not).
 
 Each execution is one JSON line in the log file:
@@ -256,6 +256,10 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
             self.close_connection = True
             return
+        if tool == "slow_json":
+            # The tool takes a second; its answer is plain JSON.
+            import time
+            time.sleep(1)
         if tool == "cr_smuggle" and reply is not None:
             # The answer hidden after a lone CR: an SSE client ends the
             # `id:` line there and reads a `data:` line.
